@@ -1,0 +1,1 @@
+"""Agents (installed as ``tpemu.agent``): join, reverse tunnels, SSH and database services."""

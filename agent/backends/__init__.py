@@ -1,0 +1,1 @@
+"""Emulated database servers (Postgres, MySQL, MongoDB, Redis) that unmodified clients can use."""

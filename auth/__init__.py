@@ -1,0 +1,1 @@
+"""The Auth Service (installed as ``tpemu.auth``): CAs, certificates, tokens, users, backend, API."""

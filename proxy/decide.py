@@ -1,0 +1,150 @@
+"""One pure step of the front door: from the bytes seen so far to a decision.
+
+The accept loop (``tpemu.proxy.frontdoor``) peeks at a new connection and calls :func:`classify`
+until it stops answering :class:`NeedMore`; ``tpemu inspect`` calls the same function on a
+captured prefix, so what it explains is exactly what the router does. Outcomes:
+
+* :class:`NeedMore` — wait for more bytes (bounded by the sniff deadline and size cap);
+* :class:`ProxyHeaderSeen` — a PROXY v1/v2 header the listener accepts: consume exactly
+  ``header.length`` bytes and classify the rest (at most one header per connection);
+* :class:`Routed` — hand the untouched socket to the route's handler;
+* :class:`Refused` — send ``answer`` (a TLS alert, an HTTP 400 …) if any, log ``reason``, close.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from tpemu.proxy.route import Route, RouteKind, RouteTable
+from tpemu.wire import WireError, proxy_protocol, sniff, tls
+from tpemu.wire.errors import LimitExceeded
+from tpemu.wire.sniff import Protocol
+
+#: What Go's net/http answers when plain HTTP reaches a TLS listener.
+HTTP_ON_TLS_ANSWER = b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+
+
+class ListenerKind(Enum):
+    WEB = "web"
+    SSH = "ssh"
+    TUNNEL = "tunnel"
+    PEER = "peer"
+    POSTGRES = "postgres"
+    MYSQL = "mysql"
+    MONGO = "mongo"
+    REDIS = "redis"
+    KUBE = "kube"
+
+
+@dataclass(frozen=True)
+class ListenerPolicy:
+    """What one listener accepts and how it routes.
+
+    ``fixed`` maps a protocol to a route that ignores the route table (the Mongo listener sends
+    every TLS connection to the Mongo database route); ``server_first`` routes at once without
+    reading (MySQL: the server speaks first); ``proxy_protocol`` allows one PROXY header.
+    """
+
+    kind: ListenerKind
+    accepts: frozenset[Protocol]
+    fixed: dict[Protocol, Route] = field(default_factory=dict)
+    server_first: Route | None = None
+    proxy_protocol: bool = False
+
+    @property
+    def tls_only(self) -> bool:
+        return self.accepts == frozenset({Protocol.TLS})
+
+
+@dataclass(frozen=True, slots=True)
+class NeedMore:
+    seen: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyHeaderSeen:
+    header: proxy_protocol.ProxyHeader
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    protocol: Protocol
+    route: Route
+    hello: tls.ClientHello | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """``category`` names the counter (``unknown-protocol``, ``bad-client-hello`` …)."""
+
+    category: str
+    reason: str
+    protocol: Protocol | None = None
+    answer: bytes = b""
+    hello: tls.ClientHello | None = None
+
+
+Outcome = NeedMore | ProxyHeaderSeen | Routed | Refused
+
+_PROXY = (Protocol.PROXY_V1, Protocol.PROXY_V2)
+
+
+def classify(prefix: bytes | bytearray | memoryview, policy: ListenerPolicy, table: RouteTable,
+             max_hello: int = tls.DEFAULT_MAX_HELLO, proxy_seen: bool = False) -> Outcome:
+    """Decide what to do with a connection whose stream starts with ``prefix``."""
+    try:
+        proto = sniff.sniff(prefix)
+    except WireError as exc:
+        if policy.tls_only:
+            return Refused("not-tls", f"{tls.NOT_TLS_MESSAGE}: {exc}")
+        return Refused("unknown-protocol", str(exc))
+    if proto is None:
+        return NeedMore(len(prefix))
+    if proto is Protocol.TLS:
+        try:
+            hello = tls.parse_client_hello(prefix, max_hello)
+        except LimitExceeded as exc:
+            return Refused("bad-client-hello", f"ClientHello rejected: {exc}", proto,
+                           tls.encode_alert(tls.ALERT_DECODE_ERROR))
+        except tls.TLSError as exc:
+            return Refused("bad-client-hello", f"ClientHello rejected: {exc}", proto, tls.encode_alert(exc.alert))
+        if hello is None:
+            return NeedMore(len(prefix))
+        if Protocol.TLS not in policy.accepts:
+            if not policy.accepts:
+                return Refused("wrong-protocol", f"the {policy.kind.value} listener expects a PROXY protocol "
+                               "header first (proxy_protocol is on), got TLS", proto, b"", hello)
+            return Refused("wrong-protocol", f"TLS is not served on the {policy.kind.value} listener", proto,
+                           tls.encode_alert(tls.ALERT_HANDSHAKE_FAILURE), hello)
+        route = policy.fixed.get(proto) or table.for_tls(hello)
+        if route.kind is RouteKind.REJECT:
+            return Refused("unknown-alpn", route.why, proto, tls.encode_alert(tls.ALERT_NO_APPLICATION_PROTOCOL), hello)
+        return Routed(proto, route, hello)
+    if proto in _PROXY:
+        if not policy.proxy_protocol:
+            return Refused("proxy-protocol-off",
+                           f"PROXY protocol {'v1' if proto is Protocol.PROXY_V1 else 'v2'} header received but "
+                           f"proxy_protocol is off for the {policy.kind.value} listener (turn it on only "
+                           "behind a load balancer that sends one)", proto)
+        if proxy_seen:
+            return Refused("proxy-protocol-twice", "a second PROXY protocol header on one connection", proto)
+        try:
+            header = proxy_protocol.parse_proxy_header(prefix)
+        except WireError as exc:
+            return Refused("bad-proxy-header", f"bad PROXY protocol header: {exc}", proto)
+        if header is None:
+            return NeedMore(len(prefix))
+        return ProxyHeaderSeen(header)
+    if proto not in policy.accepts:
+        if not policy.accepts:
+            return Refused("wrong-protocol", f"the {policy.kind.value} listener expects a PROXY protocol header "
+                           f"first (proxy_protocol is on), got {proto.value}", proto)
+        if policy.tls_only:
+            answer = HTTP_ON_TLS_ANSWER if proto is Protocol.HTTP else b""
+            return Refused("not-tls", f"{tls.NOT_TLS_MESSAGE}: got {proto.value} on the TLS-only "
+                           f"{policy.kind.value} listener", proto, answer)
+        expected = ", ".join(sorted(p.value for p in policy.accepts))
+        return Refused("wrong-protocol", f"{proto.value} is not served on the {policy.kind.value} listener "
+                       f"(it expects {expected})", proto)
+    return Routed(proto, policy.fixed.get(proto) or table.for_plain(proto))

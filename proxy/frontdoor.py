@@ -1,0 +1,404 @@
+"""The front door: accept, peek at the first bytes, decide, hand the untouched socket on (glue).
+
+Theory of operation. Each listener is a non-blocking socket watched with ``loop.add_reader``;
+on readiness it accepts a bounded batch. A new connection is *peeked* (``recv_into(...,
+MSG_PEEK)`` into one shared buffer: the loop is single-threaded and every parse copies what it
+keeps), and :func:`tpemu.proxy.decide.classify` says what to do:
+
+* need more bytes → ``SO_RCVLOWAT`` is raised past what is queued, so epoll wakes the reader
+  only when more has arrived (no spinning on a partial ClientHello); a wake-up without progress
+  is either the peer's FIN (checked with ``TCP_INFO``) or spurious (counted, then re-armed later);
+* a PROXY header the listener accepts → exactly its length is consumed, the rest classified;
+* routed → the reader is removed, the deadline cancelled, ``SO_RCVLOWAT`` reset, and the socket,
+  with every byte still unread in the kernel, goes to the route's handler in its own task;
+* refused → the specific answer (TLS alert, HTTP 400 …) is sent, the reason logged (rate-limited
+  WARNING, hexdump at TRACE), and the socket closed after draining what was peeked, so the
+  kernel sends FIN rather than RST and the peer reads the answer.
+
+A deadline (``sniff_timeout``) bounds the whole detection, a cap (``max_client_hello``) its
+size, and ``max_pending`` the number of connections still being sniffed, so slow or hostile
+clients cannot delay the others or exhaust memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from tpemu.config import Addr
+from tpemu.logs import TRACE, RateLimiter, hexdump
+from tpemu.net.sockets import close_with_answer, format_addr, peer_closed, set_rcvlowat, sockaddr
+from tpemu.proxy.decide import ListenerKind, ListenerPolicy, NeedMore, ProxyHeaderSeen, Refused, Routed, classify
+from tpemu.proxy.route import Route, RouteTable
+from tpemu.wire import sniff as sniffing
+from tpemu.wire import tls
+from tpemu.wire.proxy_protocol import Command, ProxyHeader
+from tpemu.wire.sniff import Protocol
+
+log = logging.getLogger(__name__)
+
+#: Connections accepted per readiness event before yielding to the loop.
+ACCEPT_BATCH = 64
+#: Wake-ups without new bytes before falling back to a timer (a guard, SO_RCVLOWAT should hold).
+MAX_STALLS = 8
+
+
+@dataclass(slots=True)
+class Accepted:
+    """A routed connection handed to a handler. ``peer`` is the real client (from a PROXY
+    header when there was one); ``sock`` still holds every byte the client sent."""
+
+    sock: socket.socket
+    conn_id: int
+    listener: ListenerKind
+    peer: tuple[str, int]
+    socket_peer: tuple[str, int]
+    local: tuple[str, int]
+    protocol: Protocol | None
+    route: Route
+    hello: tls.ClientHello | None
+    proxy_header: ProxyHeader | None
+
+    @property
+    def ctx(self) -> str:
+        """The log context: ``conn=12 peer=127.0.0.1:50000 route=web``."""
+        return f"conn={self.conn_id} peer={format_addr(self.peer)} route={self.route.name}"
+
+
+Handler = Callable[[Accepted], Awaitable[None]]
+
+
+class Stats:
+    """Counters for routed and refused connections, by route name or refusal category."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.routed: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()
+        self.pending = 0
+        self.active = 0
+
+
+@dataclass
+class Listener:
+    policy: ListenerPolicy
+    sock: socket.socket
+    addr: Addr
+
+    @property
+    def kind(self) -> ListenerKind:
+        return self.policy.kind
+
+
+class FrontDoor:
+    """Accepts on any number of listeners and routes every connection through one table."""
+
+    def __init__(self, table: RouteTable, handler: Handler, *, sniff_timeout: float = 5.0,
+                 max_hello: int = tls.DEFAULT_MAX_HELLO, max_pending: int = 4096) -> None:
+        self.table = table
+        self.handler = handler
+        self.sniff_timeout = sniff_timeout
+        self.max_hello = max_hello
+        self.max_pending = max_pending
+        # Peek window: the hello cap plus record headers (a hello may span several records)
+        # plus room for a PROXY v2 header in front of it.
+        self.peek_size = max_hello + 4096 + 5 * tls.MAX_HELLO_RECORDS
+        self.buf = bytearray(self.peek_size)
+        self.view = memoryview(self.buf)
+        self.stats = Stats()
+        self.listeners: list[Listener] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.limiter = RateLimiter()
+        self._next_id = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    async def listen(self, policy: ListenerPolicy, addr: Addr, backlog: int = 4096,
+                     reuse_port: bool = False) -> Listener:
+        """Bind and start accepting on ``addr``; returns the listener with its bound address."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        infos = await loop.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, sockaddr_ = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(sockaddr_)
+            sock.listen(backlog)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        host, port = sockaddr(sock.getsockname())
+        listener = Listener(policy, sock, Addr(host, port))
+        self.listeners.append(listener)
+        loop.add_reader(sock.fileno(), self._on_accept, listener)
+        return listener
+
+    def _on_accept(self, listener: Listener) -> None:
+        lsock = listener.sock
+        stats = self.stats
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, addr = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors: stop accepting for a moment instead of spinning.
+                    self.limiter.warning(log, "accept", "accept on %s failed: %s; pausing accepts for 100ms",
+                                         listener.addr, exc.strerror)
+                    self._pause_accept(listener, 0.1)
+                return
+            stats.accepted += 1
+            if stats.pending >= self.max_pending:
+                stats.refused["too-many-pending"] += 1
+                self.limiter.warning(log, "pending", "peer=%s refused: %d connections are already being sniffed "
+                                     "(proxy_service.max_pending)", format_addr(addr), stats.pending)
+                sock.close()
+                continue
+            sock.setblocking(False)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                sock.close()
+                continue
+            self._next_id += 1
+            _Sniffer(self, listener, sock, sockaddr(addr), self._next_id).start()
+
+    def _pause_accept(self, listener: Listener, delay: float) -> None:
+        assert self._loop is not None
+        self._loop.remove_reader(listener.sock.fileno())
+
+        def resume() -> None:
+            if not self._closed and listener in self.listeners:
+                assert self._loop is not None
+                self._loop.add_reader(listener.sock.fileno(), self._on_accept, listener)
+
+        self._loop.call_later(delay, resume)
+
+    def spawn(self, accepted: Accepted) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(self._run(accepted))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, accepted: Accepted) -> None:
+        self.stats.active += 1
+        try:
+            await self.handler(accepted)
+        except Exception:
+            log.exception("%s: handler failed", accepted.ctx)
+            try:
+                accepted.sock.close()
+            except OSError:
+                pass
+        finally:
+            self.stats.active -= 1
+
+    async def close(self) -> None:
+        """Stop accepting, then cancel the handlers still running."""
+        self._closed = True
+        for listener in self.listeners:
+            if self._loop is not None:
+                self._loop.remove_reader(listener.sock.fileno())
+            listener.sock.close()
+        self.listeners.clear()
+        tasks = list(self.tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _Sniffer:
+    """One connection from accept until it is routed or refused."""
+
+    __slots__ = ("armed", "conn_id", "door", "fd", "header", "listener", "loop", "lowat", "peer", "seen",
+                 "sock", "socket_peer", "stalls", "timer")
+
+    def __init__(self, door: FrontDoor, listener: Listener, sock: socket.socket,
+                 peer: tuple[str, int], conn_id: int) -> None:
+        self.door = door
+        self.listener = listener
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.peer = peer
+        self.socket_peer = peer
+        self.conn_id = conn_id
+        self.loop = door._loop
+        self.timer: asyncio.TimerHandle | None = None
+        self.armed = False
+        self.lowat = False
+        self.seen = 0
+        self.stalls = 0
+        self.header: ProxyHeader | None = None
+
+    def start(self) -> None:
+        self.door.stats.pending += 1
+        policy = self.listener.policy
+        if policy.server_first is not None and not policy.proxy_protocol:
+            self._route(None, policy.server_first)  # MySQL: the server speaks first
+            return
+        assert self.loop is not None
+        self.timer = self.loop.call_later(self.door.sniff_timeout, self._on_timeout)
+        self._on_readable()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        if not self.armed:
+            assert self.loop is not None
+            self.loop.add_reader(self.fd, self._on_readable)
+            self.armed = True
+
+    def _disarm(self) -> None:
+        if self.armed:
+            assert self.loop is not None
+            self.loop.remove_reader(self.fd)
+            self.armed = False
+
+    def _on_readable(self) -> None:
+        door = self.door
+        try:
+            n = self.sock.recv_into(door.buf, door.peek_size, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            self._arm()
+            return
+        except OSError as exc:
+            self._refuse(Refused("read-error", f"read failed: {exc.strerror or exc}"))
+            return
+        if n == 0:
+            self._finish_quiet("closed before sending anything")
+            return
+        if n == self.seen:
+            self._stalled(n)
+            return
+        self.seen = n
+        outcome = classify(door.view[:n], self.listener.policy, door.table, door.max_hello, self.header is not None)
+        if isinstance(outcome, NeedMore):
+            if n >= door.peek_size:
+                self._refuse(Refused("too-large", f"no decision within the first {n} bytes (size cap)"), n)
+                return
+            set_rcvlowat(self.sock, n + 1)
+            self.lowat = True
+            self._arm()
+        elif isinstance(outcome, Routed):
+            self._route(outcome, outcome.route)
+        elif isinstance(outcome, ProxyHeaderSeen):
+            self._consume_proxy_header(outcome.header)
+        else:
+            self._refuse(outcome, n)
+
+    def _stalled(self, n: int) -> None:
+        if peer_closed(self.sock):
+            self._refuse(Refused("truncated", f"peer closed after sending {n} bytes: {self._what(n)} is incomplete"), n)
+            return
+        self.stalls += 1
+        if self.stalls >= MAX_STALLS:
+            # SO_RCVLOWAT did not hold: poll on a timer instead of spinning on readiness.
+            self._disarm()
+            assert self.loop is not None
+            self.loop.call_later(0.05, self._retry)
+            self.stalls = 0
+
+    def _retry(self) -> None:
+        if self.timer is not None:  # still sniffing
+            self._on_readable()
+
+    def _what(self, n: int) -> str:
+        try:
+            proto = sniffing.sniff(self.door.view[:n])
+        except Exception:
+            return "the first message"
+        return {None: "the protocol preamble", Protocol.TLS: "the TLS ClientHello",
+                Protocol.PROXY_V1: "the PROXY v1 header", Protocol.PROXY_V2: "the PROXY v2 header",
+                Protocol.SSH: "the SSH identification line", Protocol.HTTP: "the HTTP request line",
+                Protocol.POSTGRES: "the Postgres startup packet"}[proto]
+
+    def _consume_proxy_header(self, header: ProxyHeader) -> None:
+        try:
+            got = self.sock.recv(header.length)
+        except OSError as exc:
+            self._refuse(Refused("read-error", f"read failed: {exc.strerror or exc}"))
+            return
+        if len(got) != header.length:  # cannot happen: the bytes were peeked
+            self._refuse(Refused("read-error", "PROXY header vanished from the receive queue"))
+            return
+        self.header = header
+        if header.command is Command.PROXY and header.src is not None:
+            self.peer = header.src
+        log.debug("conn=%d peer=%s PROXY v%d header: %s client %s → %s", self.conn_id,
+                  format_addr(self.socket_peer), header.version, header.family.value,
+                  format_addr(header.src) if header.src else "-", format_addr(header.dst) if header.dst else "-")
+        self.seen = 0
+        server_first = self.listener.policy.server_first
+        if server_first is not None:
+            self._route(None, server_first)  # the client now waits for the server's greeting
+            return
+        self._on_readable()
+
+    def _on_timeout(self) -> None:
+        self.timer = None
+        n = self.seen
+        reason = (f"no bytes within {self.door.sniff_timeout:g}s" if n == 0 else
+                  f"{self._what(n)} not complete within {self.door.sniff_timeout:g}s ({n} bytes received)")
+        self._refuse(Refused("timeout", reason), n)
+
+    # -- endings -------------------------------------------------------------------------
+
+    def _done(self) -> None:
+        self._disarm()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.door.stats.pending -= 1
+
+    def _route(self, outcome: Routed | None, route: Route) -> None:
+        self._done()
+        door = self.door
+        if self.lowat:
+            set_rcvlowat(self.sock, 1)
+        door.stats.routed[route.name] += 1
+        hello = outcome.hello if outcome is not None else None
+        proto = outcome.protocol if outcome is not None else None
+        if log.isEnabledFor(logging.INFO):
+            if hello is not None:
+                log.info("conn=%d peer=%s listener=%s proto=tls sni=%s alpn=%s route=%s (%s)", self.conn_id,
+                         format_addr(self.peer), self.listener.kind.value, hello.sni or "-",
+                         ",".join(hello.alpn) or "-", route.name, route.why)
+            else:
+                log.info("conn=%d peer=%s listener=%s proto=%s route=%s (%s)", self.conn_id,
+                         format_addr(self.peer), self.listener.kind.value, proto.value if proto else "-",
+                         route.name, route.why)
+        try:
+            local = sockaddr(self.sock.getsockname())
+        except OSError:
+            local = ("", 0)
+        door.spawn(Accepted(self.sock, self.conn_id, self.listener.kind, self.peer, self.socket_peer, local,
+                            proto, route, hello, self.header))
+
+    def _refuse(self, refused: Refused, n: int = 0) -> None:
+        self._done()
+        door = self.door
+        door.stats.refused[refused.category] += 1
+        door.limiter.warning(log, refused.category, "conn=%d peer=%s listener=%s refused (%s): %s", self.conn_id,
+                             format_addr(self.peer), self.listener.kind.value, refused.category, refused.reason)
+        if n and log.isEnabledFor(TRACE):
+            log.log(TRACE, "conn=%d first %d bytes:\n%s", self.conn_id, n, hexdump(bytes(door.view[:n])))
+        close_with_answer(self.sock, refused.answer)
+
+    def _finish_quiet(self, reason: str) -> None:
+        self._done()
+        self.door.stats.refused["empty"] += 1
+        log.debug("conn=%d peer=%s %s", self.conn_id, format_addr(self.peer), reason)
+        self.sock.close()

@@ -1,0 +1,199 @@
+"""The Proxy Service: listeners per ``proxy_listener_mode``, and the route → handler table (glue).
+
+``multiplex`` (TLS routing) serves every protocol on ``web_listen_addr``: TLS by ALPN/SNI, plain
+SSH, plain HTTP and Postgres startup packets. ``separate`` adds Teleport's per-service listeners:
+``listen_addr`` (SSH, 3023) and ``tunnel_listen_addr`` (reverse tunnels, 3024) by default, and
+``peer_listen_addr``, ``postgres_listen_addr``, ``mysql_listen_addr``, ``mongo_listen_addr``,
+``redis_listen_addr``, ``kube_listen_addr`` when set. Any listener set explicitly is opened in
+either mode.
+
+Later services plug in with :meth:`ProxyService.set_handler`; a route with no handler is
+refused in the client's protocol with "… is not available in this cluster".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from pathlib import Path
+
+from tpemu.config import Addr, Config
+from tpemu.net.http_server import Request, Response, serve_http
+from tpemu.net.sockets import format_addr
+from tpemu.net.tls import ContextCache, accept_stream
+from tpemu.pki import TLSFiles, ensure_bootstrap_pki
+from tpemu.proxy import postgres_front
+from tpemu.proxy.decide import ListenerKind, ListenerPolicy
+from tpemu.proxy.frontdoor import Accepted, FrontDoor, Handler
+from tpemu.proxy.passthrough import splice_to_target
+from tpemu.proxy.route import Route, RouteKind, RouteTable
+from tpemu.proxy.unavailable import refuse_unavailable
+from tpemu.proxy.webapi import ProxyInfo, WebAPI
+from tpemu.wire import alpn
+from tpemu.wire.sniff import Protocol
+
+log = logging.getLogger(__name__)
+
+_ALL_PLAIN = frozenset({Protocol.TLS, Protocol.SSH, Protocol.HTTP, Protocol.POSTGRES})
+
+
+def _fixed(kind: RouteKind, name: str, why: str, db: str | None = None, alpn_name: str | None = None) -> Route:
+    return Route(kind, name, why, alpn=alpn_name, db_protocol=db)
+
+
+def listener_plan(cfg: Config) -> list[tuple[ListenerPolicy, Addr]]:
+    """Which listeners to open for ``cfg``, each with its policy."""
+    ps = cfg.proxy_service
+    pp = ps.proxy_protocol
+    plan: list[tuple[ListenerPolicy, Addr]] = []
+    web_accepts = set(_ALL_PLAIN) if cfg.multiplex else {Protocol.TLS, Protocol.HTTP, Protocol.POSTGRES}
+    if ps.postgres_listen_addr is not None and not cfg.multiplex:
+        web_accepts.discard(Protocol.POSTGRES)
+    plan.append((ListenerPolicy(ListenerKind.WEB, frozenset(web_accepts), proxy_protocol=pp), ps.web_listen_addr))
+    ssh_addr = ps.listen_addr or (None if cfg.multiplex else Addr("127.0.0.1", 3023))
+    tunnel_addr = ps.tunnel_listen_addr or (None if cfg.multiplex else Addr("127.0.0.1", 3024))
+    if ssh_addr is not None:
+        plan.append((ListenerPolicy(ListenerKind.SSH, frozenset({Protocol.SSH}), proxy_protocol=pp), ssh_addr))
+    if tunnel_addr is not None:
+        route = _fixed(RouteKind.REVERSE_TUNNEL, "reverse-tunnel", "SSH on the tunnel listener")
+        plan.append((ListenerPolicy(ListenerKind.TUNNEL, frozenset({Protocol.SSH}), {Protocol.SSH: route},
+                                    proxy_protocol=pp), tunnel_addr))
+    if ps.peer_listen_addr is not None:
+        route = _fixed(RouteKind.PEER, "peer", "TLS on the peer listener")
+        plan.append((ListenerPolicy(ListenerKind.PEER, frozenset({Protocol.TLS}), {Protocol.TLS: route}),
+                     ps.peer_listen_addr))
+    if ps.postgres_listen_addr is not None:
+        route = _fixed(RouteKind.DATABASE, "database/postgres", "TLS on the Postgres listener", "postgres",
+                       alpn.POSTGRESQL_NATIVE)
+        plan.append((ListenerPolicy(ListenerKind.POSTGRES, frozenset({Protocol.POSTGRES, Protocol.TLS}),
+                                    {Protocol.TLS: route}, proxy_protocol=pp), ps.postgres_listen_addr))
+    if ps.mysql_listen_addr is not None:
+        route = _fixed(RouteKind.DATABASE, "database/mysql", "connection on the MySQL listener", "mysql")
+        plan.append((ListenerPolicy(ListenerKind.MYSQL, frozenset(), server_first=route, proxy_protocol=pp),
+                     ps.mysql_listen_addr))
+    for kind, addr, db, name in ((ListenerKind.MONGO, ps.mongo_listen_addr, "mongodb", alpn.MONGODB),
+                                 (ListenerKind.REDIS, ps.redis_listen_addr, "redis", alpn.REDIS)):
+        if addr is not None:
+            route = _fixed(RouteKind.DATABASE, f"database/{db}", f"TLS on the {kind.value} listener", db, name)
+            plan.append((ListenerPolicy(kind, frozenset({Protocol.TLS}), {Protocol.TLS: route}, proxy_protocol=pp),
+                         addr))
+    if ps.kube_listen_addr is not None:
+        route = _fixed(RouteKind.KUBE, "kube", "TLS on the Kubernetes listener")
+        plan.append((ListenerPolicy(ListenerKind.KUBE, frozenset({Protocol.TLS}), {Protocol.TLS: route}),
+                     ps.kube_listen_addr))
+    return plan
+
+
+OnPostgres = postgres_front.OnStartup
+
+
+class ProxyService:
+    """Owns the front door, the TLS material and the handlers of one proxy."""
+
+    def __init__(self, cfg: Config, data_dir: Path | None = None, tls_files: TLSFiles | None = None) -> None:
+        self.cfg = cfg
+        self.data_dir = data_dir or cfg.data_dir()
+        self.info = ProxyInfo(cfg)
+        self.web = WebAPI(self.info)
+        self.table = RouteTable(cfg.proxy_service.passthrough)
+        self._tls_files = tls_files
+        self.contexts: ContextCache | None = None
+        self.handlers: dict[RouteKind, Handler] = {
+            RouteKind.PASSTHROUGH: splice_to_target,
+            RouteKind.WEB: self._serve_web,
+            RouteKind.WEB_PLAIN_HTTP: self._serve_plain_http,
+            RouteKind.DATABASE: self._serve_database,
+        }
+        #: Called with the StartupMessage of a Postgres connection that arrived as plain SSLRequest.
+        self.on_postgres_startup: OnPostgres = postgres_front.refuse_not_available
+        self.door = FrontDoor(self.table, self._dispatch, sniff_timeout=cfg.proxy_service.sniff_timeout,
+                              max_hello=cfg.proxy_service.max_client_hello,
+                              max_pending=cfg.proxy_service.max_pending)
+
+    @property
+    def tls_files(self) -> TLSFiles:
+        assert self._tls_files is not None, "start() first"
+        return self._tls_files
+
+    def set_handler(self, kind: RouteKind, handler: Handler) -> None:
+        """Serve ``kind`` with ``handler`` (a service that runs in this cluster)."""
+        self.handlers[kind] = handler
+
+    def cert_names(self) -> list[str]:
+        names = [socket.gethostname()]
+        if self.cfg.teleport.nodename:
+            names.append(self.cfg.teleport.nodename)
+        for value in (*self.cfg.proxy_service.public_addr, *self.cfg.proxy_service.ssh_public_addr,
+                      *self.cfg.proxy_service.tunnel_public_addr):
+            names.append(Addr.parse(value, default_port=0).host)
+        return names
+
+    async def start(self) -> None:
+        """Make or load TLS material, bind every listener, start accepting."""
+        if self._tls_files is None:
+            self._tls_files = await asyncio.to_thread(
+                ensure_bootstrap_pki, self.data_dir, self.cfg.auth_service.cluster_name, self.cert_names())
+        self.contexts = ContextCache(self.tls_files.cert, self.tls_files.key, client_ca=self.tls_files.ca)
+        try:
+            for policy, addr in listener_plan(self.cfg):
+                listener = await self.door.listen(policy, addr)
+                self.info.bound[policy.kind] = listener.addr
+                log.info("proxy %s listener on %s (accepts: %s%s)", policy.kind.value, listener.addr,
+                         ", ".join(sorted(p.value for p in policy.accepts)) or "server speaks first",
+                         ", PROXY protocol" if policy.proxy_protocol else "")
+        except OSError:
+            await self.door.close()
+            raise
+
+    async def close(self) -> None:
+        await self.door.close()
+
+    async def _dispatch(self, acc: Accepted) -> None:
+        handler = self.handlers.get(acc.route.kind)
+        if handler is None:
+            await refuse_unavailable(acc)
+            return
+        await handler(acc)
+
+    # -- built-in handlers -----------------------------------------------------------------
+
+    async def _serve_web(self, acc: Accepted) -> None:
+        assert self.contexts is not None
+        ctx = self.contexts.get((alpn.HTTP11,))
+        try:
+            reader, writer = await accept_stream(acc.sock, ctx, timeout=self.cfg.proxy_service.sniff_timeout)
+        except (OSError, TimeoutError) as exc:
+            log.info("%s: TLS handshake failed: %s", acc.ctx, exc)
+            acc.sock.close()
+            return
+        tls_info = {"sni": acc.hello.sni if acc.hello else None, "alpn": writer.get_extra_info(
+            "ssl_object").selected_alpn_protocol()}
+        await serve_http(reader, writer, self.web, peer=format_addr(acc.peer), tls=tls_info)
+
+    async def _serve_plain_http(self, acc: Accepted) -> None:
+        try:
+            reader, writer = await accept_stream(acc.sock, None, timeout=5)
+        except OSError:
+            acc.sock.close()
+            return
+
+        async def redirect(request: Request) -> Response:
+            host = request.header("host")
+            if request.method in ("GET", "HEAD") and host:
+                location = f"https://{host}{request.target if request.target.startswith('/') else '/'}"
+                log.info("%s: plain HTTP %s %s redirected to %s", acc.ctx, request.method, request.target, location)
+                return Response(301, b"", [("Location", location), ("Connection", "close")])
+            log.info("%s: plain HTTP %s %s refused with 400", acc.ctx, request.method, request.target)
+            return Response(400, b"Client sent an HTTP request to an HTTPS server.\n",
+                            [("Content-Type", "text/plain; charset=utf-8"), ("Connection", "close")])
+
+        await serve_http(reader, writer, redirect, peer=format_addr(acc.peer), read_timeout=10, max_requests=1)
+
+    async def _serve_database(self, acc: Accepted) -> None:
+        assert self.contexts is not None
+        if acc.protocol is Protocol.POSTGRES:
+            await postgres_front.postgres_front(acc, self.contexts, self.on_postgres_startup)
+            return
+        await refuse_unavailable(acc)
+

@@ -1,0 +1,1 @@
+"""The client side (like tsh): login, profile, ssh, database tunnels."""

@@ -1,0 +1,494 @@
+"""teleport.yaml-shaped configuration → frozen dataclasses (pure; reads a file only in ``load``).
+
+Section and key names are Teleport's own wherever they mean the same thing (``teleport:``,
+``auth_service:``, ``proxy_service:``, ``ssh_service:``, ``db_service:``), so a real
+teleport.yaml mostly loads. Keys tpemu adds are documented in ``tpemu configure``. Unknown keys
+are errors that name the key path (``proxy_service.web_listen_adr: unknown key``); keys Teleport
+has but tpemu does not emulate are accepted and reported by :func:`ignored_keys`.
+
+Addresses default to loopback: a ``:3080`` address binds ``127.0.0.1``, never all interfaces,
+unless the host is written out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message starts with the key path."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+# --------------------------------------------------------------------------------------------
+# Value types
+
+
+@dataclass(frozen=True, slots=True)
+class Addr:
+    """A ``host:port`` address; ``[v6]:port`` for IPv6."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, text: str, default_port: int | None = None, default_host: str = "127.0.0.1") -> Addr:
+        """Parse ``host:port``, ``[v6]:port``, ``:port`` or (with ``default_port``) a bare host.
+
+        A ``scheme://`` prefix (``tcp://``, ``https://``) is allowed and dropped, as Teleport does.
+        """
+        text = text.strip()
+        if "://" in text:
+            scheme, _, text = text.partition("://")
+            if scheme not in ("tcp", "http", "https"):
+                raise ValueError(f"unsupported scheme {scheme!r} in address")
+            text = text.rstrip("/")
+        host: str
+        port_text: str | None
+        if text.startswith("["):
+            host, sep, rest = text[1:].partition("]")
+            if not sep:
+                raise ValueError(f"unterminated '[' in address {text!r}")
+            port_text = rest[1:] if rest.startswith(":") else None
+            if rest and not rest.startswith(":"):
+                raise ValueError(f"junk after ']' in address {text!r}")
+        elif text.count(":") == 1:
+            host, port_text = text.split(":")
+        elif ":" in text:
+            raise ValueError(f"IPv6 address {text!r} must be written as [addr]:port")
+        else:
+            host, port_text = text, None
+        if not port_text:
+            if default_port is None:
+                raise ValueError(f"address {text!r} has no port")
+            port = default_port
+        else:
+            if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+                raise ValueError(f"bad port {port_text!r} in address {text!r}")
+            port = int(port_text)
+        return cls(host or default_host, port)
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a Go-style duration (``30s``, ``1m30s``, ``500ms``, ``2h``) or a number."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s or 5m")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("durations cannot be negative")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError("expected a duration such as 30s or 5m")
+    units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", value.strip())
+    if not parts or "".join(n + u for n, u in parts) != value.strip():
+        raise ValueError(f"bad duration {value!r} (use e.g. 30s, 5m, 1h30m, 500ms)")
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+class Duration(float):
+    """Seconds, written in YAML as a Go duration."""
+
+
+# --------------------------------------------------------------------------------------------
+# Sections. Field metadata: "key" (YAML name when it differs), "ignored" (Teleport key accepted
+# but not emulated), "default_port" (for Addr fields: a bare host gets this port), "doc".
+
+
+def _f(default: Any = dataclasses.MISSING, *, factory: Callable[[], Any] | None = None, **meta: Any) -> Any:
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _ignored() -> Any:
+    return field(default=None, metadata={"ignored": True})
+
+
+@dataclass(frozen=True)
+class LogFormat:
+    output: str = "text"
+    extra_fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    output: str = "stderr"
+    severity: str = "INFO"
+    format: LogFormat = _f(factory=LogFormat)
+
+
+@dataclass(frozen=True)
+class TeleportSection:
+    nodename: str = ""
+    data_dir: str = ""
+    auth_token: str = ""
+    proxy_server: Addr | None = _f(None, default_port=3080)
+    auth_server: Addr | None = _f(None, default_port=3025)
+    auth_servers: tuple[Addr, ...] = _f((), default_port=3025)
+    ca_pin: tuple[str, ...] = ()
+    log: LogConfig = _f(factory=LogConfig)
+    diag_addr: Addr | None = None
+    advertise_ip: str = ""
+    join_params: object = _ignored()
+    connection_limits: object = _ignored()
+    cache: object = _ignored()
+    storage: object = _ignored()
+    pid_file: object = _ignored()
+
+
+@dataclass(frozen=True)
+class AuthService:
+    enabled: bool = True
+    listen_addr: Addr = _f(Addr("127.0.0.1", 3025), default_port=3025)
+    public_addr: tuple[str, ...] = ()
+    cluster_name: str = "tpemu.local"
+    proxy_listener_mode: str = "multiplex"
+    tokens: tuple[str, ...] = ()
+    authentication: object = _ignored()
+    session_recording: object = _ignored()
+    license_file: object = _ignored()
+    message_of_the_day: object = _ignored()
+    client_idle_timeout: object = _ignored()
+    disconnect_expired_cert: object = _ignored()
+    keep_alive_interval: object = _ignored()
+    keep_alive_count_max: object = _ignored()
+    routing_strategy: object = _ignored()
+    tunnel_strategy: object = _ignored()
+    proxy_ping_interval: object = _ignored()
+    case_insensitive_routing: object = _ignored()
+
+
+@dataclass(frozen=True)
+class PassthroughRule:
+    """tpemu: send matching connections, untouched from byte 0, to ``target`` (like sslh/HAProxy).
+
+    A TLS rule matches on ``alpn`` (any offered name) and/or ``sni`` (exact, or ``*.suffix``);
+    ``protocol: ssh|http|postgres`` matches those plain protocols. ``send_proxy: v1|v2`` puts a
+    PROXY header with the client's address in front of the bytes.
+    """
+
+    name: str = ""
+    target: Addr | None = None
+    alpn: tuple[str, ...] = ()
+    sni: tuple[str, ...] = ()
+    protocol: str = "tls"
+    send_proxy: str = ""
+
+
+@dataclass(frozen=True)
+class ProxyService:
+    enabled: bool = True
+    web_listen_addr: Addr = _f(Addr("127.0.0.1", 3080), default_port=3080)
+    public_addr: tuple[str, ...] = ()
+    listen_addr: Addr | None = _f(None, default_port=3023)
+    ssh_public_addr: tuple[str, ...] = ()
+    tunnel_listen_addr: Addr | None = _f(None, default_port=3024)
+    tunnel_public_addr: tuple[str, ...] = ()
+    peer_listen_addr: Addr | None = _f(None, default_port=3021)
+    peer_public_addr: tuple[str, ...] = ()
+    postgres_listen_addr: Addr | None = _f(None, default_port=5432)
+    postgres_public_addr: tuple[str, ...] = ()
+    mysql_listen_addr: Addr | None = _f(None, default_port=3036)
+    mysql_public_addr: tuple[str, ...] = ()
+    mongo_listen_addr: Addr | None = _f(None, default_port=27017)
+    mongo_public_addr: tuple[str, ...] = ()
+    #: tpemu: Teleport has no Redis proxy listener; the seed's port table lists 6379.
+    redis_listen_addr: Addr | None = _f(None, default_port=6379)
+    kube_listen_addr: Addr | None = _f(None, default_port=3026)
+    kube_public_addr: tuple[str, ...] = ()
+    proxy_protocol: bool = False
+    trust_x_forwarded_for: bool = False
+    #: tpemu: the deadline and size cap for first-bytes detection.
+    sniff_timeout: Duration = Duration(5.0)
+    max_client_hello: int = 16384
+    max_pending: int = 4096
+    passthrough: tuple[PassthroughRule, ...] = ()
+    https_keypairs: object = _ignored()
+    https_keypairs_reload_interval: object = _ignored()
+    acme: object = _ignored()
+    kubernetes: object = _ignored()
+    ui: object = _ignored()
+    trust_x_forwarded_for_header: object = _ignored()
+    idp: object = _ignored()
+    proxy_protocol_allow_downgrade: object = _ignored()
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str = ""
+    command: tuple[str, ...] = ()
+    period: Duration = Duration(60.0)
+
+
+@dataclass(frozen=True)
+class SSHService:
+    enabled: bool = True
+    listen_addr: Addr = _f(Addr("127.0.0.1", 3022), default_port=3022)
+    public_addr: tuple[str, ...] = ()
+    labels: Mapping[str, str] = _f(factory=dict)
+    commands: tuple[Command, ...] = ()
+    port_forwarding: bool = False
+    enhanced_recording: object = _ignored()
+    pam: object = _ignored()
+    x11: object = _ignored()
+    permit_user_env: object = _ignored()
+    disable_create_host_user: object = _ignored()
+    ciphers: object = _ignored()
+
+
+@dataclass(frozen=True)
+class DatabaseTLS:
+    mode: str = "verify-full"
+    ca_cert_file: str = ""
+    server_name: str = ""
+
+
+@dataclass(frozen=True)
+class Database:
+    name: str = ""
+    protocol: str = ""
+    #: ``host:port`` of a real server, or ``emulated`` for tpemu's in-process backend.
+    uri: str = "emulated"
+    description: str = ""
+    static_labels: Mapping[str, str] = _f(factory=dict)
+    tls: DatabaseTLS = _f(factory=DatabaseTLS)
+    admin_user: object = _ignored()
+    dynamic_labels: object = _ignored()
+    aws: object = _ignored()
+    gcp: object = _ignored()
+    azure: object = _ignored()
+    ad: object = _ignored()
+    mysql: object = _ignored()
+
+
+@dataclass(frozen=True)
+class DBService:
+    enabled: bool = False
+    databases: tuple[Database, ...] = ()
+    resources: object = _ignored()
+    aws: object = _ignored()
+    azure: object = _ignored()
+
+
+@dataclass(frozen=True)
+class Config:
+    version: str = "v3"
+    teleport: TeleportSection = _f(factory=TeleportSection)
+    auth_service: AuthService = _f(factory=AuthService)
+    proxy_service: ProxyService = _f(factory=ProxyService)
+    ssh_service: SSHService = _f(factory=SSHService)
+    db_service: DBService = _f(factory=DBService)
+    app_service: object = _ignored()
+    kubernetes_service: object = _ignored()
+    windows_desktop_service: object = _ignored()
+    discovery_service: object = _ignored()
+    jamf_service: object = _ignored()
+    okta_service: object = _ignored()
+    debug_service: object = _ignored()
+    tracing_service: object = _ignored()
+
+    @property
+    def multiplex(self) -> bool:
+        """Whether every proxy protocol shares the web port (TLS routing)."""
+        return self.auth_service.proxy_listener_mode == "multiplex"
+
+    def data_dir(self) -> Path:
+        """``teleport.data_dir``, or ``$TPEMU_DATA_DIR``, or ``~/.local/share/tpemu``."""
+        text = self.teleport.data_dir or os.environ.get("TPEMU_DATA_DIR", "")
+        return Path(text).expanduser() if text else Path.home() / ".local" / "share" / "tpemu"
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+_BOOL_WORDS = {"yes": True, "no": False, "true": True, "false": False, "on": True, "off": False,
+               "1": True, "0": False}
+_MODES = ("multiplex", "separate")
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a YAML config file; raises :class:`ConfigError`."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"cannot read config {os.fspath(path)!r}: {exc.strerror}") from None
+    return loads(text)
+
+
+def loads(text: str) -> Config:
+    """Validate a YAML config held in a string; raises :class:`ConfigError`."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError("", f"invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        data = {}
+    return from_dict(data)
+
+
+def from_dict(data: object) -> Config:
+    """Build a :class:`Config` from parsed YAML; raises :class:`ConfigError`."""
+    cfg: Config = _build(Config, data, "")
+    _validate(cfg)
+    return cfg
+
+
+def ignored_keys(data: object, cls: type = Config, path: str = "") -> list[str]:
+    """The key paths present in ``data`` that tpemu accepts but does not emulate."""
+    out: list[str] = []
+    if not isinstance(data, dict):
+        return out
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f.metadata.get("key", f.name)
+        if key not in data:
+            continue
+        sub = f"{path}.{key}" if path else key
+        if f.metadata.get("ignored"):
+            out.append(sub)
+        elif dataclasses.is_dataclass(hints[f.name]):
+            out.extend(ignored_keys(data[key], hints[f.name], sub))
+    return out
+
+
+def _build(cls: type, data: object, path: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(path, f"expected a mapping, got {_kind(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.metadata.get("key", f.name): f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{path}.{key}" if path else str(key), f"unknown key (known keys: {known})")
+    kwargs: dict[str, Any] = {}
+    for key, f in fields.items():
+        if key not in data:
+            continue
+        sub = f"{path}.{key}" if path else key
+        if f.metadata.get("ignored"):
+            kwargs[f.name] = data[key]
+            continue
+        kwargs[f.name] = _convert(hints[f.name], data[key], sub, f.metadata)
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: object, path: str, meta: Mapping[str, Any]) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, path, meta)
+    if tp is Addr:
+        if not isinstance(value, str | int) or isinstance(value, bool):
+            raise ConfigError(path, f"expected host:port, got {_kind(value)}")
+        try:
+            return Addr.parse(str(value), meta.get("default_port"))
+        except ValueError as exc:
+            raise ConfigError(path, str(exc)) from None
+    if tp is Duration:
+        try:
+            return Duration(parse_duration(value))
+        except ValueError as exc:
+            raise ConfigError(path, str(exc)) from None
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str | int) and str(value).lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[str(value).lower()]
+        raise ConfigError(path, f"expected yes/no (or on/off, true/false), got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, f"expected an integer, got {_kind(value)}")
+        if value < 0:
+            raise ConfigError(path, "must not be negative")
+        return value
+    if tp is str:
+        if isinstance(value, bool) or value is None or isinstance(value, dict | list):
+            raise ConfigError(path, f"expected a string, got {_kind(value)}")
+        return str(value)
+    if origin is tuple:
+        item = args[0]
+        if isinstance(value, str) or (item is Addr and isinstance(value, int)):
+            value = [value]  # Teleport accepts a single value where a list is allowed
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise ConfigError(path, f"expected a list, got {_kind(value)}")
+        return tuple(_convert(item, v, f"{path}[{i}]", meta) for i, v in enumerate(value))
+    if origin is Mapping:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(path, f"expected a mapping, got {_kind(value)}")
+        return {str(k): _convert(str, v, f"{path}.{k}", {}) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build(typing.cast(type, tp), {} if value is None else value, path)
+    raise ConfigError(path, f"unsupported config type {tp!r}")  # a bug in this module
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _validate(cfg: Config) -> None:
+    if cfg.version not in ("v1", "v2", "v3"):
+        raise ConfigError("version", f"unsupported config version {cfg.version!r} (v1, v2 or v3)")
+    if cfg.auth_service.proxy_listener_mode not in _MODES:
+        raise ConfigError("auth_service.proxy_listener_mode",
+                          f"must be multiplex or separate, got {cfg.auth_service.proxy_listener_mode!r}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.auth_service.cluster_name):
+        raise ConfigError("auth_service.cluster_name", "must be a DNS-like name")
+    for i, rule in enumerate(cfg.proxy_service.passthrough):
+        p = f"proxy_service.passthrough[{i}]"
+        if rule.target is None:
+            raise ConfigError(f"{p}.target", "required: the host:port to send matching connections to")
+        if rule.protocol not in ("tls", "ssh", "http", "postgres"):
+            raise ConfigError(f"{p}.protocol", f"must be tls, ssh, http or postgres, got {rule.protocol!r}")
+        if rule.protocol == "tls" and not rule.alpn and not rule.sni:
+            raise ConfigError(p, "a tls rule needs alpn and/or sni to match on")
+        if rule.protocol != "tls" and (rule.alpn or rule.sni):
+            raise ConfigError(p, f"alpn/sni only apply to tls rules, not {rule.protocol}")
+        if rule.send_proxy not in ("", "v1", "v2"):
+            raise ConfigError(f"{p}.send_proxy", f"must be v1 or v2, got {rule.send_proxy!r}")
+        for j, pattern in enumerate(rule.sni):
+            if not re.fullmatch(r"(\*\.)?[A-Za-z0-9._-]+", pattern):
+                raise ConfigError(f"{p}.sni[{j}]", f"bad SNI pattern {pattern!r} (a name or *.suffix)")
+    for i, db in enumerate(cfg.db_service.databases):
+        p = f"db_service.databases[{i}]"
+        if not db.name:
+            raise ConfigError(f"{p}.name", "required")
+        if db.protocol not in ("postgres", "mysql", "mongodb", "redis"):
+            raise ConfigError(f"{p}.protocol", f"must be postgres, mysql, mongodb or redis, got {db.protocol!r}")
+        if db.uri != "emulated":
+            try:
+                Addr.parse(db.uri.removeprefix(f"{db.protocol}://"))
+            except ValueError as exc:
+                raise ConfigError(f"{p}.uri", f"{exc} (use host:port or 'emulated')") from None
+    if cfg.proxy_service.sniff_timeout <= 0:
+        raise ConfigError("proxy_service.sniff_timeout", "must be positive")
+    if not 1024 <= cfg.proxy_service.max_client_hello <= 65536:
+        raise ConfigError("proxy_service.max_client_hello", "must be between 1024 and 65536 bytes")

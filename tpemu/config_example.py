@@ -1,0 +1,76 @@
+"""The commented default configuration that ``tpemu configure`` prints (data).
+
+``tpemu.example.yaml`` at the top of the repository is this text; a test keeps them equal and
+checks that it loads.
+"""
+
+EXAMPLE_CONFIG = """\
+# tpemu configuration, shaped like teleport.yaml: the section and key names are Teleport's
+# wherever they mean the same thing, so a real teleport.yaml mostly loads. Unknown keys are
+# errors; Teleport keys that tpemu does not emulate (acme, https_keypairs, …) are accepted and
+# reported at start-up. Addresses without a host bind 127.0.0.1, never all interfaces.
+version: v3
+
+teleport:
+  nodename: tpemu-node
+  # Where the cluster CA, certificates and the backend live (default ~/.local/share/tpemu).
+  data_dir: ~/.local/share/tpemu
+  log:
+    output: stderr
+    severity: INFO          # TRACE adds hexdumps of refused connections' first bytes
+  # diag_addr: 127.0.0.1:3000   # /metrics (Prometheus), /healthz, /readyz
+
+auth_service:
+  enabled: yes
+  listen_addr: 127.0.0.1:3025
+  cluster_name: tpemu.local
+  # multiplex: every protocol on web_listen_addr (TLS routing by ALPN/SNI).
+  # separate: Teleport's per-service listeners (3023 SSH, 3024 tunnels, …) as well.
+  proxy_listener_mode: multiplex
+
+proxy_service:
+  enabled: yes
+  web_listen_addr: 127.0.0.1:3080
+  # public_addr: proxy.example.com:443     # a single value or a list; the first is advertised
+  # Separate-mode listeners (opened in either mode when set):
+  # listen_addr: 127.0.0.1:3023            # SSH proxy
+  # tunnel_listen_addr: 127.0.0.1:3024     # agents' reverse tunnels
+  # peer_listen_addr: 127.0.0.1:3021       # proxy peering
+  # postgres_listen_addr: 127.0.0.1:5432
+  # mysql_listen_addr: 127.0.0.1:3036
+  # mongo_listen_addr: 127.0.0.1:27017
+  # redis_listen_addr: 127.0.0.1:6379      # tpemu extension: Teleport has no Redis listener
+  # Accept one PROXY protocol v1/v2 header per connection (only behind a load balancer that
+  # sends it; otherwise a PROXY header is refused and logged).
+  proxy_protocol: off
+  # tpemu: first-bytes detection deadline, ClientHello size cap, connections being sniffed.
+  sniff_timeout: 5s
+  max_client_hello: 16384
+  max_pending: 4096
+  # tpemu: pass-through routes, checked before Teleport's own ALPN routes. Matching connections
+  # go to target untouched from byte 0 (like sslh or HAProxy in TCP mode).
+  # passthrough:
+  #   - name: my-tls-app
+  #     sni: ["app.example.com", "*.apps.example.com"]
+  #     target: 127.0.0.1:8443
+  #   - name: my-grpc
+  #     alpn: ["h2"]
+  #     target: 127.0.0.1:9443
+  #     send_proxy: v2                     # prepend a PROXY v2 header naming the client
+  #   - name: sshd
+  #     protocol: ssh                      # plain SSH (instead of Teleport's SSH proxy)
+  #     target: 127.0.0.1:22
+
+ssh_service:
+  enabled: yes
+  listen_addr: 127.0.0.1:3022
+  labels:
+    env: dev
+
+db_service:
+  enabled: no
+  # databases:
+  #   - name: pg
+  #     protocol: postgres                 # postgres | mysql | mongodb | redis
+  #     uri: emulated                      # or host:port of a real server
+"""

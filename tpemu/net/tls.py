@@ -1,0 +1,89 @@
+"""TLS contexts and TLS-terminated streams on already-accepted sockets (glue over ``ssl``).
+
+The router hands a socket whose ClientHello is still unread in the kernel to
+``loop.connect_accepted_socket(..., ssl=ctx)``: the TLS stack reads the hello itself, so nothing
+has to be replayed (reading it first through a StreamReader and then calling ``start_tls`` loses
+the buffered bytes: cpython#142352).
+
+Server contexts are cached per ALPN list: Python's ``ssl`` selects ALPN by *server* preference,
+so a context offering exactly the routed protocol negotiates what the router decided.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def server_context(cert: Path, key: Path, alpn: Sequence[str] = (), client_ca: Path | None = None,
+                   verify_client: bool = False) -> ssl.SSLContext:
+    """A TLS 1.2+ server context; with ``client_ca``, client certificates are requested and
+    verified (``verify_client`` makes them mandatory)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
+    if client_ca is not None:
+        ctx.load_verify_locations(cafile=str(client_ca))
+        ctx.verify_mode = ssl.CERT_REQUIRED if verify_client else ssl.CERT_OPTIONAL
+    # Session tickets let a client resume; harmless here and what Go's server does by default.
+    ctx.options |= ssl.OP_NO_COMPRESSION
+    return ctx
+
+
+def client_context(ca: Path | None = None, cert: Path | None = None, key: Path | None = None,
+                   alpn: Sequence[str] = (), insecure: bool = False) -> ssl.SSLContext:
+    """A client context trusting ``ca`` (or the system store), with an optional client cert."""
+    ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
+    if insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if cert is not None:
+        ctx.load_cert_chain(cert, key)
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
+    return ctx
+
+
+class ContextCache:
+    """Server contexts for one certificate, one per ALPN offer (built on first use)."""
+
+    def __init__(self, cert: Path, key: Path, client_ca: Path | None = None) -> None:
+        self.cert, self.key, self.client_ca = cert, key, client_ca
+        self._cache: dict[tuple[tuple[str, ...], bool], ssl.SSLContext] = {}
+
+    def get(self, alpn: Sequence[str] = (), verify_client: bool = False) -> ssl.SSLContext:
+        k = (tuple(alpn), verify_client)
+        ctx = self._cache.get(k)
+        if ctx is None:
+            ctx = server_context(self.cert, self.key, alpn, self.client_ca, verify_client)
+            self._cache[k] = ctx
+        return ctx
+
+
+async def accept_stream(sock: socket.socket, ctx: ssl.SSLContext | None, timeout: float,
+                        limit: int = 64 * 1024) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Wrap an accepted socket in asyncio streams, doing the server TLS handshake if ``ctx``."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=limit, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    if ctx is None:
+        transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
+    else:
+        transport, _ = await loop.connect_accepted_socket(
+            lambda: protocol, sock, ssl=ctx, ssl_handshake_timeout=timeout)
+    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    return reader, writer
+
+
+def peer_certificate(writer: asyncio.StreamWriter) -> bytes | None:
+    """The DER of the verified client certificate of a TLS stream, if any."""
+    sslobj = writer.get_extra_info("ssl_object")
+    if sslobj is None:
+        return None
+    der = sslobj.getpeercert(binary_form=True)
+    return der if der else None

@@ -1,0 +1,141 @@
+"""Teleport's ALPN protocol names and SNI conventions, in one table (pure data).
+
+Source: gravitational/teleport ``lib/srv/alpnproxy/common/protocols.go`` (protocol names),
+``api/constants`` (``KubeTeleportProxyALPNPrefix``), summarised in
+``shared/TELEPORT_NETWORKING.md``. The router (``tpemu.proxy.route``) builds its table from
+:data:`ALPN_SERVICES`; nothing else spells these strings.
+"""
+
+from dataclasses import dataclass
+from enum import Enum
+
+HTTP11 = "http/1.1"
+HTTP2 = "h2"
+PROXY_SSH = "teleport-proxy-ssh"
+PROXY_SSH_GRPC = "teleport-proxy-ssh-grpc"
+REVERSE_TUNNEL = "teleport-reversetunnel"
+#: Sent in addition to :data:`REVERSE_TUNNEL` by peering-aware agents, so load balancers can route
+#: on it; the proxy handles such a connection as a reverse tunnel.
+REVERSE_TUNNEL_V2 = "teleport-reversetunnelv2"
+AUTH = "teleport-auth@"
+PROXY_GRPC = "teleport-proxy-grpc"
+PROXY_GRPC_MTLS = "teleport-proxy-grpc-mtls"
+TCP = "teleport-tcp"
+
+POSTGRES = "teleport-postgres"
+MYSQL = "teleport-mysql"
+MONGODB = "teleport-mongodb"
+ORACLE = "teleport-oracle"
+REDIS = "teleport-redis"
+SQLSERVER = "teleport-sqlserver"
+SNOWFLAKE = "teleport-snowflake"
+CASSANDRA = "teleport-cassandra"
+ELASTICSEARCH = "teleport-elasticsearch"
+OPENSEARCH = "teleport-opensearch"
+DYNAMODB = "teleport-dynamodb"
+CLICKHOUSE = "teleport-clickhouse"
+SPANNER = "teleport-spanner"
+#: Postgres' own ALPN, sent by libpq >= 17 with ``sslnegotiation=direct`` (not a Teleport name).
+POSTGRESQL_NATIVE = "postgresql"
+
+#: ``<db or tcp protocol>-ping``: the same protocol in ping framing.
+PING_SUFFIX = "-ping"
+#: ``teleport-mysql-<server version>``: tsh carries the MySQL server version this way.
+MYSQL_VERSION_PREFIX = MYSQL + "-"
+
+#: SNI prefix that routes to the Kubernetes proxy (``KubeTeleportProxyALPNPrefix``), and the
+#: legacy ``kube.`` prefix Teleport still honours.
+KUBE_SNI_PREFIX = "kube-teleport-proxy-alpn."
+KUBE_SNI_PREFIX_LEGACY = "kube."
+#: Internal traffic uses SNI names under this domain.
+INTERNAL_DOMAIN = "teleport.cluster.local"
+
+
+class Service(Enum):
+    """Which proxy service an ALPN name leads to."""
+
+    WEB = "web"
+    SSH_PROXY = "ssh-proxy"
+    SSH_PROXY_GRPC = "ssh-proxy-grpc"
+    REVERSE_TUNNEL = "reverse-tunnel"
+    AUTH = "auth"
+    PROXY_GRPC = "proxy-grpc"
+    PROXY_GRPC_MTLS = "proxy-grpc-mtls"
+    APP_TCP = "app-tcp"
+    DATABASE = "database"
+    KUBE = "kube"
+
+
+@dataclass(frozen=True, slots=True)
+class AlpnService:
+    """What an ALPN name means: the service, the database protocol (for databases), ping framing."""
+
+    service: Service
+    db_protocol: str | None = None
+    ping: bool = False
+
+
+#: Database ALPN names and the protocol name used in ``db_service.databases[].protocol``.
+DATABASE_PROTOCOLS: dict[str, str] = {
+    POSTGRES: "postgres",
+    MYSQL: "mysql",
+    MONGODB: "mongodb",
+    ORACLE: "oracle",
+    REDIS: "redis",
+    SQLSERVER: "sqlserver",
+    SNOWFLAKE: "snowflake",
+    CASSANDRA: "cassandra",
+    ELASTICSEARCH: "elasticsearch",
+    OPENSEARCH: "opensearch",
+    DYNAMODB: "dynamodb",
+    CLICKHOUSE: "clickhouse",
+    SPANNER: "spanner",
+}
+
+#: Database protocols whose clients start in plain text (Postgres, MySQL): the proxy's database
+#: handler runs its own TLS handling. The others are TLS-terminated at the ALPN router.
+DB_OWN_TLS = frozenset({"postgres", "mysql"})
+
+
+def _build() -> dict[str, AlpnService]:
+    table: dict[str, AlpnService] = {
+        HTTP11: AlpnService(Service.WEB),
+        HTTP2: AlpnService(Service.WEB),
+        PROXY_SSH: AlpnService(Service.SSH_PROXY),
+        PROXY_SSH_GRPC: AlpnService(Service.SSH_PROXY_GRPC),
+        REVERSE_TUNNEL: AlpnService(Service.REVERSE_TUNNEL),
+        REVERSE_TUNNEL_V2: AlpnService(Service.REVERSE_TUNNEL),
+        AUTH: AlpnService(Service.AUTH),
+        PROXY_GRPC: AlpnService(Service.PROXY_GRPC),
+        PROXY_GRPC_MTLS: AlpnService(Service.PROXY_GRPC_MTLS),
+        TCP: AlpnService(Service.APP_TCP),
+        TCP + PING_SUFFIX: AlpnService(Service.APP_TCP, ping=True),
+        POSTGRESQL_NATIVE: AlpnService(Service.DATABASE, "postgres"),
+    }
+    for name, proto in DATABASE_PROTOCOLS.items():
+        table[name] = AlpnService(Service.DATABASE, proto)
+        table[name + PING_SUFFIX] = AlpnService(Service.DATABASE, proto, ping=True)
+    return table
+
+
+#: Every ALPN name the router knows, exact match.
+ALPN_SERVICES: dict[str, AlpnService] = _build()
+
+
+def lookup(name: str) -> AlpnService | None:
+    """The service for an offered ALPN name, including the ``teleport-mysql-<version>`` form."""
+    found = ALPN_SERVICES.get(name)
+    if found is None and name.startswith(MYSQL_VERSION_PREFIX):
+        ping = name.endswith(PING_SUFFIX)
+        found = AlpnService(Service.DATABASE, "mysql", ping=ping)
+    return found
+
+
+def is_kube_sni(sni: str | None) -> bool:
+    """Whether an SNI routes to the Kubernetes proxy (checked before ALPN, as Teleport does)."""
+    return sni is not None and (sni.startswith(KUBE_SNI_PREFIX) or sni.startswith(KUBE_SNI_PREFIX_LEGACY))
+
+
+def cluster_sni(cluster_name: str) -> str:
+    """``<hex(cluster_name)>.teleport.cluster.local``: the SNI and SAN Teleport uses internally."""
+    return cluster_name.encode("utf-8").hex() + "." + INTERNAL_DOMAIN

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import NamedTuple
 
 from tpemu.proxy.route import Route, RouteKind, RouteTable
 from tpemu.wire import WireError, proxy_protocol, sniff, tls
@@ -51,14 +52,22 @@ class ListenerPolicy:
     fixed: dict[Protocol, Route] = field(default_factory=dict)
     server_first: Route | None = None
     proxy_protocol: bool = False
+    tls_ok: bool = field(init=False, default=False)
+    tls_route: Route | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        # Derived once, read on every TLS connection.
+        object.__setattr__(self, "tls_ok", Protocol.TLS in self.accepts)
+        object.__setattr__(self, "tls_route", self.fixed.get(Protocol.TLS))
 
     @property
     def tls_only(self) -> bool:
         return self.accepts == frozenset({Protocol.TLS})
 
 
-@dataclass(frozen=True, slots=True)
-class NeedMore:
+# NeedMore and Routed are NamedTuples: one is built per connection on the hot path, where a
+# frozen dataclass's __init__ costs several times more.
+class NeedMore(NamedTuple):
     seen: int
 
 
@@ -67,8 +76,7 @@ class ProxyHeaderSeen:
     header: proxy_protocol.ProxyHeader
 
 
-@dataclass(frozen=True, slots=True)
-class Routed:
+class Routed(NamedTuple):
     protocol: Protocol
     route: Route
     hello: tls.ClientHello | None = None
@@ -87,12 +95,37 @@ class Refused:
 
 Outcome = NeedMore | ProxyHeaderSeen | Routed | Refused
 
+# Hot-path constants: module globals are cheaper to load than enum class attributes, and
+# tuple.__new__ skips the Python-level __new__ a NamedTuple class generates.
+_TLS = Protocol.TLS
+_REJECT = RouteKind.REJECT
+_new_routed = tuple.__new__
+
 _PROXY = (Protocol.PROXY_V1, Protocol.PROXY_V2)
 
 
 def classify(prefix: bytes | bytearray | memoryview, policy: ListenerPolicy, table: RouteTable,
              max_hello: int = tls.DEFAULT_MAX_HELLO, proxy_seen: bool = False) -> Outcome:
     """Decide what to do with a connection whose stream starts with ``prefix``."""
+    if prefix and prefix[0] == 0x16 and policy.tls_ok:
+        # Hot path: a TLS record. The ClientHello parser checks the record header itself.
+        try:
+            hello = tls.parse_client_hello(prefix, max_hello)
+        except LimitExceeded as exc:
+            return Refused("bad-client-hello", f"ClientHello rejected: {exc}", Protocol.TLS,
+                           tls.encode_alert(tls.ALERT_DECODE_ERROR))
+        except tls.NotTLS as exc:
+            return Refused("unknown-protocol", str(exc))
+        except tls.TLSError as exc:
+            return Refused("bad-client-hello", f"ClientHello rejected: {exc}", Protocol.TLS,
+                           tls.encode_alert(exc.alert))
+        if hello is None:
+            return NeedMore(len(prefix))
+        route = policy.tls_route or table.for_tls(hello)
+        if route.kind is _REJECT:
+            return Refused("unknown-alpn", route.why, Protocol.TLS,
+                           tls.encode_alert(tls.ALERT_NO_APPLICATION_PROTOCOL), hello)
+        return _new_routed(Routed, (_TLS, route, hello))
     try:
         proto = sniff.sniff(prefix)
     except WireError as exc:

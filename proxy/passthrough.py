@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from tpemu.net.sockets import close_with_answer
 from tpemu.net.splice import Splice
 from tpemu.proxy.frontdoor import Accepted
 from tpemu.wire import proxy_protocol
@@ -36,7 +37,7 @@ async def splice_to_target(acc: Accepted, connect_timeout: float = 10.0) -> None
     except (OSError, TimeoutError) as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
         log.warning("%s: backend %s unreachable: %s", acc.ctx, route.target, reason)
-        acc.sock.close()
+        close_with_answer(acc.sock)
         return
     header = b""
     if route.send_proxy:

@@ -131,6 +131,9 @@ POSTGRES_STARTUP = Route(RouteKind.DATABASE, "database/postgres", "Postgres star
                          db_protocol="postgres")
 
 
+_KUBE_PREFIXES = (names.KUBE_SNI_PREFIX, names.KUBE_SNI_PREFIX_LEGACY)
+
+
 class RouteTable:
     """Routes by ALPN/SNI (TLS) or by protocol (plain SSH, HTTP, Postgres)."""
 
@@ -156,7 +159,7 @@ class RouteTable:
             if rule.matches(hello):
                 return rule.route
         sni = hello.sni
-        if sni is not None and names.is_kube_sni(sni):
+        if sni is not None and sni.startswith(_KUBE_PREFIXES):
             return KUBE
         offered = hello.alpn
         if not offered:

@@ -395,8 +395,8 @@ def _convert(tp: Any, value: object, path: str, meta: Mapping[str, Any]) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
+        if (value is None or value == "") and type(None) in args:
+            return None  # teleport.yaml writes unset addresses as
         inner = [a for a in args if a is not type(None)]
         return _convert(inner[0], value, path, meta)
     if tp is Addr:
@@ -431,7 +431,7 @@ def _convert(tp: Any, value: object, path: str, meta: Mapping[str, Any]) -> Any:
         item = args[0]
         if isinstance(value, str) or (item is Addr and isinstance(value, int)):
             value = [value]  # Teleport accepts a single value where a list is allowed
-        if value is None:
+        if value is None or value == [""]:
             return ()
         if not isinstance(value, list):
             raise ConfigError(path, f"expected a list, got {_kind(value)}")

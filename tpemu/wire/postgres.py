@@ -120,22 +120,29 @@ def parse_startup(data: bytes | bytearray | memoryview) -> StartupPacket | None:
     if major != 3:
         raise PostgresError(f"unsupported frontend protocol {major}.{minor} (server supports 3.0 to 3.2)")
     body = bytes(data[8:length])
-    if not body.endswith(b"\x00"):
-        raise PostgresError("StartupMessage parameters are not NUL-terminated")
-    fields = body[:-1].split(b"\x00")
-    if fields == [b""]:
-        fields = []
-    if len(fields) % 2:
-        raise PostgresError("StartupMessage has a parameter name without a value")
-    try:
-        params = tuple(
-            (fields[i].decode("utf-8"), fields[i + 1].decode("utf-8")) for i in range(0, len(fields), 2)
-        )
-    except UnicodeDecodeError:
-        raise PostgresError("StartupMessage parameter is not valid UTF-8") from None
-    if any(not k for k, _ in params):
-        raise PostgresError("StartupMessage has an empty parameter name")
-    return StartupMessage(major, minor, params, length)
+    params: list[tuple[str, str]] = []
+    p = 0
+    while True:
+        if p >= len(body):
+            raise PostgresError("StartupMessage parameters are not NUL-terminated")
+        if body[p] == 0:
+            if p != len(body) - 1:
+                raise PostgresError("bytes after the StartupMessage terminator")
+            break
+        end = body.find(b"\x00", p)
+        if end < 0:
+            raise PostgresError("StartupMessage parameters are not NUL-terminated")
+        name = body[p:end]
+        p = end + 1
+        end = body.find(b"\x00", p)
+        if end < 0:
+            raise PostgresError(f"StartupMessage parameter {name[:40]!r} has no value")
+        try:
+            params.append((name.decode("utf-8"), body[p:end].decode("utf-8")))
+        except UnicodeDecodeError:
+            raise PostgresError("StartupMessage parameter is not valid UTF-8") from None
+        p = end + 1
+    return StartupMessage(major, minor, tuple(params), length)
 
 
 def encode_startup(params: dict[str, str], major: int = 3, minor: int = 0) -> bytes:

@@ -184,8 +184,9 @@ def parse_v2(data: bytes | bytearray | memoryview,
     src = dst = None
     if command is Command.PROXY:
         if family in (Family.TCP4, Family.UDP4):
-            src = (str(ipaddress.IPv4Address(payload[0:4])), payload[8] << 8 | payload[9])
-            dst = (str(ipaddress.IPv4Address(payload[4:8])), payload[10] << 8 | payload[11])
+            # Formatted by hand: ipaddress.IPv4Address costs microseconds per connection.
+            src = (f"{payload[0]}.{payload[1]}.{payload[2]}.{payload[3]}", payload[8] << 8 | payload[9])
+            dst = (f"{payload[4]}.{payload[5]}.{payload[6]}.{payload[7]}", payload[10] << 8 | payload[11])
         elif family in (Family.TCP6, Family.UDP6):
             src = (str(ipaddress.IPv6Address(payload[0:16])), payload[32] << 8 | payload[33])
             dst = (str(ipaddress.IPv6Address(payload[16:32])), payload[34] << 8 | payload[35])

@@ -12,7 +12,10 @@ handshake message split over several records and arrives over several reads. It 
 path: it indexes bytes directly and decodes only the three extensions it needs.
 """
 
-from dataclasses import dataclass
+import operator
+import struct
+from collections.abc import Callable
+from typing import NamedTuple
 
 from tpemu.wire.errors import LimitExceeded, WireError
 
@@ -50,6 +53,11 @@ ALERT_DECODE_ERROR = 50
 ALERT_UNRECOGNIZED_NAME = 112
 ALERT_NO_APPLICATION_PROTOCOL = 120
 
+#: Record header and handshake header of a stream's first bytes, in one C call.
+_HEADS = struct.Struct(">BBBHBBH").unpack_from
+#: (high byte of the extension type, extension length): one C call per extension header.
+_EXT_HEADER = struct.Struct(">BxH").unpack_from
+
 #: The error Go's crypto/tls (and so Teleport) logs when a TLS listener gets plain bytes.
 NOT_TLS_MESSAGE = "tls: first record does not look like a TLS handshake"
 
@@ -69,9 +77,12 @@ class NotTLS(TLSError):
         super().__init__(NOT_TLS_MESSAGE + (f" ({detail})" if detail else ""), ALERT_DECODE_ERROR)
 
 
-@dataclass(frozen=True, slots=True)
-class ClientHello:
+class ClientHello(NamedTuple):
     """What the router learns from a ClientHello.
+
+    A ``NamedTuple`` rather than the usual frozen dataclass: it is built once per connection on
+    the hot path, and a frozen dataclass's ``__init__`` (one ``object.__setattr__`` per field)
+    costs about a microsecond, more than the rest of the parse.
 
     ``sni`` is lower-cased (DNS names are case-insensitive) or ``None`` when the client sent no
     ``server_name``; ``alpn`` keeps the client's order; ``versions`` is the
@@ -89,7 +100,7 @@ class ClientHello:
     @property
     def max_version(self) -> int:
         """The highest TLS version the client offers (GREASE values ignored)."""
-        real = [v for v in self.versions if v & 0x0F0F != 0x0A0A]
+        real = [v for v in self.versions if (v & 0x0F0F) != 0x0A0A]
         return max(real) if real else self.legacy_version
 
 
@@ -116,6 +127,25 @@ def parse_client_hello(
     Bytes after the hello (the rest of the stream) are ignored.
     """
     n = len(data)
+    if n >= 9:
+        # Fast path: one struct read of the record and handshake headers; a well-formed hello in
+        # a single record goes straight to the (cached) body parse. Anything else takes the
+        # careful path below, which says precisely what is wrong.
+        ctype, major, minor, rec_len, hs_type, hs_hi, hs_lo = _HEADS(data)
+        if ctype == CONTENT_HANDSHAKE and major == 3 and minor <= 4 and hs_type == HANDSHAKE_CLIENT_HELLO \
+                and rec_len <= MAX_RECORD_PAYLOAD:
+            end = 9 + (hs_hi << 16 | hs_lo)
+            if end - 5 <= rec_len and end - 9 <= max_size:
+                if n < end:
+                    return None
+                if type(data) is not bytes:
+                    data = bytes(data[:end])  # bytes index and decode fastest
+                layout = _layouts.get(rec_len << 24 | end)
+                if layout is not None:
+                    hit = layout.results.get(layout.segments(data))
+                    if hit is not None:
+                        return hit
+                return _parse_body(data, 9, end, 5 + rec_len, 1)
     if n < 5:
         if n and (data[0] != CONTENT_HANDSHAKE or (n > 1 and data[1] != 3)):
             raise NotTLS(_first_bytes(data))
@@ -137,10 +167,11 @@ def parse_client_hello(
         if hs_len > max_size:
             raise LimitExceeded("ClientHello", max_size, hs_len)
         if 4 + hs_len <= rec_len:
-            # Fast path: the whole hello sits in the first record.
             if n < 9 + hs_len:
                 return None
-            return _parse_body(bytes(data[9:9 + hs_len]), 5 + rec_len, 1)
+            if type(data) is not bytes:
+                data = bytes(data[:9 + hs_len])
+            return _parse_body(data, 9, 9 + hs_len, 5 + rec_len, 1)
     return _parse_fragmented(data, max_size)
 
 
@@ -186,7 +217,7 @@ def _parse_fragmented(data: bytes | bytearray | memoryview, max_size: int) -> Cl
         if take < end and (need < 0 or len(buf) < need):
             return None  # the record is not all here yet
         pos = end
-    return _parse_body(bytes(buf[4:need]), pos, records)
+    return _parse_body(bytes(buf), 4, need, pos, records)
 
 
 def _interleaved(content_type: int) -> str:
@@ -197,62 +228,133 @@ def _first_bytes(data: bytes | bytearray | memoryview) -> str:
     return "first bytes " + bytes(data[:8]).hex(" ")
 
 
-def _parse_body(b: bytes, hello_end: int, records: int) -> ClientHello:
-    """Parse a complete ClientHello body (after the 4-byte handshake header)."""
-    e = len(b)
-    sni: str | None = None
-    alpn: tuple[str, ...] = ()
-    versions: tuple[int, ...] | None = None
+# Theory of operation of the cache. Finding SNI, ALPN and supported_versions means walking the
+# chain of extension headers (type, length), 12-18 of them; in pure Python that walk dominates
+# the parse. But a given client sends the same hello on every connection except for a few
+# volatile fields: the random, the session id, and the *contents* of key_share,
+# pre_shared_key, ECH, cookie, session ticket and GREASE extensions. So after a full parse the
+# layout is remembered, keyed by where the hello lies in the buffer and how it was framed: the
+# slices of the hello that are not volatile contents (every length and header byte is in them).
+# The next hello with that key is sliced the same way in one C call (``itemgetter`` of slice
+# objects) and looked up among the results already computed for that layout. A hit means every
+# non-volatile byte, every length and header included, equals an earlier hello's: a full parse
+# would visit the same offsets and find the same SNI, ALPN and versions, so a hit is exact, not a
+# guess. Caches are bounded, and a lookup only hits on an exact match, so input cannot poison
+# them; a client whose hellos never repeat (a browser that permutes its extensions) only pays
+# for the full parse.
+
+_MAX_LAYOUTS = 256
+_MAX_RESULTS = 256
+#: Extensions whose contents change from one connection of a client to the next.
+_VOLATILE = frozenset({41, 51, 44, 35, 0xFE0D})
+
+
+class _Layout(NamedTuple):
+    segments: Callable[[bytes], tuple[bytes, ...]]
+    results: dict[tuple[bytes, ...], ClientHello]
+
+
+_layouts: dict[int | tuple[int, int, int, int], _Layout] = {}
+
+
+def _parse_body(b: bytes, start: int, e: int, hello_end: int, records: int) -> ClientHello:
+    """Parse a complete ClientHello body occupying ``b[start:e]`` (through the cache)."""
+    # Single-record hellos (start 9, one record) are keyed by an int the fast path builds cheaply.
+    key: int | tuple[int, int, int, int] = (hello_end - 5) << 24 | e if start == 9 and records == 1 \
+        else (start, e, hello_end, records)
+    layout = _layouts.get(key)
+    if layout is not None:
+        hit = layout.results.get(layout.segments(b))
+        if hit is not None:
+            return hit
+    hello, keep = _parse_full(b, start, e, hello_end, records)
+    segments = operator.itemgetter(*keep)
+    if layout is None or layout.segments.__reduce__()[1] != segments.__reduce__()[1]:
+        if len(_layouts) >= _MAX_LAYOUTS:
+            _layouts.clear()
+        layout = _Layout(segments, {})
+        _layouts[key] = layout
+    if len(layout.results) >= _MAX_RESULTS:
+        layout.results.clear()
+    layout.results[segments(b)] = hello
+    return hello
+
+
+def _parse_full(b: bytes, start: int, e: int, hello_end: int,
+                records: int) -> tuple[ClientHello, list[slice]]:
+    """Parse and validate the hello body ``b[start:e]``; also returns its non-volatile slices.
+
+    Reads stay below ``e`` (checked after each variable-length field), so bytes after the hello
+    in the same buffer are never taken for part of it.
+    """
     try:
-        legacy = b[0] << 8 | b[1]
-        p = 34  # legacy_version (2) + random (32)
+        legacy = b[start] << 8 | b[start + 1]
+        p = start + 34  # legacy_version (2) + random (32)
         sid_len = b[p]
         if sid_len > 32:
             raise TLSError(f"legacy_session_id of {sid_len} bytes (at most 32)")
+        keep = [slice(start, start + 2), slice(p, p + 1)]
         p += 1 + sid_len
+        seg = p
+        if p + 2 > e:
+            raise IndexError
         cs_len = b[p] << 8 | b[p + 1]
         if cs_len < 2 or cs_len & 1:
             raise TLSError(f"cipher_suites length {cs_len} is not a positive even number")
         p += 2 + cs_len
+        if p >= e:
+            raise IndexError
         comp_len = b[p]
         if comp_len < 1:
             raise TLSError("empty legacy_compression_methods")
         p += 1 + comp_len
         if p > e:
             raise IndexError
+        sni: str | None = None
+        alpn: tuple[str, ...] | None = None
+        versions: tuple[int, ...] | None = None
         if p < e:
+            if p + 2 > e:
+                raise IndexError
             ext_total = b[p] << 8 | b[p + 1]
             p += 2
             if p + ext_total != e:
                 raise TLSError(f"extensions length {ext_total} does not match the {e - p} bytes left")
             while p < e:
-                et = b[p] << 8 | b[p + 1]
-                q = p + 4 + (b[p + 2] << 8 | b[p + 3])
+                hi, ln = _EXT_HEADER(b, p)
+                q = p + 4 + ln
                 if q > e:
-                    raise TLSError(f"extension {et} overruns the ClientHello")
-                p += 4
-                if et == EXT_SERVER_NAME:
-                    if sni is not None:
-                        raise TLSError("duplicate server_name extension")
-                    sni = _parse_sni(b, p, q)
-                elif et == EXT_ALPN:
-                    if alpn:
-                        raise TLSError("duplicate application_layer_protocol_negotiation extension")
-                    alpn = _parse_alpn(b, p, q)
-                elif et == EXT_SUPPORTED_VERSIONS:
-                    if versions is not None:
-                        raise TLSError("duplicate supported_versions extension")
-                    versions = _parse_versions(b, p, q)
+                    raise TLSError(f"extension {hi << 8 | b[p + 1]} overruns the ClientHello")
+                lo = b[p + 1]
+                if hi == 0:
+                    if lo == EXT_SERVER_NAME:
+                        if sni is not None:
+                            raise TLSError("duplicate server_name extension")
+                        sni = _parse_sni(b, p + 4, q)
+                    elif lo == EXT_ALPN:
+                        if alpn is not None:
+                            raise TLSError("duplicate application_layer_protocol_negotiation extension")
+                        alpn = _parse_alpn(b, p + 4, q)
+                    elif lo == EXT_SUPPORTED_VERSIONS:
+                        if versions is not None:
+                            raise TLSError("duplicate supported_versions extension")
+                        versions = _parse_versions(b, p + 4, q)
+                if ln and ((hi << 8 | lo) in _VOLATILE or (hi == lo and (lo & 0x0F) == 0x0A)):  # GREASE 0x?a?a
+                    keep.append(slice(seg, p + 4))
+                    seg = q
                 p = q
-    except IndexError:
+    except (IndexError, struct.error):
         raise TLSError("truncated ClientHello body") from None
-    return ClientHello(sni, alpn, versions or (legacy,), legacy, hello_end, records)
+    keep.append(slice(seg, e))
+    return ClientHello(sni, alpn or (), versions or (legacy,), legacy, hello_end, records), keep
 
 
 def _parse_sni(b: bytes, p: int, q: int) -> str:
     # RFC 6066 §3: ServerNameList <1..2^16-1>; exactly one host_name (type 0) allowed.
-    if q - p < 2 or (b[p] << 8 | b[p + 1]) != q - p - 2:
+    if q - p < 5 or (b[p] << 8 | b[p + 1]) != q - p - 2:
         raise TLSError("malformed server_name extension")
+    if b[p + 2] == 0 and p + 5 + (b[p + 3] << 8 | b[p + 4]) == q:
+        return _host_name(b[p + 5:q])  # the usual case: one host_name entry
     p += 2
     name: str | None = None
     while p < q:
@@ -266,15 +368,18 @@ def _parse_sni(b: bytes, p: int, q: int) -> str:
         if kind == 0:
             if name is not None:
                 raise TLSError("more than one host_name in server_name")
-            raw = b[p:p + ln]
-            if not raw or not raw.isascii() or raw.endswith(b".") or b"\x00" in raw:
-                # Go's crypto/tls refuses the same values (empty, non-ASCII, trailing dot).
-                raise TLSError(f"invalid SNI host_name {raw[:64]!r}", ALERT_UNRECOGNIZED_NAME)
-            name = raw.decode("ascii").lower()
+            name = _host_name(b[p:p + ln])
         p += ln
     if name is None:
         raise TLSError("server_name extension without a host_name")
     return name
+
+
+def _host_name(raw: bytes) -> str:
+    if not raw or not raw.isascii() or raw[-1] == 0x2E or 0 in raw:
+        # Go's crypto/tls refuses the same values (empty, non-ASCII, trailing dot).
+        raise TLSError(f"invalid SNI host_name {raw[:64]!r}", ALERT_UNRECOGNIZED_NAME)
+    return raw.lower().decode("ascii")
 
 
 def _parse_alpn(b: bytes, p: int, q: int) -> tuple[str, ...]:
@@ -284,14 +389,16 @@ def _parse_alpn(b: bytes, p: int, q: int) -> tuple[str, ...]:
     p += 2
     names = []
     while p < q:
-        ln = b[p]
-        p += 1
-        if ln == 0 or p + ln > q:
+        end = p + 1 + b[p]
+        if end == p + 1 or end > q:
             raise TLSError("empty or overrunning ALPN protocol name")
         # latin-1 maps every byte: matching works on the ASCII names and nothing is lost.
-        names.append(b[p:p + ln].decode("latin-1"))
-        p += ln
+        names.append(b[p + 1:end].decode("latin-1"))
+        p = end
     return tuple(names)
+
+
+_VERSION_LISTS = {n: struct.Struct(f">{n}H").unpack_from for n in range(1, 128)}
 
 
 def _parse_versions(b: bytes, p: int, q: int) -> tuple[int, ...]:
@@ -299,7 +406,7 @@ def _parse_versions(b: bytes, p: int, q: int) -> tuple[int, ...]:
     ln = b[p] if p < q else -1
     if ln != q - p - 1 or ln < 2 or ln & 1:
         raise TLSError("malformed supported_versions extension")
-    return tuple(b[i] << 8 | b[i + 1] for i in range(p + 1, q, 2))
+    return _VERSION_LISTS[ln >> 1](b, p + 1)
 
 
 def encode_alert(description: int, fatal: bool = True) -> bytes:

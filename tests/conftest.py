@@ -1,0 +1,70 @@
+"""Shared fixtures: a running proxy on loopback port 0, real-binary skips."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+
+from tpemu import config
+from tpemu.proxy.decide import ListenerKind
+from tpemu.proxy.service import ProxyService
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """Async tests run on uvloop (tpemu's default loop); those marked ``both_loops`` on plain
+    asyncio as well."""
+    if item.get_closest_marker("both_loops") is not None:
+        return {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
+    return {"uvloop": uvloop.new_event_loop}
+
+
+ProxyFactory = Callable[..., Awaitable[ProxyService]]
+
+
+def base_config(**proxy: Any) -> dict[str, Any]:
+    """A config dict with every listener on 127.0.0.1:0."""
+    return {"proxy_service": {"web_listen_addr": "127.0.0.1:0", **proxy}}
+
+
+@pytest.fixture
+async def proxy_factory(tmp_path: Path) -> AsyncIterator[ProxyFactory]:
+    started: list[ProxyService] = []
+
+    async def make(cfg: dict[str, Any] | None = None, **proxy: Any) -> ProxyService:
+        data = cfg if cfg is not None else base_config(**proxy)
+        data.setdefault("teleport", {})["data_dir"] = str(tmp_path / f"data{len(started)}")
+        svc = ProxyService(config.from_dict(data))
+        await svc.start()
+        started.append(svc)
+        return svc
+
+    yield make
+    for svc in started:
+        await svc.close()
+
+
+def web_port(svc: ProxyService) -> int:
+    return svc.info.bound[ListenerKind.WEB].port
+
+
+def need(binary: str) -> str:
+    """The path of a real third-party binary, or skip the test saying which is missing."""
+    path = shutil.which(binary) or (f"/usr/sbin/{binary}" if Path(f"/usr/sbin/{binary}").exists() else None)
+    if path is None:
+        pytest.skip(f"{binary} is not installed (make test installs it on Debian as root)")
+    return path
+
+
+async def wait_closed(reader: asyncio.StreamReader, timeout: float = 5.0) -> bytes:
+    """Read until EOF (bounded) and return everything read."""
+    out = bytearray()
+    async with asyncio.timeout(timeout):
+        while chunk := await reader.read(65536):
+            out += chunk
+    return bytes(out)

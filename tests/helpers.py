@@ -1,0 +1,26 @@
+"""Test helpers shared by the suites."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+TRAILERS = (b"\x00", b"\x16\x03\x01\x00\x05hello", b"GET / HTTP/1.1\r\n\r\n")
+
+
+def feed_three_ways(parse: Callable[[bytes], T | None], data: bytes, *,
+                    trailing: bool = True, same: Callable[[Any, Any], bool] | None = None) -> T:
+    """Feed ``data`` whole, one byte at a time (every strict prefix must ask for more), and with
+    trailing bytes (the result must not change); return the whole-input result."""
+    whole = parse(data)
+    assert whole is not None, "the complete vector must parse"
+    for i in range(len(data)):
+        got = parse(data[:i])
+        assert got is None, f"prefix of {i} bytes gave {got!r} instead of asking for more"
+    if trailing:
+        for extra in TRAILERS:
+            got = parse(data + extra)
+            assert (same or (lambda a, b: a == b))(got, whole), f"trailing {extra!r} changed the result"
+    return whole

@@ -1,0 +1,378 @@
+"""The front door over loopback: real TLS handshakes, splicing, refusals, slow and hostile clients.
+
+Every test runs on uvloop (the default loop of ``tpemu start``) and on plain asyncio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import socket
+import ssl
+import time
+from typing import Any
+
+import pytest
+import trustme
+
+from tests.conftest import ProxyFactory, base_config, wait_closed, web_port
+from tpemu import testing
+from tpemu.proxy.decide import ListenerKind
+from tpemu.wire import postgres as pg
+from tpemu.wire import proxy_protocol, ssh
+
+pytestmark = pytest.mark.both_loops
+
+
+def client_ctx(ca: Any = None, alpn: list[str] | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
+    if ca is None:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+async def http_get(port: int, path: str, ctx: ssl.SSLContext | None,
+                   host: str = "localhost") -> tuple[int, dict[str, str], bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx,
+                                                   server_hostname=host if ctx else None)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+    data = await wait_closed(reader)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return status, headers, body
+
+
+async def test_webapi_ping_over_tls_with_every_alpn_offer(proxy_factory: ProxyFactory) -> None:
+    svc = await proxy_factory(public_addr=["proxy.example.com:443", "other.example.com"])
+    port = web_port(svc)
+    for alpn in (["http/1.1"], ["h2", "http/1.1"], None):
+        status, headers, body = await http_get(port, "/webapi/ping", client_ctx(svc.tls_files.ca, alpn))
+        assert status == 200 and headers["content-type"] == "application/json"
+        ping = json.loads(body)
+        assert ping["proxy"]["ssh"]["web_listen_addr"] == f"127.0.0.1:{port}"
+        assert ping["proxy"]["ssh"]["public_addr"] == "proxy.example.com:443"
+        assert ping["proxy"]["ssh"]["dial_timeout"] == 30_000_000_000
+        assert ping["proxy"]["tls_routing_enabled"] is True
+        assert ping["cluster_name"] == "tpemu.local" and ping["auth"]["type"] == "local"
+    status, _, body = await http_get(port, "/webapi/find", client_ctx(svc.tls_files.ca))
+    assert status == 200 and json.loads(body)["auth"]["type"] == ""
+    status, _, body = await http_get(port, "/webapi/nope", client_ctx(svc.tls_files.ca))
+    assert status == 404 and json.loads(body) == {"error": {"message": "/webapi/nope not found"}}
+
+
+async def test_cert_has_teleport_sans(proxy_factory: ProxyFactory) -> None:
+    svc = await proxy_factory()
+    ctx = client_ctx(svc.tls_files.ca)
+    # The hex form of the cluster name (seed, "Authentication handshake failed").
+    for name in ("localhost", "746c70656d752e6c6f63616c.teleport.cluster.local", "x.teleport.cluster.local"):
+        status, _, _ = await http_get(web_port(svc), "/webapi/ping", ctx, host=name)
+        assert status == 200
+
+
+async def test_plain_http_redirects_or_400(proxy_factory: ProxyFactory) -> None:
+    svc = await proxy_factory()
+    port = web_port(svc)
+    status, headers, _ = await http_get(port, "/webapi/ping?x=1", None)
+    assert status == 301 and headers["location"] == f"https://localhost:{port}/webapi/ping?x=1"
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+    data = await wait_closed(reader)
+    assert data.startswith(b"HTTP/1.1 400") and data.endswith(b"Client sent an HTTP request to an HTTPS server.\n")
+
+
+async def test_route_not_built_yet_gets_tls_alert_and_log(proxy_factory: ProxyFactory,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    svc = await proxy_factory()
+    caplog.set_level(logging.INFO)
+    for alpn, words in ((["teleport-proxy-ssh"], "SSH proxy is not available in this cluster"),
+                        (["teleport-mongodb"], "database access (mongodb) is not available in this cluster"),
+                        (["nope", "nada"], "failed to find ALPN handler based on received client supported "
+                                           "protocols ['nope', 'nada']")):
+        with pytest.raises(ssl.SSLError, match="NO_APPLICATION_PROTOCOL|no application protocol"):
+            await asyncio.open_connection("127.0.0.1", web_port(svc), ssl=client_ctx(None, alpn),
+                                          server_hostname="proxy.example")
+        await asyncio.sleep(0.05)
+        assert words in caplog.text
+    assert "route=ssh-proxy (ALPN 'teleport-proxy-ssh')" in caplog.text
+
+
+async def test_plain_ssh_gets_ssh_disconnect(proxy_factory: ProxyFactory) -> None:
+    svc = await proxy_factory()
+    reader, writer = await asyncio.open_connection("127.0.0.1", web_port(svc))
+    writer.write(b"SSH-2.0-OpenSSH_9.2p1\r\n")
+    data = await wait_closed(reader)
+    assert data.startswith(b"SSH-2.0-tpemu\r\n")
+    assert data[len(b"SSH-2.0-tpemu\r\n"):] == ssh.encode_disconnect(
+        ssh.DISCONNECT_SERVICE_NOT_AVAILABLE, "SSH proxy is not available in this cluster")
+
+
+async def test_postgres_sslrequest_gets_s_then_tls_then_error(proxy_factory: ProxyFactory) -> None:
+    svc = await proxy_factory()
+    reader, writer = await asyncio.open_connection("127.0.0.1", web_port(svc))
+    writer.write(pg.GSSENC_REQUEST)
+    assert await reader.readexactly(1) == b"N"
+    writer.write(pg.SSL_REQUEST)
+    assert await reader.readexactly(1) == b"S"
+    await writer.start_tls(client_ctx(svc.tls_files.ca), server_hostname="localhost")
+    writer.write(pg.encode_startup({"user": "alice", "database": "postgres"}))
+    data = await wait_closed(reader)
+    assert data[:1] == b"E" and b"database access (postgres) is not available in this cluster" in data
+
+
+async def test_plaintext_postgres_startup_refused_in_postgres_protocol(proxy_factory: ProxyFactory) -> None:
+    svc = await proxy_factory()
+    reader, writer = await asyncio.open_connection("127.0.0.1", web_port(svc))
+    writer.write(pg.encode_startup({"user": "alice"}))
+    data = await wait_closed(reader)
+    assert data[:1] == b"E" and b"C28000" in data and b"requires TLS" in data
+
+
+async def test_garbage_refused_with_readable_log(proxy_factory: ProxyFactory, caplog: pytest.LogCaptureFixture) -> None:
+    svc = await proxy_factory()
+    reader, writer = await asyncio.open_connection("127.0.0.1", web_port(svc))
+    writer.write(b"hello\x01\x02 world")
+    assert await wait_closed(reader) == b""
+    await asyncio.sleep(0.05)
+    assert "refused (unknown-protocol): unrecognized protocol: first bytes 68 65 6c 6c 6f 01 02" in caplog.text
+    assert svc.door.stats.refused["unknown-protocol"] == 1
+
+
+async def test_proxy_protocol_off_is_refused_on_is_used(proxy_factory: ProxyFactory,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    header = proxy_protocol.encode_v2(("192.0.2.7", 40000), ("127.0.0.1", 3080))
+    off = await proxy_factory()
+    reader, writer = await asyncio.open_connection("127.0.0.1", web_port(off))
+    writer.write(header + b"SSH-2.0-x\r\n")
+    assert await wait_closed(reader) == b""
+    await asyncio.sleep(0.05)
+    assert "PROXY protocol v2 header received but proxy_protocol is off for the web listener" in caplog.text
+    on = await proxy_factory(proxy_protocol=True)
+    for hdr in (header, proxy_protocol.encode_v1(("192.0.2.7", 40000), ("127.0.0.1", 3080))):
+        reader, writer = await asyncio.open_connection("127.0.0.1", web_port(on))
+        writer.write(hdr + b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert (await wait_closed(reader)).startswith(b"HTTP/1.1 301")
+        await asyncio.sleep(0.05)
+        assert "peer=192.0.2.7:40000 listener=web proto=http route=web-plain-http" in caplog.text
+        caplog.clear()
+
+
+class Backend:
+    """A TCP server recording the first bytes of each connection; echoes, or replies TLS."""
+
+    def __init__(self, tls_ctx: ssl.SSLContext | None = None) -> None:
+        self.tls_ctx = tls_ctx
+        self.received: list[bytes] = []
+        self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._on_conn, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _on_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        first = await reader.read(65536)
+        self.received.append(first)
+        writer.write(b"echo:" + first[:8])
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+            writer.write(b"bye")  # after the client's EOF: the half-close must let this through
+            await writer.drain()
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def test_passthrough_splices_from_byte_zero_with_proxy_header(proxy_factory: ProxyFactory) -> None:
+    backend = Backend()
+    bport = await backend.start()
+    svc = await proxy_factory(passthrough=[
+        {"name": "pg", "alpn": ["teleport-postgres"], "target": f"127.0.0.1:{bport}", "send_proxy": "v2"},
+        {"name": "sshd", "protocol": "ssh", "target": f"127.0.0.1:{bport}"}])
+    hello = testing.client_hello("db.example", ["teleport-postgres"])
+    reader, writer = await asyncio.open_connection("127.0.0.1", web_port(svc))
+    local = writer.get_extra_info("sockname")
+    writer.write(hello)
+    await asyncio.sleep(0.1)
+    writer.write_eof()
+    data = await wait_closed(reader)
+    assert data.endswith(b"bye")
+    header = proxy_protocol.parse_proxy_header(backend.received[0])
+    assert header is not None and header.src == (local[0], local[1])
+    rest = backend.received[0][header.length:]
+    assert hello.startswith(rest) and rest  # the ClientHello, untouched, from its first byte
+    reader, writer = await asyncio.open_connection("127.0.0.1", web_port(svc))
+    writer.write(b"SSH-2.0-client\r\n")
+    assert (await reader.readexactly(13)) == b"echo:SSH-2.0-"
+    writer.close()
+    await backend.close()
+
+
+async def test_passthrough_real_tls_end_to_end_and_bulk_integrity(proxy_factory: ProxyFactory) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("backend.example")
+    sctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(sctx)
+    sctx.set_alpn_protocols(["teleport-tcp"])
+    total = 0
+    digest = hashlib.sha256()
+    blob = bytes(range(256)) * 4096
+    expected = 16 * len(blob)
+
+    async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal total
+        while total < expected and (data := await reader.read(1 << 16)):
+            total += len(data)
+            digest.update(data)
+        writer.write(b"done")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(on_conn, "127.0.0.1", 0, ssl=sctx)
+    bport = server.sockets[0].getsockname()[1]
+    svc = await proxy_factory(passthrough=[{"name": "app", "sni": ["backend.example"],
+                                            "target": f"127.0.0.1:{bport}"}])
+    cctx = ssl.create_default_context()
+    ca.configure_trust(cctx)
+    cctx.set_alpn_protocols(["teleport-tcp"])
+    reader, writer = await asyncio.open_connection("127.0.0.1", web_port(svc), ssl=cctx,
+                                                   server_hostname="backend.example")
+    assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "teleport-tcp"
+    sent = hashlib.sha256()
+    for _ in range(16):  # 16 MiB through the router; backpressure must hold it together
+        writer.write(blob)
+        sent.update(blob)
+        await writer.drain()
+    assert await reader.readexactly(4) == b"done"
+    assert total == expected and digest.hexdigest() == sent.hexdigest()
+    writer.close()
+    server.close()
+
+
+async def test_backend_down_closes_client_with_log(proxy_factory: ProxyFactory,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    dead = s.getsockname()[1]
+    s.close()
+    svc = await proxy_factory(passthrough=[{"name": "gone", "sni": ["gone.example"], "target": f"127.0.0.1:{dead}"}])
+    reader, writer = await asyncio.open_connection("127.0.0.1", web_port(svc))
+    writer.write(testing.client_hello("gone.example"))
+    assert await wait_closed(reader) == b""
+    await asyncio.sleep(0.05)
+    assert f"backend 127.0.0.1:{dead} unreachable" in caplog.text
+
+
+async def test_slow_truncated_and_oversized_do_not_delay_others(proxy_factory: ProxyFactory,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    svc = await proxy_factory(sniff_timeout="1s", max_client_hello=2048)
+    port = web_port(svc)
+    hello = testing.client_hello("slow.example", ["teleport-proxy-ssh"])
+    # A slow client: one byte every 100 ms.
+    slow_r, slow_w = await asyncio.open_connection("127.0.0.1", port)
+
+    async def dribble() -> None:
+        for b in hello[:30]:
+            slow_w.write(bytes([b]))
+            await asyncio.sleep(0.1)
+
+    task = asyncio.create_task(dribble())
+    # A truncated hello, then FIN.
+    tr_r, tr_w = await asyncio.open_connection("127.0.0.1", port)
+    tr_w.write(hello[:200])
+    tr_w.write_eof()
+    # An oversized hello (header says 60 KB).
+    big = testing.large_client_hello("big.example", target_size=4000, records=1)
+    big_r, big_w = await asyncio.open_connection("127.0.0.1", port)
+    big_w.write(big)
+    # Random garbage from many clients.
+    junk = []
+    for i in range(20):
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(bytes([0x80 + i]) * 7)
+        junk.append((r, w))
+    # Meanwhile a well-behaved client is served quickly.
+    t0 = time.monotonic()
+    status, _, _ = await http_get(port, "/webapi/ping", client_ctx(svc.tls_files.ca))
+    assert status == 200 and time.monotonic() - t0 < 0.5
+    assert await wait_closed(tr_r) == b""
+    assert (await wait_closed(big_r))[:2] == b"\x15\x03"  # a TLS alert
+    for r, _ in junk:
+        assert await wait_closed(r) == b""
+    assert await wait_closed(slow_r, 3) == b""
+    task.cancel()
+    await asyncio.sleep(0.05)
+    text = caplog.text
+    assert "refused (truncated): peer closed after sending 200 bytes: the TLS ClientHello is incomplete" in text
+    assert "ClientHello exceeds the 2048-byte limit" in text
+    assert "refused (timeout): the TLS ClientHello not complete within 1s" in text
+    assert svc.door.stats.pending == 0
+
+
+async def test_idle_client_times_out_and_max_pending(proxy_factory: ProxyFactory,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    svc = await proxy_factory(sniff_timeout="500ms", max_pending=2)
+    port = web_port(svc)
+    idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+    assert await wait_closed(idle[2][0], 2) == b""  # the third is refused at once
+    for r, _ in idle[:2]:
+        assert await wait_closed(r, 2) == b""
+    await asyncio.sleep(0.05)
+    assert "no bytes within 0.5s" in caplog.text and svc.door.stats.refused["too-many-pending"] == 1
+
+
+async def test_separate_mode_listeners(proxy_factory: ProxyFactory, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = base_config(listen_addr="127.0.0.1:0", tunnel_listen_addr="127.0.0.1:0", peer_listen_addr="127.0.0.1:0",
+                      mysql_listen_addr="127.0.0.1:0", postgres_listen_addr="127.0.0.1:0",
+                      mongo_listen_addr="127.0.0.1:0")
+    cfg["auth_service"] = {"proxy_listener_mode": "separate"}
+    svc = await proxy_factory(cfg)
+    bound = svc.info.bound
+    # Plain bytes on a TLS-only listener: Go's message, and Go's HTTP answer.
+    reader, writer = await asyncio.open_connection("127.0.0.1", bound[ListenerKind.PEER].port)
+    writer.write(b"GET / HTTP/1.1\r\n\r\n")
+    assert (await wait_closed(reader)).startswith(b"HTTP/1.0 400 Bad Request")
+    await asyncio.sleep(0.05)
+    assert "tls: first record does not look like a TLS handshake: got http on the TLS-only peer listener" in caplog.text
+    # MySQL: the server speaks first; no service yet → an ERR packet as the greeting.
+    reader, writer = await asyncio.open_connection("127.0.0.1", bound[ListenerKind.MYSQL].port)
+    err = await wait_closed(reader)
+    assert err[4] == 0xFF and b"database access (mysql) is not available in this cluster" in err
+    # SSH listener takes SSH only; the tunnel listener routes SSH to the reverse tunnel server.
+    reader, writer = await asyncio.open_connection("127.0.0.1", bound[ListenerKind.TUNNEL].port)
+    writer.write(b"SSH-2.0-agent\r\n")
+    assert b"reverse tunnel server is not available" in await wait_closed(reader)
+    reader, writer = await asyncio.open_connection("127.0.0.1", bound[ListenerKind.SSH].port)
+    writer.write(testing.client_hello("x"))
+    assert (await wait_closed(reader))[:1] == b"\x15"
+    # Postgres listener: SSLRequest path.
+    reader, writer = await asyncio.open_connection("127.0.0.1", bound[ListenerKind.POSTGRES].port)
+    writer.write(pg.SSL_REQUEST)
+    assert await reader.readexactly(1) == b"S"
+    ping = json.loads((await http_get(web_port(svc), "/webapi/ping", client_ctx(svc.tls_files.ca)))[2])
+    assert ping["proxy"]["tls_routing_enabled"] is False
+    assert ping["proxy"]["ssh"]["listen_addr"] == str(bound[ListenerKind.SSH])
+    assert ping["proxy"]["ssh"]["tunnel_listen_addr"] == str(bound[ListenerKind.TUNNEL])
+    assert ping["proxy"]["db"]["mysql_listen_addr"] == str(bound[ListenerKind.MYSQL])
+    assert ping["proxy"]["db"]["postgres_listen_addr"] == str(bound[ListenerKind.POSTGRES])
+    assert ping["proxy"]["db"]["mongo_listen_addr"] == str(bound[ListenerKind.MONGO])

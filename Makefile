@@ -40,9 +40,11 @@ lint: $(STAMP)
 
 ## bench: the quick benchmark profile (under 3 minutes); bench-full: the full one
 bench: $(STAMP)
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install -q 'matplotlib>=3.7' >/dev/null
 	$(BIN)/tpemu bench --profile quick $(ARGS)
 
 bench-full: $(STAMP)
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install -q 'matplotlib>=3.7' >/dev/null
 	$(BIN)/tpemu bench --profile full $(ARGS)
 
 clean:

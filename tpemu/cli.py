@@ -26,6 +26,9 @@ log = logging.getLogger("tpemu")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # everything after "bench" belongs to the suite's own parser
+        return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -82,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--listener", default="web", help="which listener received it (web, ssh, tunnel, postgres, …)")
     s.add_argument("--proxy-protocol", action="store_true", help="as if proxy_protocol were on")
     s.set_defaults(func=cmd_inspect)
+
+    s = sub.add_parser("bench", help="run the benchmark suite (bench/ in the source checkout)", add_help=False)
+    s.add_argument("bench_args", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_bench)
     return p
 
 
@@ -280,6 +287,21 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     text, code = explain(data, cfg, args.listener, force_proxy_protocol=args.proxy_protocol)
     print(text)
     return code
+
+
+# -- bench -----------------------------------------------------------------------------------------
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import subprocess
+
+    import tpemu
+
+    # The suite lives in the checkout's bench/ folder, beside the package (editable install).
+    for candidate in (Path(tpemu.__file__).resolve().parent.parent, Path.cwd()):
+        if (candidate / "bench" / "run.py").exists():
+            return subprocess.call([sys.executable, "-m", "bench.run", *args.bench_args], cwd=candidate)
+    raise CLIError("the benchmark suite lives in the source checkout's bench/ folder; run tpemu bench from there")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,8 +7,8 @@ the router consumes exactly the header's length and sniffs again.
 """
 
 import ipaddress
-from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from tpemu.wire.errors import LimitExceeded, WireError
 
@@ -50,9 +50,12 @@ class Family(Enum):
     UNIX_DGRAM = "UNIX_DGRAM"
 
 
-@dataclass(frozen=True, slots=True)
-class ProxyHeader:
-    """A parsed PROXY header; ``length`` is how many stream bytes it occupies."""
+class ProxyHeader(NamedTuple):
+    """A parsed PROXY header; ``length`` is how many stream bytes it occupies.
+
+    A ``NamedTuple`` (one per connection behind a load balancer: a frozen dataclass's
+    ``__init__`` would cost more than the parse).
+    """
 
     version: int
     command: Command
@@ -137,6 +140,8 @@ def _v1_port(text: str) -> int:
     return int(text)
 
 
+_COMMANDS = (Command.LOCAL, Command.PROXY)
+
 _V2_FAMILIES = {
     0x00: (Family.UNSPEC, 0),
     0x11: (Family.TCP4, 12),
@@ -153,7 +158,7 @@ def parse_v2(data: bytes | bytearray | memoryview,
     """Parse a binary v2 header (§2.2): signature, ver/cmd, family, length, addresses, TLVs."""
     n = len(data)
     sig = bytes(data[:12])
-    if not V2_SIGNATURE.startswith(sig):
+    if sig != V2_SIGNATURE and not V2_SIGNATURE.startswith(sig):
         raise ProxyProtocolError("bad PROXY v2 signature")
     if n < V2_HEADER_LEN:
         return None
@@ -171,7 +176,7 @@ def parse_v2(data: bytes | bytearray | memoryview,
         return None
     payload = bytes(data[V2_HEADER_LEN:V2_HEADER_LEN + length])
     total = V2_HEADER_LEN + length
-    command = Command(cmd)
+    command = _COMMANDS[cmd]
     known = _V2_FAMILIES.get(fam_byte)
     if known is None:
         if command is Command.PROXY:

@@ -88,7 +88,7 @@ def chart(result: dict[str, Any], path: Path) -> Path | None:
         return None
     e2e = result.get("e2e") or {}
     panels: list[tuple[str, dict[str, float]]] = []
-    for group, (metric, _) in E2E_METRICS.items():
+    for group in E2E_METRICS:
         for point, figs in (e2e.get(group) or {}).items():
             if not isinstance(figs, dict):
                 continue

@@ -1201,6 +1201,11 @@ class MongoBackend:
             raise CommandError(18, "AuthenticationFailed",
                                f"Authentication failed: the Database Service already authenticated this connection "
                                f"as '{conn.session.db_user}'; the tpemu emulator takes no password here")
+        if self.users is None:
+            # Without the password the server cannot prove itself (SCRAM's server signature).
+            raise CommandError(18, "AuthenticationFailed",
+                               "Authentication failed: this tpemu emulator was started without users and trusts "
+                               "every client; connect without credentials")
         mechanism = cmd.get("mechanism")
         if mechanism not in _MECHANISMS:
             raise CommandError(334, "MechanismUnavailable",
@@ -1218,7 +1223,6 @@ class MongoBackend:
             user = attrs[b"n"].decode("utf-8").replace("=2C", ",").replace("=3D", "=")
         except UnicodeDecodeError:
             raise CommandError(18, "AuthenticationFailed", "Authentication failed.") from None
-        assert self.users is not None
         creds = self.users.get(user, {}).get(mechanism)
         if creds is None:
             # Go on with a made-up salt so the reply does not reveal whether the user exists.
@@ -1476,6 +1480,7 @@ class MongoBackend:
             seed = _upsert_seed(query)
             new = _apply_update(seed, update, inserting=True) if is_ops else \
                 {**({"_id": seed["_id"]} if "_id" in seed else {}), **_copy(update)}
+            _check_size(new)
             doc = self._insert_one(coll, db, new)
             return 0, 0, doc["_id"]
         assert coll is not None
@@ -1491,7 +1496,7 @@ class MongoBackend:
                     old["_id"]):
                 raise CommandError(66, "ImmutableField", "Performing an update on the path '_id' would modify the "
                                                          "immutable field '_id'")
-            if bson.encode(new) != bson.encode(old):  # byte-exact, so 1 -> 1.0 counts as a change
+            if _check_size(new) != bson.encode(old):  # byte-exact, so 1 -> 1.0 counts as a change
                 coll.docs[_id_key(old["_id"])] = new
                 changed += 1
         return len(targets), changed, _MISSING
@@ -1713,6 +1718,15 @@ class MongoBackend:
 
 
 # =========================================================================== helpers
+
+
+def _check_size(doc: dict[str, Any]) -> bytes:
+    """``doc`` encoded; a document over 16 MiB (a ``$push`` too many) is mongod's error 17419."""
+    try:
+        return bson.encode(doc)
+    except bson.BSONEncodeError as exc:
+        raise CommandError(17419, "Location17419", f"Resulting document after update is larger than "
+                                                   f"{bson.MAX_DOCUMENT_SIZE} ({exc})") from None
 
 
 def _payload(value: Any) -> bytes:

@@ -314,11 +314,14 @@ class RedisBackend:
     def active_expire_cycle(self) -> int:
         """Sample keys with a TTL and drop the expired ones; returns how many were dropped."""
         dropped = 0
-        for _ in range(16):  # bounded work per cycle
-            if not self.expires:
-                break
-            keys = list(self.expires) if len(self.expires) <= 20 else random.sample(list(self.expires), 20)
-            now = _now_ms()
+        if not self.expires:
+            return 0
+        # One snapshot per cycle (O(keys with a TTL)), then at most 16 rounds of 20 random keys.
+        snapshot = list(self.expires)
+        candidates = random.sample(snapshot, min(len(snapshot), 16 * 20))
+        now = _now_ms()
+        for start in range(0, len(candidates), 20):
+            keys = [k for k in candidates[start:start + 20] if k in self.expires]
             expired = [k for k in keys if self.expires[k] <= now]
             for key in expired:
                 self._delete(key)

@@ -30,7 +30,8 @@ The deprecated types (undefined 0x06, DBPointer 0x0C, symbol 0x0E, JavaScript co
 are refused with a :class:`BSONError` naming the type: no MongoDB driver of the last decade
 sends them in commands.
 
-Hard limits: a document is at most 16 MiB (MongoDB's ``maxBsonObjectSize``) and nests at most
+Hard limits: a document is at most 16 MiB (MongoDB's ``maxBsonObjectSize``; callers may allow
+the 16 KiB more that mongod allows a command or reply wrapping such a document) and nests at most
 :data:`MAX_DEPTH` levels (mongod's default ``maxBSONDepth`` is 200; ours is lower because every
 level is a Python call).
 """
@@ -47,8 +48,10 @@ from typing import Any, Final
 
 from tpemu.wire.errors import LimitExceeded, WireError
 
-#: MongoDB's maxBsonObjectSize: the largest document a server accepts or returns.
+#: MongoDB's maxBsonObjectSize: the largest document a server stores.
 MAX_DOCUMENT_SIZE: Final = 16 * 1024 * 1024
+#: mongod's BSONObjMaxInternalSize: a command or reply wrapping a maximal document may be this big.
+MAX_COMMAND_SIZE: Final = MAX_DOCUMENT_SIZE + 16 * 1024
 #: Nesting limit (documents and arrays) for decoding and encoding.
 MAX_DEPTH: Final = 100
 #: The smallest document: int32 length 5 + terminating NUL.
@@ -182,28 +185,31 @@ def millis_to_datetime(millis: int) -> _dt.datetime | DatetimeMS:
 # --------------------------------------------------------------------------- decoding
 
 
-def document_length(data: bytes | bytearray | memoryview, offset: int = 0) -> int | None:
+def document_length(data: bytes | bytearray | memoryview, offset: int = 0,
+                    max_size: int = MAX_DOCUMENT_SIZE) -> int | None:
     """The declared length of the document at ``offset``; ``None`` if fewer than 4 bytes.
 
-    Raises :class:`BSONError` for an impossible length and :class:`LimitExceeded` past 16 MiB.
+    Raises :class:`BSONError` for an impossible length and :class:`LimitExceeded` past
+    ``max_size`` (16 MiB unless the caller allows a command's :data:`MAX_COMMAND_SIZE`).
     """
     if len(data) - offset < 4:
         return None
     length: int = _INT32.unpack_from(data, offset)[0]
     if length < 5:
         raise BSONError(f"BSON document length {length} is below the minimum of 5")
-    if length > MAX_DOCUMENT_SIZE:
-        raise LimitExceeded("BSON document", MAX_DOCUMENT_SIZE, length)
+    if length > max_size:
+        raise LimitExceeded("BSON document", max_size, length)
     return length
 
 
-def decode_prefix(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], int] | None:
+def decode_prefix(data: bytes | bytearray | memoryview,
+                  max_size: int = MAX_DOCUMENT_SIZE) -> tuple[dict[str, Any], int] | None:
     """Decode the document at the start of ``data``.
 
     Returns ``(document, bytes used)``, or ``None`` if ``data`` holds only part of it; bytes
     after the document are left alone. Raises :class:`BSONError` / :class:`LimitExceeded`.
     """
-    length = document_length(data)
+    length = document_length(data, 0, max_size)
     if length is None or len(data) < length:
         return None
     buf = bytes(data[:length])
@@ -211,9 +217,9 @@ def decode_prefix(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any],
     return doc, length
 
 
-def decode(data: bytes | bytearray | memoryview) -> dict[str, Any]:
+def decode(data: bytes | bytearray | memoryview, max_size: int = MAX_DOCUMENT_SIZE) -> dict[str, Any]:
     """Decode exactly one document; anything missing or left over is a :class:`BSONError`."""
-    length = document_length(data)
+    length = document_length(data, 0, max_size)
     if length is None or len(data) < length:
         raise BSONError(f"truncated BSON document ({len(data)} bytes, declared {length})")
     if len(data) != length:
@@ -222,13 +228,13 @@ def decode(data: bytes | bytearray | memoryview) -> dict[str, Any]:
     return _decode_document(buf, 0, length, 0)[0]
 
 
-def decode_all(data: bytes | bytearray | memoryview) -> list[dict[str, Any]]:
+def decode_all(data: bytes | bytearray | memoryview, max_size: int = MAX_DOCUMENT_SIZE) -> list[dict[str, Any]]:
     """Decode a run of documents that fills ``data`` exactly (an OP_MSG document sequence)."""
     buf = bytes(data)
     docs = []
     pos = 0
     while pos < len(buf):
-        length = document_length(buf, pos)
+        length = document_length(buf, pos, max_size)
         if length is None or pos + length > len(buf):
             raise BSONError("truncated BSON document in a document sequence")
         doc, pos = _decode_document(buf, pos, len(buf), 0)
@@ -362,16 +368,16 @@ def _decode_value(buf: bytes, etype: int, pos: int, end: int, depth: int,
 # --------------------------------------------------------------------------- encoding
 
 
-def encode(doc: Mapping[str, Any]) -> bytes:
+def encode(doc: Mapping[str, Any], max_size: int = MAX_DOCUMENT_SIZE) -> bytes:
     """Encode a mapping as one BSON document (keys in the mapping's order).
 
     Raises :class:`BSONEncodeError` for unsupported values, keys with NUL, too deep nesting or
-    a result over 16 MiB.
+    a result over ``max_size`` (16 MiB by default).
     """
     out = bytearray()
     _encode_document(out, doc, 0)
-    if len(out) > MAX_DOCUMENT_SIZE:
-        raise BSONEncodeError(f"document is {len(out)} bytes, over the {MAX_DOCUMENT_SIZE}-byte BSON limit")
+    if len(out) > max_size:
+        raise BSONEncodeError(f"document is {len(out)} bytes, over the {max_size}-byte BSON limit")
     return bytes(out)
 
 

@@ -22,9 +22,10 @@ Checksums are verified (CRC-32C, pure Python), which caps checksummed messages a
 :data:`MAX_CHECKSUMMED_SIZE` (1 MiB); drivers do not send checksums.
 
 Size cap: MongoDB advertises ``maxMessageSizeBytes`` 48 000 000, but this parser refuses any
-message over :data:`MAX_MESSAGE_SIZE` (16 MiB + 16 KiB: one maximal 16 MiB document plus the
+message over :data:`MAX_MESSAGE_SIZE` (16 MiB + 64 KiB: one maximal 16 MiB document plus the
 command around it), and the emulator advertises that smaller value so drivers split batches
-to fit it.
+to fit it. Body documents may be up to ``bson.MAX_COMMAND_SIZE`` (16 MiB + 16 KiB, mongod's
+internal limit for a command wrapping a maximal document); sequence documents up to 16 MiB.
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ OPCODE_NAMES: Final = {
 }
 
 HEADER_SIZE: Final = 16
-#: The largest message this parser accepts (and the emulator advertises as maxMessageSizeBytes).
-MAX_MESSAGE_SIZE: Final = bson.MAX_DOCUMENT_SIZE + 16 * 1024
+#: The largest message this parser accepts (and the emulator advertises as maxMessageSizeBytes):
+#: a command document of mongod's internal maximum plus the message framing.
+MAX_MESSAGE_SIZE: Final = bson.MAX_DOCUMENT_SIZE + 64 * 1024
 
 # OP_MSG flag bits.
 CHECKSUM_PRESENT: Final = 1 << 0
@@ -231,12 +233,12 @@ def _parse_op_msg(header: MsgHeader, body: bytes, whole: bytes | bytearray | mem
         kind = body[pos]
         pos += 1
         if kind == 0:
-            length = bson.document_length(body[:end], pos)
+            length = bson.document_length(body[:end], pos, bson.MAX_COMMAND_SIZE)
             if length is None or pos + length > end:
                 raise MongoWireError("OP_MSG body section runs past the end of the message")
             if command is not None:
                 raise MongoWireError("OP_MSG has more than one body (kind 0) section")
-            command = bson.decode(body[pos:pos + length])
+            command = bson.decode(body[pos:pos + length], bson.MAX_COMMAND_SIZE)
             pos += length
         elif kind == 1:
             if end - pos < 4:
@@ -277,7 +279,7 @@ def _parse_op_query(header: MsgHeader, body: bytes) -> OpQuery:
         raise MongoWireError("OP_QUERY is missing numberToSkip/numberToReturn")
     skip, limit = struct.unpack_from("<ii", body, pos)
     pos += 8
-    result = bson.decode_prefix(body[pos:])
+    result = bson.decode_prefix(body[pos:], bson.MAX_COMMAND_SIZE)
     if result is None:
         raise MongoWireError("OP_QUERY query document is truncated")
     query, used = result
@@ -292,7 +294,7 @@ def _parse_op_reply(header: MsgHeader, body: bytes) -> OpReply:
     if len(body) < 20:
         raise MongoWireError("OP_REPLY shorter than its 20-byte prefix")
     flags, cursor_id, starting_from, number = struct.unpack_from("<iqii", body, 0)
-    docs = tuple(bson.decode_all(body[20:]))
+    docs = tuple(bson.decode_all(body[20:], bson.MAX_COMMAND_SIZE))
     if len(docs) != number:
         raise MongoWireError(f"OP_REPLY says {number} documents but holds {len(docs)}")
     return OpReply(header, flags, cursor_id, starting_from, docs)
@@ -308,7 +310,8 @@ def _frame(request_id: int, response_to: int, opcode: int, body: bytes) -> bytes
 def encode_op_msg(request_id: int, response_to: int, body: dict[str, Any], flags: int = 0,
                   sequences: tuple[DocumentSequence, ...] = (), checksum: bool = False) -> bytes:
     """An OP_MSG with one body section and optional document sequences (and CRC-32C)."""
-    parts = [struct.pack("<I", flags | (CHECKSUM_PRESENT if checksum else 0)), b"\x00", bson.encode(body)]
+    parts = [struct.pack("<I", flags | (CHECKSUM_PRESENT if checksum else 0)), b"\x00",
+             bson.encode(body, bson.MAX_COMMAND_SIZE)]
     for seq in sequences:
         payload = seq.identifier.encode("utf-8") + b"\x00" + b"".join(bson.encode(d) for d in seq.documents)
         parts += [b"\x01", struct.pack("<i", 4 + len(payload)), payload]
@@ -323,13 +326,13 @@ def encode_op_query(request_id: int, collection: str, query: dict[str, Any], fla
                     skip: int = 0, limit: int = -1) -> bytes:
     """An OP_QUERY (what old drivers send for the first ``isMaster`` on ``admin.$cmd``)."""
     body = struct.pack("<i", flags) + collection.encode("utf-8") + b"\x00" + struct.pack("<ii", skip, limit)
-    return _frame(request_id, 0, OP_QUERY, body + bson.encode(query))
+    return _frame(request_id, 0, OP_QUERY, body + bson.encode(query, bson.MAX_COMMAND_SIZE))
 
 
 def encode_op_reply(request_id: int, response_to: int, documents: list[dict[str, Any]], flags: int = 0,
                     cursor_id: int = 0, starting_from: int = 0) -> bytes:
     """An OP_REPLY (the answer to an OP_QUERY)."""
-    docs = b"".join(bson.encode(d) for d in documents)
+    docs = b"".join(bson.encode(d, bson.MAX_COMMAND_SIZE) for d in documents)
     body = struct.pack("<iqii", flags, cursor_id, starting_from, len(documents)) + docs
     return _frame(request_id, response_to, OP_REPLY, body)
 

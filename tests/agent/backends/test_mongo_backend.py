@@ -314,6 +314,11 @@ async def test_errors_are_mongod_like_and_leave_the_connection_usable(servers: S
         assert err.code == 48
         err = failure(lambda: client.db.command("insert", "bad$name", documents=[{}]))
         assert err.code == 73
+        client.db.big.insert_one({"_id": 1, "blob": b"x" * (16 * 1024 * 1024 - 100), "l": []})
+        found = client.db.big.find_one()  # a maximal document comes back (its reply is > 16 MiB)
+        assert found is not None and len(found["blob"]) == 16 * 1024 * 1024 - 100
+        err = failure(lambda: client.db.big.update_one({"_id": 1}, {"$push": {"l": b"y" * 1000}}))
+        assert err.code == 17419 and "larger than 16777216" in str(err)
         with client.start_session() as s:
             err = failure(lambda: s.with_transaction(lambda sess: client.db.c.insert_one({}, session=sess)))
         assert err.code == 20
@@ -326,6 +331,7 @@ async def test_errors_are_mongod_like_and_leave_the_connection_usable(servers: S
 
 async def test_scram_authentication(servers: Servers) -> None:
     port = await servers.start(MongoBackend(users={"alice": "s3cret", "bob": "pässwörd"}))
+    trust_port = await servers.start(MongoBackend())
 
     def check() -> None:
         alice = servers.client(port, username="alice", password="s3cret")
@@ -342,6 +348,11 @@ async def test_scram_authentication(servers: Servers) -> None:
             with pytest.raises(OperationFailure) as err:
                 servers.client(port, username=user, password=password).admin.command("ping")
             assert err.value.code == 18 and str(err.value).startswith("Authentication failed.")
+
+        trusting = servers.client(trust_port, username="alice", password="s3cret")
+        with pytest.raises(OperationFailure) as err:
+            trusting.admin.command("ping")
+        assert err.value.code == 18 and "started without users" in str(err.value)
 
         anonymous = servers.client(port)
         assert anonymous.admin.command("ping")["ok"] == 1.0  # ping and hello need no authentication

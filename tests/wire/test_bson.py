@@ -211,7 +211,7 @@ def test_a_maximal_document_round_trips() -> None:
     with pytest.raises(bson.BSONEncodeError, match="over"):
         bson.encode({"blob": b"x" * bson.MAX_DOCUMENT_SIZE})
     # A command or reply wrapping a maximal document may use mongod's 16 KiB of headroom.
-    wrapper = {"cursor": {"firstBatch": [big], "id": 0, "ns": "db.c"}, "ok": 1.0}
+    wrapper = {"cursor": {"firstBatch": [{**big, "pad": "p" * 200}], "id": 0, "ns": "db.c"}, "ok": 1.0}
     raw = bson.encode(wrapper, bson.MAX_COMMAND_SIZE)
     assert len(raw) > bson.MAX_DOCUMENT_SIZE
     with pytest.raises(LimitExceeded):

@@ -61,6 +61,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from tpemu.agent.backends.base import Session
+from tpemu.logs import TRACE, RateLimiter, hexdump
 from tpemu.wire import bson, mongo
 from tpemu.wire.bson import Binary, Int64, ObjectId, Regex
 from tpemu.wire.errors import LimitExceeded, WireError
@@ -84,6 +85,21 @@ _SERVER_COMMANDS = _OPEN_COMMANDS | {
     "getParameter", "getCmdLineOpts", "serverStatus", "getLog", "listDatabases", "refreshSessions",
     "killSessions", "killCursors", "getMore",
 }
+
+
+_rejections = RateLimiter()
+
+
+def _warn_rejected(peer: str, message: str, *args: Any, data: bytes = b"") -> None:
+    """A WARNING about a client sent away, rate-limited per client host; a hexdump at TRACE."""
+    allowed, suppressed = _rejections.allow(peer.rsplit(":", 1)[0])
+    if allowed:
+        if suppressed:
+            message += " (%d similar warnings suppressed)"
+            args = (*args, suppressed)
+        logger.warning(message, *args)
+    if data and logger.isEnabledFor(TRACE):
+        logger.log(TRACE, "mongodb peer=%s: first bytes of the rejected message:\n%s", peer, hexdump(data))
 
 
 class CommandError(Exception):
@@ -967,7 +983,8 @@ class MongoBackend:
 
     async def _refuse(self, conn: _Connection, writer: asyncio.StreamWriter, raw: bytes, exc: WireError) -> None:
         """Answer a message we cannot parse with an error (when its header is readable), then close."""
-        logger.warning("mongodb conn=%d peer=%s: bad message, closing: %s", conn.id, conn.peer, exc)
+        _warn_rejected(conn.peer, "mongodb conn=%d peer=%s: bad message, closing: %s", conn.id, conn.peer, exc,
+                       data=raw)
         if len(raw) < mongo.HEADER_SIZE:
             return
         request_id = int.from_bytes(raw[4:8], "little", signed=True)
@@ -1006,16 +1023,16 @@ class MongoBackend:
         if isinstance(msg, mongo.OpQuery):
             return self._encode_reply(mongo.OP_QUERY, rid, self._op_query(conn, msg)), True
         if isinstance(msg, mongo.OpCompressed):
-            logger.warning("mongodb conn=%d peer=%s: OP_COMPRESSED refused (no compressor was offered)",
-                        conn.id, conn.peer)
+            _warn_rejected(conn.peer, "mongodb conn=%d peer=%s: OP_COMPRESSED refused (no compressor was offered)",
+                           conn.id, conn.peer)
             err = CommandError(17, "ProtocolError", "OP_COMPRESSED is not supported by the tpemu emulator "
                                                     "(it advertises no compressors in hello)").reply()
             if msg.original_opcode == mongo.OP_QUERY:
                 err = {"$err": err["errmsg"], **err}
             return self._encode_reply(msg.original_opcode, rid, err), True
         name = mongo.OPCODE_NAMES.get(msg.header.opcode, f"opcode {msg.header.opcode}")
-        logger.warning("mongodb conn=%d peer=%s: legacy %s is %s (removed in MongoDB 6.0); closing",
-                    conn.id, conn.peer, name, EMULATOR_NOTE)
+        _warn_rejected(conn.peer, "mongodb conn=%d peer=%s: legacy %s is %s (removed in MongoDB 6.0); closing",
+                       conn.id, conn.peer, name, EMULATOR_NOTE)
         if msg.header.opcode == mongo.OP_GET_MORE:
             doc = {"$err": f"legacy {name} is {EMULATOR_NOTE}", "code": 5739101, "ok": 0.0}
             return mongo.encode_op_reply(next(self._request_ids), rid, [doc], mongo.REPLY_QUERY_FAILURE), False

@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from tpemu.agent.backends.base import Session
+from tpemu.logs import RateLimiter
 from tpemu.wire import resp
 from tpemu.wire.errors import WireError
 from tpemu.wire.resp import Error, SimpleString, Verbatim
@@ -64,6 +65,9 @@ FLUSH_AT = 1024 * 1024
 MAX_SCANS = 256
 
 Value = bytes | dict[bytes, bytes] | deque[bytes]
+
+
+_rejections = RateLimiter()
 
 
 class ReplyError(Exception):
@@ -282,7 +286,11 @@ class RedisBackend:
                 try:
                     cmd = parser.next_command()
                 except WireError as exc:
-                    logger.warning("redis client=%d addr=%s: protocol error, closing: %s", client.id, client.addr, exc)
+                    allowed, suppressed = _rejections.allow(client.addr.rsplit(":", 1)[0])
+                    if allowed:
+                        logger.warning("redis client=%d addr=%s: protocol error, closing: %s%s", client.id,
+                                       client.addr, exc, f" ({suppressed} similar warnings suppressed)"
+                                       if suppressed else "")
                     text = str(exc) if str(exc).startswith("Protocol error") else f"Protocol error: {exc}"
                     out += resp.encode(Error(f"ERR {text}"))
                     await self._flush(writer, out)

@@ -303,10 +303,10 @@ async def test_interactive_redis_cli_uses_command_docs(servers: Servers) -> None
             os.execv(REDIS_CLI, [REDIS_CLI, "-p", port])
         out = b""
 
-        def read_for(seconds: float) -> None:
+        def read_until(marker: bytes, seconds: float = 5.0) -> None:
             nonlocal out
             end = time.monotonic() + seconds
-            while time.monotonic() < end:
+            while marker not in out and time.monotonic() < end:
                 ready, _, _ = select.select([fd], [], [], 0.05)
                 if ready:
                     try:
@@ -315,10 +315,12 @@ async def test_interactive_redis_cli_uses_command_docs(servers: Servers) -> None
                         return
 
         try:
-            read_for(0.5)
-            for line in (b"set foo bar\r", b"get foo\r", b"help hset\r", b"quit\r"):
+            prompt = f"127.0.0.1:{port}> ".encode()
+            read_until(prompt)
+            for line, expect in ((b"set foo bar\r", b"OK"), (b"get foo\r", b'"bar"'), (b"help hset\r", b"group:")):
                 os.write(fd, line)
-                read_for(0.3)
+                read_until(expect)
+            os.write(fd, b"quit\r")
         finally:
             try:
                 os.kill(pid, 9)

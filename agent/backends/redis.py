@@ -8,6 +8,7 @@ AUTH, protocol errors close the connection, pipelined commands answered in order
 
 * connection: HELLO [2|3 [AUTH user pass] [SETNAME name]], AUTH [user] pass, PING, ECHO,
   SELECT 0, QUIT, RESET; CLIENT SETNAME/GETNAME/ID/SETINFO/INFO/LIST;
+* transactions: MULTI EXEC DISCARD (what redis-py pipelines send by default; no WATCH);
 * server: INFO (server, clients, memory, persistence, stats, replication, keyspace), COMMAND
   (plain, COUNT, DOCS, INFO, LIST: redis-cli 7 asks for COMMAND DOCS when it starts), DBSIZE,
   FLUSHDB, FLUSHALL;
@@ -191,6 +192,8 @@ class _Client:
     name: bytes = b""
     lib_name: bytes = b""
     lib_ver: bytes = b""
+    multi: list[tuple[_Spec, list[bytes]]] | None = None  # commands queued since MULTI
+    multi_failed: bool = False  # a command was refused while queueing: EXEC aborts
     created: float = field(default_factory=time.monotonic)
     last_command: str = "NULL"
     last_active: float = field(default_factory=time.monotonic)
@@ -357,24 +360,29 @@ class RedisBackend:
                     break
                 shown += b"'" + arg[:128 - len(shown)] + b"' "
             message = b"ERR unknown command '" + cmd.args[0][:128] + b"', with args beginning with: " + shown
+            client.multi_failed = client.multi is not None
             return Error(message.decode("utf-8", "surrogateescape") + EMULATOR_NOTE), False
         client.last_command = name if not spec.subcommands or len(args) < 1 else \
             f"{name}|{args[0].decode('utf-8', 'replace').lower()}"
         if (spec.arity > 0 and len(cmd.args) != spec.arity) or (spec.arity < 0 and len(cmd.args) < -spec.arity):
+            client.multi_failed = client.multi is not None
             return Error(f"ERR wrong number of arguments for '{name}' command"), False
         if self.users is not None and client.session is None and client.user is None \
                 and name not in ("auth", "hello", "quit", "reset"):
             return Error("NOAUTH Authentication required."), False
+        if client.multi is not None and name not in ("exec", "discard", "multi", "quit", "reset"):
+            client.multi.append((spec, args))  # inside MULTI: run at EXEC
+            return SimpleString("QUEUED"), False
+        return self._call(client, spec, args), name == "quit"
+
+    def _call(self, client: _Client, spec: _Spec, args: list[bytes]) -> Any:
         try:
-            reply = spec.handler(self, client, args)
+            return spec.handler(self, client, args)
         except ReplyError as exc:
-            return Error(exc.message), False
+            return Error(exc.message)
         except Exception as exc:  # a local fault: the client gets an error, the log the traceback
-            logger.exception("redis client=%d: internal error in %s", client.id, name)
-            return Error(f"ERR internal error in the tpemu emulator: {exc!r}"), False
-        if name == "quit":
-            return reply, True
-        return reply, False
+            logger.exception("redis client=%d: internal error in %s", client.id, spec.name)
+            return Error(f"ERR internal error in the tpemu emulator: {exc!r}")
 
     # ------------------------------------------------------------------ keyspace helpers
 
@@ -522,6 +530,7 @@ class RedisBackend:
     @command("reset", 1, "connection", "Resets the connection.", "6.2.0", keys=(0, 0, 0),
              flags="noscript loading stale fast no-auth allow-busy")
     def _reset(self, client: _Client, args: list[bytes]) -> Any:
+        client.multi, client.multi_failed = None, False
         client.protocol = 2
         client.name = b""
         if client.session is None:
@@ -569,6 +578,36 @@ class RedisBackend:
                 f"multi=-1 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 "
                 f"events=r cmd={c.last_command} user={c.user or 'default'} redir=-1 resp={c.protocol} "
                 f"lib-name={c.lib_name.decode('utf-8', 'replace')} lib-ver={c.lib_ver.decode('utf-8', 'replace')}")
+
+    # ------------------------------------------------------------------ transactions (no WATCH)
+
+    @command("multi", 1, "transactions", "Starts a transaction.", "1.2.0", keys=(0, 0, 0),
+             flags="noscript loading stale fast allow-busy")
+    def _multi(self, client: _Client, args: list[bytes]) -> Any:
+        if client.multi is not None:
+            raise ReplyError("ERR MULTI calls can not be nested")
+        client.multi, client.multi_failed = [], False
+        return OK
+
+    @command("exec", 1, "transactions", "Executes all commands in a transaction.", "1.2.0", keys=(0, 0, 0),
+             flags="noscript loading stale skip-slowlog")
+    def _exec(self, client: _Client, args: list[bytes]) -> Any:
+        if client.multi is None:
+            raise ReplyError("ERR EXEC without MULTI")
+        queued, failed = client.multi, client.multi_failed
+        client.multi, client.multi_failed = None, False
+        if failed:
+            raise ReplyError("EXECABORT Transaction discarded because of previous errors.")
+        # One event-loop step runs them all: nothing else interleaves, as in Redis.
+        return [self._call(client, spec, queued_args) for spec, queued_args in queued]
+
+    @command("discard", 1, "transactions", "Discards a transaction.", "2.0.0", keys=(0, 0, 0),
+             flags="noscript loading stale fast allow-busy")
+    def _discard(self, client: _Client, args: list[bytes]) -> Any:
+        if client.multi is None:
+            raise ReplyError("ERR DISCARD without MULTI")
+        client.multi, client.multi_failed = None, False
+        return OK
 
     # ------------------------------------------------------------------ server commands
 
@@ -1196,7 +1235,7 @@ def _check_client_name(name: bytes, what: str = "Client names") -> None:
 
 
 _ACL_CATEGORIES = {"string": "@string", "hash": "@hash", "list": "@list", "generic": "@keyspace",
-                   "connection": "@connection", "server": "@admin"}
+                   "connection": "@connection", "server": "@admin", "transactions": "@transaction"}
 
 
 def _command_info(spec: _Spec) -> list[Any]:

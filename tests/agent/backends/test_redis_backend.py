@@ -162,6 +162,10 @@ DIFFERENTIAL: list[tuple[str | bytes, ...]] = [
     ("LINDEX", "l", "x"), ("TYPE", "l"), ("LPOP", "l"), ("RPOP", "l"), ("LPOP", "l", "2"), ("RPOP", "l", "0"),
     ("RPOP", "l", "10"), ("LPOP", "l"), ("LPOP", "nokey", "2"), ("LPOP", "nokey"), ("LPOP", "l", "-1"),
     ("LPOP", "l", "1", "2"), ("EXISTS", "l"), ("HGET", "l", "x"),
+    # transactions
+    ("MULTI",), ("SET", "t", "1"), ("INCR", "t"), ("HGET", "t", "f"), ("GET", "t"), ("EXEC",), ("EXEC",),
+    ("DISCARD",), ("MULTI",), ("MULTI",), ("SET", "t", "2"), ("DISCARD",), ("GET", "t"), ("MULTI",), ("SET", "t"),
+    ("SET", "t", "3"), ("EXEC",), ("MULTI",), ("GET",), ("EXEC",), ("GET", "t"),
     # connection and server
     ("PING",), ("PING", "hi"), ("PING", "a", "b"), ("ECHO", "x"), ("ECHO",), ("SELECT", "0"), ("SELECT", "x"),
     ("DBSIZE",), ("CLIENT", "SETNAME", "bad name"), ("CLIENT", "SETNAME", "good"), ("CLIENT", "GETNAME"),
@@ -213,6 +217,18 @@ async def test_unknown_commands_match_real_redis_plus_the_note(servers: Servers,
             assert g.startswith(b"-ERR unknown subcommand '") and b"not supported by the tpemu emulator" in g
             continue
         assert g == e.rstrip(b"\r\n") + b"(not supported by the tpemu emulator)\r\n", cmd
+
+
+async def test_unknown_command_inside_multi_aborts_exec(servers: Servers) -> None:
+    port = await servers.start(RedisBackend())
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        replies = await exchange(reader, writer, [("MULTI",), ("SET", "k", "v"), ("XADD", "s", "*"), ("EXEC",),
+                                                  ("EXISTS", "k")])
+    finally:
+        writer.close()
+    assert replies[1] == b"+QUEUED\r\n" and replies[2].startswith(b"-ERR unknown command 'XADD'")
+    assert replies[3:] == [b"-EXECABORT Transaction discarded because of previous errors.\r\n", b":0\r\n"]
 
 
 @pytest.mark.e2e
@@ -360,6 +376,9 @@ async def test_redis_py(servers: Servers, protocol: int) -> None:
     async with r.pipeline(transaction=False) as pipe:
         pipe.set("p", "1").incr("p").get("p")
         assert await pipe.execute() == [True, 2, b"2"]
+    async with r.pipeline() as pipe:  # MULTI ... EXEC
+        pipe.incr("p").hset("p2", "f", "v").incr("p")
+        assert await pipe.execute() == [3, 1, 4]
     with pytest.raises(ResponseError, match="WRONGTYPE"):
         await r.get("h")
     with pytest.raises(ResponseError, match="not supported by the tpemu emulator"):

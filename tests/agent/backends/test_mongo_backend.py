@@ -248,6 +248,22 @@ async def test_cursors_batches_and_kill(servers: Servers) -> None:
     await run(check)
 
 
+async def test_large_batches_are_split_to_the_advertised_size(servers: Servers) -> None:
+    port = await servers.start(MongoBackend())
+    listener = Commands()
+    client = servers.client(port, event_listeners=[listener])
+
+    def check() -> None:
+        # 24 MiB of documents: more than one message (pymongo splits by our maxMessageSizeBytes)
+        # and more than one reply batch (the emulator stops a batch near 16 MiB).
+        client.db.c.insert_many([{"_id": i, "blob": bytes(1024 * 1024)} for i in range(24)])
+        assert listener.names.count("insert") == 2
+        assert [d["_id"] for d in client.db.c.find()] == list(range(24))
+        assert listener.names.count("getMore") == 1
+
+    await run(check)
+
+
 async def test_cursor_cap_closes_the_oldest(servers: Servers) -> None:
     port = await servers.start(MongoBackend(max_cursors=2))
     client = servers.client(port)

@@ -68,11 +68,12 @@ PROFILES = {
     # For tests: a few seconds, every code path, numbers too short to mean much.
     "smoke": Profile("smoke", rate_duration=0.2, stream_duration=0.2, warmup=0.05, repeats=2, idle_counts=(50,),
                      concurrency=(1, 4), streams=(2,)),
-    # About 2 minutes on the 2-core benchmark machine.
-    "quick": Profile("quick", rate_duration=1.5, stream_duration=1.5, warmup=0.25, repeats=1,
+    # About 85 s on the 2-core benchmark machine: three short interleaved rounds per point (the
+    # median resists the bursts of a shared machine better than one longer run).
+    "quick": Profile("quick", rate_duration=0.6, stream_duration=0.5, warmup=0.1, repeats=3,
                      idle_counts=(1000, 5000)),
-    # About 8 minutes: longer points, three repeats (median), memory twice (median).
-    "full": Profile("full", rate_duration=4.0, stream_duration=3.0, warmup=0.5, repeats=3, idle_counts=(1000, 5000),
+    # About 6 minutes: five longer rounds per point (median), memory twice (median).
+    "full": Profile("full", rate_duration=2.0, stream_duration=1.5, warmup=0.3, repeats=5, idle_counts=(1000, 5000),
                     idle_repeats=2),
 }
 
@@ -318,7 +319,7 @@ def format_table(result: dict[str, Any]) -> str:
     """The result as text tables, one row per subject: each figure, its ratio to direct and to HAProxy."""
     names = [n for n, i in result["subjects"].items() if not i["skipped"]]
     lines: list[str] = []
-    width = 28
+    width = 30
 
     def table(title: str, section: dict[str, Any], key: str, fmt: Callable[[dict[str, Any]], str],
               vs_direct: bool = True) -> None:

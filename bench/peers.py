@@ -1,0 +1,439 @@
+"""The routers the end-to-end benchmark measures: tpemu and its peers, as processes (glue).
+
+Every peer listens on a free loopback port and routes a TLS connection, from its ClientHello and
+without terminating TLS, to a backend port: first by exact SNI, then by any offered ALPN name
+(:class:`Routes`). The configs are templates in ``bench/peers/`` with ``@NAME@`` placeholders.
+
+* ``tpemu-uvloop`` / ``tpemu-asyncio``: ``tpemu start`` from the venv that runs the benchmark
+  (derived from ``sys.executable``) with pass-through rules, one process, one event loop;
+* ``haproxy``: ``mode tcp``, ``req.ssl_sni``/``req.ssl_alpn``, ``nbthread 1``, one process;
+* ``nginx``: the stream module with ``ssl_preread`` and a ``map`` on SNI then ALPN; a master
+  and ``worker_processes 1`` (RSS and CPU are summed over both);
+* ``sslh``: ``sslh-ev`` or ``sslh-select`` (single process; the forking ``sslh`` is not used).
+
+:func:`start_peer` returns ``(None, reason)`` when the peer's binary is missing, and raises
+:class:`PeerError` when it is there but does not start or route. A peer is ready when its port
+accepts *and* a probe ClientHello gets a byte back from the backend, so every start also checks
+that the config routes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import re
+import resource
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+CONFIG_DIR = Path(__file__).with_name("peers")
+PEERS = ("tpemu-uvloop", "tpemu-asyncio", "haproxy", "nginx", "sslh")
+NGINX_MODULE_DIRS = (Path("/usr/lib/nginx/modules"), Path("/usr/share/nginx/modules"), Path("/usr/lib64/nginx/modules"))
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class PeerError(RuntimeError):
+    """A peer whose binary exists did not start, or started but did not route the probe."""
+
+
+def make_client_hello(sni: str, alpn: list[str]) -> bytes:
+    """A real TLS 1.3 ClientHello from Python's ``ssl`` (OpenSSL) with this SNI and ALPN list.
+
+    Returns the bytes OpenSSL writes first: one or more TLS records holding the ClientHello.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.set_alpn_protocols(alpn)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+@dataclass(frozen=True)
+class Routes:
+    """Where a peer sends connections: by exact SNI first, then by any offered ALPN name."""
+
+    sni: Mapping[str, int] = field(default_factory=dict)
+    alpn: Mapping[str, int] = field(default_factory=dict)
+    backend_host: str = "127.0.0.1"
+
+    def backend(self, port: int) -> str:
+        return hostport(self.backend_host, port)
+
+
+def hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# -- processes -------------------------------------------------------------------------------------
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", encoding="ascii", errors="replace") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        kids.setdefault(ppid, []).append(int(entry.name))
+    return kids
+
+
+def process_tree(pids: list[int]) -> list[int]:
+    """``pids`` and all their descendants that are still alive."""
+    kids = _children()
+    out: list[int] = []
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        if pid in out or not os.path.exists(f"/proc/{pid}"):
+            continue
+        out.append(pid)
+        todo.extend(kids.get(pid, []))
+    return out
+
+
+def rss_kib(pids: list[int]) -> int:
+    """The sum of VmRSS (KiB) over ``pids`` (gone processes count 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return total
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time (seconds) over ``pids``, including reaped children."""
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # fields[0] is field 3 (state); utime, stime, cutime, cstime are fields 14-17.
+        ticks += sum(int(x) for x in fields[11:15])
+    return ticks / _CLK_TCK
+
+
+@dataclass
+class Peer:
+    """A running peer: its listening address, processes, version line and notes."""
+
+    name: str
+    host: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    workdir: Path
+    version: str
+    notes: str
+    log_path: Path
+    _log: IO[bytes] | None = None
+    #: Routed connections the peer can hold at once, when it has a hard limit, and why.
+    max_connections: int | None = None
+    limit_reason: str = ""
+
+    @property
+    def target(self) -> str:
+        return hostport(self.host, self.port)
+
+    def pids(self) -> list[int]:
+        return process_tree([self.proc.pid])
+
+    def rss_kib(self) -> int:
+        return rss_kib(self.pids())
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pids())
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 8) -> str:
+        return _tail(self.log_path, lines)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; idempotent."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def raise_nofile() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit (the peers inherit it); returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (the peer's own bind may still race another process)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _fill(template: str, values: Mapping[str, str]) -> str:
+    text = (CONFIG_DIR / template).read_text(encoding="utf-8")
+    for key, value in values.items():
+        text = text.replace(f"@{key}@", value)
+    left = re.findall(r"@[A-Z_]+@", text)
+    assert not left, f"{template}: placeholders left unfilled: {left}"
+    return text
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=10, stdin=subprocess.DEVNULL,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    out = (proc.stdout + proc.stderr).strip().splitlines()
+    return out[0].strip() if out else "unknown"
+
+
+# -- one function per peer: (argv, workdir config, version, notes) or a reason to skip ------------------------
+
+
+@dataclass
+class _Plan:
+    argv: list[str]
+    version: str
+    notes: str
+    env: dict[str, str] | None = None
+    max_connections: int | None = None
+    limit_reason: str = ""
+
+
+def _venv_tpemu() -> Path:
+    return Path(sys.executable).parent / "tpemu"
+
+
+def _plan_tpemu(loop: str, routes: Routes, listen: str, workdir: Path, data_dir: Path) -> _Plan | str:
+    exe = _venv_tpemu()
+    if not exe.exists():
+        return f"no tpemu entry point next to {sys.executable} (run `make install`)"
+    if loop == "uvloop":
+        try:
+            loop_version = f"uvloop {importlib.metadata.version('uvloop')}"
+        except importlib.metadata.PackageNotFoundError:
+            return "uvloop is not installed in this venv"
+    else:
+        loop_version = "asyncio (selector event loop)"
+    rules = []
+    for i, (sni, port) in enumerate(routes.sni.items()):
+        rules.append(f'    - {{name: sni-{i}, sni: ["{sni}"], target: "{routes.backend(port)}"}}')
+    for i, (name, port) in enumerate(routes.alpn.items()):
+        rules.append(f'    - {{name: alpn-{i}, alpn: ["{name}"], target: "{routes.backend(port)}"}}')
+    conf = workdir / "tpemu.yaml"
+    conf.write_text(_fill("tpemu.yaml", {"DIR": str(data_dir), "LISTEN": listen, "RULES": "\n".join(rules)}),
+                    encoding="utf-8")
+    version = f"{_version([str(exe), '--version'])}, Python {sys.version.split()[0]}, {loop_version}"
+    argv = [str(exe), "start", "--config", str(conf), "--data-dir", str(data_dir), "--loop", loop,
+            "--log-level", "WARN"]
+    return _Plan(argv, version, f"one process, one event loop ({loop}); pass-through rules, logging at WARN")
+
+
+def _plan_haproxy(routes: Routes, listen: str, workdir: Path) -> _Plan | str:
+    exe = shutil.which("haproxy")
+    if exe is None:
+        return "haproxy is not installed (no `haproxy` on PATH)"
+    use, backends = [], []
+    ports = sorted({*routes.sni.values(), *routes.alpn.values()})
+    for port in ports:
+        backends.append(f"backend b{port}\n    server s{port} {routes.backend(port)}\n")
+    for sni, port in routes.sni.items():
+        use.append(f"    use_backend b{port} if {{ req.ssl_sni -i {sni} }}")
+    for name, port in routes.alpn.items():
+        use.append(f"    use_backend b{port} if {{ req.ssl_alpn {name} }}")
+    conf = workdir / "haproxy.cfg"
+    maxconn = (resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 100) // 2
+    conf.write_text(_fill("haproxy.cfg", {"LISTEN": listen, "MAXCONN": str(maxconn), "USE_BACKENDS": "\n".join(use),
+                                          "BACKENDS": "\n".join(backends)}), encoding="utf-8")
+    return _Plan([exe, "-db", "-f", str(conf)], _version([exe, "-v"]),
+                 "one process, nbthread 1 (haproxy -db); mode tcp, req.ssl_sni/req.ssl_alpn")
+
+
+def nginx_stream_module() -> Path | str | None:
+    """The ``load_module`` path of the stream module; None when it is built in; a str when missing."""
+    exe = shutil.which("nginx")
+    if exe is None:
+        return "nginx is not installed (no `nginx` on PATH)"
+    try:
+        flags = subprocess.run([exe, "-V"], capture_output=True, text=True, timeout=10, check=False).stderr
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"nginx -V failed: {exc}"
+    if "--with-stream_ssl_preread_module" not in flags:
+        return "nginx is built without the stream ssl_preread module"
+    if "--with-stream=dynamic" not in flags:
+        return None if "--with-stream" in flags else "nginx is built without the stream module"
+    for d in NGINX_MODULE_DIRS:
+        if (d / "ngx_stream_module.so").exists():
+            return d / "ngx_stream_module.so"
+    return "nginx's stream module is dynamic but ngx_stream_module.so is not installed (libnginx-mod-stream)"
+
+
+def _plan_nginx(routes: Routes, listen: str, workdir: Path, workers: str) -> _Plan | str:
+    exe = shutil.which("nginx")
+    module = nginx_stream_module()
+    if exe is None or isinstance(module, str):
+        return module if isinstance(module, str) else "nginx is not installed"
+    sni_map = "\n".join(f'        "{sni}" "{routes.backend(port)}";' for sni, port in routes.sni.items())
+    alpn_map = "\n".join(f'        "~(^|,){re.escape(name)}(,|$)" "{routes.backend(port)}";'
+                         for name, port in routes.alpn.items())
+    conf = workdir / "nginx.conf"
+    conf.write_text(_fill("nginx.conf", {
+        "LOAD_MODULE": f"load_module {module};" if module else "# the stream module is built in",
+        "WORKERS": workers, "DIR": str(workdir), "LISTEN": listen, "SNI_MAP": sni_map, "ALPN_MAP": alpn_map,
+    }), encoding="utf-8")
+    argv = [exe, "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log"), "-g", "daemon off;"]
+    return _Plan(argv, _version([exe, "-v"]),
+                 f"master + worker_processes {workers} (RSS and CPU summed over all); stream + ssl_preread + map")
+
+
+def sslh_binary() -> str | None:
+    """``sslh-ev`` or ``sslh-select`` (single-process variants), or None."""
+    for name in ("sslh-ev", "sslh-select"):
+        exe = shutil.which(name)
+        if exe is not None:
+            return exe
+    return None
+
+
+def _plan_sslh(routes: Routes, host: str, port: int, workdir: Path) -> _Plan | str:
+    exe = sslh_binary()
+    if exe is None:
+        if shutil.which("sslh"):
+            return "only the forking sslh is installed (one process per connection); sslh-ev/sslh-select missing"
+        return "sslh is not installed (no sslh-ev or sslh-select on PATH)"
+    protocols = []
+    for sni, p in routes.sni.items():
+        protocols.append(f'    {{ name: "tls"; host: "{routes.backend_host}"; port: "{p}"; '
+                         f'sni_hostnames: [ "{sni}" ]; log_level: 0; }}')
+    for name, p in routes.alpn.items():
+        protocols.append(f'    {{ name: "tls"; host: "{routes.backend_host}"; port: "{p}"; '
+                         f'alpn_protocols: [ "{name}" ]; log_level: 0; }}')
+    conf = workdir / "sslh.cfg"
+    conf.write_text(_fill("sslh.cfg", {"HOST": host, "PORT": str(port), "PROTOCOLS": ",\n".join(protocols)}),
+                    encoding="utf-8")
+    plan = _Plan([exe, f"-F{conf}"], _version([exe, "-V"]), f"{Path(exe).name}: one process")
+    if exe.endswith("select"):
+        # select() watches at most FD_SETSIZE (1024) descriptors, two per routed connection;
+        # sslh-select 1.20 aborts ("bit out of range 0 - FD_SETSIZE on fd_set") past ~510.
+        plan.max_connections = 500
+        plan.limit_reason = ("sslh-select uses select(): past ~510 routed connections (FD_SETSIZE=1024) "
+                             "it aborts with 'bit out of range 0 - FD_SETSIZE on fd_set'")
+        plan.notes += "; select() loop, aborts past ~510 routed connections (FD_SETSIZE)"
+    return plan
+
+
+# -- start --------------------------------------------------------------------------------------------
+
+
+def start_peer(name: str, routes: Routes, workdir: Path, *, probe: bytes, host: str = "127.0.0.1",
+               ready_timeout: float = 20.0, nginx_workers: str = "1") -> tuple[Peer | None, str | None]:
+    """Start peer ``name`` (one of :data:`PEERS`) in ``workdir`` and wait until it routes.
+
+    ``probe`` is a ClientHello that the routes send to a backend that answers with a byte.
+    Returns ``(peer, None)``, or ``(None, reason)`` when the peer's binary is missing. Raises
+    :class:`PeerError` when it fails to start or to route the probe within ``ready_timeout``.
+    """
+    if name not in PEERS:
+        raise ValueError(f"unknown peer {name!r}; expected one of {', '.join(PEERS)}")
+    raise_nofile()
+    error: PeerError | None = None
+    for _attempt in range(3):  # the free port may be taken between our check and the peer's bind
+        port = free_port(host)
+        pdir = workdir / f"{name}-{port}"
+        pdir.mkdir(parents=True, exist_ok=True)
+        listen = hostport(host, port)
+        if name.startswith("tpemu-"):
+            plan = _plan_tpemu(name.removeprefix("tpemu-"), routes, listen, pdir, workdir / "tpemu-data")
+        elif name == "haproxy":
+            plan = _plan_haproxy(routes, listen, pdir)
+        elif name == "nginx":
+            plan = _plan_nginx(routes, listen, pdir, nginx_workers)
+        else:
+            plan = _plan_sslh(routes, host, port, pdir)
+        if isinstance(plan, str):
+            return None, plan
+        log_path = pdir / "output.log"
+        log_file = open(log_path, "wb")  # noqa: SIM115 - owned by the Peer, closed in stop()
+        try:
+            proc = subprocess.Popen(plan.argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                                    cwd=pdir, env=plan.env)
+        except OSError as exc:
+            log_file.close()
+            raise PeerError(f"{name}: cannot run {plan.argv[0]}: {exc}") from None
+        peer = Peer(name, host, port, proc, pdir, plan.version, plan.notes, log_path, log_file, plan.max_connections,
+                    plan.limit_reason)
+        try:
+            _wait_ready(peer, probe, ready_timeout)
+            return peer, None
+        except PeerError as exc:
+            peer.stop()
+            error = exc
+            if "in use" not in str(exc).lower():
+                raise
+    assert error is not None
+    raise error
+
+
+def _wait_ready(peer: Peer, probe: bytes, timeout: float) -> None:
+    """Until the port accepts and the probe gets a byte back; raises PeerError with the log tail."""
+    deadline = time.monotonic() + timeout
+    last = "no attempt"
+    while time.monotonic() < deadline:
+        if not peer.alive():
+            raise PeerError(f"{peer.name} exited with status {peer.proc.returncode}: {peer.log_tail() or 'no output'}")
+        try:
+            with socket.create_connection((peer.host, peer.port), timeout=2) as s:
+                s.sendall(probe)
+                if s.recv(1):
+                    return
+                last = "the connection closed without an answer from the backend"
+        except OSError as exc:
+            last = exc.strerror or str(exc)
+        time.sleep(0.02)
+    raise PeerError(f"{peer.name} did not route the probe within {timeout:g}s (last: {last}); "
+                    f"log: {peer.log_tail() or 'empty'}")

@@ -58,11 +58,17 @@ class Accepted:
     listener: ListenerKind
     peer: tuple[str, int]
     socket_peer: tuple[str, int]
-    local: tuple[str, int]
     protocol: Protocol | None
     route: Route
     hello: tls.ClientHello | None
     proxy_header: ProxyHeader | None
+
+    def local_addr(self) -> tuple[str, int]:
+        """The address the client connected to (asked for only when needed: one system call)."""
+        try:
+            return sockaddr(self.sock.getsockname())
+        except OSError:
+            return ("", 0)
 
     @property
     def ctx(self) -> str:
@@ -81,7 +87,9 @@ class Stats:
         self.routed: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
         self.pending = 0
+        #: Handlers running (handshakes, web requests …) and pass-through connections spliced.
         self.active = 0
+        self.spliced = 0
 
 
 @dataclass
@@ -380,11 +388,7 @@ class _Sniffer:
                 log.info("conn=%d peer=%s listener=%s proto=%s route=%s (%s)", self.conn_id,
                          format_addr(self.peer), self.listener.kind.value, proto.value if proto else "-",
                          route.name, route.why)
-        try:
-            local = sockaddr(self.sock.getsockname())
-        except OSError:
-            local = ("", 0)
-        door.spawn(Accepted(self.sock, self.conn_id, self.listener.kind, self.peer, self.socket_peer, local,
+        door.spawn(Accepted(self.sock, self.conn_id, self.listener.kind, self.peer, self.socket_peer,
                             proto, route, hello, self.header))
 
     def _refuse(self, refused: Refused, n: int = 0) -> None:

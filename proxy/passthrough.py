@@ -13,43 +13,77 @@ import logging
 
 from tpemu.net.sockets import close_with_answer
 from tpemu.net.splice import Splice
-from tpemu.proxy.frontdoor import Accepted
+from tpemu.proxy.frontdoor import Accepted, Stats
 from tpemu.wire import proxy_protocol
 
 log = logging.getLogger(__name__)
 
 
-async def splice_to_target(acc: Accepted, connect_timeout: float = 10.0) -> None:
-    """Connect to ``acc.route.target`` and splice; logs a clear line if the backend is down."""
+class _Expiry:
+    """A connect deadline that costs one timer, not an ``asyncio.timeout`` context per dial."""
+
+    __slots__ = ("expired", "task")
+
+    def __init__(self, task: asyncio.Task[object] | None) -> None:
+        self.task = task
+        self.expired = False
+
+    def __call__(self) -> None:
+        self.expired = True
+        if self.task is not None:
+            self.task.cancel()
+
+
+async def splice_to_target(acc: Accepted, connect_timeout: float = 10.0, stats: Stats | None = None) -> None:
+    """Connect to ``acc.route.target`` and splice; logs a clear line if the backend is down.
+
+    Returns as soon as the two sides are spliced: the connection then lives on in its two
+    transports and protocols alone (no task waits for it, which halves the memory an idle routed
+    connection costs); its end is logged from the splice's close callback.
+    """
     route = acc.route
     assert route.target is not None
     loop = asyncio.get_running_loop()
-    done = loop.create_future()
 
     def on_close(splice: Splice, exc: Exception | None) -> None:
-        if not done.done():
-            done.set_result(None)
+        if stats is not None:
+            stats.spliced -= 1
+        log.debug("%s: closed; %d bytes client→backend, %d bytes backend→client", acc.ctx,
+                  splice.bytes_a_to_b, splice.bytes_b_to_a)
 
     splice = Splice(on_close)
+    expiry = _Expiry(asyncio.current_task())
+    timer = loop.call_later(connect_timeout, expiry)
     try:
-        async with asyncio.timeout(connect_timeout):
-            await loop.create_connection(splice.protocol_b, route.target.host, route.target.port)
-    except (OSError, TimeoutError) as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        log.warning("%s: backend %s unreachable: %s", acc.ctx, route.target, reason)
+        await loop.create_connection(splice.protocol_b, route.target.host, route.target.port)
+    except asyncio.CancelledError:
+        if not expiry.expired:
+            raise
+        log.warning("%s: backend %s unreachable: connect timed out after %gs", acc.ctx, route.target,
+                    connect_timeout)
+        close_with_answer(acc.sock)
+        return
+    except OSError as exc:
+        log.warning("%s: backend %s unreachable: %s", acc.ctx, route.target, exc.strerror or exc)
+        close_with_answer(acc.sock)
+        return
+    finally:
+        timer.cancel()
+    if expiry.expired:  # the deadline fired just as the connect completed: treat it as expired
+        log.warning("%s: backend %s connected too late (after %gs)", acc.ctx, route.target, connect_timeout)
+        splice.close()
         close_with_answer(acc.sock)
         return
     header = b""
     if route.send_proxy:
         encode = proxy_protocol.encode_v1 if route.send_proxy == "v1" else proxy_protocol.encode_v2
-        header = encode(acc.peer, acc.local)
+        header = encode(acc.peer, acc.local_addr())
     try:
         await loop.connect_accepted_socket(splice.protocol_a, acc.sock)
     except OSError as exc:
         log.warning("%s: client socket unusable: %s", acc.ctx, exc)
         splice.close()
         return
+    if stats is not None:
+        stats.spliced += 1
     splice.attach(header)
-    await done
-    log.debug("%s: closed; %d bytes client→backend, %d bytes backend→client", acc.ctx,
-              splice.bytes_a_to_b, splice.bytes_b_to_a)

@@ -100,7 +100,7 @@ class ProxyService:
         self._tls_files = tls_files
         self.contexts: ContextCache | None = None
         self.handlers: dict[RouteKind, Handler] = {
-            RouteKind.PASSTHROUGH: splice_to_target,
+            RouteKind.PASSTHROUGH: self._splice,
             RouteKind.WEB: self._serve_web,
             RouteKind.WEB_PLAIN_HTTP: self._serve_plain_http,
             RouteKind.DATABASE: self._serve_database,
@@ -157,6 +157,9 @@ class ProxyService:
         await handler(acc)
 
     # -- built-in handlers -----------------------------------------------------------------
+
+    async def _splice(self, acc: Accepted) -> None:
+        await splice_to_target(acc, stats=self.door.stats)
 
     async def _serve_web(self, acc: Accepted) -> None:
         assert self.contexts is not None

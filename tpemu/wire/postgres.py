@@ -6,9 +6,21 @@ SSLRequest (80877103), GSSENCRequest (80877104), CancelRequest (80877102, then p
 key; 3.2 allows a longer key), StartupMessage (protocol 3.x, then ``name\\0value\\0 … \\0``).
 The server answers SSLRequest/GSSENCRequest with the single byte ``S`` or ``N``.
 Also ErrorResponse ('E') so the router can refuse a client in its own protocol.
+
+After start-up: framing of the typed frontend messages (``parse_message``, with a size cap) and
+decoders for the query phase (simple and extended protocol: Query, Parse, Bind, Describe,
+Execute, Close, Sync, Flush, Terminate) and the auth replies (PasswordMessage, SASL), encoders
+for the backend messages an emulated server sends, and the text/binary value formats of the
+built-in types the emulator uses (bool, int2/4/8, float4/8, numeric, text, varchar, bpchar,
+name, date, timestamp, timestamptz).
 """
 
+import hashlib
+import math
+import struct
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal, InvalidOperation, localcontext
 
 from tpemu.wire.errors import LimitExceeded, WireError
 
@@ -161,3 +173,619 @@ def encode_error_response(message: str, code: str = "08004", severity: str = "FA
         fields.append(b"H" + hint.encode())
     body = b"\x00".join(fields) + b"\x00\x00"
     return b"E" + (4 + len(body)).to_bytes(4, "big") + body
+
+
+# ---------------------------------------------------------------------------------------------
+# Regular (post-startup) messages. Spec: "Message Formats": every message after the startup
+# packet is ``Byte1 type`` + ``int32 length`` (self-inclusive, excludes the type byte) + body.
+# ---------------------------------------------------------------------------------------------
+
+#: Default cap on one frontend message (type byte excluded). Postgres itself allows up to 1 GB
+#: for Query/Bind; an emulator needs far less, and a cap keeps a hostile client bounded.
+MAX_MESSAGE = 1 << 20
+#: Password/SASL messages are small; Postgres caps them at 1000 (``PG_MAX_AUTH_TOKEN_LENGTH``
+#: is 65535 for SASL). Auth is read before the client is trusted, so the cap is tighter.
+MAX_AUTH_MESSAGE = 65535
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One framed message: ``tag`` is the type byte (``b"Q"``), ``body`` follows the length."""
+
+    tag: bytes
+    body: bytes
+    size: int  # bytes consumed from the input (1 + length)
+
+
+def parse_message(data: bytes | bytearray | memoryview, limit: int = MAX_MESSAGE) -> Message | None:
+    """Frame one typed message at the start of ``data``; ``None`` if more bytes are needed.
+
+    Raises :class:`LimitExceeded` when the announced length is above ``limit`` (checked as soon
+    as the 5-byte header is there, before the body is buffered) and :class:`PostgresError` for a
+    length below 4.
+    """
+    if len(data) < 5:
+        return None
+    length = int.from_bytes(data[1:5], "big")
+    if length < 4:
+        raise PostgresError(f"message {bytes(data[0:1])!r} has invalid length {length}")
+    if length > limit:
+        raise LimitExceeded(f"Postgres {bytes(data[0:1])!r} message", limit, length)
+    if len(data) < 1 + length:
+        return None
+    return Message(bytes(data[0:1]), bytes(data[5 : 1 + length]), 1 + length)
+
+
+class _Body:
+    """A cursor over one message body; running off the end is the peer's fault."""
+
+    __slots__ = ("data", "pos", "what")
+
+    def __init__(self, data: bytes, what: str) -> None:
+        self.data, self.pos, self.what = data, 0, what
+
+    def _take(self, n: int) -> bytes:
+        if n < 0 or self.pos + n > len(self.data):
+            raise PostgresError(f"{self.what} message is truncated")
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def int16(self) -> int:
+        return int.from_bytes(self._take(2), "big", signed=True)
+
+    def int32(self) -> int:
+        return int.from_bytes(self._take(4), "big", signed=True)
+
+    def byte(self) -> bytes:
+        return self._take(1)
+
+    def raw(self, n: int) -> bytes:
+        return self._take(n)
+
+    def cstring(self) -> str:
+        end = self.data.find(b"\x00", self.pos)
+        if end < 0:
+            raise PostgresError(f"{self.what} message has an unterminated string")
+        raw = self.data[self.pos : end]
+        self.pos = end + 1
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise PostgresError(f"{self.what} message has a string that is not valid UTF-8") from None
+
+    def end(self) -> None:
+        if self.pos != len(self.data):
+            raise PostgresError(f"{self.what} message has {len(self.data) - self.pos} trailing bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """'Q': a simple-protocol query string (may hold several statements)."""
+
+    sql: str
+
+
+@dataclass(frozen=True, slots=True)
+class Parse:
+    """'P': prepare ``query`` as statement ``name`` ("" = unnamed); 0 in ``param_types`` = unspecified."""
+
+    name: str
+    query: str
+    param_types: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Bind:
+    """'B': bind ``params`` (``None`` = SQL NULL) to statement ``statement`` as portal ``portal``.
+
+    Format codes: 0 text, 1 binary; an empty tuple means all text, one code applies to all.
+    """
+
+    portal: str
+    statement: str
+    param_formats: tuple[int, ...]
+    params: tuple[bytes | None, ...]
+    result_formats: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Describe:
+    """'D': describe statement (``kind`` "S") or portal ("P") ``name``."""
+
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Execute:
+    """'E': run portal ``portal``, returning at most ``max_rows`` rows (0 = all)."""
+
+    portal: str
+    max_rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """'C': close statement (``kind`` "S") or portal ("P") ``name``."""
+
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    """'S': end of an extended-protocol batch; the server answers ReadyForQuery."""
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    """'H': send whatever is pending without ending the batch."""
+
+
+@dataclass(frozen=True, slots=True)
+class Terminate:
+    """'X': the client is closing the connection."""
+
+
+@dataclass(frozen=True, slots=True)
+class OtherMessage:
+    """A well-framed message this codec does not decode (COPY data, FunctionCall, 'p' …)."""
+
+    tag: bytes
+    body: bytes
+
+
+FrontendMessage = Query | Parse | Bind | Describe | Execute | Close | Sync | Flush | Terminate | OtherMessage
+
+
+def decode_frontend(msg: Message) -> FrontendMessage:
+    """Decode a framed frontend message of the query phase.
+
+    'p' (password/SASL) depends on the auth exchange and stays an :class:`OtherMessage`: use
+    :func:`decode_password`, :func:`decode_sasl_initial` or :func:`decode_sasl_response`.
+    Raises :class:`PostgresError` for a malformed body.
+    """
+    tag = msg.tag
+    b = _Body(msg.body, _MESSAGE_NAMES.get(tag, repr(tag)))
+    out: FrontendMessage
+    if tag == b"Q":
+        out = Query(b.cstring())
+    elif tag == b"P":
+        name, query = b.cstring(), b.cstring()
+        n = b.int16()
+        if n < 0:
+            raise PostgresError("Parse message has a negative parameter count")
+        out = Parse(name, query, tuple(b.int32() & 0xFFFFFFFF for _ in range(n)))
+    elif tag == b"B":
+        portal, statement = b.cstring(), b.cstring()
+        nf = b.int16()
+        formats = tuple(b.int16() for _ in range(max(nf, 0)))
+        np = b.int16()
+        if nf < 0 or np < 0:
+            raise PostgresError("Bind message has a negative count")
+        params: list[bytes | None] = []
+        for _ in range(np):
+            n = b.int32()
+            if n < -1:
+                raise PostgresError(f"Bind message has parameter length {n}")
+            params.append(None if n == -1 else b.raw(n))
+        nr = b.int16()
+        if nr < 0:
+            raise PostgresError("Bind message has a negative result-format count")
+        results = tuple(b.int16() for _ in range(nr))
+        for f in formats + results:
+            if f not in (0, 1):
+                raise PostgresError(f"Bind message has unknown format code {f}")
+        if nf not in (0, 1, np):
+            raise PostgresError(f"Bind message has {nf} parameter formats for {np} parameters")
+        out = Bind(portal, statement, formats, tuple(params), results)
+    elif tag in (b"D", b"C"):
+        kind = b.byte()
+        if kind not in (b"S", b"P"):
+            raise PostgresError(f"{b.what} message has invalid target type {kind!r}")
+        name = b.cstring()
+        out = Describe(kind.decode(), name) if tag == b"D" else Close(kind.decode(), name)
+    elif tag == b"E":
+        portal = b.cstring()
+        max_rows = b.int32()
+        out = Execute(portal, max(max_rows, 0))
+    elif tag == b"S":
+        out = Sync()
+    elif tag == b"H":
+        out = Flush()
+    elif tag == b"X":
+        out = Terminate()
+    else:
+        return OtherMessage(tag, msg.body)
+    b.end()
+    return out
+
+
+_MESSAGE_NAMES = {b"Q": "Query", b"P": "Parse", b"B": "Bind", b"D": "Describe", b"C": "Close",
+                  b"E": "Execute", b"S": "Sync", b"H": "Flush", b"X": "Terminate", b"p": "Password"}
+
+
+@dataclass(frozen=True, slots=True)
+class SASLInitialResponse:
+    """The first SASL message: chosen mechanism and the client-first-message (``None`` if absent)."""
+
+    mechanism: str
+    data: bytes | None
+
+
+def decode_password(body: bytes) -> str:
+    """A PasswordMessage body (cleartext or ``md5…`` hash): one NUL-terminated string."""
+    b = _Body(body, "PasswordMessage")
+    out = b.cstring()
+    b.end()
+    return out
+
+
+def decode_sasl_initial(body: bytes) -> SASLInitialResponse:
+    """A SASLInitialResponse body: mechanism name, int32 length (-1 = none), data."""
+    b = _Body(body, "SASLInitialResponse")
+    mech = b.cstring()
+    n = b.int32()
+    if n < -1:
+        raise PostgresError(f"SASLInitialResponse has data length {n}")
+    data = None if n == -1 else b.raw(n)
+    b.end()
+    return SASLInitialResponse(mech, data)
+
+
+def decode_sasl_response(body: bytes) -> bytes:
+    """A SASLResponse body is the mechanism's data as is."""
+    return body
+
+
+# --- Backend (server → client) messages -------------------------------------------------------
+
+
+def encode_message(tag: bytes, body: bytes = b"") -> bytes:
+    """A typed message: tag, self-inclusive int32 length, body."""
+    return tag + (4 + len(body)).to_bytes(4, "big") + body
+
+
+def _cstr(s: str) -> bytes:
+    raw = s.encode("utf-8")
+    if b"\x00" in raw:
+        raise ValueError("Postgres strings cannot contain NUL")
+    return raw + b"\x00"
+
+
+def encode_auth_ok() -> bytes:
+    return encode_message(b"R", (0).to_bytes(4, "big"))
+
+
+def encode_auth_cleartext() -> bytes:
+    return encode_message(b"R", (3).to_bytes(4, "big"))
+
+
+def encode_auth_md5(salt: bytes) -> bytes:
+    if len(salt) != 4:
+        raise ValueError("MD5 salt is 4 bytes")
+    return encode_message(b"R", (5).to_bytes(4, "big") + salt)
+
+
+def encode_auth_sasl(mechanisms: tuple[str, ...]) -> bytes:
+    return encode_message(b"R", (10).to_bytes(4, "big") + b"".join(_cstr(m) for m in mechanisms) + b"\x00")
+
+
+def encode_auth_sasl_continue(data: bytes) -> bytes:
+    return encode_message(b"R", (11).to_bytes(4, "big") + data)
+
+
+def encode_auth_sasl_final(data: bytes) -> bytes:
+    return encode_message(b"R", (12).to_bytes(4, "big") + data)
+
+
+def encode_parameter_status(name: str, value: str) -> bytes:
+    return encode_message(b"S", _cstr(name) + _cstr(value))
+
+
+def encode_backend_key_data(pid: int, secret: bytes) -> bytes:
+    return encode_message(b"K", pid.to_bytes(4, "big") + secret)
+
+
+def encode_ready_for_query(status: str) -> bytes:
+    """``status``: "I" idle, "T" in a transaction block, "E" in a failed transaction block."""
+    if status not in ("I", "T", "E"):
+        raise ValueError(f"bad transaction status {status!r}")
+    return encode_message(b"Z", status.encode())
+
+
+def encode_negotiate_protocol_version(minor: int, unrecognized: tuple[str, ...]) -> bytes:
+    """'v': the newest minor version the server supports and the ``_pq_.`` options it ignored."""
+    body = minor.to_bytes(4, "big") + len(unrecognized).to_bytes(4, "big")
+    return encode_message(b"v", body + b"".join(_cstr(o) for o in unrecognized))
+
+
+@dataclass(frozen=True, slots=True)
+class FieldDescription:
+    """One RowDescription field; ``type_size`` -1 = variable, ``type_modifier`` -1 = none."""
+
+    name: str
+    type_oid: int
+    type_size: int
+    type_modifier: int = -1
+    format: int = 0
+    table_oid: int = 0
+    column: int = 0
+
+
+def encode_row_description(fields: tuple[FieldDescription, ...] | list[FieldDescription]) -> bytes:
+    body = [len(fields).to_bytes(2, "big")]
+    for f in fields:
+        body.append(_cstr(f.name) + f.table_oid.to_bytes(4, "big") + f.column.to_bytes(2, "big", signed=True)
+                    + f.type_oid.to_bytes(4, "big") + f.type_size.to_bytes(2, "big", signed=True)
+                    + f.type_modifier.to_bytes(4, "big", signed=True) + f.format.to_bytes(2, "big"))
+    return encode_message(b"T", b"".join(body))
+
+
+def encode_data_row(values: tuple[bytes | None, ...] | list[bytes | None]) -> bytes:
+    body = [len(values).to_bytes(2, "big")]
+    for v in values:
+        if v is None:
+            body.append(b"\xff\xff\xff\xff")
+        else:
+            body.append(len(v).to_bytes(4, "big") + v)
+    return encode_message(b"D", b"".join(body))
+
+
+def encode_parameter_description(oids: tuple[int, ...] | list[int]) -> bytes:
+    return encode_message(b"t", len(oids).to_bytes(2, "big") + b"".join(o.to_bytes(4, "big") for o in oids))
+
+
+def encode_command_complete(tag: str) -> bytes:
+    return encode_message(b"C", _cstr(tag))
+
+
+def encode_empty_query_response() -> bytes:
+    return encode_message(b"I")
+
+
+def encode_parse_complete() -> bytes:
+    return encode_message(b"1")
+
+
+def encode_bind_complete() -> bytes:
+    return encode_message(b"2")
+
+
+def encode_close_complete() -> bytes:
+    return encode_message(b"3")
+
+
+def encode_no_data() -> bytes:
+    return encode_message(b"n")
+
+
+def encode_portal_suspended() -> bytes:
+    return encode_message(b"s")
+
+
+def encode_notice_response(message: str, code: str = "00000", severity: str = "NOTICE") -> bytes:
+    """A NoticeResponse ('N'): same fields as an ErrorResponse, informational."""
+    fields = [b"S" + severity.encode(), b"V" + severity.encode(), b"C" + code.encode(), b"M" + message.encode()]
+    return encode_message(b"N", b"\x00".join(fields) + b"\x00\x00")
+
+
+def md5_password(user: str, password: str, salt: bytes) -> str:
+    """What a client sends for AuthenticationMD5Password: ``"md5" + md5(md5(password + user) + salt)``."""
+    inner = hashlib.md5((password + user).encode("utf-8")).hexdigest()
+    return "md5" + hashlib.md5(inner.encode("ascii") + salt).hexdigest()
+
+
+# --- Values -----------------------------------------------------------------------------------
+# Spec: the type output/receive functions of PostgreSQL's src/backend/utils/adt (text forms in
+# "Data Types"; binary forms are the ``*send``/``*recv`` functions, all big-endian).
+
+OID_BOOL = 16
+OID_NAME = 19
+OID_INT8 = 20
+OID_INT2 = 21
+OID_INT4 = 23
+OID_TEXT = 25
+OID_FLOAT4 = 700
+OID_FLOAT8 = 701
+OID_UNKNOWN = 705
+OID_BPCHAR = 1042
+OID_VARCHAR = 1043
+OID_DATE = 1082
+OID_TIMESTAMP = 1114
+OID_TIMESTAMPTZ = 1184
+OID_NUMERIC = 1700
+
+#: typlen of each supported type (RowDescription's type size; -1 = variable length).
+TYPE_SIZES = {OID_BOOL: 1, OID_NAME: 64, OID_INT8: 8, OID_INT2: 2, OID_INT4: 4, OID_TEXT: -1, OID_FLOAT4: 4,
+              OID_FLOAT8: 8, OID_UNKNOWN: -2, OID_BPCHAR: -1, OID_VARCHAR: -1, OID_DATE: 4, OID_TIMESTAMP: 8,
+              OID_TIMESTAMPTZ: 8, OID_NUMERIC: -1}
+
+_PG_EPOCH = datetime(2000, 1, 1)
+_PG_EPOCH_TZ = datetime(2000, 1, 1, tzinfo=UTC)
+_PG_EPOCH_DATE = date(2000, 1, 1)
+_TEXT_OIDS = (OID_TEXT, OID_VARCHAR, OID_BPCHAR, OID_NAME, OID_UNKNOWN)
+_INT_RANGES = {OID_INT2: 16, OID_INT4: 32, OID_INT8: 64}
+
+PgValue = bool | int | float | Decimal | str | datetime | date | None
+
+
+def format_float(v: float) -> str:
+    """float8out with extra_float_digits >= 1 (the default since PG 12): shortest round-trip."""
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "Infinity" if v > 0 else "-Infinity"
+    s = repr(v)
+    return s[:-2] if s.endswith(".0") else s
+
+
+def encode_text_value(oid: int, value: PgValue) -> bytes:
+    """The text output form of ``value`` as type ``oid`` (TimeZone UTC, DateStyle ISO)."""
+    if value is None:
+        raise ValueError("NULL has no text form (send it as a NULL field)")
+    if isinstance(value, bool):
+        return b"t" if value else b"f"
+    if isinstance(value, float):
+        return format_float(value).encode()
+    if isinstance(value, datetime):
+        if oid == OID_TIMESTAMPTZ and value.tzinfo is not None:
+            value = value.astimezone(UTC)
+        s = value.strftime("%Y-%m-%d %H:%M:%S")
+        if value.microsecond:
+            s += f".{value.microsecond:06d}".rstrip("0")
+        if oid == OID_TIMESTAMPTZ:
+            s += "+00"
+        return s.encode()
+    if isinstance(value, date):
+        return value.isoformat().encode()
+    if isinstance(value, Decimal):
+        return format(value, "f").encode()  # never exponent notation (str(Decimal("1E+3")) is "1E+3")
+    return str(value).encode("utf-8")
+
+
+def encode_binary_value(oid: int, value: PgValue) -> bytes:
+    """The binary (``*send``) form of ``value`` as type ``oid``; ``ValueError`` if it does not fit."""
+    if value is None:
+        raise ValueError("NULL has no binary form (send it as a NULL field)")
+    if oid == OID_BOOL:
+        return b"\x01" if value else b"\x00"
+    if oid in _INT_RANGES:
+        if not isinstance(value, int | Decimal | float):
+            raise ValueError(f"{value!r} is not an integer")
+        return int(value).to_bytes(_INT_RANGES[oid] // 8, "big", signed=True)
+    if oid == OID_FLOAT8:
+        return struct.pack(">d", float(value))  # type: ignore[arg-type]
+    if oid == OID_FLOAT4:
+        return struct.pack(">f", float(value))  # type: ignore[arg-type]
+    if oid == OID_NUMERIC:
+        if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+            raise ValueError(f"{value!r} is not a number")
+        return _numeric_send(Decimal(value) if not isinstance(value, float) else Decimal(repr(value)))
+    if oid in (OID_TIMESTAMP, OID_TIMESTAMPTZ):
+        if not isinstance(value, datetime):
+            raise ValueError(f"{value!r} is not a timestamp")
+        if oid == OID_TIMESTAMPTZ:
+            aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+            delta = aware - _PG_EPOCH_TZ
+        else:
+            delta = value.replace(tzinfo=None) - _PG_EPOCH
+        micros = (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
+        return micros.to_bytes(8, "big", signed=True)
+    if oid == OID_DATE:
+        if not isinstance(value, date):
+            raise ValueError(f"{value!r} is not a date")
+        d = value.date() if isinstance(value, datetime) else value
+        return (d - _PG_EPOCH_DATE).days.to_bytes(4, "big", signed=True)
+    return encode_text_value(oid, value)  # text-like types: binary form = UTF-8 bytes
+
+
+def decode_binary_value(oid: int, data: bytes) -> PgValue:
+    """Decode a binary-format parameter; raises :class:`PostgresError` if malformed."""
+    n = len(data)
+    if oid == OID_BOOL:
+        if n != 1:
+            raise PostgresError(f"binary bool has {n} bytes")
+        return data != b"\x00"
+    if oid in _INT_RANGES:
+        if n != _INT_RANGES[oid] // 8:
+            raise PostgresError(f"binary int{_INT_RANGES[oid] // 8} has {n} bytes")
+        return int.from_bytes(data, "big", signed=True)
+    if oid in (OID_FLOAT8, OID_FLOAT4):
+        want = 8 if oid == OID_FLOAT8 else 4
+        if n != want:
+            raise PostgresError(f"binary float{want} has {n} bytes")
+        return float(struct.unpack(">d" if want == 8 else ">f", data)[0])
+    if oid == OID_NUMERIC:
+        return _numeric_recv(data)
+    if oid in (OID_TIMESTAMP, OID_TIMESTAMPTZ):
+        if n != 8:
+            raise PostgresError(f"binary timestamp has {n} bytes")
+        micros = int.from_bytes(data, "big", signed=True)
+        try:
+            base = _PG_EPOCH_TZ if oid == OID_TIMESTAMPTZ else _PG_EPOCH
+            return base + timedelta(microseconds=micros)
+        except OverflowError:
+            raise PostgresError("binary timestamp is out of range") from None
+    if oid == OID_DATE:
+        if n != 4:
+            raise PostgresError(f"binary date has {n} bytes")
+        try:
+            return _PG_EPOCH_DATE + timedelta(days=int.from_bytes(data, "big", signed=True))
+        except OverflowError:
+            raise PostgresError("binary date is out of range") from None
+    if oid in _TEXT_OIDS or oid == 0:
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise PostgresError("binary text parameter is not valid UTF-8") from None
+    raise PostgresError(f"binary format for type oid {oid} is not supported")
+
+
+_NUMERIC_POS, _NUMERIC_NEG, _NUMERIC_NAN = 0x0000, 0x4000, 0xC000
+_NUMERIC_PINF, _NUMERIC_NINF = 0xD000, 0xF000
+#: numeric_recv refuses more digits than NUMERIC_MAX_PRECISION allows; so do we.
+_NUMERIC_MAX_DIGITS = 4096
+
+
+def _numeric_send(d: Decimal) -> bytes:
+    """numeric_send: ndigits, weight, sign, dscale (int16 each), then base-10000 digits."""
+    if d.is_nan():
+        return struct.pack(">hhHh", 0, 0, _NUMERIC_NAN, 0)
+    if d.is_infinite():
+        return struct.pack(">hhHh", 0, 0, _NUMERIC_PINF if d > 0 else _NUMERIC_NINF, 0)
+    sign, digits, exp = d.as_tuple()
+    assert isinstance(exp, int)
+    s = "".join(map(str, digits))
+    dscale = max(0, -exp)
+    if exp >= 0:
+        int_part, frac_part = s + "0" * exp, ""
+    elif len(s) > -exp:
+        int_part, frac_part = s[:exp], s[exp:]
+    else:
+        int_part, frac_part = "", "0" * (-exp - len(s)) + s
+    int_part = int_part.lstrip("0")
+    int_part = "0" * (-len(int_part) % 4) + int_part
+    frac_part += "0" * (-len(frac_part) % 4)
+    groups = [int(int_part[i : i + 4]) for i in range(0, len(int_part), 4)]
+    groups += [int(frac_part[i : i + 4]) for i in range(0, len(frac_part), 4)]
+    weight = len(int_part) // 4 - 1
+    while groups and groups[0] == 0:
+        groups.pop(0)
+        weight -= 1
+    while groups and groups[-1] == 0:
+        groups.pop()
+    if not groups:
+        weight = 0
+    head = struct.pack(">hhHh", len(groups), weight, _NUMERIC_NEG if sign else _NUMERIC_POS, dscale)
+    return head + struct.pack(f">{len(groups)}H", *groups)
+
+
+def _numeric_recv(data: bytes) -> Decimal:
+    if len(data) < 8:
+        raise PostgresError("binary numeric is shorter than its header")
+    ndigits, weight, sign, dscale = struct.unpack(">hhHh", data[:8])
+    if ndigits < 0 or ndigits > _NUMERIC_MAX_DIGITS or len(data) != 8 + 2 * ndigits or dscale < 0:
+        raise PostgresError("binary numeric has an invalid header")
+    if sign == _NUMERIC_NAN:
+        return Decimal("NaN")
+    if sign in (_NUMERIC_PINF, _NUMERIC_NINF):
+        return Decimal("Infinity") if sign == _NUMERIC_PINF else Decimal("-Infinity")
+    if sign not in (_NUMERIC_POS, _NUMERIC_NEG):
+        raise PostgresError(f"binary numeric has invalid sign {sign:#x}")
+    groups = struct.unpack(f">{ndigits}H", data[8:])
+    if any(g > 9999 for g in groups):
+        raise PostgresError("binary numeric has a digit above 9999")
+    n = 0
+    for g in groups:
+        n = n * 10000 + g
+    exp = 4 * (weight - ndigits + 1)
+    with localcontext() as ctx:
+        ctx.prec = 4 * _NUMERIC_MAX_DIGITS + 100
+        ctx.Emax, ctx.Emin = 1_000_000, -1_000_000
+        value = Decimal(-n if sign == _NUMERIC_NEG else n).scaleb(exp)
+        try:
+            return value.quantize(Decimal(1).scaleb(-dscale))
+        except InvalidOperation:
+            raise PostgresError("binary numeric does not fit its scale") from None

@@ -49,6 +49,7 @@ from cryptography import x509
 
 from tpemu import MIN_CLIENT_VERSION, TELEPORT_VERSION, authapi, pki
 from tpemu import identity as ident
+from tpemu.auth import backend as backend_mod
 from tpemu.auth.authority import CAType
 from tpemu.auth.server import PRESENCE, AuthServer
 from tpemu.config import Addr
@@ -213,6 +214,11 @@ class AuthAPI:
         except (OSError, TimeoutError) as exc:
             self.refused_handshakes += 1
             reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+            if isinstance(exc, ssl.SSLError) and exc.reason == "HTTP_REQUEST":
+                # What Go's TLS servers answer, so that curl http://… says what is wrong.
+                reason = "plain HTTP on the TLS port"
+                with contextlib.suppress(OSError):
+                    sock.send(b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
             self.limiter.warning(log, "tls", "auth api: peer=%s TLS handshake failed: %s", peer, reason)
             sock.close()
             return
@@ -255,6 +261,11 @@ class AuthAPI:
                     self.limiter.warning(log, "denied", "auth api: %s %s from %s (%s): %s", request.method, path,
                                          request.peer, caller.name, exc.message)
                 return Response.error(exc.status, exc.message)
+            except (backend_mod.NotFound, backend_mod.AlreadyExists, backend_mod.CompareFailed) as exc:
+                return Response.error(404 if isinstance(exc, backend_mod.NotFound) else 409, str(exc))
+            except backend_mod.BackendError as exc:
+                self.limiter.warning(log, "backend", "auth api: %s %s: backend error: %s", request.method, path, exc)
+                return Response.error(503, f"the Auth Service's backend is unavailable: {exc}")
         if matched_path:
             return Response.error(405, f"method {request.method} not allowed on {path}")
         return Response.error(404, f"{path} not found")

@@ -99,16 +99,37 @@ class PostgresBackend(Backend):
         self._listener = asyncio.get_running_loop().create_task(self._listen())
 
     async def _listen(self) -> None:
-        conn = self._listen_conn
-        try:
-            async for note in conn.notifies():
-                await self._on_notify(note.payload)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if not self._closing:
-                log.warning("backend: lost the PostgreSQL change feed (%s); closing watchers", exc)
-                self.fanout.close_all("backend change feed lost")
+        import psycopg
+
+        delay = 0.5
+        while True:
+            reason = "connection closed"
+            try:
+                async for note in self._listen_conn.notifies():
+                    delay = 0.5
+                    await self._on_notify(note.payload)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                reason = str(exc) or type(exc).__name__
+            if self._closing:
+                return
+            # Events may have been missed: watchers must start over (Teleport's OpInit again).
+            log.warning("backend: lost the PostgreSQL change feed (%s); closing watchers, reconnecting", reason)
+            self.fanout.close_all("backend change feed lost")
+            while not self._closing:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                with contextlib.suppress(Exception):
+                    await self._listen_conn.close()
+                try:
+                    self._listen_conn = await psycopg.AsyncConnection.connect(self.conn_string, autocommit=True,
+                                                                              connect_timeout=10)
+                    await self._listen_conn.execute(f"LISTEN {CHANNEL}")
+                    log.info("backend: PostgreSQL change feed re-established")
+                    break
+                except psycopg.Error as exc:
+                    log.warning("backend: cannot reconnect the change feed yet: %s", exc)
 
     async def _on_notify(self, payload: str) -> None:
         try:

@@ -119,7 +119,8 @@ class AuthServer:
             tls_public = pki.load_public_key(tls_pem)
         except ValueError as exc:
             raise authapi.BadParameter(f"public_tls_key: {exc}") from None
-        remote = authapi.field_str(body, "remote_addr", max_len=256) or remote_addr
+        # A direct caller's address is what the socket says; a proxy passes on what it saw.
+        remote = remote_addr or authapi.field_str(body, "remote_addr", max_len=256)
         remote_ip = remote.rsplit(":", 1)[0].strip("[]") if remote else ""
         principals = [remote_ip if p == "0.0.0.0" and remote_ip else p
                       for p in authapi.field_list(body, "additional_principals")]

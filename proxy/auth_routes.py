@@ -96,6 +96,8 @@ class AuthRoutes:
                 await self._client(identity, files).call("GET", "/v1/ping")
             except authclient.ClientCertRefused as exc:
                 why = f"the Auth Service no longer accepts it ({exc.message})"
+            except authclient.ServerCertUntrusted as exc:
+                why = f"the Auth Service has another CA now ({exc.message})"
             except authapi.Unavailable as exc:
                 log.warning("proxy: Auth Service unreachable (%s); starting with the saved identity", exc.message)
         if identity is None or why is not None:
@@ -174,7 +176,7 @@ class AuthRoutes:
 
     async def _host_credentials(self, request: Request) -> Response:
         body = authapi.body_object(request.json())
-        body.setdefault("remote_addr", request.peer)
+        body["remote_addr"] = request.peer  # what the proxy saw, never what the client claims
         return await self._forward("POST", "/v1/tokens/register", body)
 
     async def _ssh_certs(self, request: Request) -> Response:

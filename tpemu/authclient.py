@@ -46,6 +46,10 @@ class ClientCertRefused(authapi.AccessDenied):
     """The server refused our client certificate during the TLS handshake."""
 
 
+class ServerCertUntrusted(authapi.Unavailable):
+    """The server's certificate does not verify against the CA we trust."""
+
+
 def _alert_message(exc: ssl.SSLError) -> str | None:
     reason = (exc.reason or "").upper()
     if "UNKNOWN_CA" in reason:
@@ -111,7 +115,7 @@ class AuthClient:
             reader, writer = await asyncio.open_connection(self.addr.host, self.addr.port, ssl=self.ctx,
                                                            server_hostname=self.server_hostname)
         except ssl.SSLCertVerificationError as exc:
-            raise authapi.Unavailable(f"cannot verify the certificate of {self.what} at {self.addr}: "
+            raise ServerCertUntrusted(f"cannot verify the certificate of {self.what} at {self.addr}: "
                                       f"{exc.verify_message}") from None
         except ssl.SSLError as exc:
             msg = _alert_message(exc)

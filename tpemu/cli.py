@@ -473,8 +473,8 @@ def cmd_tokens_add(args: argparse.Namespace) -> int:
         return 0
     name = token["metadata"]["name"]
     roles = ",".join(r.lower() for r in token["spec"]["roles"])
-    minutes = round(ttl / 60)
-    print(f"The invite token: {name}\nThis token will expire in {minutes} minutes"
+    expiry = f"{round(ttl / 60)} minutes" if ttl >= 120 else f"{round(ttl)} seconds"
+    print(f"The invite token: {name}\nThis token will expire in {expiry}"
           + (" and can be used once." if args.single_use else "."))
     print(f"\nUse it to join a host as {roles}: set teleport.auth_token: {name} (and teleport.proxy_server or "
           "teleport.auth_server) in its config.")

@@ -225,3 +225,41 @@ async def test_join_checks_the_ca_pin(auth: AuthService) -> None:
     assert auth.addr is not None
     with pytest.raises(authapi.AccessDenied, match="matches none of the CA pins"):
         await authclient.join(auth.addr, token, "Node", "n", "n", ca_pins=["sha256:" + "00" * 32])
+
+
+async def test_garbage_and_plain_http_do_not_hurt(auth: AuthService) -> None:
+    assert auth.addr is not None
+    reader, writer = await asyncio.open_connection(auth.addr.host, auth.addr.port)
+    writer.write(b"GET /v1/ping HTTP/1.1\r\nHost: x\r\n\r\n")
+    async with asyncio.timeout(5):
+        answer = await reader.read()
+    writer.close()
+    assert answer == b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+    reader, writer = await asyncio.open_connection(auth.addr.host, auth.addr.port)
+    writer.write(bytes(range(256)) * 4)
+    async with asyncio.timeout(5):
+        await reader.read()
+    writer.close()
+    await still_serving(auth)
+
+
+async def test_database_agent_heartbeat_and_database_certificate(auth: AuthService, tmp_path: Path) -> None:
+    db = client(auth, await join_as(auth, "Db", tmp_path / "db", "db-host"))
+    server = {"kind": "db_server", "version": "v3", "metadata": {"name": "pg"},
+              "spec": {"host_id": "db-host", "hostname": "db1",
+                       "database": {"metadata": {"name": "pg"}, "spec": {"protocol": "postgres",
+                                                                          "uri": "127.0.0.1:5432"}}}}
+    await db.call("POST", "/v1/db_servers", {**server, "ttl": 60 * authapi.NS})
+    items = (await db.call("GET", "/v1/db_servers"))["items"]
+    assert [(i["metadata"]["name"], i["spec"]["host_id"]) for i in items] == [("pg", "db-host")]
+    with pytest.raises(authapi.AccessDenied, match="can only announce itself"):
+        await db.call("POST", "/v1/db_servers", {**server, "spec": {**server["spec"], "host_id": "other"}})
+    key = pki.generate_key()
+    answer = await db.call("POST", "/v1/db/certs", {"public_key": authapi.b64(pki.public_key_pem(key)),
+                                                     "server_names": ["db.internal", "127.0.0.1"],
+                                                     "ttl": 3600 * authapi.NS})
+    cert = x509.load_pem_x509_certificate(authapi.unb64(answer["cert"], "cert"))
+    db_ca = x509.load_pem_x509_certificate(authapi.unb64(answer["cacerts"][0], "cacerts"))
+    assert pki.verify_issued_by(cert, [db_ca]) == db_ca and pki.san_strings(cert) == ["db.internal", "127.0.0.1"]
+    await admin(auth).call("DELETE", "/v1/db_servers/pg")
+    assert (await db.call("GET", "/v1/db_servers"))["items"] == []

@@ -192,3 +192,30 @@ async def test_postgres_watchers_see_writes_of_other_auth_instances(pg_url: str)
     finally:
         await first.close()
         await second.close()
+
+
+async def test_postgres_change_feed_loss_closes_watchers_and_recovers(pg_url: str) -> None:
+    import psycopg
+
+    b = await open_storage({"type": "postgresql", "conn_string": pg_url})
+    try:
+        watcher = b.watch(["/k/"])
+        await watcher.next(2)
+        async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as admin:
+            await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                "WHERE query LIKE 'LISTEN %%' AND pid <> pg_backend_pid()")
+        with pytest.raises(WatcherClosed, match="change feed lost"):
+            await watcher.next(10)
+        fresh = b.watch(["/k/"])
+        await fresh.next(2)
+        deadline = time.monotonic() + 10
+        while True:  # writes made before the feed is back are not replayed: keep writing until one shows
+            await b.put("/k/x", b"again")
+            try:
+                event = await fresh.next(0.5)
+                break
+            except TimeoutError:
+                assert time.monotonic() < deadline
+        assert (event.type, event.item.key) == (EventType.PUT, "/k/x")
+    finally:
+        await b.close()

@@ -24,6 +24,7 @@ from tpemu.net.sockets import format_addr
 from tpemu.net.tls import ContextCache, accept_stream
 from tpemu.pki import TLSFiles, ensure_bootstrap_pki
 from tpemu.proxy import postgres_front
+from tpemu.proxy.auth_routes import AuthLink, AuthRoutes
 from tpemu.proxy.decide import ListenerKind, ListenerPolicy
 from tpemu.proxy.frontdoor import Accepted, FrontDoor, Handler
 from tpemu.proxy.passthrough import splice_to_target
@@ -91,8 +92,12 @@ OnPostgres = postgres_front.OnStartup
 class ProxyService:
     """Owns the front door, the TLS material and the handlers of one proxy."""
 
-    def __init__(self, cfg: Config, data_dir: Path | None = None, tls_files: TLSFiles | None = None) -> None:
+    def __init__(self, cfg: Config, data_dir: Path | None = None, tls_files: TLSFiles | None = None,
+                 auth: AuthLink | None = None) -> None:
         self.cfg = cfg
+        #: With an Auth Service: the proxy joins it and serves the join/login web endpoints.
+        self.auth_link = auth
+        self.auth_routes: AuthRoutes | None = None
         self.data_dir = data_dir or cfg.data_dir()
         self.info = ProxyInfo(cfg)
         self.web = WebAPI(self.info)
@@ -131,10 +136,15 @@ class ProxyService:
 
     async def start(self) -> None:
         """Make or load TLS material, bind every listener, start accepting."""
+        if self._tls_files is None and self.auth_link is not None:
+            self.auth_routes = AuthRoutes(self, self.auth_link)
+            self._tls_files = await self.auth_routes.start()  # raises JoinError
+            self.auth_routes.install()
         if self._tls_files is None:
             self._tls_files = await asyncio.to_thread(
                 ensure_bootstrap_pki, self.data_dir, self.cfg.auth_service.cluster_name, self.cert_names())
-        self.contexts = ContextCache(self.tls_files.cert, self.tls_files.key, client_ca=self.tls_files.ca)
+        self.contexts = ContextCache(self.tls_files.cert, self.tls_files.key,
+                                     client_ca=self.tls_files.client_ca or self.tls_files.ca)
         try:
             for policy, addr in listener_plan(self.cfg):
                 listener = await self.door.listen(policy, addr)
@@ -143,10 +153,12 @@ class ProxyService:
                          ", ".join(sorted(p.value for p in policy.accepts)) or "server speaks first",
                          ", PROXY protocol" if policy.proxy_protocol else "")
         except OSError:
-            await self.door.close()
+            await self.close()
             raise
 
     async def close(self) -> None:
+        if self.auth_routes is not None:
+            await self.auth_routes.close()
         await self.door.close()
 
     async def _dispatch(self, acc: Accepted) -> None:

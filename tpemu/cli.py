@@ -1,4 +1,4 @@
-"""The ``tpemu`` command line (glue): start, configure, ping, inspect, bench, version.
+"""The ``tpemu`` command line (glue): start, configure, ping, inspect, tokens, users, login, status.
 
 Configures logging (the only place that does), picks the event loop (uvloop unless
 ``--loop asyncio``) and turns every expected failure into one clear line on stderr and a non-zero
@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bench", help="run the benchmark suite (bench/ in the source checkout)", add_help=False)
     s.add_argument("bench_args", nargs=argparse.REMAINDER)
     s.set_defaults(func=cmd_bench)
+    _add_auth_commands(sub)
     return p
 
 
@@ -137,38 +138,93 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 async def _start(cfg: Config, all_in_one: bool) -> int:
+    from tpemu.auth.backend import BackendError
+    from tpemu.proxy.auth_routes import AuthLink, JoinError, auth_link_from_config
     from tpemu.proxy.service import ProxyService
 
-    proxy = ProxyService(cfg)
-    try:
-        await proxy.start()
-    except OSError as exc:
-        print(f"tpemu: cannot listen: {exc.strerror or exc} ({exc.filename or ''})".rstrip(" ()"), file=sys.stderr)
-        return 1
-    print(banner(cfg, proxy, all_in_one), flush=True)
+    auth: Any = None
+    link: AuthLink | None = None
+    if cfg.auth_service.enabled:
+        from tpemu.auth.service import AuthService
+
+        auth = AuthService(cfg)
+        try:
+            await auth.start()
+        except OSError as exc:
+            print(f"tpemu: auth service cannot listen on {cfg.auth_service.listen_addr}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return 1
+        except (BackendError, ValueError) as exc:
+            print(f"tpemu: auth service: {exc}", file=sys.stderr)
+            await auth.close()
+            return 1
+        # The proxy of this process joins over the network like any proxy; its token is made here,
+        # in-process, only if it has no identity yet (as an administrator would, with tokens add).
+        link = AuthLink(auth.addr, ca_pins=(auth.ca_pin,),
+                        mint=lambda: auth.mint_token(("Proxy",), ttl=300.0, single_use=True))
+    elif cfg.proxy_service.enabled:
+        auth_addr = cfg.teleport.auth_server or (cfg.teleport.auth_servers[0] if cfg.teleport.auth_servers else None)
+        try:
+            link = auth_link_from_config(auth_addr, cfg.teleport.auth_token, cfg.teleport.ca_pin)
+        except JoinError as exc:
+            print(f"tpemu: {exc}", file=sys.stderr)
+            return 1
+    proxy = ProxyService(cfg, auth=link) if cfg.proxy_service.enabled else None
+    if proxy is not None:
+        try:
+            await proxy.start()
+        except OSError as exc:
+            print(f"tpemu: cannot listen: {exc.strerror or exc} ({exc.filename or ''})".rstrip(" ()"), file=sys.stderr)
+            if auth is not None:
+                await auth.close()
+            return 1
+        except JoinError as exc:
+            print(f"tpemu: proxy: {exc}", file=sys.stderr)
+            await proxy.close()
+            if auth is not None:
+                await auth.close()
+            return 1
+    if proxy is None and auth is None:
+        print("tpemu: nothing to run: auth_service and proxy_service are both disabled", file=sys.stderr)
+        return 2
+    print(banner(cfg, proxy, all_in_one, auth), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down; routed %s, refused %s", dict(proxy.door.stats.routed), dict(proxy.door.stats.refused))
-    await proxy.close()
+    if proxy is not None:
+        log.info("shutting down; routed %s, refused %s", dict(proxy.door.stats.routed),
+                 dict(proxy.door.stats.refused))
+        await proxy.close()
+    if auth is not None:
+        await auth.close()
     return 0
 
 
-def banner(cfg: Config, proxy: Any, all_in_one: bool) -> str:
+def banner(cfg: Config, proxy: Any, all_in_one: bool, auth: Any = None) -> str:
     from tpemu.proxy.decide import ListenerKind
     from tpemu.proxy.route import RouteKind
 
+    head = (f"tpemu {__version__}: Teleport {TELEPORT_VERSION} network emulation, cluster "
+            f"{cfg.auth_service.cluster_name!r}" + (" (all-in-one)" if all_in_one else ""))
+    auth_lines = []
+    if auth is not None:
+        auth_lines = [f"  auth:      {auth.addr} (mTLS API; backend {cfg.teleport.storage.type}; "
+                      f"CA pin {auth.ca_pin})"]
+    if proxy is None:
+        return "\n".join([head, f"  data dir:  {auth.data_dir}", *auth_lines, "  try:",
+                          "    tpemu tokens add --type=node,db        # then join agents with it",
+                          "    tpemu users add alice --logins root --password-file FILE"])
     web = proxy.info.bound[ListenerKind.WEB]
     ca = proxy.tls_files.ca
     mode = "multiplex (TLS routing: every protocol on the web port)" if cfg.multiplex else "separate listeners"
     lines = [
-        f"tpemu {__version__}: Teleport {TELEPORT_VERSION} network emulation, cluster {cfg.auth_service.cluster_name!r}"
-        + (" (all-in-one)" if all_in_one else ""),
+        head,
         f"  mode:      {mode}",
         f"  data dir:  {proxy.data_dir}",
         f"  cluster CA {ca}",
+        *auth_lines,
         "  listeners:",
     ]
     for listener in proxy.door.listeners:
@@ -190,6 +246,12 @@ def banner(cfg: Config, proxy: Any, all_in_one: bool) -> str:
         f"    openssl s_client -connect {web} -alpn teleport-proxy-ssh </dev/null",
         "    tpemu inspect 5353482d322e302d4f70656e5353480d0a    # how 'SSH-2.0-OpenSSH' would be routed",
     ]
+    if auth is not None:
+        lines += [
+            "    tpemu users add alice --logins root,alice        # asks for a password",
+            f"    tpemu login --proxy {web} --user alice --ca {ca}",
+            "    tpemu status",
+        ]
     return "\n".join(lines)
 
 
@@ -302,6 +364,268 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if (candidate / "bench" / "run.py").exists():
             return subprocess.call([sys.executable, "-m", "bench.run", *args.bench_args], cwd=candidate)
     raise CLIError("the benchmark suite lives in the source checkout's bench/ folder; run tpemu bench from there")
+
+
+# -- auth: tokens, users, login, status, logout -------------------------------------------------------
+
+
+def _add_auth_commands(sub: Any) -> None:
+    def admin_args(s: argparse.ArgumentParser) -> None:
+        s.add_argument("-c", "--config", help="config file (for data_dir)")
+        s.add_argument("-d", "--data-dir", help="the Auth Service's data dir (where its admin identity is)")
+        s.add_argument("--auth-server", help="Auth API HOST:PORT (default: the address the Auth Service bound)")
+
+    tokens = sub.add_parser("tokens", help="manage join tokens (like tctl tokens)")
+    tsub = tokens.add_subparsers(metavar="ACTION")
+    s = tsub.add_parser("add", help="create a join token")
+    s.add_argument("--type", required=True, help="roles the token allows: node, proxy, db, app, kube (comma list)")
+    s.add_argument("--ttl", default="30m", help="lifetime (Go duration, default 30m)")
+    s.add_argument("--single-use", action="store_true", help="refuse the token after its first successful join")
+    s.add_argument("--value", help="use this token value instead of a random one")
+    s.add_argument("--format", choices=("text", "json"), default="text")
+    admin_args(s)
+    s.set_defaults(func=cmd_tokens_add)
+    s = tsub.add_parser("ls", help="list join tokens")
+    s.add_argument("--format", choices=("text", "json"), default="text")
+    admin_args(s)
+    s.set_defaults(func=cmd_tokens_ls)
+    s = tsub.add_parser("rm", help="delete a join token")
+    s.add_argument("token")
+    admin_args(s)
+    s.set_defaults(func=cmd_tokens_rm)
+
+    users = sub.add_parser("users", help="manage local users (like tctl users)")
+    usub = users.add_subparsers(metavar="ACTION")
+    s = usub.add_parser("add", help="create a user with a password")
+    s.add_argument("name")
+    s.add_argument("--roles", default="access", help="Teleport roles (comma list, default access)")
+    s.add_argument("--logins", default="", help="allowed SSH logins (comma list)")
+    s.add_argument("--db-users", default="", help="allowed database users (comma list)")
+    s.add_argument("--db-names", default="", help="allowed database names (comma list)")
+    s.add_argument("--password-file", help="read the password from this file (default: $TPEMU_PASSWORD or a prompt)")
+    admin_args(s)
+    s.set_defaults(func=cmd_users_add)
+    s = usub.add_parser("ls", help="list users")
+    s.add_argument("--format", choices=("text", "json"), default="text")
+    admin_args(s)
+    s.set_defaults(func=cmd_users_ls)
+    s = usub.add_parser("rm", help="delete a user")
+    s.add_argument("name")
+    admin_args(s)
+    s.set_defaults(func=cmd_users_rm)
+
+    s = sub.add_parser("login", help="log in through the proxy and save a profile (like tsh login)")
+    s.add_argument("--proxy", default="127.0.0.1:3080", help="proxy HOST:PORT (default 127.0.0.1:3080)")
+    s.add_argument("--user", required=True, help="user name")
+    s.add_argument("--password-file", help="read the password from this file (default: $TPEMU_PASSWORD or a prompt)")
+    s.add_argument("--ttl", default="12h", help="certificate lifetime (Go duration, default 12h)")
+    s.add_argument("--home", help="profile folder (default $TPEMU_HOME or ~/.tpemu)")
+    s.add_argument("--ca", help="CA file to verify the proxy with")
+    s.add_argument("--insecure", action="store_true", help="do not verify the proxy's certificate")
+    s.set_defaults(func=cmd_login)
+
+    s = sub.add_parser("status", help="show the logged-in identity and its expiry (like tsh status)")
+    s.add_argument("--home", help="profile folder (default $TPEMU_HOME or ~/.tpemu)")
+    s.add_argument("--format", choices=("text", "json"), default="text")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("logout", help="delete the current profile's keys and certificates")
+    s.add_argument("--home", help="profile folder (default $TPEMU_HOME or ~/.tpemu)")
+    s.set_defaults(func=cmd_logout)
+
+
+def _duration(text: str, flag: str) -> float:
+    try:
+        value = config_mod.parse_duration(text)
+    except ValueError as exc:
+        raise CLIError(f"{flag}: {exc}", 2) from None
+    if value <= 0:
+        raise CLIError(f"{flag}: must be positive", 2)
+    return value
+
+
+def _csv(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def _read_password(path: str | None, confirm: bool) -> str:
+    """From ``--password-file``, else ``$TPEMU_PASSWORD``, else a prompt on the terminal."""
+    import getpass
+    import os
+
+    if path:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise CLIError(f"cannot read --password-file {path}: {exc.strerror}", 2) from None
+        return text.rstrip("\r\n")
+    env = os.environ.get("TPEMU_PASSWORD")
+    if env is not None:
+        return env
+    if not sys.stdin.isatty():
+        raise CLIError("no password: use --password-file, $TPEMU_PASSWORD, or run on a terminal", 2)
+    password = getpass.getpass("Password: ")
+    if confirm and getpass.getpass("Confirm password: ") != password:
+        raise CLIError("passwords do not match", 2)
+    return password
+
+
+def _admin_call(args: argparse.Namespace, fn: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
+    from tpemu import authapi
+    from tpemu.client.admin import AdminError, admin_client
+
+    cfg, _ = load_config(args.config, args.data_dir)
+    try:
+        client = admin_client(cfg.data_dir(), args.auth_server)
+    except AdminError as exc:
+        raise CLIError(str(exc)) from None
+    try:
+        return asyncio.run(fn(client))
+    except authapi.AuthAPIError as exc:
+        raise CLIError(exc.message) from None
+
+
+def cmd_tokens_add(args: argparse.Namespace) -> int:
+    from tpemu.client.admin import tokens_add
+
+    ttl = _duration(args.ttl, "--ttl")
+    token = _admin_call(args, lambda c: tokens_add(c, _csv(args.type), ttl, args.single_use, args.value or ""))
+    if args.format == "json":
+        print(json.dumps(token, indent=2))
+        return 0
+    name = token["metadata"]["name"]
+    roles = ",".join(r.lower() for r in token["spec"]["roles"])
+    expiry = f"{round(ttl / 60)} minutes" if ttl >= 120 else f"{round(ttl)} seconds"
+    print(f"The invite token: {name}\nThis token will expire in {expiry}"
+          + (" and can be used once." if args.single_use else "."))
+    print(f"\nUse it to join a host as {roles}: set teleport.auth_token: {name} (and teleport.proxy_server or "
+          "teleport.auth_server) in its config.")
+    return 0
+
+
+def cmd_tokens_ls(args: argparse.Namespace) -> int:
+    data = _admin_call(args, lambda c: c.call("GET", "/v1/tokens"))
+    items = data.get("items", [])
+    if args.format == "json":
+        print(json.dumps(items, indent=2))
+        return 0
+    print(f"{'Token':<34} {'Type':<16} {'Expiry Time (UTC)':<22} Notes")
+    for t in items:
+        notes = []
+        if t["status"].get("static"):
+            notes.append("static")
+        if t["spec"].get("single_use"):
+            notes.append("single-use" + (f", used at {t['status']['used_at']}" if t["status"].get("used_at") else ""))
+        print(f"{t['metadata']['name']:<34} {','.join(r for r in t['spec']['roles']):<16} "
+              f"{t['metadata'].get('expires', 'never'):<22} {'; '.join(notes)}")
+    return 0
+
+
+def cmd_tokens_rm(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    _admin_call(args, lambda c: c.call("DELETE", f"/v1/tokens/{quote(args.token, safe='')}"))
+    print(f"Token {args.token} has been deleted.")
+    return 0
+
+
+def cmd_users_add(args: argparse.Namespace) -> int:
+    from tpemu.client.admin import users_add
+
+    password = _read_password(args.password_file, confirm=True)
+    traits = {"logins": _csv(args.logins), "db_users": _csv(args.db_users), "db_names": _csv(args.db_names)}
+    user = _admin_call(args, lambda c: users_add(c, args.name, _csv(args.roles) or ["access"], traits, password))
+    print(f"User {user['metadata']['name']!r} has been created (roles: {', '.join(user['spec']['roles'])}).")
+    return 0
+
+
+def cmd_users_ls(args: argparse.Namespace) -> int:
+    data = _admin_call(args, lambda c: c.call("GET", "/v1/users"))
+    items = data.get("items", [])
+    if args.format == "json":
+        print(json.dumps(items, indent=2))
+        return 0
+    print(f"{'User':<24} {'Roles':<20} {'Logins':<24} {'DB users':<20} DB names")
+    for u in items:
+        tr = u["spec"].get("traits", {})
+        print(f"{u['metadata']['name']:<24} {','.join(u['spec']['roles']):<20} {','.join(tr.get('logins', [])):<24} "
+              f"{','.join(tr.get('db_users', [])):<20} {','.join(tr.get('db_names', []))}")
+    return 0
+
+
+def cmd_users_rm(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    _admin_call(args, lambda c: c.call("DELETE", f"/v1/users/{quote(args.name, safe='')}"))
+    print(f"User {args.name!r} has been deleted.")
+    return 0
+
+
+def _home(args: argparse.Namespace) -> Path:
+    from tpemu.client.profile import default_home
+
+    return Path(args.home).expanduser() if args.home else default_home()
+
+
+def cmd_login(args: argparse.Namespace) -> int:
+    from tpemu.client.login import LoginError, default_trust, login, status_lines
+
+    try:
+        addr = Addr.parse(args.proxy, default_port=3080)
+    except ValueError as exc:
+        raise CLIError(f"--proxy: {exc}", 2) from None
+    ttl = _duration(args.ttl, "--ttl")
+    home = _home(args)
+    trust = default_trust(home, addr, args.ca, args.insecure, _default_ca())
+    if trust.insecure:
+        print("WARNING: You are using insecure connection to the proxy", addr, file=sys.stderr)
+    password = _read_password(args.password_file, confirm=False)
+    try:
+        prof = login(home, addr, args.user, password, ttl, trust)
+    except LoginError as exc:
+        raise CLIError(f"login failed: {exc}") from None
+    lines, _ = status_lines(prof)
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from tpemu.client import profile as profile_mod
+    from tpemu.client.login import status_lines
+
+    prof = profile_mod.current(_home(args))
+    if prof is None:
+        print("Not logged in.")
+        return 1
+    try:
+        lines, valid = status_lines(prof)
+        identity = prof.identity()
+    except (OSError, ValueError) as exc:
+        raise CLIError(f"profile {prof.name} is unreadable: {exc} (log in again)") from None
+    if args.format == "json":
+        from tpemu import authapi
+
+        print(json.dumps({"profile_url": f"https://{prof.web_proxy_addr}", "username": identity.username,
+                          "cluster": identity.teleport_cluster, "roles": list(identity.roles),
+                          "logins": list(identity.logins), "db_users": list(identity.database_users),
+                          "db_names": list(identity.database_names), "valid_until": authapi.rfc3339(prof.expires()),
+                          "expired": not valid, "tls_cert": str(prof.tls_cert_path), "key": str(prof.key_path),
+                          "ssh_cert": str(prof.ssh_cert_path), "ca": str(prof.ca_path)}, indent=2))
+    else:
+        print("\n".join(lines))
+    return 0 if valid else 1
+
+
+def cmd_logout(args: argparse.Namespace) -> int:
+    from tpemu.client import profile as profile_mod
+
+    prof = profile_mod.current(_home(args))
+    if prof is None:
+        print("Not logged in.")
+        return 0
+    profile_mod.remove(prof)
+    print(f"Logged out {prof.username} from {prof.web_proxy_addr}.")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -135,6 +135,30 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class Storage:
+    """``teleport.storage``: the Auth Service's backend.
+
+    ``type: sqlite`` (default; Teleport's ``dir`` is the same) keeps one SQLite file at ``path``
+    (default ``<data_dir>/backend/sqlite.db``); ``type: postgresql`` uses the server named by
+    ``conn_string`` (needs ``pip install 'tpemu[postgres]'``). ``sync`` is SQLite's synchronous
+    mode (tpemu's default FULL: a write that returned survives a crash).
+    """
+
+    type: str = "sqlite"
+    path: str = ""
+    conn_string: str = ""
+    sync: str = "FULL"
+    journal: object = _ignored()
+    audit_events_uri: object = _ignored()
+    audit_sessions_uri: object = _ignored()
+    change_feed_conn_string: object = _ignored()
+    auth_mode: object = _ignored()
+    region: object = _ignored()
+    table_name: object = _ignored()
+    poll_stream_period: object = _ignored()
+
+
+@dataclass(frozen=True)
 class TeleportSection:
     nodename: str = ""
     data_dir: str = ""
@@ -149,8 +173,31 @@ class TeleportSection:
     join_params: object = _ignored()
     connection_limits: object = _ignored()
     cache: object = _ignored()
-    storage: object = _ignored()
+    storage: Storage = _f(factory=Storage)
     pid_file: object = _ignored()
+
+
+@dataclass(frozen=True)
+class Authentication:
+    """``auth_service.authentication``: only the key algorithms are emulated.
+
+    ``signature_algorithm_suite``: ``legacy`` gives RSA 2048 keys; ``balanced-v1`` (and the
+    default) ECDSA P-256 — Teleport 17's suites, applied when the cluster's CAs are first made.
+    """
+
+    signature_algorithm_suite: str = ""
+    type: object = _ignored()
+    second_factor: object = _ignored()
+    webauthn: object = _ignored()
+    u2f: object = _ignored()
+    connector_name: object = _ignored()
+    local_auth: object = _ignored()
+    require_session_mfa: object = _ignored()
+    device_trust: object = _ignored()
+    locking_mode: object = _ignored()
+    passwordless: object = _ignored()
+    headless: object = _ignored()
+    default_session_ttl: object = _ignored()
 
 
 @dataclass(frozen=True)
@@ -161,7 +208,7 @@ class AuthService:
     cluster_name: str = "tpemu.local"
     proxy_listener_mode: str = "multiplex"
     tokens: tuple[str, ...] = ()
-    authentication: object = _ignored()
+    authentication: Authentication = _f(factory=Authentication)
     session_recording: object = _ignored()
     license_file: object = _ignored()
     message_of_the_day: object = _ignored()
@@ -488,6 +535,22 @@ def _validate(cfg: Config) -> None:
                 Addr.parse(db.uri.removeprefix(f"{db.protocol}://"))
             except ValueError as exc:
                 raise ConfigError(f"{p}.uri", f"{exc} (use host:port or 'emulated')") from None
+    storage = cfg.teleport.storage
+    if storage.type not in ("sqlite", "dir", "postgresql", "postgres"):
+        raise ConfigError("teleport.storage.type", f"must be sqlite or postgresql, got {storage.type!r}")
+    if storage.type in ("postgresql", "postgres") and not storage.conn_string:
+        raise ConfigError("teleport.storage.conn_string", "required for type postgresql "
+                          "(e.g. postgresql://user@127.0.0.1:5432/teleport)")
+    if storage.sync.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+        raise ConfigError("teleport.storage.sync", f"must be OFF, NORMAL, FULL or EXTRA, got {storage.sync!r}")
+    suite = cfg.auth_service.authentication.signature_algorithm_suite
+    if suite not in ("", "legacy", "balanced-v1", "fips-v1", "hsm-v1"):
+        raise ConfigError("auth_service.authentication.signature_algorithm_suite",
+                          f"must be legacy, balanced-v1, fips-v1 or hsm-v1, got {suite!r}")
+    for i, entry in enumerate(cfg.auth_service.tokens):
+        roles, sep, value = entry.partition(":")
+        if not sep or not value or not roles:
+            raise ConfigError(f"auth_service.tokens[{i}]", "expected 'role[,role…]:token' (e.g. 'node,db:secret')")
     if cfg.proxy_service.sniff_timeout <= 0:
         raise ConfigError("proxy_service.sniff_timeout", "must be positive")
     if not 1024 <= cfg.proxy_service.max_client_hello <= 65536:

@@ -19,6 +19,16 @@ teleport:
     output: stderr
     severity: INFO          # TRACE adds hexdumps of refused connections' first bytes
   # diag_addr: 127.0.0.1:3000   # /metrics (Prometheus), /healthz, /readyz
+  # The Auth Service's backend: sqlite (default: <data_dir>/backend/sqlite.db) or postgresql
+  # (a real server; pip install 'tpemu[postgres]').
+  # storage:
+  #   type: postgresql
+  #   conn_string: postgresql://teleport@127.0.0.1:5432/teleport_backend
+  # Without a local Auth Service, a proxy joins the one at auth_server with auth_token (the token,
+  # or a file holding it) and checks its CA against ca_pin (tpemu start prints the pin).
+  # auth_server: 127.0.0.1:3025
+  # auth_token: /var/lib/tpemu/proxy-token
+  # ca_pin: sha256:<hex>
 
 auth_service:
   enabled: yes
@@ -27,6 +37,10 @@ auth_service:
   # multiplex: every protocol on web_listen_addr (TLS routing by ALPN/SNI).
   # separate: Teleport's per-service listeners (3023 SSH, 3024 tunnels, …) as well.
   proxy_listener_mode: multiplex
+  # Static join tokens ("roles:token") never expire; prefer: tpemu tokens add --type=node,db
+  # tokens: ["node,db:a-long-random-secret"]
+  # authentication:
+  #   signature_algorithm_suite: balanced-v1   # ECDSA P-256 keys (default); legacy: RSA 2048
 
 proxy_service:
   enabled: yes

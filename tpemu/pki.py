@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -43,10 +44,13 @@ def _now() -> dt.datetime:
 
 
 def make_ca(common_name: str, key: PrivateKey, organization: str,
-            ttl: dt.timedelta = dt.timedelta(days=3650)) -> x509.Certificate:
-    """A self-signed CA certificate."""
-    name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+            ttl: dt.timedelta = dt.timedelta(days=3650), unit: str = "") -> x509.Certificate:
+    """A self-signed CA certificate (``unit``: an OU naming the CA's purpose, if given)."""
+    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization)]
+    if unit:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit))
+    attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    name = x509.Name(attrs)
     now = _now()
     return (
         x509.CertificateBuilder()
@@ -87,9 +91,12 @@ def host_names(cluster_name: str, extra: Iterable[str] = ()) -> list[str]:
 def issue_cert(ca_cert: x509.Certificate, ca_key: PrivateKey, public_key: object, subject: x509.Name,
                *, sans: Iterable[str] = (), ttl: dt.timedelta = dt.timedelta(days=365),
                server: bool = True, client: bool = True,
-               extra_extensions: Iterable[x509.ExtensionType] = ()) -> x509.Certificate:
-    """A leaf certificate signed by the CA."""
-    now = _now()
+               extra_extensions: Iterable[x509.ExtensionType] = (),
+               not_after: dt.datetime | None = None, now: dt.datetime | None = None) -> x509.Certificate:
+    """A leaf certificate signed by the CA, valid from a minute ago until ``not_after`` (or ``ttl``
+    from now). NotAfter is capped by the CA's own (a leaf never outlives its issuer)."""
+    now = now or _now()
+    end = min(not_after or now + ttl, ca_cert.not_valid_after_utc)
     usages = []
     if server:
         usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
@@ -100,7 +107,7 @@ def issue_cert(ca_cert: x509.Certificate, ca_key: PrivateKey, public_key: object
         .subject_name(subject).issuer_name(ca_cert.subject)
         .public_key(public_key)  # type: ignore[arg-type]
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - BACKDATE).not_valid_after(now + ttl)
+        .not_valid_before(now - BACKDATE).not_valid_after(end)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=True,
                                      data_encipherment=False, key_agreement=False, key_cert_sign=False,
@@ -149,11 +156,13 @@ def write_public(path: Path, data: bytes) -> None:
 
 @dataclass(frozen=True)
 class TLSFiles:
-    """Paths of a certificate, its key and the CA that signed it."""
+    """Paths of a certificate, its key and the CA that signed it; ``client_ca``: the CAs that
+    client certificates are checked against, when not ``ca`` (a cluster's user CA)."""
 
     cert: Path
     key: Path
     ca: Path
+    client_ca: Path | None = None
 
 
 def ensure_bootstrap_pki(data_dir: Path, cluster_name: str, extra_names: Iterable[str] = (),
@@ -167,10 +176,14 @@ def ensure_bootstrap_pki(data_dir: Path, cluster_name: str, extra_names: Iterabl
     pki.mkdir(parents=True, exist_ok=True, mode=0o700)
     ca_cert_p, ca_key_p = pki / "ca.crt", pki / "ca.key"
     files = TLSFiles(pki / "proxy.crt", pki / "proxy.key", ca_cert_p)
+    ca_key: PrivateKey | None = None
     if ca_cert_p.exists() and ca_key_p.exists():
         ca_key = load_key(ca_key_p.read_bytes())
         ca_cert = x509.load_pem_x509_certificate(ca_cert_p.read_bytes())
-    else:
+        if public_key_pem(ca_key) != ca_cert.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo):
+            ca_key = None  # ca.crt was replaced (a proxy that joined an Auth Service writes its CA there)
+    if ca_key is None:
         ca_key = generate_key(key_kind)
         ca_cert = make_ca(cluster_name, ca_key, cluster_name)
         write_private(ca_key_p, key_pem(ca_key))
@@ -201,3 +214,98 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# -- verification, pins, host ids (used by the Auth Service, the proxy and agents) -----------------
+
+
+class CertificateError(ValueError):
+    """A certificate that does not verify; ``reason`` is a short stable code
+    (``unknown-authority``, ``expired``, ``not-yet-valid``, ``bad-signature``)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def verify_issued_by(cert: x509.Certificate, cas: Iterable[x509.Certificate],
+                     now: dt.datetime | None = None) -> x509.Certificate:
+    """The CA in ``cas`` that signed ``cert`` (a leaf directly under a root, as all cluster
+    certificates are); raises :class:`CertificateError` with Go's wording otherwise
+    (``x509: certificate signed by unknown authority``, ``certificate has expired``)."""
+    now = now or _now()
+    issuer: x509.Certificate | None = None
+    for ca in cas:
+        if ca.subject != cert.issuer:
+            continue
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        issuer = ca
+        break
+    if issuer is None:
+        raise CertificateError("unknown-authority", "certificate signed by unknown authority "
+                               f"(issuer {cert.issuer.rfc4514_string()!r} is not a CA of this cluster)")
+    if now > cert.not_valid_after_utc:
+        raise CertificateError("expired", f"certificate expired at {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ} "
+                               f"(now {now:%Y-%m-%dT%H:%M:%SZ})")
+    if now < cert.not_valid_before_utc:
+        raise CertificateError("not-yet-valid", "certificate is not valid before "
+                               f"{cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ}")
+    return issuer
+
+
+def san_strings(cert: x509.Certificate) -> list[str]:
+    """The DNS names and IP addresses (as text) in a certificate's SANs."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [*san.get_values_for_type(x509.DNSName), *(str(ip) for ip in san.get_values_for_type(x509.IPAddress))]
+
+
+def ca_pin(cert: x509.Certificate) -> str:
+    """Teleport's CA pin: ``sha256:`` + hex SHA-256 of the CA's SubjectPublicKeyInfo."""
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(spki)
+    return "sha256:" + digest.finalize().hex()
+
+
+def public_key_pem(key: PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def load_public_key(data: bytes) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
+    """A PEM public key (PKIX or PKCS#1); raises :class:`ValueError` for other key types."""
+    key = serialization.load_pem_public_key(data)
+    if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        raise ValueError("unsupported public key type (ECDSA or RSA expected)")
+    return key
+
+
+def load_certs(data: bytes) -> list[x509.Certificate]:
+    """Every certificate in a PEM bundle; raises :class:`ValueError` if there is none."""
+    certs = x509.load_pem_x509_certificates(data)
+    if not certs:
+        raise ValueError("no certificate in PEM data")
+    return certs
+
+
+def ensure_host_uuid(data_dir: Path) -> str:
+    """The host's UUID from ``data_dir/host_uuid``, created once (Teleport's ``host_uuid`` file)."""
+    import uuid
+
+    path = data_dir / "host_uuid"
+    try:
+        text = path.read_text(encoding="ascii").strip()
+        return str(uuid.UUID(text))
+    except (OSError, ValueError):
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    value = str(uuid.uuid4())
+    write_public(path, value.encode() + b"\n")
+    return value

@@ -1,0 +1,338 @@
+"""The Auth Service's logic: joins, logins, certificates, presence (no network here).
+
+``AuthServer`` owns the backend-backed stores (authorities, tokens, users, servers) and does what
+Teleport's ``lib/auth.Server`` does for the paths tpemu emulates: ``register`` (a join token →
+host certificates, ``RegisterUsingToken``), ``authenticate_ssh_user`` (password → user
+certificates, ``AuthenticateSSHUser``), ``generate_user_certs`` (re-issue for an authenticated
+user, e.g. with a database route), ``sign_database_cert`` and the heartbeats of nodes, proxies and
+database servers. The HTTP layer (``tpemu.auth.api``) decides who may call what.
+
+Bodies and answers are the JSON shapes of :mod:`tpemu.authapi` (base64 for Go ``[]byte``).
+CPU-heavy steps (key generation, password hashing) run in threads so the loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from tpemu import authapi, pki
+from tpemu import identity as ident
+from tpemu.auth import authority as authority_mod
+from tpemu.auth.authority import CAType, CertAuthority
+from tpemu.auth.backend import Backend, NotFound
+from tpemu.auth.tokens import ProvisionToken, TokenStore, mask, parse_static_tokens
+from tpemu.auth.users import User, UserStore
+
+log = logging.getLogger(__name__)
+
+_HOST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_RESOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@:-]{0,253}")
+
+#: Presence kinds: the API path segment → (backend prefix, Teleport resource kind, system role).
+PRESENCE = {
+    "nodes": ("/nodes/default/", "node", ident.ROLE_NODE),
+    "proxies": ("/proxies/", "proxy", ident.ROLE_PROXY),
+    "db_servers": ("/databaseServers/default/", "db_server", ident.ROLE_DB),
+    "auth_servers": ("/authservers/", "auth_server", ident.ROLE_AUTH),
+}
+
+
+NO_ROUTE = ident.RouteToDatabase()
+
+
+@dataclass(frozen=True)
+class IssuedUserCerts:
+    ssh: bytes
+    tls: bytes
+    identity: ident.Identity
+
+
+class AuthServer:
+    """One cluster's Auth Service state and operations."""
+
+    def __init__(self, backend: Backend, cluster_name: str, key_kind: str = "ecdsa",
+                 static_tokens: Iterable[str] = (), clock: Callable[[], float] = time.time) -> None:
+        self.backend = backend
+        self.cluster_name = cluster_name
+        self.key_kind = key_kind
+        self.clock = clock
+        self.tokens = TokenStore(backend, parse_static_tokens(static_tokens), clock)
+        self.users = UserStore(backend, clock)
+        self.cas: dict[CAType, CertAuthority] = {}
+
+    async def init(self) -> None:
+        """Load or create the cluster's authorities."""
+        self.cas = await authority_mod.ensure_authorities(self.backend, self.cluster_name, self.key_kind)
+
+    def ca(self, ca_type: CAType) -> CertAuthority:
+        return self.cas[ca_type]
+
+    def _now(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+
+    def trusted_host_certs(self) -> list[dict[str, Any]]:
+        """``host_signers``: the host CA as ``TrustedCerts`` JSON (what clients trust)."""
+        host = self.ca(CAType.HOST)
+        return [{"domain_name": self.cluster_name, "checking_keys": [authapi.b64(host.ssh_public)],
+                 "tls_certs": [authapi.b64(host.tls_cert_pem)]}]
+
+    # -- hosts ------------------------------------------------------------------------------------
+
+    def host_certs(self, host_id: str, nodename: str, role: str, tls_public: object, ssh_public: bytes = b"",
+                   principals: Iterable[str] = (), dns_names: Iterable[str] = (),
+                   ttl: dt.timedelta = authority_mod.HOST_CERT_TTL) -> dict[str, Any]:
+        """``proto.Certs`` JSON for a host: TLS (and SSH if ``ssh_public``) plus the host CA."""
+        host = self.ca(CAType.HOST)
+        principals = [p for p in principals if p]
+        tls = authority_mod.issue_host_tls(host, tls_public, host_id, role, [nodename, *principals], dns_names,
+                                           ttl=ttl, now=self._now())
+        ssh = b""
+        if ssh_public:
+            ssh = authority_mod.issue_host_ssh(host, ssh_public, host_id, nodename, role, principals, ttl)
+        return {"ssh": authapi.b64(ssh), "tls": authapi.b64(pki.cert_pem(tls)),
+                "tls_ca_certs": [authapi.b64(host.tls_cert_pem)], "ssh_ca_certs": [authapi.b64(host.ssh_public)]}
+
+    async def register(self, body: dict[str, Any], remote_addr: str = "") -> dict[str, Any]:
+        """``RegisterUsingToken``: a join token and public keys → host certificates."""
+        host_id = authapi.field_str(body, "hostID", required=True, max_len=128)
+        if not _HOST_ID.fullmatch(host_id):
+            raise authapi.BadParameter(f"invalid hostID {host_id[:64]!r}")
+        nodename = authapi.field_str(body, "node_name", max_len=253)
+        try:
+            role = ident.parse_system_role(authapi.field_str(body, "role", required=True))
+        except ValueError as exc:
+            raise authapi.BadParameter(str(exc)) from None
+        if role in (ident.ROLE_ADMIN, ident.ROLE_AUTH):
+            raise authapi.AccessDenied(f"role {role} cannot join with a token")
+        token_name = authapi.field_str(body, "token", max_len=256)
+        tls_pem = authapi.unb64(body.get("public_tls_key"), "public_tls_key")
+        ssh_line = authapi.unb64(body["public_ssh_key"], "public_ssh_key") if body.get("public_ssh_key") else b""
+        try:
+            tls_public = pki.load_public_key(tls_pem)
+        except ValueError as exc:
+            raise authapi.BadParameter(f"public_tls_key: {exc}") from None
+        # A direct caller's address is what the socket says; a proxy passes on what it saw.
+        remote = remote_addr or authapi.field_str(body, "remote_addr", max_len=256)
+        remote_ip = remote.rsplit(":", 1)[0].strip("[]") if remote else ""
+        principals = [remote_ip if p == "0.0.0.0" and remote_ip else p
+                      for p in authapi.field_list(body, "additional_principals")]
+        dns_names = authapi.field_list(body, "dns_names")
+        try:
+            token = await self.tokens.use(token_name, role, who=f"{host_id}@{remote or '?'}")
+        except authapi.AccessDenied as exc:
+            log.warning("join refused: host %s (%s) as %s from %s: %s", host_id, nodename or "-", role,
+                        remote or "?", exc)
+            raise
+        try:
+            certs = await asyncio.to_thread(self.host_certs, host_id, nodename, role, tls_public, ssh_line,
+                                            principals, dns_names)
+        except ValueError as exc:
+            raise authapi.BadParameter(str(exc)) from None
+        log.info("host %s (%s) joined as %s from %s with token %s", host_id, nodename or "-", role, remote or "?",
+                 "(static)" if token.static else mask(token.name))
+        return certs
+
+    # -- users ------------------------------------------------------------------------------------
+
+    def _user_identity(self, user: User, not_after: dt.datetime,
+                       route: ident.RouteToDatabase = NO_ROUTE,
+                       usage: tuple[str, ...] = ()) -> ident.Identity:
+        return ident.Identity(
+            username=user.name, groups=user.roles, usage=usage, principals=user.trait("logins"),
+            route_to_cluster=self.cluster_name, traits=user.traits, teleport_cluster=self.cluster_name,
+            kubernetes_users=user.trait("kubernetes_users"), kubernetes_groups=user.trait("kubernetes_groups"),
+            route_to_database=route, database_names=user.trait("db_names"), database_users=user.trait("db_users"),
+            expires=not_after)
+
+    def _issue_user(self, user: User, ssh_public: bytes, tls_public: object, not_after: dt.datetime,
+                    route: ident.RouteToDatabase, usage: tuple[str, ...]) -> IssuedUserCerts:
+        ca = self.ca(CAType.USER)
+        identity = self._user_identity(user, not_after, route, usage)
+        now = self._now()
+        tls = pki.cert_pem(authority_mod.issue_user_tls(ca, tls_public, identity, not_after, now)) \
+            if tls_public is not None else b""
+        ssh = b""
+        if ssh_public:
+            ssh = authority_mod.issue_user_ssh(ca, ssh_public, user.name, user.trait("logins"), user.roles,
+                                               user.traits, self.cluster_name, not_after, now)
+        return IssuedUserCerts(ssh, tls, identity)
+
+    async def generate_user_certs(self, user: User, ssh_public: bytes, tls_pem: bytes, ttl: float,
+                                  route: ident.RouteToDatabase = NO_ROUTE,
+                                  usage: tuple[str, ...] = (), not_after_cap: float | None = None) -> IssuedUserCerts:
+        """Certificates for ``user``; TTL capped at :data:`~tpemu.authapi.MAX_CERT_TTL` (and at
+        ``not_after_cap``: a re-issue never outlives the certificate that asked for it)."""
+        if not ssh_public and not tls_pem:
+            raise authapi.BadParameter("'ssh_pub_key' or 'tls_pub_key' must be set")
+        tls_public = None
+        if tls_pem:
+            try:
+                tls_public = pki.load_public_key(tls_pem)
+            except ValueError as exc:
+                raise authapi.BadParameter(f"tls_pub_key: {exc}") from None
+        end = self.clock() + min(max(ttl, 60.0), authapi.MAX_CERT_TTL)
+        if not_after_cap is not None:
+            end = min(end, not_after_cap)
+        not_after = dt.datetime.fromtimestamp(int(end), dt.UTC)
+        try:
+            return await asyncio.to_thread(self._issue_user, user, ssh_public, tls_public, not_after, route, usage)
+        except ValueError as exc:
+            raise authapi.BadParameter(str(exc)) from None
+
+    async def authenticate_ssh_user(self, body: dict[str, Any], remote_addr: str = "") -> dict[str, Any]:
+        """``AuthenticateSSHUser``: user + password + public keys → ``SSHLoginResponse`` JSON."""
+        name = authapi.field_str(body, "user", required=True, max_len=256)
+        password = authapi.field_str(body, "password", max_len=4096)
+        ssh_public, tls_pem = _login_keys(body)
+        ttl = authapi.duration_ns(body, "ttl", authapi.DEFAULT_CERT_TTL)
+        try:
+            user = await self.users.check_password(name, password)
+        except authapi.AccessDenied as exc:
+            log.warning("login refused: user %r from %s: %s", name[:64], remote_addr or "?", exc)
+            raise
+        issued = await self.generate_user_certs(user, ssh_public, tls_pem, ttl)
+        log.info("user %s logged in from %s: roles %s, logins %s, certificates valid until %s", user.name,
+                 remote_addr or "?", ",".join(user.roles), ",".join(user.trait("logins")) or "-",
+                 authapi.rfc3339(issued.identity.expires))
+        return {"username": user.name, "cert": authapi.b64(issued.ssh), "tls_cert": authapi.b64(issued.tls),
+                "host_signers": self.trusted_host_certs()}
+
+    async def reissue_user_certs(self, caller: ident.Identity, username: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``GenerateUserCerts`` for an authenticated user (or an admin on a user's behalf)."""
+        user = await self.users.get(username)
+        ssh_public = authapi.unb64(body["ssh_public_key"], "ssh_public_key") if body.get("ssh_public_key") else b""
+        tls_pem = authapi.unb64(body["tls_public_key"], "tls_public_key") if body.get("tls_public_key") else b""
+        expires = authapi.parse_rfc3339(body.get("expires"), "expires")
+        ttl = (expires - self.clock()) if expires else authapi.DEFAULT_CERT_TTL
+        raw_route = body.get("route_to_database") or {}
+        route_body = authapi.body_object(raw_route)
+        route = ident.RouteToDatabase(*(authapi.field_str(route_body, k, max_len=256)
+                                        for k in ("service_name", "protocol", "username", "database")))
+        usage_text = authapi.field_str(body, "usage")
+        if usage_text not in ("", "all", "database"):
+            raise authapi.BadParameter(f"usage must be all or database, got {usage_text!r}")
+        usage = (ident.USAGE_DATABASE_ONLY,) if usage_text == "database" or (route and usage_text != "all") else ()
+        cap = caller.expires.timestamp() if caller.expires is not None and caller.username == username else None
+        issued = await self.generate_user_certs(user, ssh_public, tls_pem, ttl, route, usage, cap)
+        log.info("certificates re-issued for %s by %s%s, valid until %s", username, caller.username,
+                 f" (database {route.service_name} as {route.username or '-'})" if route else "",
+                 authapi.rfc3339(issued.identity.expires))
+        return {"ssh": authapi.b64(issued.ssh), "tls": authapi.b64(issued.tls),
+                "tls_ca_certs": [authapi.b64(self.ca(CAType.HOST).tls_cert_pem)]}
+
+    async def sign_database_cert(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``GenerateDatabaseCert``: a certificate, signed by the database CA, for a database server."""
+        pem = authapi.unb64(body.get("public_key"), "public_key")
+        try:
+            public = pki.load_public_key(pem)
+        except ValueError as exc:
+            raise authapi.BadParameter(f"public_key: {exc}") from None
+        names = authapi.field_list(body, "server_names")
+        if not names:
+            raise authapi.BadParameter("missing parameter server_names")
+        ttl = authapi.duration_ns(body, "ttl", 365 * 86400.0)
+        ca = self.ca(CAType.DB)
+        cert = await asyncio.to_thread(authority_mod.issue_db_cert, ca, public, names[0], names,
+                                       dt.timedelta(seconds=ttl))
+        return {"cert": authapi.b64(pki.cert_pem(cert)), "cacerts": [authapi.b64(ca.tls_cert_pem)]}
+
+    # -- tokens and users (admin) ---------------------------------------------------------------
+
+    async def create_token(self, body: dict[str, Any]) -> ProvisionToken:
+        try:
+            roles = ident.parse_system_roles(authapi.field_list(body, "roles"))
+        except ValueError as exc:
+            raise authapi.BadParameter(str(exc)) from None
+        if ident.ROLE_ADMIN in roles or ident.ROLE_AUTH in roles:
+            raise authapi.BadParameter("tokens cannot grant the Admin or Auth role")
+        ttl = authapi.duration_ns(body, "ttl", authapi.DEFAULT_TOKEN_TTL)
+        return await self.tokens.create(roles, ttl, bool(body.get("single_use")),
+                                        authapi.field_str(body, "token", max_len=256))
+
+    async def upsert_user(self, body: dict[str, Any], create_only: bool) -> User:
+        user = User.from_resource(body.get("user"))
+        password = authapi.field_str(body, "password", max_len=4096)
+        if not password:
+            raise authapi.BadParameter("missing parameter password")
+        return await self.users.create(user, password, upsert=not create_only)
+
+    # -- presence ---------------------------------------------------------------------------------
+
+    async def upsert_server(self, kind: str, resource: dict[str, Any], ttl: float) -> dict[str, Any]:
+        prefix, teleport_kind, _ = PRESENCE[kind]
+        meta = authapi.body_object(resource.get("metadata") or {})
+        name = authapi.field_str(meta, "name", required=True, max_len=253)
+        if not _RESOURCE_NAME.fullmatch(name):
+            raise authapi.BadParameter(f"invalid resource name {name[:64]!r}")
+        key = prefix + name
+        if kind == "db_servers":
+            host_id = authapi.field_str(authapi.body_object(resource.get("spec") or {}), "host_id", required=True)
+            if not _HOST_ID.fullmatch(host_id):
+                raise authapi.BadParameter(f"invalid host_id {host_id[:64]!r}")
+            key = f"{prefix}{host_id}/{name}"
+        ttl = min(max(ttl, 1.0), 24 * 3600.0)
+        expires = self.clock() + ttl
+        out = dict(resource)
+        out["kind"] = teleport_kind
+        out.setdefault("version", "v2")
+        out["metadata"] = {**meta, "expires": authapi.rfc3339(expires)}
+        data = json.dumps(out, sort_keys=True).encode()
+        if len(data) > 64 * 1024:
+            raise authapi.BadParameter("resource larger than 64 KiB")
+        await self.backend.put(key, data, expires=expires)
+        return out
+
+    async def list_servers(self, kind: str) -> list[dict[str, Any]]:
+        prefix = PRESENCE[kind][0]
+        return [json.loads(item.value) for item in await self.backend.get_range(prefix)]
+
+    async def delete_server(self, kind: str, name: str) -> None:
+        prefix = PRESENCE[kind][0]
+        if kind == "db_servers":
+            removed = 0
+            for item in await self.backend.get_range(prefix):
+                if item.key.rsplit("/", 1)[-1] == name:
+                    await self.backend.delete(item.key)
+                    removed += 1
+            if not removed:
+                raise authapi.NotFound(f"database server {name!r} not found")
+            return
+        try:
+            await self.backend.delete(prefix + name)
+        except NotFound:
+            raise authapi.NotFound(f"{PRESENCE[kind][1]} {name!r} not found") from None
+
+
+def _login_keys(body: dict[str, Any]) -> tuple[bytes, bytes]:
+    """``UserPublicKeys``: ``pub_key`` (deprecated: one SSH key for both certificates) or
+    ``ssh_pub_key`` and/or ``tls_pub_key``."""
+    pub = authapi.unb64(body["pub_key"], "pub_key") if body.get("pub_key") else b""
+    ssh = authapi.unb64(body["ssh_pub_key"], "ssh_pub_key") if body.get("ssh_pub_key") else b""
+    tls = authapi.unb64(body["tls_pub_key"], "tls_pub_key") if body.get("tls_pub_key") else b""
+    if pub and (ssh or tls):
+        raise authapi.BadParameter("'pub_key' cannot be combined with 'ssh_pub_key' or 'tls_pub_key'")
+    if pub:
+        ssh = pub
+        tls = _ssh_to_pem(pub)
+    if not ssh and not tls:
+        raise authapi.BadParameter("'ssh_pub_key' or 'tls_pub_key' must be set")
+    return ssh, tls
+
+
+def _ssh_to_pem(line: bytes) -> bytes:
+    import asyncssh
+
+    try:
+        key = asyncssh.import_public_key(line)
+    except (asyncssh.KeyImportError, ValueError) as exc:
+        raise authapi.BadParameter(f"pub_key: not an SSH public key: {exc}") from None
+    pem: bytes = key.export_public_key("pkcs8-pem")
+    return pem

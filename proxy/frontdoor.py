@@ -140,6 +140,10 @@ class FrontDoor:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if policy.server_first is None and hasattr(socket, "TCP_DEFER_ACCEPT"):
+                # Client-first protocols only: wake accept when the first bytes are in, so the
+                # first peek usually decides without arming a reader or a timer.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, max(1, round(self.sniff_timeout)))
             sock.bind(sockaddr_)
             sock.listen(backlog)
             sock.setblocking(False)
@@ -257,8 +261,6 @@ class _Sniffer:
         if policy.server_first is not None and not policy.proxy_protocol:
             self._route(None, policy.server_first)  # MySQL: the server speaks first
             return
-        assert self.loop is not None
-        self.timer = self.loop.call_later(self.door.sniff_timeout, self._on_timeout)
         self._on_readable()
 
     # -- reading -------------------------------------------------------------------------
@@ -266,6 +268,10 @@ class _Sniffer:
     def _arm(self) -> None:
         if not self.armed:
             assert self.loop is not None
+            if self.timer is None:
+                # The deadline starts when the first wait does: most connections are decided
+                # on their first peek and never need a timer or a reader.
+                self.timer = self.loop.call_later(self.door.sniff_timeout, self._on_timeout)
             self.loop.add_reader(self.fd, self._on_readable)
             self.armed = True
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -37,6 +38,8 @@ from tpemu import pki, sshcert
 from tpemu.auth.backend import AlreadyExists, Backend, NotFound
 from tpemu.wire.alpn import INTERNAL_DOMAIN
 
+#: The principal of users without logins (``constants.NoLoginPrefix`` + a UUID).
+NO_LOGIN_PREFIX = "-teleport-nologin-"
 #: CA certificates live ten years (``defaults.CATTL``), as do host certificates.
 CA_TTL = dt.timedelta(days=3650)
 HOST_CERT_TTL = CA_TTL
@@ -223,8 +226,13 @@ def issue_user_ssh(ca: CertAuthority, ssh_public: bytes, username: str, logins: 
                   ident.SSH_EXT_TRAITS: ident.marshal_traits(traits)}
     if route_to_cluster:
         extensions[ident.SSH_EXT_ROUTE_TO_CLUSTER] = route_to_cluster
+    principals = list(logins)
+    if not principals:
+        # An SSH certificate without principals is valid for *every* login; Teleport gives users
+        # without logins a placeholder that is never a Unix login (services.NoLoginPrefix).
+        principals = [NO_LOGIN_PREFIX + str(uuid.uuid4())]
     return sshcert.make_certificate(ca.ssh_key, _ssh_key(ssh_public), cert_type=sshcert.USER_CERT,
-                                    key_id=username, principals=list(logins), valid_after=now - pki.BACKDATE,
+                                    key_id=username, principals=principals, valid_after=now - pki.BACKDATE,
                                     valid_before=not_after, extensions=extensions)
 
 

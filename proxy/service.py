@@ -17,11 +17,12 @@ import asyncio
 import logging
 import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tpemu.config import Addr, Config
 from tpemu.net.http_server import Request, Response, serve_http
 from tpemu.net.sockets import format_addr
-from tpemu.net.tls import ContextCache, accept_stream
+from tpemu.net.tls import ContextCache, accept_stream, peer_certificate
 from tpemu.pki import TLSFiles, ensure_bootstrap_pki
 from tpemu.proxy import postgres_front
 from tpemu.proxy.auth_routes import AuthLink, AuthRoutes
@@ -33,6 +34,9 @@ from tpemu.proxy.unavailable import refuse_unavailable
 from tpemu.proxy.webapi import ProxyInfo, WebAPI
 from tpemu.wire import alpn
 from tpemu.wire.sniff import Protocol
+
+if TYPE_CHECKING:
+    from tpemu.proxy.ssh_proxy import SSHProxy
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +102,8 @@ class ProxyService:
         #: With an Auth Service: the proxy joins it and serves the join/login web endpoints.
         self.auth_link = auth
         self.auth_routes: AuthRoutes | None = None
+        #: The SSH proxy (``RouteKind.SSH_PROXY``), started with the Auth Service link.
+        self.ssh_proxy: SSHProxy | None = None
         self.data_dir = data_dir or cfg.data_dir()
         self.info = ProxyInfo(cfg)
         self.web = WebAPI(self.info)
@@ -140,6 +146,7 @@ class ProxyService:
             self.auth_routes = AuthRoutes(self, self.auth_link)
             self._tls_files = await self.auth_routes.start()  # raises JoinError
             self.auth_routes.install()
+            await self._start_ssh_proxy()
         if self._tls_files is None:
             self._tls_files = await asyncio.to_thread(
                 ensure_bootstrap_pki, self.data_dir, self.cfg.auth_service.cluster_name, self.cert_names())
@@ -156,7 +163,23 @@ class ProxyService:
             await self.close()
             raise
 
+    async def _start_ssh_proxy(self) -> None:
+        # SSH needs the cluster's user CA and the proxy's SSH host certificate: with an Auth Service only.
+        from tpemu import authapi
+        from tpemu.proxy.ssh_proxy import SSHProxy
+
+        ssh_proxy = SSHProxy(self)
+        try:
+            await ssh_proxy.start()
+        except (authapi.AuthAPIError, ValueError) as exc:
+            log.warning("proxy: SSH is not available: %s", getattr(exc, "message", exc))
+            return
+        ssh_proxy.install()
+        self.ssh_proxy = ssh_proxy
+
     async def close(self) -> None:
+        if self.ssh_proxy is not None:
+            await self.ssh_proxy.close()
         if self.auth_routes is not None:
             await self.auth_routes.close()
         await self.door.close()
@@ -183,7 +206,7 @@ class ProxyService:
             acc.sock.close()
             return
         tls_info = {"sni": acc.hello.sni if acc.hello else None, "alpn": writer.get_extra_info(
-            "ssl_object").selected_alpn_protocol()}
+            "ssl_object").selected_alpn_protocol(), "peer_cert": peer_certificate(writer)}
         await serve_http(reader, writer, self.web, peer=format_addr(acc.peer), tls=tls_info)
 
     async def _serve_plain_http(self, acc: Accepted) -> None:

@@ -305,3 +305,13 @@ def identity_from_certs(answer: Any, key: pki.PrivateKey, host_id: str, role: st
     ca_pems = b"".join(authapi.unb64(c, "tls_ca_certs") for c in answer.get("tls_ca_certs") or [])
     ssh_cas = tuple(authapi.unb64(c, "ssh_ca_certs") for c in answer.get("ssh_ca_certs") or [])
     return HostIdentity(host_id, role, cluster_name, pki.key_pem(key), tls, ssh, ca_pems, ssh_cas)
+
+
+async def fetch_user_ca_ssh_keys(client: AuthClient) -> list[bytes]:
+    """The user CA's SSH public keys (``GET /v1/authorities/user``): what SSH servers of the cluster
+    (nodes, the proxy's SSH listener) trust to sign user certificates."""
+    data = await client.call("GET", "/v1/authorities/user")
+    keys = data.get("ssh_public_keys") if isinstance(data, dict) else None
+    if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
+        raise authapi.Unavailable("the Auth Service returned no SSH key for the user CA")
+    return [k.encode() for k in keys]

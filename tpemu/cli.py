@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("bench_args", nargs=argparse.REMAINDER)
     s.set_defaults(func=cmd_bench)
     _add_auth_commands(sub)
+    _add_ssh_commands(sub)
     return p
 
 
@@ -625,6 +626,130 @@ def cmd_logout(args: argparse.Namespace) -> int:
         return 0
     profile_mod.remove(prof)
     print(f"Logged out {prof.username} from {prof.web_proxy_addr}.")
+    return 0
+
+
+# -- ssh: ssh, ls, proxy ssh, config --------------------------------------------------------------------
+
+
+def _add_ssh_commands(sub: Any) -> None:
+    def profile_args(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--home", help="profile folder (default $TPEMU_HOME or ~/.tpemu)")
+        s.add_argument("--proxy", help="use the profile of this proxy (HOST[:PORT]; default: the current one)")
+
+    s = sub.add_parser("ssh", help="run a command or a shell on a node through the proxy (like tsh ssh)")
+    s.add_argument("-p", "--port", type=int, help="the node's SSH port (default 3022)")
+    s.add_argument("-l", "--login", help="remote login (default: the one in LOGIN@NODE, else the local user)")
+    tty = s.add_mutually_exclusive_group()
+    tty.add_argument("-t", dest="tty", action="store_const", const=True, help="force a pseudo-terminal")
+    tty.add_argument("-T", dest="tty", action="store_const", const=False, help="never a pseudo-terminal")
+    profile_args(s)
+    s.add_argument("target", metavar="[LOGIN@]NODE", help="node name, host ID or address (NODE.CLUSTER works too)")
+    s.add_argument("command", nargs=argparse.REMAINDER, help="command to run (default: a shell)")
+    s.set_defaults(func=cmd_ssh)
+
+    s = sub.add_parser("ls", help="list the cluster's SSH nodes (like tsh ls)")
+    s.add_argument("-v", "--verbose", action="store_true", help="show node IDs")
+    s.add_argument("--format", choices=("text", "json"), default="text")
+    profile_args(s)
+    s.set_defaults(func=cmd_ls)
+
+    # `tpemu proxy …`: local helpers that connect through the proxy (tsh proxy ssh|db).
+    proxy = sub.add_parser("proxy", help="local proxies through the Teleport proxy (ssh for OpenSSH)")
+    psub = proxy.add_subparsers(metavar="KIND")
+    s = psub.add_parser("ssh", help="splice stdin/stdout to a node's SSH service (OpenSSH ProxyCommand)")
+    s.add_argument("--cluster", help="the cluster (default: the profile's)")
+    s.add_argument("-l", "--login", help="remote login (only logged; OpenSSH sends its own)")
+    profile_args(s)
+    s.add_argument("target", metavar="[LOGIN@]NODE[:PORT]", help="what ProxyCommand passes: %%r@%%h:%%p")
+    s.set_defaults(func=cmd_proxy_ssh)
+
+    s = sub.add_parser("config", help="print an OpenSSH config block for the cluster (like tsh config)")
+    s.add_argument("--port", type=int, default=3022, help="the nodes' SSH port to write (default 3022)")
+    s.add_argument("-l", "--login", help="also write 'User LOGIN'")
+    profile_args(s)
+    s.set_defaults(func=cmd_config)
+
+
+def _profile(args: argparse.Namespace) -> Any:
+    from tpemu.client import profile as profile_mod
+
+    home = _home(args)
+    if getattr(args, "proxy", None):
+        try:
+            name = profile_mod.profile_name(Addr.parse(args.proxy, default_port=3080).host)
+            return profile_mod.load(home, name)
+        except (OSError, ValueError, KeyError):
+            raise CLIError(f"not logged in to {args.proxy} (no profile in {home}): tpemu login --proxy "
+                           f"{args.proxy} --user USER") from None
+    prof = profile_mod.current(home)
+    if prof is None:
+        raise CLIError(f"not logged in (no profile in {home}): tpemu login --proxy HOST:PORT --user USER")
+    return prof
+
+
+def _run_ssh(coro_fn: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    from tpemu.client.ssh import SSHError
+
+    try:
+        return asyncio.run(coro_fn())
+    except SSHError as exc:
+        raise CLIError(str(exc), exc.code) from None
+
+
+def cmd_ssh(args: argparse.Namespace) -> int:
+    from tpemu.client import ssh as ssh_mod
+
+    prof = _profile(args)
+
+    async def run() -> int:
+        target = ssh_mod.parse_target(args.target, prof.cluster, args.login, args.port)
+        creds = ssh_mod.Credentials.load(prof)
+        return await ssh_mod.ssh(creds, target, ssh_mod.join_command(args.command), args.tty)
+
+    return _run_ssh(run)
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from tpemu.client import ssh as ssh_mod
+
+    prof = _profile(args)
+    items: list[dict[str, Any]] = []
+
+    async def run() -> int:
+        items.extend(await ssh_mod.list_nodes(prof))
+        return 0
+
+    _run_ssh(run)
+    if args.format == "json":
+        print(json.dumps(items, indent=2))
+    else:
+        print(ssh_mod.format_nodes(items, args.verbose))
+    return 0
+
+
+def cmd_proxy_ssh(args: argparse.Namespace) -> int:
+    from tpemu.client import ssh as ssh_mod
+
+    prof = _profile(args)
+    if args.cluster and args.cluster != prof.cluster:
+        raise CLIError(f"--cluster {args.cluster}: the profile {prof.name} is for cluster {prof.cluster}", 2)
+
+    async def run() -> int:
+        target = ssh_mod.parse_target(args.target, prof.cluster, args.login)
+        return await ssh_mod.proxy_stdio(ssh_mod.Credentials.load(prof), target)
+
+    return _run_ssh(run)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from tpemu.client import ssh as ssh_mod
+
+    prof = _profile(args)
+    try:
+        sys.stdout.write(ssh_mod.openssh_config(prof, port=args.port, login=args.login))
+    except ssh_mod.SSHError as exc:
+        raise CLIError(str(exc), exc.code) from None
     return 0
 
 

@@ -21,6 +21,7 @@ import datetime as dt
 import os
 import struct
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import asyncssh
@@ -90,31 +91,60 @@ def make_certificate(ca: Any, public_key: Any, *, cert_type: int, key_id: str, p
     return line + b"\n"
 
 
-def extensions_of(cert_line: bytes) -> dict[str, str]:
-    """The extensions of a certificate line made by :func:`make_certificate` (or OpenSSH).
+@dataclass(frozen=True)
+class CertificateInfo:
+    """The fields of an OpenSSH certificate that asyncssh does not expose (key id, validity) and
+    every extension (asyncssh drops the ones it does not know)."""
 
-    asyncssh drops extensions it does not know; this reads them all. Raises :class:`ValueError`.
+    cert_type: int
+    key_id: str
+    principals: tuple[str, ...]
+    valid_after: int
+    valid_before: int
+    extensions: dict[str, str]
+
+
+def certificate_info(cert_line: bytes) -> CertificateInfo:
+    """Parse a certificate line (``<type>-cert-v01@openssh.com <base64> [comment]``).
+
+    Raises :class:`ValueError` (also for a bad signature: asyncssh checks it).
     """
     parts = cert_line.split()
     if len(parts) < 2:
         raise ValueError("not an SSH certificate line")
     blob = base64.b64decode(parts[1])
     cert = asyncssh.import_certificate(cert_line)
-    # Skip to the extensions: everything before them has a known shape once the key is parsed.
+    # Skip to the fields after the key: everything before them has a known shape once the key is parsed.
     _, pos = _read_string(blob, 0)  # cert type
     _, pos = _read_string(blob, pos)  # nonce
     key_fields = len(cert.key.public_data) - len(_string(cert.key.algorithm))
-    pos += key_fields + 12  # public key fields, serial, type
-    _, pos = _read_string(blob, pos)  # key id
-    _, pos = _read_string(blob, pos)  # principals
-    pos += 16  # valid after / before
+    pos += key_fields + 8  # public key fields, serial
+    (cert_type,) = struct.unpack_from(">I", blob, pos)
+    pos += 4
+    key_id, pos = _read_string(blob, pos)
+    principal_blob, pos = _read_string(blob, pos)
+    valid_after, valid_before = struct.unpack_from(">QQ", blob, pos)
+    pos += 16
     _, pos = _read_string(blob, pos)  # critical options
     ext_blob, _ = _read_string(blob, pos)
-    out: dict[str, str] = {}
+    principals = []
+    i = 0
+    while i < len(principal_blob):
+        name, i = _read_string(principal_blob, i)
+        principals.append(name.decode("utf-8"))
+    extensions: dict[str, str] = {}
     i = 0
     while i < len(ext_blob):
         name, i = _read_string(ext_blob, i)
         data, i = _read_string(ext_blob, i)
-        value = _read_string(data, 0)[0].decode("utf-8") if data else ""
-        out[name.decode("utf-8")] = value
-    return out
+        extensions[name.decode("utf-8")] = _read_string(data, 0)[0].decode("utf-8") if data else ""
+    return CertificateInfo(cert_type, key_id.decode("utf-8"), tuple(principals), valid_after, valid_before,
+                           extensions)
+
+
+def extensions_of(cert_line: bytes) -> dict[str, str]:
+    """The extensions of a certificate line made by :func:`make_certificate` (or OpenSSH).
+
+    asyncssh drops extensions it does not know; this reads them all. Raises :class:`ValueError`.
+    """
+    return certificate_info(cert_line).extensions

@@ -1,0 +1,637 @@
+"""The proxy's SSH service: users in by certificate, their SSH sessions out to nodes (glue).
+
+Teleport's SSH proxy (``lib/srv/regular`` in proxy mode, ``lib/proxy/router.go``), reached three
+ways, all handed here by the front door as :data:`~tpemu.proxy.route.RouteKind.SSH_PROXY`:
+``listen_addr`` (3023, separate mode), plain SSH sniffed on the multiplexed web port, and TLS
+with ALPN ``teleport-proxy-ssh`` (TLS routing; the TLS is terminated here, SSH runs inside).
+
+* **Authentication.** The proxy presents its host key with the SSH host certificate from its
+  join, and accepts only user certificates signed by the cluster's user CA, for a login among
+  their principals (``tsh`` and ``tpemu`` log in with the certificate's first principal).
+* **To a node.** The client asks for the subsystem ``proxy:<host>:<port>[@<cluster>]`` (what
+  ``tsh ssh`` and ``tsh proxy ssh`` send). The proxy finds the node among those heartbeating to
+  the Auth Service (by hostname, host ID or address, as Teleport's router does: several matches
+  are ambiguous, none is an error), dials it through :attr:`SSHProxy.dialer` (the reverse-tunnel
+  registry: through the agent's tunnel, or by TCP for a directly joined node), and splices the
+  channel to that connection. The user's SSH session to the node runs end to end inside the
+  channel: the node authenticates the user again, the proxy never sees the inner session.
+  ``direct-tcpip`` channels (OpenSSH's ``-J``/``ProxyJump`` through the proxy) take the same path.
+* **Errors** are specific and reach the user: for the subsystem on the channel's stderr with exit
+  status 1 (``tpemu proxy ssh`` prints it, so OpenSSH users see it too); for ``direct-tcpip`` in
+  the channel-open failure, which OpenSSH prints (``open failed: connect failed: …``).
+
+The proxy also serves ``GET /webapi/sites/<cluster>/nodes`` (Teleport's web API shape,
+``ui.Server``), the node list ``tpemu ls`` shows, to clients presenting a user certificate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import asyncssh
+
+from tpemu import authapi, authclient
+from tpemu import identity as ident
+from tpemu.net.http_server import Request, Response
+from tpemu.net.sockets import format_addr
+from tpemu.proxy.frontdoor import Accepted
+from tpemu.proxy.route import RouteKind
+from tpemu.wire import alpn
+from tpemu.wire.sniff import Protocol as Sniffed
+from tpemu.wire.tunnel import NODE, DialRequest
+
+if TYPE_CHECKING:
+    from tpemu.proxy.service import ProxyService
+
+log = logging.getLogger(__name__)
+
+SERVER_VERSION = "Teleport"
+SUBSYSTEM_PREFIX = "proxy:"
+#: Teleport's default SSH port for nodes (``defaults.SSHServerListenPort``).
+NODE_PORT = 3022
+DIAL_TIMEOUT = 10.0
+LOGIN_TIMEOUT = 30.0
+#: How long the node list from the Auth Service is reused before asking again.
+NODE_CACHE_TTL = 1.0
+MAX_SUBSYSTEM = 1024
+
+
+class NodeDialer(Protocol):
+    """What dials a node for the proxy: ``TunnelRegistry`` (``ProxyService.tunnels``)."""
+
+    async def dial(self, request: DialRequest, timeout: float = 10.0) -> socket.socket:
+        """A connected non-blocking socket to the node's SSH service; raises with a clear message."""
+        ...
+
+
+class ProxyTargetError(ValueError):
+    """A ``proxy:`` subsystem name that does not parse."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyTarget:
+    host: str
+    port: int  # 0: not given
+    cluster: str
+
+
+def parse_proxy_subsystem(name: str) -> ProxyTarget:
+    """``proxy:host:port[@cluster]`` → :class:`ProxyTarget` (``lib/srv/regular/proxy.go``).
+
+    Also accepted: ``proxy:host`` (no port), ``proxy:[v6]:port``, and Teleport's old
+    ``proxy:host:port@namespace@cluster``. Raises :class:`ProxyTargetError`.
+    """
+    expected = f"invalid format for proxy request: {name[:200]!r}, expected 'proxy:host:port@cluster'"
+    if not name.startswith(SUBSYSTEM_PREFIX) or len(name) > MAX_SUBSYSTEM:
+        raise ProxyTargetError(expected)
+    body = name[len(SUBSYSTEM_PREFIX):]
+    hostport, _, cluster = body.partition("@")
+    if "@" in cluster:  # host:port@namespace@cluster
+        cluster = cluster.split("@", 1)[1]
+    if hostport.startswith("["):
+        host, sep, rest = hostport[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ProxyTargetError(expected)
+        port_text = rest[1:]
+    else:
+        host, _, port_text = hostport.rpartition(":") if ":" in hostport else (hostport, "", "")
+    if not host or any(c.isspace() for c in host):
+        raise ProxyTargetError(expected)
+    if port_text and not (port_text.isdigit() and int(port_text) <= 65535):
+        raise ProxyTargetError(expected)
+    return ProxyTarget(host, int(port_text) if port_text else 0, cluster)
+
+
+# -- the node list ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """A node as it heartbeats to the Auth Service (Teleport's ``ServerV2``, kind ``node``)."""
+
+    host_id: str
+    hostname: str
+    addr: str = ""
+    use_tunnel: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_resource(cls, obj: Any) -> NodeRecord | None:
+        if not isinstance(obj, dict):
+            return None
+        meta, spec = obj.get("metadata"), obj.get("spec")
+        if not isinstance(meta, dict) or not isinstance(spec, dict) or not isinstance(meta.get("name"), str):
+            return None
+        labels = meta.get("labels") if isinstance(meta.get("labels"), dict) else {}
+        return cls(meta["name"], str(spec.get("hostname") or ""), str(spec.get("addr") or ""),
+                   bool(spec.get("use_tunnel")), {str(k): str(v) for k, v in (labels or {}).items()})
+
+    def web(self, cluster: str) -> dict[str, Any]:
+        """``ui.Server`` (``lib/web/ui/server.go``)."""
+        return {"kind": "node", "tunnel": self.use_tunnel, "subKind": "teleport", "id": self.host_id,
+                "siteId": cluster, "hostname": self.hostname, "addr": self.addr,
+                "tags": [{"name": k, "value": v} for k, v in sorted(self.labels.items())], "sshLogins": []}
+
+
+def match_nodes(nodes: list[NodeRecord], host: str, port: int) -> list[NodeRecord]:
+    """The nodes ``host`` (and ``port``, if not 0 or 3022) can mean: by host ID, by hostname, or
+    by the host of the node's address (then the port must match if it is given)."""
+    out = []
+    for node in nodes:
+        if host in (node.host_id, node.hostname):
+            out.append(node)
+            continue
+        if node.addr:
+            node_host, _, node_port = node.addr.rpartition(":")
+            if node_host.strip("[]") == host and (port in (0, NODE_PORT) or str(port) == node_port):
+                out.append(node)
+    by_id = [n for n in out if n.host_id == host]
+    return by_id or out
+
+
+class NodeLookupError(Exception):
+    """The node a client named is unknown or ambiguous."""
+
+
+class NodeDirectory:
+    """The cluster's nodes, from the Auth Service's ``/v1/nodes`` (cached for a second)."""
+
+    def __init__(self, fetch: Callable[[], Awaitable[Any]], ttl: float = NODE_CACHE_TTL) -> None:
+        self.fetch = fetch
+        self.ttl = ttl
+        self._nodes: list[NodeRecord] = []
+        self._at = -1e9
+        self._lock = asyncio.Lock()
+
+    async def nodes(self, fresh: bool = False) -> list[NodeRecord]:
+        async with self._lock:
+            if fresh or time.monotonic() - self._at > self.ttl:
+                answer = await self.fetch()
+                items = answer.get("items") if isinstance(answer, dict) else None
+                self._nodes = [n for n in map(NodeRecord.from_resource, items or []) if n is not None]
+                self._at = time.monotonic()
+            return list(self._nodes)
+
+    async def resolve(self, host: str, port: int) -> NodeRecord:
+        """The one node ``host`` names; raises :class:`NodeLookupError` (or ``AuthAPIError``)."""
+        found = match_nodes(await self.nodes(), host, port)
+        if not found:
+            found = match_nodes(await self.nodes(fresh=True), host, port)  # it may have just joined
+        if len(found) > 1:
+            ids = ", ".join(f"{n.hostname} ({n.host_id})" for n in found)
+            raise NodeLookupError(f"ambiguous host could match multiple nodes: {ids}; "
+                                  "address the node by its unique id (user@host-id)")
+        if not found:
+            raise NodeLookupError(f"node {host!r} not found: direct dialing to nodes not found in inventory is "
+                                  "not supported (no registered node has that name, host ID or address; "
+                                  "tpemu ls lists them)")
+        return found[0]
+
+
+# -- the service ---------------------------------------------------------------------------------------
+
+
+class SSHProxy:
+    """The SSH listener side of one :class:`~tpemu.proxy.service.ProxyService`."""
+
+    def __init__(self, proxy: ProxyService, dialer: NodeDialer | None = None) -> None:
+        self.proxy = proxy
+        self.cluster = proxy.cfg.auth_service.cluster_name
+        self._dialer = dialer
+        self.host_key: Any = None
+        self.host_cert: Any = None
+        self.user_cas: list[Any] = []
+        self.directory: NodeDirectory | None = None
+        self._conns: set[asyncssh.SSHServerConnection] = set()
+        self.stats = {"connections": 0, "sessions": 0, "refused": 0}
+
+    @property
+    def dialer(self) -> NodeDialer | None:
+        """Set explicitly, else the proxy's tunnel registry (``ProxyService.tunnels``)."""
+        return self._dialer or getattr(self.proxy, "tunnels", None)
+
+    @dialer.setter
+    def dialer(self, value: NodeDialer | None) -> None:
+        self._dialer = value
+
+    async def start(self) -> None:
+        """Load the proxy's SSH host identity and the user CA; raises ``AuthAPIError``/``ValueError``."""
+        routes = self.proxy.auth_routes
+        if routes is None or routes.identity is None:
+            raise ValueError("the SSH proxy needs the proxy's identity from the Auth Service")
+        identity = routes.identity
+        if not identity.ssh_cert:
+            raise ValueError(f"the proxy's identity in {routes.folder} has no SSH host certificate")
+        self.host_key = asyncssh.import_private_key(identity.key_pem)
+        self.host_cert = asyncssh.import_certificate(identity.ssh_cert)
+        keys = await authclient.fetch_user_ca_ssh_keys(routes.client())
+        self.user_cas = [asyncssh.import_public_key(k) for k in keys]
+        self.directory = NodeDirectory(lambda: routes.client().call("GET", "/v1/nodes"))
+
+    def install(self) -> None:
+        """Serve the SSH route and the node list web endpoint."""
+        self.proxy.set_handler(RouteKind.SSH_PROXY, self.handle)
+        self.proxy.web.add("GET", "/webapi/sites/", self._web_nodes)
+
+    async def close(self) -> None:
+        for conn in list(self._conns):
+            conn.close()
+        for conn in list(self._conns):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.wait_closed(), 2.0)
+
+    def is_user_ca(self, key: Any) -> bool:
+        return any(key.public_data == ca.public_data for ca in self.user_cas)
+
+    # -- connections -----------------------------------------------------------------------------
+
+    def _options(self, acc: Accepted) -> dict[str, Any]:
+        peer = format_addr(acc.peer)
+
+        def factory() -> _ProxyServer:
+            return _ProxyServer(self, acc, peer)
+
+        return {"server_factory": factory, "server_host_keys": [(self.host_key, self.host_cert)],
+                "server_version": SERVER_VERSION, "encoding": None, "line_editor": False, "allow_pty": False,
+                "x11_forwarding": False, "agent_forwarding": False, "sftp_factory": None, "allow_scp": False,
+                "login_timeout": LOGIN_TIMEOUT, "keepalive_interval": 300}
+
+    async def handle(self, acc: Accepted) -> None:
+        """Serve one routed connection: SSH from byte 0, or TLS (ALPN ``teleport-proxy-ssh``) then SSH."""
+        self.stats["connections"] += 1
+        try:
+            if acc.protocol is Sniffed.TLS:
+                contexts = self.proxy.contexts
+                assert contexts is not None
+                tunnel = _AcceptedTLS(acc.sock, contexts.get((alpn.PROXY_SSH,)),
+                                      self.proxy.cfg.proxy_service.sniff_timeout)
+                conn = await asyncssh.connect_reverse(tunnel=tunnel, **self._options(acc))
+            else:
+                conn = await asyncssh.run_server(acc.sock, **self._options(acc))
+        except (OSError, asyncssh.Error, TimeoutError, ssl.SSLError) as exc:
+            self.stats["refused"] += 1
+            log.info("%s: SSH connection ended before login: %s", acc.ctx, _describe(exc))
+            with contextlib.suppress(OSError):
+                acc.sock.close()
+            return
+        self._conns.add(conn)
+        try:
+            await conn.wait_closed()
+        finally:
+            self._conns.discard(conn)
+
+    async def dial_node(self, target: ProxyTarget, acc: Accepted, login: str) -> tuple[socket.socket, NodeRecord]:
+        """Find and dial the node ``target`` names; raises :class:`DialFailed` with the user's message."""
+        if target.cluster and target.cluster != self.cluster:
+            raise DialFailed(f"unknown cluster {target.cluster!r} (this proxy serves {self.cluster!r})")
+        if self.directory is None:
+            raise DialFailed("the SSH proxy is not started")
+        try:
+            node = await self.directory.resolve(target.host, target.port)
+        except NodeLookupError as exc:
+            raise DialFailed(str(exc)) from None
+        except authapi.AuthAPIError as exc:
+            raise DialFailed(f"cannot list the cluster's nodes: {exc.message}") from None
+        dialer = self.dialer
+        if dialer is None:
+            raise DialFailed(f"cannot reach node {node.hostname}: this proxy has no reverse-tunnel registry")
+        request = DialRequest(address=node.addr or node.hostname, server_id=f"{node.host_id}.{self.cluster}",
+                              conn_type=NODE, client_src_addr=format_addr(acc.peer),
+                              client_dst_addr=format_addr(acc.local_addr()))
+        try:
+            sock = await dialer.dial(request, timeout=DIAL_TIMEOUT)
+        except Exception as exc:  # the registry's TunnelError, OSError, TimeoutError: all end here
+            msg = str(exc) or type(exc).__name__
+            raise DialFailed(f"failed connecting to node {node.hostname} ({node.host_id}): {msg}") from None
+        log.info("%s: login=%s → node %s (%s) %s", acc.ctx, login, node.hostname, node.host_id,
+                 "through its tunnel" if node.use_tunnel else f"at {node.addr}")
+        self.stats["sessions"] += 1
+        return sock, node
+
+    # -- web ---------------------------------------------------------------------------------------
+
+    async def _web_nodes(self, request: Request) -> Response:
+        parts = request.path.split("/")  # ['', 'webapi', 'sites', cluster, 'nodes']
+        if len(parts) != 5 or parts[4] != "nodes":
+            return Response.error(404, f"{request.path} not found")
+        cluster = parts[3]
+        der = request.tls.get("peer_cert")
+        if not der:
+            return Response.error(403, "access denied: this endpoint needs a user certificate (tpemu login)")
+        try:
+            who = ident.from_der(der)
+        except ident.IdentityError as exc:
+            return Response.error(403, f"access denied: {exc}")
+        if who.is_system(ident.ROLE_PROXY) or not who.username:
+            return Response.error(403, "access denied: a user certificate is needed")
+        if cluster not in (self.cluster, "-current-"):
+            return Response.error(404, f"cluster {cluster!r} not found")
+        if self.directory is None:
+            return Response.error(503, "the SSH proxy is not started")
+        try:
+            nodes = await self.directory.nodes()
+        except authapi.AuthAPIError as exc:
+            return Response.error(502, f"cannot list the cluster's nodes: {exc.message}")
+        items = [n.web(self.cluster) for n in sorted(nodes, key=lambda n: (n.hostname, n.host_id))]
+        logins = [p for p in who.principals if not p.startswith("-")]
+        for item in items:
+            item["sshLogins"] = logins
+        return Response.json({"items": items, "startKey": "", "totalCount": len(items)})
+
+
+class DialFailed(Exception):
+    """Reaching a node failed; the message is for the user."""
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncssh.DisconnectError):
+        return exc.reason or type(exc).__name__
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+class _AcceptedTLS:
+    """An asyncssh ``tunnel=``: the server side of TLS on an accepted socket (ClientHello unread)."""
+
+    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext, timeout: float) -> None:
+        self.sock, self.ctx, self.timeout = sock, ctx, timeout
+
+    async def create_connection(self, session_factory: Callable[[], Any], host: str,
+                                port: int) -> tuple[asyncio.BaseTransport, Any]:
+        loop = asyncio.get_running_loop()
+        return await loop.connect_accepted_socket(session_factory, self.sock, ssl=self.ctx,
+                                                  ssl_handshake_timeout=self.timeout)
+
+
+# -- one client connection --------------------------------------------------------------------------
+
+
+class _ProxyServer(asyncssh.SSHServer):
+    def __init__(self, proxy: SSHProxy, acc: Accepted, peer: str) -> None:
+        self.proxy = proxy
+        self.acc = acc
+        self.peer = peer
+        self.login = ""
+        self.offered_ca = False
+        self.authenticated = False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.authenticated and self.offered_ca:
+            log.warning("%s: SSH login %r refused: the certificate does not allow it or has expired",
+                        self.acc.ctx, self.login)
+
+    def begin_auth(self, username: str) -> bool:
+        self.login = username
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: Any) -> bool:
+        return False
+
+    def validate_ca_key(self, username: str, key: Any) -> bool:
+        if not self.proxy.is_user_ca(key):
+            log.warning("%s: SSH login %r refused: certificate not signed by the user CA of %s", self.acc.ctx,
+                        username, self.proxy.cluster)
+            return False
+        self.offered_ca = True
+        return True
+
+    def auth_completed(self) -> None:
+        self.authenticated = True
+        log.info("%s: SSH user authenticated (login %s)", self.acc.ctx, self.login)
+
+    def session_requested(self) -> _SubsystemSession:
+        return _SubsystemSession(self)
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
+                             orig_port: int) -> Awaitable[_TCPSession]:
+        # OpenSSH's ProxyJump (-J) through the proxy: a direct-tcpip channel to the node.
+        return self._open_direct(dest_host, dest_port)
+
+    async def _open_direct(self, host: str, port: int) -> _TCPSession:
+        target = ProxyTarget(host, port, "")
+        try:
+            sock, _ = await self.proxy.dial_node(target, self.acc, self.login)
+        except DialFailed as exc:
+            log.warning("%s: direct-tcpip to %s:%d refused: %s", self.acc.ctx, host, port, exc)
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from None
+        session = _TCPSession()
+        await session.attach(sock)
+        return session
+
+
+class _NodeSide(asyncio.Protocol):
+    """The node's end of a splice: bytes to the SSH channel, with backpressure both ways.
+
+    Until the channel exists (a ``direct-tcpip`` open is confirmed only after the node is
+    dialed) the node's first bytes — its SSH banner — are held and reading is paused.
+    """
+
+    def __init__(self, chan: Any, on_lost: Callable[[], None]) -> None:
+        self.chan = chan
+        self.on_lost = on_lost
+        self.transport: asyncio.Transport | None = None
+        self.held: list[bytes] = []
+        self.eof = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def set_channel(self, chan: Any) -> None:
+        self.chan = chan
+        for data in self.held:
+            chan.write(data)
+        self.held.clear()
+        if self.eof:
+            self.eof_received()
+        elif self.transport is not None:
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.chan is None:
+            self.held.append(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
+        self.chan.write(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        if self.chan is not None:
+            with contextlib.suppress(OSError, asyncssh.Error):
+                self.chan.write_eof()
+        return True
+
+    def pause_writing(self) -> None:
+        if self.chan is not None:
+            self.chan.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.chan is not None:
+            self.chan.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.on_lost()
+
+
+class _Splice:
+    """Channel side of a splice, shared by the subsystem and direct-tcpip sessions."""
+
+    chan: Any = None
+    node: _NodeSide | None = None
+    #: Client bytes that arrived before the node was connected (its SSH banner, first KEXINIT).
+    early: list[bytes] | None = None
+    early_eof = False
+
+    async def attach(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        _, self.node = await loop.create_connection(lambda: _NodeSide(self.chan, self._node_lost), sock=sock)
+        t = self.node.transport
+        assert t is not None
+        for data in self.early or ():
+            t.write(data)
+        self.early = None
+        if self.early_eof and t.can_write_eof():
+            t.write_eof()
+
+    def _node_lost(self) -> None:
+        if self.chan is not None:
+            self.chan.close()
+
+    def _transport(self) -> asyncio.Transport | None:
+        return self.node.transport if self.node is not None else None
+
+    def data_received(self, data: bytes, datatype: Any) -> None:
+        t = self._transport()
+        if t is not None:
+            t.write(data)
+        else:
+            if self.early is None:
+                self.early = []
+            self.early.append(data)
+
+    def eof_received(self) -> bool:
+        t = self._transport()
+        if t is None:
+            self.early_eof = True
+        elif t.can_write_eof():
+            t.write_eof()
+        return True
+
+    def pause_writing(self) -> None:
+        t = self._transport()
+        if t is not None:
+            t.pause_reading()
+
+    def resume_writing(self) -> None:
+        t = self._transport()
+        if t is not None:
+            t.resume_reading()
+
+    def _close(self) -> None:
+        t = self._transport()
+        if t is not None:
+            t.close()
+
+
+class _TCPSession(_Splice, asyncssh.SSHTCPSession):  # type: ignore[type-arg]
+    """A ``direct-tcpip`` channel spliced to a node (dialed before the channel exists)."""
+
+    def connection_made(self, chan: Any) -> None:
+        self.chan = chan
+        if self.node is not None:
+            self.node.set_channel(chan)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._close()
+
+
+class _SubsystemSession(_Splice, asyncssh.SSHServerSession):  # type: ignore[type-arg]
+    """A session channel on the proxy: only the ``proxy:`` subsystem is served."""
+
+    def __init__(self, server: _ProxyServer) -> None:
+        self.server = server
+        self.chan = None
+        self.target: ProxyTarget | None = None
+        self.error = ""
+        self.task: asyncio.Task[None] | None = None
+        self.ended = False
+
+    def connection_made(self, chan: Any) -> None:
+        self.chan = chan
+
+    def shell_requested(self) -> bool:
+        log.info("%s: shell refused (the proxy only forwards to nodes: proxy:host:port)", self.server.acc.ctx)
+        return False
+
+    def exec_requested(self, command: str) -> bool:
+        log.info("%s: exec refused (the proxy only forwards to nodes: proxy:host:port)", self.server.acc.ctx)
+        return False
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        if not subsystem.startswith(SUBSYSTEM_PREFIX):
+            log.info("%s: subsystem %r refused", self.server.acc.ctx, subsystem[:100])
+            return False
+        try:
+            self.target = parse_proxy_subsystem(subsystem)
+        except ProxyTargetError as exc:
+            self.error = str(exc)  # accepted, then reported on stderr: the client learns why
+        return True
+
+    def session_started(self) -> None:
+        # Hold the client's bytes (its SSH banner) until the node is connected: asyncssh resumes
+        # reading right after this call, so pause on the next turn of the loop, before _connect
+        # runs; what arrived before is kept in ``early``.
+        loop = asyncio.get_running_loop()
+        loop.call_soon(self.chan.pause_reading)
+        self.task = loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        server = self.server
+        try:
+            if self.target is None:
+                raise DialFailed(self.error)
+            sock, _ = await server.proxy.dial_node(self.target, server.acc, server.login)
+            if self.ended:
+                sock.close()
+                return
+            await self.attach(sock)
+        except DialFailed as exc:
+            log.warning("%s: proxy subsystem for login %s: %s", server.acc.ctx, server.login, exc)
+            if not self.ended:
+                self.chan.write_stderr(f"ERROR: {exc}\n".encode())
+                self.chan.exit(1)
+            return
+        except OSError as exc:
+            if not self.ended:
+                self.chan.write_stderr(f"ERROR: {exc}\n".encode())
+                self.chan.exit(1)
+            return
+        self.chan.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ended = True
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        self._close()
+
+
+__all__ = ["DialFailed", "NodeDialer", "NodeDirectory", "NodeRecord", "ProxyTarget", "SSHProxy",
+           "match_nodes", "parse_proxy_subsystem"]

@@ -1,0 +1,743 @@
+"""``tpemu ssh``, ``tpemu proxy ssh``, ``tpemu ls``, ``tpemu config``: the tsh side of SSH (glue).
+
+What ``tsh`` does (``lib/client/api.go``, ``tool/tsh``), with the profile ``tpemu login`` wrote:
+
+1. ``GET /webapi/ping`` tells whether the proxy routes by TLS (``tls_routing_enabled``) and where its
+   SSH listener is (``proxy.ssh.listen_addr``).
+2. An SSH connection to the proxy — TLS with ALPN ``teleport-proxy-ssh`` to the web address, or
+   plain SSH to ``listen_addr`` (3023) — authenticated with the user's SSH certificate, logging in
+   as its first principal (``getProxySSHPrincipal``); the proxy's host certificate must be signed
+   by the cluster's host CA.
+3. A session channel asking for the subsystem ``proxy:<node>:<port>@<cluster>``; the user's own SSH
+   connection to the node runs inside it, end to end (the node's host certificate is checked
+   against the host CA and the name typed; the node checks the user's certificate and login).
+
+Every dial goes through :func:`tpemu.net.dial.dial`, so ``HTTPS_PROXY``/``NO_PROXY`` apply
+(an HTTP CONNECT proxy between the client and the Teleport proxy). ``tpemu proxy ssh`` stops at
+step 3 and splices the channel to stdin/stdout, which makes it OpenSSH's ``ProxyCommand``;
+``tpemu config`` prints the ``ssh_config`` block that uses it, as ``tsh config`` does.
+
+Exit codes: the remote command's status; 255 when the SSH connection itself failed (or the remote
+side was killed by a signal), as OpenSSH's ``ssh`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import getpass
+import json
+import os
+import select
+import signal
+import ssl
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import h11
+
+from tpemu import sshcert
+from tpemu.client.profile import Profile
+from tpemu.config import Addr
+from tpemu.net.dial import DialError, SSHTunnel, open_stream
+from tpemu.wire import alpn
+
+#: Teleport's node port (``defaults.SSHServerListenPort``): what ``tsh config`` writes.
+NODE_PORT = 3022
+#: The exit code when the SSH connection itself fails (OpenSSH's).
+EXIT_CONNECTION = 255
+MAX_WEB_ANSWER = 4 * 1024 * 1024
+STDERR_KEEP = 8 * 1024
+TIMEOUT = 30.0
+
+
+class SSHError(Exception):
+    """An SSH operation failed; the message is for the user, ``code`` is the exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_CONNECTION) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- targets --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    login: str
+    host: str
+    port: int
+
+
+def parse_target(text: str, cluster: str, login: str | None = None, port: int | None = None) -> Target:
+    """``[login@]host[:port]`` → :class:`Target`; a ``.<cluster>`` suffix on the host is dropped
+    (``node1.tpemu.local`` names the node ``node1``, what ``tsh config``'s ``Host *.<cluster>`` yields).
+
+    The login defaults to ``login``, else the local user name (as ``ssh`` and ``tsh`` do).
+    Raises :class:`SSHError` (exit code 2) for a malformed target.
+    """
+    user, at, hostport = text.rpartition("@")
+    if not at:
+        user, hostport = "", text
+    host, parsed_port = hostport, None
+    if hostport.startswith("["):
+        inner, _, rest = hostport[1:].partition("]")
+        host = inner
+        if rest.startswith(":") and rest[1:].isdigit():
+            parsed_port = int(rest[1:])
+    elif hostport.count(":") == 1:
+        h, _, p = hostport.partition(":")
+        if p.isdigit():
+            host, parsed_port = h, int(p)
+    if not host:
+        raise SSHError(f"no host in {text!r} (expected [login@]host[:port])", 2)
+    suffix = "." + cluster
+    if cluster and host.endswith(suffix) and len(host) > len(suffix):
+        host = host[: -len(suffix)]
+    user = user or login or _local_user()
+    return Target(user, host, port if port is not None else (parsed_port or 0))
+
+
+def _local_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "root"
+
+
+# -- credentials ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A profile's key and SSH certificate, and the host CA keys it trusts."""
+
+    profile: Profile
+    key: Any
+    cert: Any
+    info: sshcert.CertificateInfo
+    host_cas: list[Any]
+
+    @classmethod
+    def load(cls, profile: Profile) -> Credentials:
+        try:
+            key = asyncssh.import_private_key(profile.key_path.read_bytes())
+            line = profile.ssh_cert_path.read_bytes()
+            cert = asyncssh.import_certificate(line)
+            info = sshcert.certificate_info(line)
+        except (OSError, asyncssh.KeyImportError, ValueError) as exc:
+            raise SSHError(f"profile {profile.name} has no usable SSH key or certificate ({exc}); "
+                           f"log in again: tpemu login --proxy {profile.web_proxy_addr}", 1) from None
+        return cls(profile, key, cert, info, host_ca_keys(profile))
+
+    @property
+    def principals(self) -> list[str]:
+        return list(self.info.principals)
+
+    @property
+    def logins(self) -> list[str]:
+        return [p for p in self.info.principals if not p.startswith("-")]
+
+    @property
+    def expires(self) -> dt.datetime:
+        return dt.datetime.fromtimestamp(min(self.info.valid_before, 253402300799), dt.UTC)  # ≤ year 9999
+
+    def check_valid(self, now: dt.datetime | None = None) -> None:
+        """Raise :class:`SSHError` if the certificate is not valid now."""
+        now = now or dt.datetime.now(dt.UTC)
+        if self.expires <= now:
+            raise SSHError(f"your certificate for {self.profile.username} expired at "
+                           f"{self.expires:%Y-%m-%d %H:%M:%S} UTC; log in again: "
+                           f"tpemu login --proxy {self.profile.web_proxy_addr} --user {self.profile.username}", 1)
+
+    def check_login(self, login: str, host: str) -> None:
+        """Raise :class:`SSHError` if ``login`` is not one of the certificate's logins."""
+        if login not in self.principals or login.startswith("-"):
+            have = ", ".join(self.logins) or "none"
+            raise SSHError(f"access denied to {login} connecting to {host}: {login!r} is not one of the logins "
+                           f"of {self.profile.username} (allowed: {have})", 1)
+
+    def client_keys(self) -> list[tuple[Any, Any]]:
+        return [(self.key, self.cert)]
+
+
+def host_ca_keys(profile: Profile) -> list[Any]:
+    """The cluster's SSH host CA keys, from the profile's ``known_hosts`` ``@cert-authority`` lines."""
+    keys = []
+    try:
+        lines = profile.known_hosts_path.read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 4 and parts[0] == "@cert-authority" and f"clustername={profile.cluster}" in line:
+            with contextlib.suppress(asyncssh.KeyImportError, ValueError):
+                keys.append(asyncssh.import_public_key(f"{parts[2]} {parts[3]}"))
+    if not keys:
+        raise SSHError(f"no host CA for cluster {profile.cluster} in {profile.known_hosts_path}; log in again", 1)
+    return keys
+
+
+# -- the web API ------------------------------------------------------------------------------------
+
+
+def _web_context(profile: Profile, client_cert: bool) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(profile.ca_path))
+    ctx.set_alpn_protocols([alpn.HTTP11])
+    if client_cert:
+        ctx.load_cert_chain(profile.tls_cert_path, profile.key_path)
+    return ctx
+
+
+async def web_get(profile: Profile, path: str, client_cert: bool = False, timeout: float = TIMEOUT) -> Any:
+    """``GET path`` on the proxy's web API (through ``HTTPS_PROXY`` if set); the decoded JSON.
+
+    Raises :class:`SSHError` with the proxy's error message.
+    """
+    addr = Addr.parse(profile.web_proxy_addr, default_port=3080)
+    try:
+        ctx = _web_context(profile, client_cert)
+    except (OSError, ssl.SSLError) as exc:
+        raise SSHError(f"cannot load the profile's certificates: {exc}", 1) from None
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await open_stream(addr.host, addr.port, ssl_context=ctx, server_hostname=addr.host,
+                                               timeout=timeout)
+            try:
+                status, body = await _http_get(reader, writer, addr, path)
+            finally:
+                writer.close()
+    except TimeoutError:
+        raise SSHError(f"the proxy at {addr} did not answer {path} within {timeout:g}s") from None
+    except ssl.SSLCertVerificationError as exc:
+        raise SSHError(f"cannot verify the proxy's certificate: {exc.verify_message}") from None
+    except (OSError, h11.ProtocolError) as exc:
+        raise SSHError(f"cannot reach the proxy at {addr}: {exc}") from None
+    try:
+        data = json.loads(body) if body else None
+    except ValueError:
+        raise SSHError(f"{path} answered {status} with something that is not JSON") from None
+    if status >= 400:
+        message = f"{path} answered {status}"
+        if isinstance(data, dict) and isinstance(data.get("error"), dict):
+            message = str(data["error"].get("message", message))
+        raise SSHError(message, 1)
+    return data
+
+
+async def _http_get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, addr: Addr,
+                    path: str) -> tuple[int, bytes]:
+    conn = h11.Connection(h11.CLIENT)
+    writer.write(conn.send(h11.Request(method="GET", target=path, headers=[
+        ("Host", str(addr)), ("Accept", "application/json"), ("Connection", "close"), ("User-Agent", "tpemu")])))
+    writer.write(conn.send(h11.EndOfMessage()))
+    await writer.drain()
+    status, body = 0, bytearray()
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await reader.read(65536))
+        elif isinstance(event, h11.Response):
+            status = event.status_code
+        elif isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > MAX_WEB_ANSWER:
+                raise OSError(f"answer larger than {MAX_WEB_ANSWER} bytes")
+        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+            return status, bytes(body)
+
+
+# -- the proxy ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProxyRoute:
+    """Where the proxy's SSH service is: ``tls`` (ALPN on the web port) or plain SSH."""
+
+    host: str
+    port: int
+    tls: bool
+
+    def __str__(self) -> str:
+        return f"{Addr(self.host, self.port)} ({'TLS, ALPN teleport-proxy-ssh' if self.tls else 'SSH'})"
+
+
+def route_from_ping(ping: Any, web: Addr) -> ProxyRoute:
+    """The SSH route a ``/webapi/ping`` answer describes (``tsh``'s choice)."""
+    proxy = ping.get("proxy") if isinstance(ping, dict) else None
+    if not isinstance(proxy, dict):
+        raise SSHError("the proxy's /webapi/ping answer has no proxy settings")
+    if proxy.get("tls_routing_enabled"):
+        return ProxyRoute(web.host, web.port, True)
+    ssh = proxy.get("ssh")
+    if not isinstance(ssh, dict):
+        ssh = {}
+    text = ssh.get("ssh_public_addr") or ssh.get("listen_addr")
+    if not isinstance(text, str) or not text:
+        raise SSHError("the proxy advertises no SSH listener (proxy_service.listen_addr)")
+    addr = Addr.parse(text, default_port=3023)
+    host = web.host if addr.host in ("0.0.0.0", "::", "") else addr.host
+    return ProxyRoute(host, addr.port, False)
+
+
+async def connect_proxy(creds: Credentials, route: ProxyRoute | None = None,
+                        timeout: float = TIMEOUT) -> asyncssh.SSHClientConnection:
+    """An authenticated SSH connection to the proxy of ``creds.profile``; raises :class:`SSHError`."""
+    profile = creds.profile
+    web = Addr.parse(profile.web_proxy_addr, default_port=3080)
+    if route is None:
+        route = route_from_ping(await web_get(profile, "/webapi/ping"), web)
+    ctx = None
+    if route.tls:
+        ctx = ssl.create_default_context(cafile=str(profile.ca_path))
+        ctx.set_alpn_protocols([alpn.PROXY_SSH])
+    tunnel = SSHTunnel(route.host, route.port, ssl_context=ctx, server_hostname=route.host, timeout=timeout)
+    try:
+        return await asyncssh.connect(
+            route.host, route.port, tunnel=tunnel, username=creds.principals[0] if creds.principals else "-",
+            client_keys=creds.client_keys(), known_hosts=([], creds.host_cas, []), agent_path=None, config=None,
+            preferred_auth=["publickey"], connect_timeout=timeout, login_timeout=timeout)
+    except asyncssh.PermissionDenied:
+        raise SSHError(f"the proxy at {route} refused the certificate of {profile.username} (expired, or from "
+                       f"another cluster?); log in again: tpemu login --proxy {profile.web_proxy_addr}", 1) from None
+    except asyncssh.HostKeyNotVerifiable as exc:
+        raise SSHError(f"the proxy at {route} is not trusted: {exc.reason} (its host certificate must be "
+                       f"signed by the host CA of {profile.cluster})") from None
+    except DialError as exc:
+        raise SSHError(f"cannot reach the proxy's SSH service at {route}: {exc}") from None
+    except ssl.SSLCertVerificationError as exc:
+        raise SSHError(f"cannot verify the proxy's certificate: {exc.verify_message}") from None
+    except (OSError, asyncssh.Error, TimeoutError) as exc:
+        raise SSHError(f"SSH to the proxy at {route} failed: {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, asyncssh.DisconnectError):
+        return exc.reason or type(exc).__name__
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+class _SubsystemChannel(asyncssh.SSHClientSession):  # type: ignore[type-arg]
+    """Carries a session object (an SSH connection, or stdio) over the ``proxy:`` subsystem;
+    stderr (the proxy's error message) is kept aside, never mixed into the byte stream."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.stderr = bytearray()
+
+    def connection_made(self, chan: Any) -> None:
+        self.chan = chan
+        self.inner.connection_made(chan)
+
+    def session_started(self) -> None:
+        starter = getattr(self.inner, "session_started", None)
+        if starter is not None:
+            starter()
+
+    def data_received(self, data: bytes, datatype: Any) -> None:
+        if datatype == asyncssh.EXTENDED_DATA_STDERR:
+            if len(self.stderr) < STDERR_KEEP:
+                self.stderr += data[: STDERR_KEEP - len(self.stderr)]
+            return
+        self.inner.data_received(data, None)
+
+    def eof_received(self) -> bool:
+        return bool(self.inner.eof_received())
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+
+    def error(self) -> str:
+        text = self.stderr.decode("utf-8", "replace").strip()
+        return text.removeprefix("ERROR: ")
+
+
+def subsystem_name(host: str, port: int, cluster: str) -> str:
+    return f"proxy:{host}:{port or NODE_PORT}@{cluster}" if ":" not in host else \
+        f"proxy:[{host}]:{port or NODE_PORT}@{cluster}"
+
+
+class SubsystemTunnel:
+    """An asyncssh ``tunnel=``: a connection to a node through the proxy's ``proxy:`` subsystem."""
+
+    def __init__(self, proxy: asyncssh.SSHClientConnection, cluster: str) -> None:
+        self.proxy = proxy
+        self.cluster = cluster
+        self.channel: _SubsystemChannel | None = None
+
+    async def create_connection(self, session_factory: Callable[[], Any], host: str,
+                                port: int) -> tuple[Any, Any]:
+        wrapper = _SubsystemChannel(session_factory())
+        self.channel = wrapper
+        chan, _ = await self.proxy.create_session(lambda: wrapper, subsystem=subsystem_name(host, port, self.cluster),
+                                                  encoding=None)
+        return chan, wrapper.inner
+
+    def error(self) -> str:
+        return self.channel.error() if self.channel is not None else ""
+
+
+async def connect_node(proxy: asyncssh.SSHClientConnection, creds: Credentials, target: Target,
+                       timeout: float = TIMEOUT) -> asyncssh.SSHClientConnection:
+    """The user's SSH connection to ``target`` inside the proxy's subsystem; raises :class:`SSHError`."""
+    tunnel = SubsystemTunnel(proxy, creds.profile.cluster)
+    try:
+        return await asyncssh.connect(
+            target.host, target.port or NODE_PORT, tunnel=tunnel, username=target.login,
+            client_keys=creds.client_keys(), known_hosts=([], creds.host_cas, []), agent_path=None, config=None,
+            preferred_auth=["publickey"], connect_timeout=timeout, login_timeout=timeout)
+    except asyncssh.PermissionDenied:
+        raise SSHError(f"access denied to {target.login} connecting to {target.host} (the node refused the "
+                       "certificate for this login)", 1) from None
+    except asyncssh.HostKeyNotVerifiable as exc:
+        raise SSHError(f"node {target.host} is not trusted: {exc.reason} (its host certificate must be signed by "
+                       f"the host CA of {creds.profile.cluster} and name {target.host!r})") from None
+    except (OSError, asyncssh.Error, TimeoutError) as exc:
+        raise SSHError(tunnel.error() or f"SSH to node {target.host} failed: {_reason(exc)}") from None
+
+
+# -- running a command or a shell ------------------------------------------------------------------
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            select.select([], [fd], [], 1.0)  # a terminal shared with a non-blocking stdin
+            continue
+        except BrokenPipeError:
+            return
+        view = view[n:]
+
+
+class _StdinPump:
+    """Reads stdin into ``on_data`` (loop readiness for pipes and terminals, a thread for files)."""
+
+    def __init__(self, on_data: Callable[[bytes], None], on_eof: Callable[[], None], fd: int = 0) -> None:
+        self.on_data, self.on_eof, self.fd = on_data, on_eof, fd
+        self.loop = asyncio.get_running_loop()
+        self.reading = False
+        self.threaded = False
+        self.done = False
+        self._resume = threading.Event()
+        self._resume.set()
+
+    def start(self) -> None:
+        try:
+            self.loop.add_reader(self.fd, self._readable)
+            self.reading = True
+        except (OSError, ValueError):
+            # A regular file (or /dev/null) cannot be polled: read it in a thread.
+            self.threaded = True
+            threading.Thread(target=self._thread, name="tpemu-stdin", daemon=True).start()
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.fd, 65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if data:
+            self.on_data(data)
+        else:
+            self.stop()
+            self.done = True
+            self.on_eof()
+
+    def _thread(self) -> None:
+        while not self.done:
+            self._resume.wait()
+            try:
+                data = os.read(self.fd, 65536)
+            except OSError:
+                data = b""
+            if self._stopped():
+                return
+            if data:
+                self.loop.call_soon_threadsafe(self.on_data, data)
+            else:
+                self.done = True
+                self.loop.call_soon_threadsafe(self.on_eof)
+
+    def _stopped(self) -> bool:
+        return self.done
+
+    def pause(self) -> None:
+        if self.threaded:
+            self._resume.clear()
+        elif self.reading:
+            self.loop.remove_reader(self.fd)
+            self.reading = False
+
+    def resume(self) -> None:
+        if self.threaded:
+            self._resume.set()
+        elif not self.reading and not self.done:
+            self.loop.add_reader(self.fd, self._readable)
+            self.reading = True
+
+    def stop(self) -> None:
+        self.pause()
+        self.done = True
+        self._resume.set()
+
+
+class _StdioSession(asyncssh.SSHClientSession):  # type: ignore[type-arg]
+    """Channel output to our stdout/stderr, our stdin to the channel."""
+
+    def __init__(self, stdin: bool = True) -> None:
+        self.chan: Any = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.use_stdin = stdin
+        self.pump: _StdinPump | None = None
+
+    def connection_made(self, chan: Any) -> None:
+        self.chan = chan
+
+    def session_started(self) -> None:
+        if self.use_stdin:
+            self.pump = _StdinPump(self._stdin_data, self._stdin_eof)
+            self.pump.start()
+
+    def _stdin_data(self, data: bytes) -> None:
+        if not self.closed.done():
+            self.chan.write(data)
+
+    def _stdin_eof(self) -> None:
+        if not self.closed.done():
+            with contextlib.suppress(OSError, asyncssh.Error):
+                self.chan.write_eof()
+
+    def data_received(self, data: bytes, datatype: Any) -> None:
+        _write_all(2 if datatype == asyncssh.EXTENDED_DATA_STDERR else 1, data)
+
+    def eof_received(self) -> bool:
+        return True
+
+    def pause_writing(self) -> None:
+        if self.pump is not None:
+            self.pump.pause()
+
+    def resume_writing(self) -> None:
+        if self.pump is not None:
+            self.pump.resume()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.pump is not None:
+            self.pump.stop()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+def _exit_code(chan: Any) -> int:
+    status = chan.get_exit_status()
+    if status is None or status < 0:
+        return EXIT_CONNECTION  # no status, or killed by a signal (OpenSSH's convention)
+    return int(status)
+
+
+@contextlib.contextmanager
+def _raw_terminal(fd: int) -> Any:
+    import termios
+    import tty
+
+    saved = termios.tcgetattr(fd)
+    try:
+        tty.setraw(fd)
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+async def run_session(node: asyncssh.SSHClientConnection, command: str | None, pty: bool | None = None) -> int:
+    """Run ``command`` (or a shell) with our stdio; returns its exit code.
+
+    ``pty``: ``None`` → a pseudo-terminal for a shell on a terminal (ssh's default), ``True``
+    forces one (``-t``), ``False`` refuses it (``-T``).
+    """
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    want_pty = pty if pty is not None else (command is None and interactive)
+    kwargs: dict[str, Any] = {"encoding": None}
+    if want_pty:
+        try:
+            cols, rows = os.get_terminal_size(sys.stdout.fileno())
+        except OSError:
+            cols, rows = 80, 24
+        kwargs.update(term_type=os.environ.get("TERM", "xterm"), term_size=(cols, rows))
+    env = {k: v for k, v in os.environ.items() if k == "LANG" or k.startswith("LC_")}
+    if env:
+        kwargs["env"] = env
+    session = _StdioSession()
+    chan, _ = await node.create_session(lambda: session, command, **kwargs)
+    loop = asyncio.get_running_loop()
+    resize = None
+    if want_pty and interactive:
+
+        def resize() -> None:
+            with contextlib.suppress(OSError):
+                cols, rows = os.get_terminal_size(sys.stdout.fileno())
+                chan.change_terminal_size(cols, rows)
+
+        loop.add_signal_handler(signal.SIGWINCH, resize)
+    try:
+        if want_pty and interactive:
+            with _raw_terminal(sys.stdin.fileno()):
+                await session.closed
+        else:
+            await session.closed
+    finally:
+        if resize is not None:
+            loop.remove_signal_handler(signal.SIGWINCH)
+    await chan.wait_closed()
+    return _exit_code(chan)
+
+
+async def ssh(creds: Credentials, target: Target, command: str | None, pty: bool | None = None) -> int:
+    """``tpemu ssh``: checks, proxy, node, session; returns the exit code (raises :class:`SSHError`)."""
+    creds.check_valid()
+    creds.check_login(target.login, target.host)
+    proxy = await connect_proxy(creds)
+    try:
+        node = await connect_node(proxy, creds, target)
+        try:
+            return await run_session(node, command, pty)
+        finally:
+            node.close()
+            await node.wait_closed()
+    finally:
+        proxy.close()
+        await proxy.wait_closed()
+
+
+async def proxy_stdio(creds: Credentials, target: Target) -> int:
+    """``tpemu proxy ssh``: the ``proxy:`` subsystem spliced to stdin/stdout (OpenSSH's ProxyCommand)."""
+    creds.check_valid()
+    proxy = await connect_proxy(creds)
+    try:
+        stdio = _StdioSession()
+        wrapper = _SubsystemChannel(stdio)
+        try:
+            chan, _ = await proxy.create_session(
+                lambda: wrapper, subsystem=subsystem_name(target.host, target.port, creds.profile.cluster),
+                encoding=None)
+        except asyncssh.ChannelOpenError as exc:
+            raise SSHError(f"the proxy refused the channel: {exc.reason}") from None
+        await stdio.closed
+        await chan.wait_closed()
+        status = chan.get_exit_status()
+        if status:
+            raise SSHError(wrapper.error() or f"the proxy ended the connection with status {status}", status)
+        return 0
+    finally:
+        proxy.close()
+        await proxy.wait_closed()
+
+
+# -- tpemu ls, tpemu config --------------------------------------------------------------------------------
+
+
+async def list_nodes(profile: Profile) -> list[dict[str, Any]]:
+    """``GET /webapi/sites/<cluster>/nodes`` with the user's certificate."""
+    data = await web_get(profile, f"/webapi/sites/{profile.cluster}/nodes", client_cert=True)
+    items = data.get("items") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise SSHError("the proxy's node list is malformed", 1)
+    return [i for i in items if isinstance(i, dict)]
+
+
+def format_nodes(items: list[dict[str, Any]], verbose: bool = False) -> str:
+    """``tsh ls``'s table: Node Name, Address (``⟵ Tunnel`` for tunnelled nodes), Labels."""
+    rows = []
+    for item in items:
+        addr = "⟵ Tunnel" if item.get("tunnel") else str(item.get("addr", ""))
+        labels = ",".join(f"{t.get('name')}={t.get('value')}" for t in item.get("tags") or [])
+        row = [str(item.get("hostname", ""))]
+        if verbose:
+            row.append(str(item.get("id", "")))
+        rows.append([*row, addr, labels])
+    head = ["Node Name", *(["Node ID"] if verbose else []), "Address", "Labels"]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+    lines = [" ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip(),
+             " ".join("-" * w for w in widths)]
+    lines += [" ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def host_key_algorithms(cas: list[Any]) -> str:
+    """Certificate host key algorithms for ``HostKeyAlgorithms``: the CA's family first."""
+    ecdsa = ["ecdsa-sha2-nistp256-cert-v01@openssh.com"]
+    rsa = ["rsa-sha2-512-cert-v01@openssh.com", "rsa-sha2-256-cert-v01@openssh.com"]
+    first_rsa = bool(cas) and cas[0].algorithm == b"ssh-rsa"
+    return ",".join(rsa + ecdsa if first_rsa else ecdsa + rsa)
+
+
+def tpemu_command() -> str:
+    """How to run this tpemu from a ProxyCommand (the installed script, else ``python -m tpemu``)."""
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if argv0 is not None and argv0.name == "tpemu" and argv0.exists():
+        return _quote(str(argv0.resolve()))
+    return f"{_quote(sys.executable)} -m tpemu"
+
+
+def _quote(text: str) -> str:
+    # ssh_config tokens: double quotes protect spaces; % starts a ProxyCommand expansion.
+    return '"' + text.replace("%", "%%") + '"' if any(c in text for c in ' "%\t') or not text else text
+
+
+def openssh_config(profile: Profile, executable: str | None = None, port: int = NODE_PORT,
+                   login: str | None = None) -> str:
+    """The ``ssh_config`` block ``tsh config`` prints (``lib/config/openssh``), for this profile."""
+    web = Addr.parse(profile.web_proxy_addr, default_port=3080)
+    cluster = profile.cluster
+    exe = executable or tpemu_command()
+    cert = profile.ssh_cert_path
+    algorithms = host_key_algorithms(host_ca_keys(profile))
+    user = f'\n    User "{login}"' if login else ""
+    home = _quote(str(profile.home))
+    return (
+        f"# Begin generated tpemu configuration for {web.host} by tpemu\n"
+        f"\n"
+        f"# Common flags for all {cluster} hosts\n"
+        f"Host *.{cluster} {web.host}\n"
+        f'    UserKnownHostsFile "{profile.known_hosts_path}"\n'
+        f'    IdentityFile "{profile.key_path}"\n'
+        f'    CertificateFile "{cert}"\n'
+        f"    HostKeyAlgorithms {algorithms}{user}\n"
+        f"\n"
+        f"# Flags for all {cluster} hosts except the proxy\n"
+        f"Host *.{cluster} !{web.host}\n"
+        f"    Port {port}\n"
+        f"    ProxyCommand {exe} proxy ssh --home={home} --cluster={cluster} --proxy={web} %r@%h:%p{user}\n"
+        f"\n"
+        f"# End generated tpemu configuration\n"
+    )
+
+
+def join_command(words: list[str]) -> str | None:
+    """The remote command line from ``tpemu ssh``'s trailing words (as ``ssh`` joins them)."""
+    if not words:
+        return None
+    return " ".join(words) if len(words) > 1 else words[0]
+
+
+__all__ = ["Credentials", "ProxyRoute", "SSHError", "SubsystemTunnel", "Target", "connect_node", "connect_proxy",
+           "format_nodes", "join_command", "list_nodes", "openssh_config", "parse_target", "proxy_stdio",
+           "route_from_ping", "run_session", "ssh", "web_get"]
+

@@ -25,9 +25,10 @@ Teleport's node (``lib/srv/regular/sshserver.go``) in one module, on asyncssh:
 * **Forwarding.** Port forwarding is off unless ``ssh_service.port_forwarding`` is on *and* the
   certificate permits it; agent and X11 forwarding and subsystems (sftp) are refused.
 
-Connections arrive two ways: :meth:`SSHService.serve` serves one already-connected socket (what
-the agent's reverse-tunnel client calls for each ``DialRequest`` from the proxy), and
-:meth:`SSHService.listen` accepts directly on ``ssh_service.listen_addr`` (3022, direct-dial mode).
+Connections arrive on :meth:`SSHService.serve`, one already-connected socket each: the agent's
+reverse-tunnel client calls it for every ``DialRequest`` the proxy sends, and in direct-dial mode
+the agent process calls it for every connection accepted on ``ssh_service.listen_addr`` (3022).
+:func:`make_offers` is the ``node`` role for ``tpemu.agent.services``.
 
 Theory of operation for a session: the child is started with ``subprocess.Popen`` in a new
 session (``setsid``; with a pty also made its controlling terminal), its exit is watched with a
@@ -53,15 +54,19 @@ import subprocess
 import termios
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
-from tpemu import TELEPORT_VERSION, authapi
-from tpemu.authclient import AuthClient, HostIdentity
-from tpemu.config import Addr, Config
+from tpemu import authclient
+from tpemu.agent.tunnel import Offer
+from tpemu.authclient import HostIdentity
 from tpemu.net.sockets import format_addr
+from tpemu.wire import tunnel as tw
 from tpemu.wire.tunnel import DialRequest
+
+if TYPE_CHECKING:
+    from tpemu.agent.process import AgentContext
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +79,6 @@ READ_CHUNK = 64 * 1024
 #: Stop reading the channel when this much client input waits for the child.
 STDIN_HIGH_WATER = 256 * 1024
 LOGIN_TIMEOUT = 30.0
-HEARTBEAT_INTERVAL = 60.0
 #: Client ``env`` requests that are never passed on (they change how programs load or run).
 _ENV_DENIED = re.compile(r"^(LD_|DYLD_|BASH_FUNC_|_RLD|LIBPATH$|IFS$|PATH$|SHELL$|HOME$|USER$|LOGNAME$|MAIL$)")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -139,7 +143,6 @@ class SSHService:
 
     def __init__(self, identity: HostIdentity, user_ca_keys: Iterable[bytes | str], *, nodename: str,
                  labels: Mapping[str, str] | None = None, port_forwarding: bool = False,
-                 listen_addr: Addr | None = None, public_addr: str = "", use_tunnel: bool = True,
                  login_timeout: float = LOGIN_TIMEOUT) -> None:
         if not identity.ssh_cert:
             raise ValueError(f"host {identity.host_id} has no SSH host certificate (join with a public SSH key)")
@@ -148,30 +151,13 @@ class SSHService:
         self.nodename = nodename
         self.labels = dict(labels or {})
         self.port_forwarding = port_forwarding
-        self.listen_addr = listen_addr
-        self.public_addr = public_addr
-        self.use_tunnel = use_tunnel
         self.login_timeout = login_timeout
         self.host_key = asyncssh.import_private_key(identity.key_pem)
         self.host_cert = asyncssh.import_certificate(identity.ssh_cert)
         self._user_cas: list[Any] = []
         self.set_user_ca_keys(user_ca_keys)
-        #: The address :meth:`listen` bound (direct-dial mode).
-        self.bound: Addr | None = None
-        self._acceptor: Any = None
         self._conns: set[asyncssh.SSHServerConnection] = set()
         self._sessions: set[_Session] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._heartbeat: asyncio.Task[None] | None = None
-
-    @classmethod
-    def from_config(cls, cfg: Config, identity: HostIdentity, user_ca_keys: Iterable[bytes | str],
-                    use_tunnel: bool = True) -> SSHService:
-        """From ``ssh_service`` (labels, ``port_forwarding``, ``listen_addr``, ``public_addr``)."""
-        ssh = cfg.ssh_service
-        return cls(identity, user_ca_keys, nodename=cfg.teleport.nodename or socket.gethostname(),
-                   labels=ssh.labels, port_forwarding=ssh.port_forwarding, listen_addr=ssh.listen_addr,
-                   public_addr=ssh.public_addr[0] if ssh.public_addr else "", use_tunnel=use_tunnel)
 
     def set_user_ca_keys(self, keys: Iterable[bytes | str]) -> None:
         """Trust these user CA keys from now on (CA rotation: the agent refetches them)."""
@@ -225,49 +211,6 @@ class SSHService:
             return
         await self._run(conn)
 
-    async def listen(self, addr: Addr | None = None) -> Addr:
-        """Accept directly on ``addr`` (default ``listen_addr``, 3022); returns the bound address."""
-        addr = addr or self.listen_addr or Addr("127.0.0.1", 3022)
-        loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(addr.host, addr.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, _, _, _, sockaddr_ = infos[0]
-        lsock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            lsock.bind(sockaddr_)
-            lsock.listen(1024)
-            lsock.setblocking(False)
-        except OSError:
-            lsock.close()
-            raise
-        host, port = lsock.getsockname()[:2]
-        self.bound = Addr(host, port)
-        self._acceptor = loop.create_task(self._accept_loop(lsock))
-        log.info("ssh service %s (%s) listening on %s", self.nodename, self.identity.host_id, self.bound)
-        return self.bound
-
-    async def _accept_loop(self, lsock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                try:
-                    sock, peer = await loop.sock_accept(lsock)
-                except OSError as exc:
-                    log.warning("ssh service: accept failed: %s", exc)
-                    await asyncio.sleep(0.1)
-                    continue
-                sock.setblocking(False)
-                request = DialRequest(address=str(self.bound), server_id=self.server_id,
-                                      client_src_addr=format_addr(peer))
-                self._spawn(self.serve(sock, request))
-        finally:
-            lsock.close()
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     async def _run(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conns.add(conn)
         try:
@@ -280,61 +223,31 @@ class SSHService:
         return f"{self.identity.host_id}.{self.cluster_name}"
 
     async def close(self) -> None:
-        """Stop accepting, close every connection, hang up every session."""
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
-        if self._acceptor is not None:
-            self._acceptor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._acceptor
+        """Close every connection and hang up every session (the agent is stopping)."""
         for conn in list(self._conns):
             conn.close()
         for session in list(self._sessions):
             session.hang_up("the SSH Service is stopping")
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
         waits = [s.finished.wait() for s in self._sessions]
         if waits:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*waits), KILL_GRACE + 1)
 
-    # -- presence ------------------------------------------------------------------------------
 
-    def node_resource(self) -> dict[str, Any]:
-        """This node as Teleport's ``ServerV2`` (``kind: node``), for ``POST /v1/nodes``.
+async def make_offers(ctx: AgentContext) -> list[Offer]:
+    """The ``node`` role of an agent (``tpemu.agent.services``): one SSH service, announced as a node.
 
-        ``spec.addr`` is the address to dial directly (empty for a node reached through its
-        reverse tunnel, as Teleport leaves it); ``use_tunnel`` says which.
-        """
-        addr = ""
-        if not self.use_tunnel:
-            addr = self.public_addr or (str(self.bound) if self.bound else str(self.listen_addr or ""))
-        return {"kind": "node", "version": "v2",
-                "metadata": {"name": self.identity.host_id, "labels": dict(self.labels)},
-                "spec": {"addr": addr, "hostname": self.nodename, "use_tunnel": self.use_tunnel,
-                         "version": TELEPORT_VERSION}}
-
-    async def announce(self, client: AuthClient, ttl: float = authapi.SERVER_ANNOUNCE_TTL) -> None:
-        """One heartbeat: upsert this node at the Auth Service (raises ``AuthAPIError``)."""
-        await client.call("POST", "/v1/nodes", self.node_resource() | {"ttl": int(ttl * authapi.NS)})
-
-    def start_heartbeat(self, client: AuthClient, interval: float = HEARTBEAT_INTERVAL) -> None:
-        """Announce now and every ``interval`` seconds until :meth:`close`."""
-
-        async def loop() -> None:
-            while True:
-                try:
-                    await self.announce(client, ttl=max(authapi.SERVER_ANNOUNCE_TTL, 3 * interval))
-                except authapi.AuthAPIError as exc:
-                    log.warning("ssh service: heartbeat to the Auth Service failed: %s", exc.message)
-                await asyncio.sleep(interval)
-
-        self._heartbeat = asyncio.get_running_loop().create_task(loop())
+    The user CA comes from the Auth Service (through the proxy for agents joined through it). The
+    dial names the proxy may use for this node: its host ID, ``<host_id>.<cluster>`` and
+    ``@local-node`` (Teleport's name for "the node this agent runs").
+    """
+    keys = await authclient.fetch_user_ca_ssh_keys(ctx.auth)
+    ssh = ctx.cfg.ssh_service
+    service = SSHService(ctx.identity, keys, nodename=ctx.nodename, labels=ctx.labels,
+                         port_forwarding=ssh.port_forwarding)
+    host_id = ctx.identity.host_id
+    resource = tw.Resource(tw.NODE, ctx.nodename, dict(ctx.labels))
+    return [Offer(resource, service, aliases=(host_id, service.server_id, tw.LOCAL_NODE))]
 
 
 def _peer_of(sock: socket.socket) -> str:
@@ -655,11 +568,11 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         env.update(USER=account.login, LOGNAME=account.login, HOME=account.home, SHELL=account.shell,
                    PATH=DEFAULT_PATH)
         client_host, _, client_port = server.peer.rpartition(":")
-        local = self.chan.get_extra_info("sockname") or ("", 0)
-        local_host = local[0] if isinstance(local, tuple) and local else ""
-        local_port = local[1] if isinstance(local, tuple) and len(local) > 1 else 0
-        if self.service.bound is not None:
-            local_host, local_port = self.service.bound.host, self.service.bound.port
+        local = self.chan.get_extra_info("sockname")
+        local_host, local_port = (local[0], local[1]) if isinstance(local, tuple) and len(local) > 1 else ("", 0)
+        if server.request is not None and server.request.client_dst_addr:
+            local_host, _, port_text = server.request.client_dst_addr.rpartition(":")
+            local_port = int(port_text) if port_text.isdigit() else 0
         if client_port:
             env["SSH_CLIENT"] = f"{client_host.strip('[]')} {client_port} {local_port}"
             env["SSH_CONNECTION"] = f"{client_host.strip('[]')} {client_port} {local_host} {local_port}"
@@ -885,5 +798,5 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self.finished.set()
 
 
-__all__ = ["Account", "SSHService", "refuse_login", "resolve_account"]
+__all__ = ["Account", "SSHService", "make_offers", "refuse_login", "resolve_account"]
 

@@ -30,6 +30,7 @@ from tpemu.proxy.decide import ListenerKind, ListenerPolicy
 from tpemu.proxy.frontdoor import Accepted, FrontDoor, Handler
 from tpemu.proxy.passthrough import splice_to_target
 from tpemu.proxy.route import Route, RouteKind, RouteTable
+from tpemu.proxy.tunnels import TunnelRegistry
 from tpemu.proxy.unavailable import refuse_unavailable
 from tpemu.proxy.webapi import ProxyInfo, WebAPI
 from tpemu.wire import alpn
@@ -104,6 +105,8 @@ class ProxyService:
         self.auth_routes: AuthRoutes | None = None
         #: The SSH proxy (``RouteKind.SSH_PROXY``), started with the Auth Service link.
         self.ssh_proxy: SSHProxy | None = None
+        self.tunnels = TunnelRegistry(self, heartbeat=cfg.auth_service.keep_alive_interval,
+                                      missed=cfg.auth_service.keep_alive_count_max)
         self.data_dir = data_dir or cfg.data_dir()
         self.info = ProxyInfo(cfg)
         self.web = WebAPI(self.info)
@@ -146,6 +149,7 @@ class ProxyService:
             self.auth_routes = AuthRoutes(self, self.auth_link)
             self._tls_files = await self.auth_routes.start()  # raises JoinError
             self.auth_routes.install()
+            self.tunnels.install()
             await self._start_ssh_proxy()
         if self._tls_files is None:
             self._tls_files = await asyncio.to_thread(
@@ -180,6 +184,7 @@ class ProxyService:
     async def close(self) -> None:
         if self.ssh_proxy is not None:
             await self.ssh_proxy.close()
+        await self.tunnels.close()
         if self.auth_routes is not None:
             await self.auth_routes.close()
         await self.door.close()

@@ -18,7 +18,8 @@ Teleport's node (``lib/srv/regular/sshserver.go``) in one module, on asyncssh:
 * **Which account.** When the login is a local account and this process may switch to it (root),
   the command runs as that account, as sshd does. Otherwise — the usual case for an emulated node
   run by an unprivileged user, or a login with no local account — it runs as the agent's own user
-  with ``USER``/``LOGNAME`` set to the login (tpemu's emulation; logged at DEBUG).
+  with ``USER``/``LOGNAME`` set to the login and ``/bin/sh`` as its shell (tpemu's emulation;
+  Teleport would refuse a login with no account unless it creates host users).
 * **Hang-ups.** When the client goes away (or the agent stops) every process of the session gets
   SIGHUP, then SIGKILL two seconds later: nothing is left running (processes that called
   ``setsid`` themselves escape, as with sshd).
@@ -125,10 +126,10 @@ def resolve_account(login: str) -> Account:
         except OSError:
             groups = (entry.pw_gid,)
         return Account(login, entry.pw_uid, entry.pw_gid, groups, entry.pw_dir or "/", shell, emulated=False)
+    # No local account (or no right to switch to it): run as this process's user. The login has no
+    # shell of its own: /bin/sh, what sshd uses for an account with an empty shell field.
     own = pwd.getpwuid(me)
-    shell = own.pw_shell if own.pw_shell and os.path.exists(own.pw_shell) and "nologin" not in own.pw_shell \
-        else "/bin/sh"
-    return Account(login, None, None, (), own.pw_dir or "/", shell, emulated=True)
+    return Account(login, None, None, (), own.pw_dir or "/", "/bin/sh", emulated=True)
 
 
 # -- the service ------------------------------------------------------------------------------------
@@ -521,6 +522,7 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self.pidfd: int | None = None
         self.poll_timer: asyncio.TimerHandle | None = None
         self.kill_timer: asyncio.TimerHandle | None = None
+        self.hung_up = False
         self.finished = asyncio.Event()
         self.loop = asyncio.get_running_loop()
         service._sessions.add(self)
@@ -687,7 +689,7 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
-        hung_up = self.kill_timer is not None
+        hung_up = self.hung_up
         if self.closed or not self.exited or (not hung_up and not all(r.done for r in self.readers)):
             return
         assert self.proc is not None
@@ -749,15 +751,22 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self.hang_up("the client went away" if exc is None else f"the connection was lost ({_describe(exc)})")
 
     def hang_up(self, why: str) -> None:
-        """SIGHUP to every process of the session, SIGKILL after :data:`KILL_GRACE` seconds."""
-        if self.proc is None or self.exited:
+        """SIGHUP to every process of the session, SIGKILL after :data:`KILL_GRACE` seconds.
+
+        Also after the shell itself exited: background jobs holding its output open are part of
+        the session too.
+        """
+        if self.proc is None:
             self._cleanup()
             return
-        if self.kill_timer is not None:
-            return
-        log.info("ssh service: peer=%s login=%s pid=%d hung up: %s", self.server.peer, self.server.login,
-                 self.proc.pid, why)
         sid = self.proc.pid
+        if self.hung_up:
+            return
+        if self.exited and not _session_members(sid):
+            self._cleanup()
+            return
+        log.info("ssh service: peer=%s login=%s pid=%d hung up: %s", self.server.peer, self.server.login, sid, why)
+        self.hung_up = True
         _signal_session(sid, signal.SIGHUP)
         _signal_session(sid, signal.SIGCONT)
         self.kill_timer = self.loop.call_later(KILL_GRACE, self._final_kill, sid)
@@ -765,6 +774,8 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             reader.pause()
         if self.stdin is not None:
             self.stdin.close()
+        if self.exited:
+            self._cleanup()  # the leader is gone: nothing else will end this session
 
     def _cleanup(self) -> None:
         if self.closed:
@@ -789,6 +800,7 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
         self._finished()
 
     def _final_kill(self, sid: int) -> None:
+        self.kill_timer = None
         _signal_session(sid, signal.SIGKILL)
         if self.closed:
             self._finished()

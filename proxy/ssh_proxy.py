@@ -44,6 +44,7 @@ from tpemu.net.http_server import Request, Response
 from tpemu.net.sockets import format_addr
 from tpemu.proxy.frontdoor import Accepted
 from tpemu.proxy.route import RouteKind
+from tpemu.proxy.tunnels import TunnelError
 from tpemu.wire import alpn
 from tpemu.wire.sniff import Protocol as Sniffed
 from tpemu.wire.tunnel import NODE, DialRequest
@@ -205,22 +206,15 @@ class SSHProxy:
     def __init__(self, proxy: ProxyService, dialer: NodeDialer | None = None) -> None:
         self.proxy = proxy
         self.cluster = proxy.cfg.auth_service.cluster_name
-        self._dialer = dialer
+        #: What dials nodes: the proxy's reverse-tunnel registry (through an agent's tunnel, or
+        #: by TCP to a directly joined node).
+        self.dialer: NodeDialer = dialer or proxy.tunnels
         self.host_key: Any = None
         self.host_cert: Any = None
         self.user_cas: list[Any] = []
         self.directory: NodeDirectory | None = None
         self._conns: set[asyncssh.SSHServerConnection] = set()
         self.stats = {"connections": 0, "sessions": 0, "refused": 0}
-
-    @property
-    def dialer(self) -> NodeDialer | None:
-        """Set explicitly, else the proxy's tunnel registry (``ProxyService.tunnels``)."""
-        return self._dialer or getattr(self.proxy, "tunnels", None)
-
-    @dialer.setter
-    def dialer(self, value: NodeDialer | None) -> None:
-        self._dialer = value
 
     async def start(self) -> None:
         """Load the proxy's SSH host identity and the user CA; raises ``AuthAPIError``/``ValueError``."""
@@ -300,15 +294,12 @@ class SSHProxy:
             raise DialFailed(str(exc)) from None
         except authapi.AuthAPIError as exc:
             raise DialFailed(f"cannot list the cluster's nodes: {exc.message}") from None
-        dialer = self.dialer
-        if dialer is None:
-            raise DialFailed(f"cannot reach node {node.hostname}: this proxy has no reverse-tunnel registry")
         request = DialRequest(address=node.addr or node.hostname, server_id=f"{node.host_id}.{self.cluster}",
                               conn_type=NODE, client_src_addr=format_addr(acc.peer),
                               client_dst_addr=format_addr(acc.local_addr()))
         try:
-            sock = await dialer.dial(request, timeout=DIAL_TIMEOUT)
-        except Exception as exc:  # the registry's TunnelError, OSError, TimeoutError: all end here
+            sock = await self.dialer.dial(request, timeout=DIAL_TIMEOUT)
+        except (TunnelError, OSError, TimeoutError) as exc:
             msg = str(exc) or type(exc).__name__
             raise DialFailed(f"failed connecting to node {node.hostname} ({node.host_id}): {msg}") from None
         log.info("%s: login=%s → node %s (%s) %s", acc.ctx, login, node.hostname, node.host_id,
@@ -368,8 +359,12 @@ class _AcceptedTLS:
     async def create_connection(self, session_factory: Callable[[], Any], host: str,
                                 port: int) -> tuple[asyncio.BaseTransport, Any]:
         loop = asyncio.get_running_loop()
-        return await loop.connect_accepted_socket(session_factory, self.sock, ssl=self.ctx,
-                                                  ssl_handshake_timeout=self.timeout)
+        # Return the protocol made here: uvloop's connect_accepted_socket(ssl=…) returns its own
+        # SSL protocol rather than the application's.
+        protocol = session_factory()
+        transport, _ = await loop.connect_accepted_socket(lambda: protocol, self.sock, ssl=self.ctx,
+                                                          ssl_handshake_timeout=self.timeout)
+        return transport, protocol
 
 
 # -- one client connection --------------------------------------------------------------------------

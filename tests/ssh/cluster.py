@@ -1,77 +1,45 @@
-"""An SSH test cluster in one process: Auth, a proxy, emulated nodes, a logged-in user.
+"""An SSH test cluster in one process: Auth, a proxy, agents running the SSH service, a logged-in user.
 
-Everything talks over real loopback sockets on port 0. Nodes join the Auth Service with a token
-(their own key, host TLS and SSH certificates), fetch the user CA and heartbeat to ``/v1/nodes``,
-as an agent does. The proxy reaches nodes through :class:`StandInRegistry`, which has the
-interface of the reverse-tunnel registry (``dial(DialRequest) -> socket``): for a tunnelled
-node it hands one end of a socket pair to ``SSHService.serve`` — exactly what the agent's tunnel
-client will do with a dialed channel — and for a directly joined node it connects by TCP to the
-node's ``listen_addr``.
+Everything talks over real loopback sockets on port 0. Nodes are real agent processes
+(:class:`tpemu.agent.process.AgentProcess` with the ``node`` role of ``tpemu.agent.services``):
+they join with a token — through the proxy, holding a reverse tunnel, or directly at the Auth
+Service, listening on their own port — and heartbeat to ``/v1/nodes``. The proxy reaches them
+through its real :class:`~tpemu.proxy.tunnels.TunnelRegistry`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tpemu import authclient, config
-from tpemu import identity as ident
+from tpemu import config
+from tpemu.agent.process import AgentOptions, AgentProcess
+from tpemu.agent.services import MAKERS
 from tpemu.agent.ssh_service import SSHService
 from tpemu.auth.service import AuthService
 from tpemu.client import login as login_mod
 from tpemu.client import profile as profile_mod
 from tpemu.config import Addr
+from tpemu.proxy import tunnels
 from tpemu.proxy.auth_routes import AuthLink
 from tpemu.proxy.decide import ListenerKind
 from tpemu.proxy.service import ProxyService
-from tpemu.wire.tunnel import DialRequest
 
 PASSWORD = "correct horse battery"
 CLUSTER = "tpemu.local"
 
 
-class StandInRegistry:
-    """The reverse-tunnel registry's interface, connecting straight to in-process SSH services."""
-
-    def __init__(self) -> None:
-        self.services: dict[str, SSHService] = {}
-        self.requests: list[DialRequest] = []
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.offline: set[str] = set()
-
-    def add(self, svc: SSHService) -> None:
-        self.services[svc.server_id] = svc
-
-    async def dial(self, request: DialRequest, timeout: float = 10.0) -> socket.socket:
-        self.requests.append(request)
-        svc = self.services.get(request.server_id)
-        if svc is None or request.server_id in self.offline:
-            raise ConnectionError(f"agent {request.server_id} is offline (no reverse tunnel)")
-        if not svc.use_tunnel:
-            assert svc.bound is not None
-            loop = asyncio.get_running_loop()
-            sock = socket.socket()
-            sock.setblocking(False)
-            await asyncio.wait_for(loop.sock_connect(sock, (svc.bound.host, svc.bound.port)), timeout)
-            return sock
-        ours, theirs = socket.socketpair()
-        ours.setblocking(False)
-        theirs.setblocking(False)
-        task = asyncio.get_running_loop().create_task(svc.serve(theirs, request))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        return ours
-
-    async def close(self) -> None:
-        for task in list(self.tasks):
-            task.cancel()
-        if self.tasks:
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+async def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 @dataclass
@@ -79,8 +47,7 @@ class SSHCluster:
     auth: AuthService
     proxy: ProxyService
     tmp: Path
-    registry: StandInRegistry
-    nodes: dict[str, SSHService] = field(default_factory=dict)
+    agents: dict[str, AgentProcess] = field(default_factory=dict)
     home: Path | None = None
 
     @property
@@ -106,26 +73,39 @@ class SSHCluster:
         assert prof is not None
         return prof
 
+    def service(self, name: str) -> SSHService:
+        service = self.agents[name].offers["node"][0].service
+        assert isinstance(service, SSHService)
+        return service
+
+    def host_id(self, name: str) -> str:
+        return self.agents[name].contexts["node"].identity.host_id
+
     async def add_node(self, name: str, *, direct: bool = False, labels: dict[str, str] | None = None,
-                       port_forwarding: bool = False, announce: bool = True, host_id: str = "") -> SSHService:
-        """Join a node (role Node) and start its SSH Service; ``direct``: listen on a port instead of
-        being reached through a (stand-in) tunnel."""
-        token = await self.auth.mint_token((ident.ROLE_NODE,), ttl=300.0, single_use=True)
-        host_id = host_id or f"{name}-{len(self.nodes)}-uuid"
-        identity = await authclient.join(self.auth_addr, token, ident.ROLE_NODE, host_id, name, CLUSTER,
-                                         ca_pins=(self.auth.ca_pin,))
-        files = await asyncio.to_thread(identity.save, self.tmp / "nodes" / host_id)
-        client = authclient.AuthClient.with_identity(self.auth_addr, CLUSTER, files)
-        keys = await authclient.fetch_user_ca_ssh_keys(client)
-        svc = SSHService(identity, keys, nodename=name, labels=labels, port_forwarding=port_forwarding,
-                         use_tunnel=not direct)
+                       port_forwarding: bool = False) -> AgentProcess:
+        """Start an agent with the ``node`` role: through the proxy (reverse tunnel), or ``direct``
+        (joined at the Auth Service, listening on a port of its own)."""
+        token = await self.auth.mint_token(("Node",), ttl=300.0, single_use=True)
+        cfg = config.from_dict({
+            "teleport": {"data_dir": str(self.tmp / "agents" / f"{name}-{len(self.agents)}"), "nodename": name},
+            "auth_service": {"enabled": False, "keep_alive_interval": "1s"},
+            "proxy_service": {"enabled": False},
+            "ssh_service": {"listen_addr": "127.0.0.1:0", "labels": labels or {}, "port_forwarding": port_forwarding}})
+        opts = AgentOptions(("node",), proxy_server=None if direct else self.web,
+                            auth_server=self.auth_addr if direct else None, token=token,
+                            ca_pins=(self.auth.ca_pin,), nodename=name)
+        agent = AgentProcess(cfg, opts, MAKERS)
+        await agent.start()
+        self.agents[name if name not in self.agents else f"{name}-{len(self.agents)}"] = agent
+        await agent.wait_connected()
+        host_id = agent.contexts["node"].identity.host_id
+        reg = self.proxy.tunnels
         if direct:
-            await svc.listen(Addr("127.0.0.1", 0))
-        self.registry.add(svc)
-        if announce:
-            await svc.announce(client)
-        self.nodes[name] = svc
-        return svc
+            await wait_for(lambda: host_id in reg.direct, what=f"the proxy to see direct node {name}")
+        else:
+            await wait_for(lambda: any(a.host_id == host_id and a.transport_ready and r.name == name
+                                       for a, r in reg.resources("node")), what=f"the tunnel of {name}")
+        return agent
 
     async def add_user(self, name: str = "alice", logins: tuple[str, ...] = ("root", "alice")) -> None:
         assert self.auth.server is not None
@@ -141,9 +121,11 @@ class SSHCluster:
         return prof
 
     async def close(self) -> None:
-        for svc in self.nodes.values():
-            await svc.close()
-        await self.registry.close()
+        for agent in self.agents.values():
+            for offer in agent.offers.get("node", []):
+                if isinstance(offer.service, SSHService):
+                    await offer.service.close()
+            await agent.close()
         await self.proxy.close()
         await self.auth.close()
 
@@ -158,19 +140,19 @@ async def ssh_cluster(tmp: Path, mode: str = "multiplex", nodes: tuple[str, ...]
         proxy_cfg.setdefault("tunnel_listen_addr", "127.0.0.1:0")
     cfg = config.from_dict({"teleport": {"data_dir": str(tmp / "data"), "nodename": "proxyhost"},
                             "auth_service": {"listen_addr": "127.0.0.1:0", "cluster_name": CLUSTER,
-                                             "proxy_listener_mode": mode},
+                                             "proxy_listener_mode": mode, "keep_alive_interval": "1s"},
                             "proxy_service": proxy_cfg})
     auth = AuthService(cfg)
     await auth.start()
     assert auth.addr is not None
     link = AuthLink(auth.addr, ca_pins=(auth.ca_pin,), mint=lambda: auth.mint_token(("Proxy",), 300.0))
+    saved_poll = tunnels.DIRECT_POLL
+    tunnels.DIRECT_POLL = 0.2  # directly joined nodes are seen within a test's patience
     svc = ProxyService(cfg, auth=link)
-    await svc.start()
-    assert svc.ssh_proxy is not None, "the SSH proxy did not start"
-    registry = StandInRegistry()
-    svc.ssh_proxy.dialer = registry
-    cluster = SSHCluster(auth, svc, tmp, registry)
+    cluster = SSHCluster(auth, svc, tmp)
     try:
+        await svc.start()
+        assert svc.ssh_proxy is not None, "the SSH proxy did not start"
         for name in nodes:
             await cluster.add_node(name)
         if user:
@@ -178,4 +160,5 @@ async def ssh_cluster(tmp: Path, mode: str = "multiplex", nodes: tuple[str, ...]
             await cluster.login()
         yield cluster
     finally:
+        tunnels.DIRECT_POLL = saved_poll
         await cluster.close()

@@ -1,0 +1,153 @@
+"""SSH through the proxy to agents (real reverse tunnels, real agent processes), with tpemu's client."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ssl
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from tests.ssh.cluster import CLUSTER, SSHCluster, ssh_cluster, wait_for
+from tpemu.auth import authority
+from tpemu.auth.authority import CAType
+from tpemu.client import ssh as ssh_mod
+from tpemu.client.ssh import ProxyRoute, SSHError
+
+
+async def run_on(cluster: SSHCluster, target: str, command: str, route: ProxyRoute | None = None,
+                 check_login: bool = True) -> asyncssh.SSHCompletedProcess:
+    creds = ssh_mod.Credentials.load(cluster.profile())
+    t = ssh_mod.parse_target(target, CLUSTER)
+    if check_login:
+        creds.check_login(t.login, t.host)
+    proxy = await ssh_mod.connect_proxy(creds, route)
+    try:
+        node = await ssh_mod.connect_node(proxy, creds, t)
+        async with node:
+            return await node.run(command)
+    finally:
+        proxy.close()
+
+
+async def test_multiplex_tls_routing_and_plain_ssh_on_the_web_port(tmp_path: Path) -> None:
+    async with ssh_cluster(tmp_path) as c:
+        routed = c.proxy.door.stats.routed
+        result = await run_on(c, "alice@node1", "echo $USER; exit 4")  # /webapi/ping: TLS routing
+        assert (result.stdout, result.exit_status) == ("alice\n", 4)
+        assert routed["ssh-proxy"] == 1 and routed["web"] >= 1
+        plain = ProxyRoute(c.web.host, c.web.port, tls=False)  # SSH sniffed on the multiplexed port
+        result = await run_on(c, f"alice@node1.{CLUSTER}", "echo plain", plain)
+        assert result.stdout == "plain\n" and routed["ssh-proxy"] == 2
+        by_id = await run_on(c, f"alice@{c.host_id('node1')}", "echo by-id")  # a node's host ID names it too
+        assert by_id.stdout == "by-id\n"
+        # The node saw the real client address (from the dial request), not the tunnel's.
+        env = (await run_on(c, "alice@node1", "echo $SSH_CLIENT")).stdout
+        assert str(env).split()[0] == "127.0.0.1"
+
+
+async def test_separate_mode_listen_addr(tmp_path: Path) -> None:
+    async with ssh_cluster(tmp_path, mode="separate") as c:
+        assert c.ssh_listener is not None
+        ping = await ssh_mod.web_get(c.profile(), "/webapi/ping")
+        route = ssh_mod.route_from_ping(ping, c.web)
+        assert route == ProxyRoute(c.ssh_listener.host, c.ssh_listener.port, tls=False)
+        result = await run_on(c, "alice@node1", "uname -s")
+        assert result.stdout == "Linux\n" and result.exit_status == 0
+        assert c.proxy.door.stats.routed["ssh-proxy"] == 1
+
+
+async def test_errors_are_specific(tmp_path: Path) -> None:
+    async with ssh_cluster(tmp_path, nodes=("node1", "twin", "twin")) as c:
+        with pytest.raises(SSHError, match=r"node 'nosuch' not found: direct dialing to nodes not found in "
+                                           r"inventory is not supported"):
+            await run_on(c, "alice@nosuch", "true")
+        with pytest.raises(SSHError, match="ambiguous host could match multiple nodes: twin"):
+            await run_on(c, "alice@twin", "true")
+        with pytest.raises(SSHError, match=r"access denied to bob connecting to node1: 'bob' is not one of the "
+                                           r"logins of alice \(allowed: root, alice\)"):
+            await run_on(c, "bob@node1", "true")
+        # Without the client's own check, the node refuses the login itself.
+        with pytest.raises(SSHError, match="access denied to bob connecting to node1 .the node refused"):
+            await run_on(c, "bob@node1", "true", check_login=False)
+        # A subsystem for another cluster, or malformed: the reason comes back on stderr, status 1.
+        creds = ssh_mod.Credentials.load(c.profile())
+        proxy = await ssh_mod.connect_proxy(creds)
+        async with proxy:
+            for name, reason in (("proxy:node1:3022@elsewhere", "unknown cluster 'elsewhere'"),
+                                 ("proxy:", "invalid format for proxy request")):
+                result = await proxy.run(subsystem=name)
+                assert result.exit_status == 1 and reason in str(result.stderr), result.stderr
+            with pytest.raises(asyncssh.ChannelOpenError):  # the proxy runs no commands of its own
+                await proxy.run("id", check=False)
+        # An agent that went away: the registry says so.
+        await c.agents["node1"].close()
+        await wait_for(lambda: not any(r.name == "node1" for _, r in c.proxy.tunnels.resources("node")),
+                       what="node1's tunnel to go")
+        with pytest.raises(SSHError, match="failed connecting to node node1"):
+            await run_on(c, "alice@node1", "true")
+
+
+async def test_direct_dial_node_and_proxy_jump(tmp_path: Path) -> None:
+    async with ssh_cluster(tmp_path) as c:
+        await c.add_node("direct1", direct=True, labels={"env": "lab"})
+        result = await run_on(c, "alice@direct1", "echo direct")
+        assert result.stdout == "direct\n"
+        # The node also listens on its own port (3022 in production): reachable without the proxy.
+        addr = c.agents["direct1"].direct_addr
+        assert addr is not None
+        creds = ssh_mod.Credentials.load(c.profile())
+        async with asyncssh.connect(addr.host, addr.port, username="alice", client_keys=creds.client_keys(),
+                                    known_hosts=([], creds.host_cas, []), agent_path=None, config=None) as conn:
+            assert (await conn.run("echo straight")).stdout == "straight\n"
+        # OpenSSH's ProxyJump (-J): a direct-tcpip channel through the proxy to the node.
+        proxy = await ssh_mod.connect_proxy(creds)
+        async with proxy:
+            async with asyncssh.connect("node1", 3022, tunnel=proxy, username="alice",
+                                        client_keys=creds.client_keys(), known_hosts=([], creds.host_cas, []),
+                                        agent_path=None, config=None) as node:
+                assert (await node.run("echo jumped")).stdout == "jumped\n"
+            with pytest.raises(asyncssh.ChannelOpenError, match="node 'ghost' not found"):
+                await proxy.open_connection("ghost", 3022)
+
+
+async def test_node_list_web_endpoint(tmp_path: Path) -> None:
+    async with ssh_cluster(tmp_path) as c:
+        await c.add_node("node2", labels={"env": "prod", "team": "db"})
+        prof = c.profile()
+        items = await ssh_mod.list_nodes(prof)
+        by_name = {i["hostname"]: i for i in items}
+        assert set(by_name) == {"node1", "node2"}
+        node2 = by_name["node2"]
+        assert node2["tunnel"] is True and node2["siteId"] == CLUSTER and node2["id"] == c.host_id("node2")
+        assert node2["tags"] == [{"name": "env", "value": "prod"}, {"name": "team", "value": "db"}]
+        assert node2["sshLogins"] == ["root", "alice"] and node2["kind"] == "node"
+        table = ssh_mod.format_nodes(items)
+        assert table.splitlines()[0].split() == ["Node", "Name", "Address", "Labels"]
+        assert "node2     ⟵ Tunnel env=prod,team=db" in table
+        # Without a user certificate: refused.
+        ctx = ssl.create_default_context(cafile=str(prof.ca_path))
+        reader, writer = await asyncio.open_connection(c.web.host, c.web.port, ssl=ctx)
+        writer.write(f"GET /webapi/sites/{CLUSTER}/nodes HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        answer = await reader.read()
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 403") and b"needs a user certificate" in answer
+
+
+async def test_expired_certificate(tmp_path: Path) -> None:
+    async with ssh_cluster(tmp_path) as c:
+        prof = c.profile()
+        assert c.auth.server is not None
+        user_ca = c.auth.server.ca(CAType.USER)
+        past = dt.datetime.now(dt.UTC) - dt.timedelta(hours=3)
+        line = authority.issue_user_ssh(user_ca, prof.ssh_public_path.read_bytes(), "alice", ["root", "alice"],
+                                        ["access"], {}, CLUSTER, past + dt.timedelta(hours=1), past)
+        prof.ssh_cert_path.write_bytes(line)
+        creds = ssh_mod.Credentials.load(prof)
+        with pytest.raises(SSHError, match=r"your certificate for alice expired at .* log in again: tpemu login"):
+            creds.check_valid()
+        # Past the client's own check, the proxy refuses it.
+        with pytest.raises(SSHError, match="refused the certificate of alice"):
+            await ssh_mod.connect_proxy(creds)

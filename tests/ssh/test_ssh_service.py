@@ -1,0 +1,172 @@
+"""The node's SSH service with a real SSH client (asyncssh) on the socket the tunnel hands over."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import uuid
+
+import asyncssh
+import pytest
+
+from tests.ssh.conftest import CLUSTER, Connect, NodeCAs, processes_with, wait_gone
+from tpemu.agent import ssh_service
+from tpemu.agent.ssh_service import SSHService, refuse_login, resolve_account
+from tpemu.auth import authority
+from tpemu.auth.authority import CAType
+
+
+async def test_exec_streams_exit_status_and_stdin(connect: Connect) -> None:
+    conn = await connect("alice")
+    result = await conn.run("echo out; echo err >&2; exit 3")
+    assert (result.stdout, result.stderr, result.exit_status) == ("out\n", "err\n", 3)
+    # stdin reaches the command and its end of file too (cat ends).
+    data = os.urandom(300_000)  # larger than the SSH window and the pipe buffer: backpressure both ways
+    result = await conn.run("cat; echo done >&2", input=data, encoding=None)
+    assert result.stdout == data and result.stderr == b"done\n" and result.exit_status == 0
+
+
+async def test_environment_is_sshd_like(connect: Connect, node: SSHService) -> None:
+    conn = await connect("alice")
+    result = await conn.run("env", env={"LANG": "C.UTF-8", "TPEMU_X": "1", "LD_PRELOAD": "/evil.so"})
+    env = dict(line.split("=", 1) for line in str(result.stdout).splitlines() if "=" in line)
+    assert env["USER"] == env["LOGNAME"] == "alice" and env["SHELL"] == "/bin/sh"  # no local account
+    assert env["LANG"] == "C.UTF-8" and env["TPEMU_X"] == "1" and "LD_PRELOAD" not in env
+    assert env["SSH_CLIENT"] == "127.0.0.9 40000 3080"  # the real client, from the dial request
+    assert env["SSH_TELEPORT_HOST_UUID"] == node.identity.host_id and env["SSH_TELEPORT_CLUSTER_NAME"] == CLUSTER
+    assert "TERM" not in env  # no pty asked for
+
+
+async def test_shell_with_pty_resizes_and_exits(connect: Connect) -> None:
+    conn = await connect("alice")
+    proc = await conn.create_process(term_type="xterm-256color", term_size=(100, 30), encoding=None)
+    proc.stdin.write(b"stty size; tty; echo TERM=$TERM; read x; stty size; exit 7\n")
+    out = b""
+    while b"TERM=xterm-256color" not in out:
+        out += await asyncio.wait_for(proc.stdout.read(4096), 10)
+    assert b"30 100" in out and b"/dev/pts/" in out
+    proc.change_terminal_size(132, 43)  # window-change → TIOCSWINSZ → SIGWINCH
+    await asyncio.sleep(0.1)
+    proc.stdin.write(b"\n")
+    rest = await asyncio.wait_for(proc.stdout.read(), 10)
+    await proc.wait()
+    assert b"43 132" in rest and proc.exit_status == 7
+
+
+async def test_exit_signal_and_signal_request(connect: Connect) -> None:
+    conn = await connect("alice")
+    result = await conn.run("kill -TERM $$")
+    assert result.exit_signal is not None and result.exit_signal[0] == "TERM" and result.exit_status == -1
+    proc = await conn.create_process("trap 'echo got-int; kill $!; exit 5' INT; echo ready; sleep 30 & wait")
+    assert (await asyncio.wait_for(proc.stdout.readline(), 10)).strip() == "ready"
+    proc.send_signal("INT")
+    result = await asyncio.wait_for(proc.wait(), 10)
+    assert result.stdout.strip() == "got-int" and result.exit_status == 5
+
+
+async def test_disconnect_mid_session_leaves_nothing_running(connect: Connect, node: SSHService,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ssh_service, "KILL_GRACE", 0.5)  # SIGKILL comes sooner; the logic is the same
+    marker = f"tpemu-{uuid.uuid4().hex}"
+    env = {"TPEMU_MARK": marker}
+    conn = await connect("alice")
+    # A pipeline and a background job that ignores SIGHUP: all must go.
+    await conn.create_process("trap '' HUP; (sleep 300; echo x) & sleep 301 | cat", env=env)
+    await asyncio.sleep(0.3)
+    assert len(processes_with(marker)) >= 4, "the session's processes should be running"
+    conn.abort()  # the client vanishes without closing the channel
+    await wait_gone(marker, timeout=6)
+    # An interactive shell on a pty, with a foreground job.
+    pty_conn = await connect("alice")
+    pty = await pty_conn.create_process(term_type="xterm", env={"TPEMU_MARK": marker + "-pty"})
+    pty.stdin.write("sleep 302\n")
+    async with asyncio.timeout(5):
+        while len(processes_with(marker + "-pty")) < 2:  # the login shell, then its job
+            await asyncio.sleep(0.05)
+    pty_conn.abort()
+    await wait_gone(marker + "-pty", timeout=6)
+    async with asyncio.timeout(2):
+        while node._sessions:  # each session ends once its processes are gone
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("login", ["bob", "-teleport-nologin-x"])
+async def test_login_not_in_certificate_is_refused(connect: Connect, login: str) -> None:
+    with pytest.raises(asyncssh.PermissionDenied):
+        await connect(login)
+
+
+async def test_certificates_that_must_not_work(connect: Connect, cas: NodeCAs) -> None:
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
+    expired = cas.user_key(not_after=past + dt.timedelta(hours=1), now=past)
+    with pytest.raises(asyncssh.PermissionDenied):
+        await connect("root", key=expired)
+    other = authority.new_authority(CAType.USER, "other")
+    with pytest.raises(asyncssh.PermissionDenied):
+        await connect("root", key=cas.user_key(ca=other))
+    host_ca_signed = cas.user_key(ca=cas.host)  # the host CA does not sign users
+    with pytest.raises(asyncssh.PermissionDenied):
+        await connect("root", key=host_ca_signed)
+    # A user without logins gets a placeholder principal: no login works, not every one.
+    nologin = cas.user_key(logins=())
+    assert nologin[1].principals[0].startswith(authority.NO_LOGIN_PREFIX)
+    with pytest.raises(asyncssh.PermissionDenied):
+        await connect("root", key=nologin)
+    plain = asyncssh.generate_private_key("ssh-ed25519")
+    with pytest.raises(asyncssh.PermissionDenied):
+        await connect("root", key=(plain, None))
+
+
+async def test_host_certificate_names_the_node(connect: Connect) -> None:
+    for name in ("node1", f"node1.{CLUSTER}", "node1-uuid", f"node1-uuid.{CLUSTER}"):
+        conn = await connect("alice", host=name)
+        assert (await conn.run("true")).exit_status == 0
+    with pytest.raises(asyncssh.HostKeyNotVerifiable):
+        await connect("alice", host="node2")  # not a principal of its certificate
+
+
+async def test_port_forwarding_off_by_default(connect: Connect) -> None:
+    conn = await connect("alice")
+    with pytest.raises(asyncssh.ChannelOpenError):
+        await conn.open_connection("127.0.0.1", 9)
+    with pytest.raises(asyncssh.ChannelOpenError):
+        await conn.start_sftp_client()
+
+
+async def test_port_forwarding_when_enabled(cas: NodeCAs) -> None:
+    import socket
+
+    from tpemu.wire.tunnel import DialRequest
+
+    async def greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"hello")
+        await writer.drain()
+        writer.close()
+
+    svc = SSHService(cas.node_identity(), [cas.user.ssh_public], nodename="node1", port_forwarding=True)
+    server = await asyncio.start_server(greet, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    task = asyncio.get_running_loop().create_task(svc.serve(theirs, DialRequest(address="node1")))
+    try:
+        async with asyncssh.connect("node1", sock=ours, username="alice", client_keys=[cas.user_key()],
+                                    known_hosts=cas.known_hosts, agent_path=None, config=None) as conn:
+            reader, _ = await conn.open_connection("127.0.0.1", port)
+            assert await asyncio.wait_for(reader.read(), 5) == b"hello"
+    finally:
+        server.close()
+        await svc.close()
+        await asyncio.wait_for(task, 5)
+
+
+def test_login_names_and_accounts() -> None:
+    assert refuse_login("root") is None and refuse_login("alice.b-1") is None
+    for bad in ("-teleport-nologin-1", "", "a b", "x/y", "a" * 300):
+        assert refuse_login(bad) is not None
+    root = resolve_account("root")
+    assert not root.emulated and root.home == "/root" and root.uid is None  # this test runs as root
+    ghost = resolve_account("nobody-here-" + uuid.uuid4().hex[:8])
+    assert ghost.emulated and ghost.uid is None and ghost.login.startswith("nobody-here-")

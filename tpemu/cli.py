@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import ssl
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -642,9 +644,15 @@ def cmd_config(args: argparse.Namespace) -> int:
 
     prof = _profile(args)
     try:
-        sys.stdout.write(ssh_mod.openssh_config(prof, port=args.port, login=args.login))
+        text = ssh_mod.openssh_config(prof, port=args.port, login=args.login)
     except ssh_mod.SSHError as exc:
         raise CLIError(str(exc), exc.code) from None
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader (ssh -F /dev/stdin …) stopped early: nothing to report
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

@@ -55,6 +55,13 @@ EXIT_CONNECTION = 255
 MAX_WEB_ANSWER = 4 * 1024 * 1024
 STDERR_KEEP = 8 * 1024
 TIMEOUT = 30.0
+#: What we advertise for channels we receive bulk data on: bigger packets than the 32 KiB minimum
+#: (RFC 4254 §5.1 lets the receiver choose) mean fewer packets for every SSH layer to handle.
+CHANNEL_SIZES: dict[str, Any] = {"window": 8 * 1024 * 1024, "max_pktsize": 256 * 1024}
+#: AES-GCM first (the client's order decides): asyncssh's ChaCha20-Poly1305 builds two cipher
+#: contexts per packet, AES-GCM one — measured, it halves the crypto time of a bulk transfer.
+ENCRYPTION_ALGS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
+                   "aes256-ctr", "aes192-ctr", "aes128-ctr")
 
 
 class SSHError(Exception):
@@ -302,7 +309,8 @@ async def connect_proxy(creds: Credentials, route: ProxyRoute | None = None,
         return await asyncssh.connect(
             route.host, route.port, tunnel=tunnel, username=creds.principals[0] if creds.principals else "-",
             client_keys=creds.client_keys(), known_hosts=([], creds.host_cas, []), agent_path=None, config=None,
-            preferred_auth=["publickey"], connect_timeout=timeout, login_timeout=timeout)
+            preferred_auth=["publickey"], connect_timeout=timeout, login_timeout=timeout,
+            encryption_algs=ENCRYPTION_ALGS)
     except asyncssh.PermissionDenied:
         raise SSHError(f"the proxy at {route} refused the certificate of {profile.username} (expired, or from "
                        f"another cluster?); log in again: tpemu login --proxy {profile.web_proxy_addr}", 1) from None
@@ -384,7 +392,7 @@ class SubsystemTunnel:
         wrapper = _SubsystemChannel(session_factory())
         self.channel = wrapper
         chan, _ = await self.proxy.create_session(lambda: wrapper, subsystem=subsystem_name(host, port, self.cluster),
-                                                  encoding=None)
+                                                  encoding=None, **CHANNEL_SIZES)
         return chan, wrapper.inner
 
     def error(self) -> str:
@@ -399,7 +407,8 @@ async def connect_node(proxy: asyncssh.SSHClientConnection, creds: Credentials, 
         return await asyncssh.connect(
             target.host, target.port or NODE_PORT, tunnel=tunnel, username=target.login,
             client_keys=creds.client_keys(), known_hosts=([], creds.host_cas, []), agent_path=None, config=None,
-            preferred_auth=["publickey"], connect_timeout=timeout, login_timeout=timeout)
+            preferred_auth=["publickey"], connect_timeout=timeout, login_timeout=timeout,
+            encryption_algs=ENCRYPTION_ALGS)
     except asyncssh.PermissionDenied:
         raise SSHError(f"access denied to {target.login} connecting to {target.host} (the node refused the "
                        "certificate for this login)", 1) from None
@@ -585,7 +594,7 @@ async def run_session(node: asyncssh.SSHClientConnection, command: str | None, p
     if env:
         kwargs["env"] = env
     session = _StdioSession()
-    chan, _ = await node.create_session(lambda: session, command, **kwargs)
+    chan, _ = await node.create_session(lambda: session, command, **kwargs, **CHANNEL_SIZES)
     loop = asyncio.get_running_loop()
     resize = None
     if want_pty and interactive:
@@ -636,7 +645,7 @@ async def proxy_stdio(creds: Credentials, target: Target) -> int:
         try:
             chan, _ = await proxy.create_session(
                 lambda: wrapper, subsystem=subsystem_name(target.host, target.port, creds.profile.cluster),
-                encoding=None)
+                encoding=None, **CHANNEL_SIZES)
         except asyncssh.ChannelOpenError as exc:
             raise SSHError(f"the proxy refused the channel: {exc.reason}") from None
         await stdio.closed

@@ -205,7 +205,8 @@ class SSHService:
         peer = request.client_src_addr or _peer_of(sock)
         try:
             conn = await asyncssh.run_server(sock, **self._options(request, peer))
-        except (OSError, asyncssh.Error, TimeoutError) as exc:
+        except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
+            # ValueError: asyncssh's PacketDecodeError, a peer that is not speaking SSH.
             log.info("ssh service: connection from %s ended before login: %s", peer, _describe(exc))
             with contextlib.suppress(OSError):
                 sock.close()

@@ -270,7 +270,8 @@ class SSHProxy:
                 conn = await asyncssh.connect_reverse(tunnel=tunnel, **self._options(acc))
             else:
                 conn = await asyncssh.run_server(acc.sock, **self._options(acc))
-        except (OSError, asyncssh.Error, TimeoutError, ssl.SSLError) as exc:
+        except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
+            # ValueError: asyncssh's PacketDecodeError, a peer that is not speaking SSH after all.
             self.stats["refused"] += 1
             log.info("%s: SSH connection ended before login: %s", acc.ctx, _describe(exc))
             with contextlib.suppress(OSError):

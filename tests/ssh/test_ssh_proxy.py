@@ -59,7 +59,7 @@ async def test_separate_mode_listen_addr(tmp_path: Path) -> None:
         assert c.proxy.door.stats.routed["ssh-proxy"] == 1
 
 
-async def test_errors_are_specific(tmp_path: Path) -> None:
+async def test_errors_are_specific(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     async with ssh_cluster(tmp_path, nodes=("node1", "twin", "twin")) as c:
         with pytest.raises(SSHError, match=r"node 'nosuch' not found: direct dialing to nodes not found in "
                                            r"inventory is not supported"):
@@ -82,12 +82,19 @@ async def test_errors_are_specific(tmp_path: Path) -> None:
                 assert result.exit_status == 1 and reason in str(result.stderr), result.stderr
             with pytest.raises(asyncssh.ChannelOpenError):  # the proxy runs no commands of its own
                 await proxy.run("id", check=False)
+        # Not SSH after all (an absurd packet length): the proxy answers and closes at once.
+        reader, writer = await asyncio.open_connection(c.web.host, c.web.port)
+        writer.write(b"SSH-2.0-evil\r\n" + b"\xff" * 64)
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert answer.startswith(b"SSH-2.0-Teleport\r\n")
         # An agent that went away: the registry says so.
         await c.agents["node1"].close()
         await wait_for(lambda: not any(r.name == "node1" for _, r in c.proxy.tunnels.resources("node")),
                        what="node1's tunnel to go")
         with pytest.raises(SSHError, match="failed connecting to node node1"):
             await run_on(c, "alice@node1", "true")
+    assert "handler failed" not in caplog.text and "Traceback" not in caplog.text
 
 
 async def test_direct_dial_node_and_proxy_jump(tmp_path: Path) -> None:

@@ -162,6 +162,22 @@ async def test_port_forwarding_when_enabled(cas: NodeCAs) -> None:
         await asyncio.wait_for(task, 5)
 
 
+@pytest.mark.parametrize("junk", [b"", b"GET / HTTP/1.1\r\n\r\n", b"SSH-2.0-x\r\n" + bytes(range(256)) * 8])
+async def test_garbage_ends_the_connection_quietly(node: SSHService, junk: bytes,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    from tpemu.wire.tunnel import DialRequest
+
+    ours, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    ours.sendall(junk)
+    ours.shutdown(socket.SHUT_WR)
+    await asyncio.wait_for(node.serve(theirs, DialRequest(address="node1")), 5)  # returns, never raises
+    ours.close()
+    assert "Traceback" not in caplog.text
+
+
 def test_login_names_and_accounts() -> None:
     assert refuse_login("root") is None and refuse_login("alice.b-1") is None
     for bad in ("-teleport-nologin-1", "", "a b", "x/y", "a" * 300):

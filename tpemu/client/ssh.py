@@ -689,12 +689,11 @@ def format_nodes(items: list[dict[str, Any]], verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
-def host_key_algorithms(cas: list[Any]) -> str:
-    """Certificate host key algorithms for ``HostKeyAlgorithms``: the CA's family first."""
-    ecdsa = ["ecdsa-sha2-nistp256-cert-v01@openssh.com"]
-    rsa = ["rsa-sha2-512-cert-v01@openssh.com", "rsa-sha2-256-cert-v01@openssh.com"]
-    first_rsa = bool(cas) and cas[0].algorithm == b"ssh-rsa"
-    return ",".join(rsa + ecdsa if first_rsa else ecdsa + rsa)
+#: ``HostKeyAlgorithms`` for ``tpemu config``: certificates only (so OpenSSH asks for the host
+#: certificate and checks it against the ``@cert-authority`` line), ECDSA first — the key type of
+#: every tpemu host — then the RSA forms ``tsh config`` lists.
+HOST_KEY_ALGORITHMS = ("ecdsa-sha2-nistp256-cert-v01@openssh.com,rsa-sha2-512-cert-v01@openssh.com,"
+                       "rsa-sha2-256-cert-v01@openssh.com")
 
 
 def tpemu_command() -> str:
@@ -717,7 +716,7 @@ def openssh_config(profile: Profile, executable: str | None = None, port: int = 
     cluster = profile.cluster
     exe = executable or tpemu_command()
     cert = profile.ssh_cert_path
-    algorithms = host_key_algorithms(host_ca_keys(profile))
+    host_ca_keys(profile)  # fail early, with the reason, when the profile has no host CA
     user = f'\n    User "{login}"' if login else ""
     home = _quote(str(profile.home))
     return (
@@ -728,7 +727,7 @@ def openssh_config(profile: Profile, executable: str | None = None, port: int = 
         f'    UserKnownHostsFile "{profile.known_hosts_path}"\n'
         f'    IdentityFile "{profile.key_path}"\n'
         f'    CertificateFile "{cert}"\n'
-        f"    HostKeyAlgorithms {algorithms}{user}\n"
+        f"    HostKeyAlgorithms {HOST_KEY_ALGORITHMS}{user}\n"
         f"\n"
         f"# Flags for all {cluster} hosts except the proxy\n"
         f"Host *.{cluster} !{web.host}\n"

@@ -432,7 +432,7 @@ async def test_real_servers(real_env: Env) -> None:
         assert r.returncode == 0 and r.stdout.strip() == "42", r.stderr
         r = await sh([mariadb_cli, "--no-defaults", "--skip-ssl", "-h", "127.0.0.1", "-P",
                       str(tunnels["realmy"].port), "-u", "alice", "-D", "app", "-NBe",
-                      "select concat(current_user(), ' ', @@version_comment, ' ', "
+                      "select concat(current_user(), ' ', version(), ' ', "
                       "(select variable_value from information_schema.session_status "
                       "where variable_name = 'Ssl_version'))"])
         assert r.returncode == 0 and r.stdout.startswith("alice@% "), r.stdout + r.stderr

@@ -30,6 +30,7 @@ from tpemu.proxy.decide import ListenerKind, ListenerPolicy
 from tpemu.proxy.frontdoor import Accepted, FrontDoor, Handler
 from tpemu.proxy.passthrough import splice_to_target
 from tpemu.proxy.route import Route, RouteKind, RouteTable
+from tpemu.proxy.tunnels import TunnelRegistry
 from tpemu.proxy.unavailable import refuse_unavailable
 from tpemu.proxy.webapi import ProxyInfo, WebAPI
 from tpemu.wire import alpn
@@ -99,6 +100,8 @@ class ProxyService:
         #: With an Auth Service: the proxy joins it and serves the join/login web endpoints.
         self.auth_link = auth
         self.auth_routes: AuthRoutes | None = None
+        self.tunnels = TunnelRegistry(self, heartbeat=cfg.auth_service.keep_alive_interval,
+                                      missed=cfg.auth_service.keep_alive_count_max)
         self.data_dir = data_dir or cfg.data_dir()
         self.info = ProxyInfo(cfg)
         self.web = WebAPI(self.info)
@@ -146,6 +149,7 @@ class ProxyService:
             self.auth_routes = AuthRoutes(self, self.auth_link)
             self._tls_files = await self.auth_routes.start()  # raises JoinError
             self.auth_routes.install()
+            self.tunnels.install()
         if self._tls_files is None:
             self._tls_files = await asyncio.to_thread(
                 ensure_bootstrap_pki, self.data_dir, self.cfg.auth_service.cluster_name, self.cert_names())
@@ -163,6 +167,7 @@ class ProxyService:
             raise
 
     async def close(self) -> None:
+        await self.tunnels.close()
         if self.auth_routes is not None:
             await self.auth_routes.close()
         await self.door.close()

@@ -34,6 +34,8 @@ from cryptography import x509
 from tpemu import authapi, pki
 from tpemu import identity as ident
 from tpemu.config import Addr
+from tpemu.net.dial import DialError, open_stream
+from tpemu.net.proxyenv import ProxySettings
 from tpemu.wire import alpn
 
 log = logging.getLogger(__name__)
@@ -65,12 +67,14 @@ class AuthClient:
     """A client of one Auth API address (directly, or through the proxy with ALPN ``teleport-auth@``)."""
 
     def __init__(self, addr: Addr, ctx: ssl.SSLContext, server_hostname: str | None,
-                 timeout: float = TIMEOUT, what: str = "the Auth Service") -> None:
+                 timeout: float = TIMEOUT, what: str = "the Auth Service", proxy: ProxySettings | None = None) -> None:
         self.addr = addr
         self.ctx = ctx
         self.server_hostname = server_hostname
         self.timeout = timeout
         self.what = what
+        #: HTTPS_PROXY/NO_PROXY settings: agents reach the proxy through an HTTP CONNECT proxy too.
+        self.proxy = proxy
 
     @classmethod
     def with_identity(cls, addr: Addr, cluster_name: str, files: pki.TLSFiles | None,
@@ -101,19 +105,26 @@ class AuthClient:
         ctx.set_alpn_protocols([alpn.HTTP11])
         return cls(addr, ctx, None, what=what)
 
-    async def call(self, method: str, path: str, body: Any = None) -> Any:
-        """Send one request and return the decoded JSON answer; raises :class:`~tpemu.authapi.AuthAPIError`."""
+    async def call(self, method: str, path: str, body: Any = None, raw: bool = False) -> Any:
+        """Send one request and return the decoded JSON answer (``raw``: the body's bytes);
+        raises :class:`~tpemu.authapi.AuthAPIError`."""
         try:
             async with asyncio.timeout(self.timeout):
-                return await self._call(method, path, body)
+                return await self._call(method, path, body, raw)
         except TimeoutError:
             raise authapi.Unavailable(f"{self.what} at {self.addr} did not answer within {self.timeout:g}s") from None
 
-    async def _call(self, method: str, path: str, body: Any) -> Any:
+    async def _call(self, method: str, path: str, body: Any, raw: bool = False) -> Any:
         data = b"" if body is None else json.dumps(body).encode()
         try:
-            reader, writer = await asyncio.open_connection(self.addr.host, self.addr.port, ssl=self.ctx,
-                                                           server_hostname=self.server_hostname)
+            if self.proxy is not None and self.proxy.proxy_for(self.addr.host, self.addr.port) is not None:
+                reader, writer = await open_stream(self.addr.host, self.addr.port, ssl_context=self.ctx,
+                                                   server_hostname=self.server_hostname, proxy=self.proxy)
+            else:
+                reader, writer = await asyncio.open_connection(self.addr.host, self.addr.port, ssl=self.ctx,
+                                                               server_hostname=self.server_hostname)
+        except DialError as exc:
+            raise authapi.Unavailable(f"cannot reach {self.what} at {self.addr}: {exc}") from None
         except ssl.SSLCertVerificationError as exc:
             raise ServerCertUntrusted(f"cannot verify the certificate of {self.what} at {self.addr}: "
                                       f"{exc.verify_message}") from None
@@ -144,6 +155,8 @@ class AuthClient:
             raise authapi.Unavailable(f"connection to {self.what} at {self.addr} failed: {exc}") from None
         finally:
             writer.close()
+        if raw and status < 400:
+            return payload
         try:
             decoded = json.loads(payload) if payload else None
         except ValueError:

@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 import ssl
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -64,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop", help="event loop (default uvloop)")
     s.add_argument("--debug", action="store_true", help="log at DEBUG")
     s.add_argument("--log-level", help="TRACE, DEBUG, INFO, WARN or ERROR (overrides the config)")
+    s.add_argument("--roles", help="what to run, comma-separated: auth, proxy, node, db (Teleport's --roles; "
+                   "default: the services the config enables; all of them without a config)")
+    s.add_argument("--token", help="join token for agents and proxies (teleport.auth_token; a file path works too)")
+    s.add_argument("--proxy", help="the proxy HOST:PORT agents join through and tunnel to (teleport.proxy_server)")
+    s.add_argument("--auth-server", help="join the Auth Service directly at HOST:PORT (teleport.auth_server; "
+                   "SSH agents only)")
+    s.add_argument("--ca-pin", action="append", default=[], help="sha256:… pin of the cluster CA (teleport.ca_pin)")
+    s.add_argument("--nodename", help="this host's name (teleport.nodename)")
     s.set_defaults(func=cmd_start)
 
     s = sub.add_parser("configure", help="print a commented default config")
@@ -135,125 +142,13 @@ def cmd_start(args: argparse.Namespace) -> int:
         raise CLIError(f"cannot set up logging: {exc}", 2) from None
     for key in ignored:
         log.warning("config key %s is accepted for compatibility but not emulated by tpemu", key)
-    return run_loop(lambda: _start(cfg, all_in_one=args.config is None), args.loop)
+    from tpemu.runner import StartError, apply_start_flags, run
 
-
-async def _start(cfg: Config, all_in_one: bool) -> int:
-    from tpemu.auth.backend import BackendError
-    from tpemu.proxy.auth_routes import AuthLink, JoinError, auth_link_from_config
-    from tpemu.proxy.service import ProxyService
-
-    auth: Any = None
-    link: AuthLink | None = None
-    if cfg.auth_service.enabled:
-        from tpemu.auth.service import AuthService
-
-        auth = AuthService(cfg)
-        try:
-            await auth.start()
-        except OSError as exc:
-            print(f"tpemu: auth service cannot listen on {cfg.auth_service.listen_addr}: {exc.strerror or exc}",
-                  file=sys.stderr)
-            return 1
-        except (BackendError, ValueError) as exc:
-            print(f"tpemu: auth service: {exc}", file=sys.stderr)
-            await auth.close()
-            return 1
-        # The proxy of this process joins over the network like any proxy; its token is made here,
-        # in-process, only if it has no identity yet (as an administrator would, with tokens add).
-        link = AuthLink(auth.addr, ca_pins=(auth.ca_pin,),
-                        mint=lambda: auth.mint_token(("Proxy",), ttl=300.0, single_use=True))
-    elif cfg.proxy_service.enabled:
-        auth_addr = cfg.teleport.auth_server or (cfg.teleport.auth_servers[0] if cfg.teleport.auth_servers else None)
-        try:
-            link = auth_link_from_config(auth_addr, cfg.teleport.auth_token, cfg.teleport.ca_pin)
-        except JoinError as exc:
-            print(f"tpemu: {exc}", file=sys.stderr)
-            return 1
-    proxy = ProxyService(cfg, auth=link) if cfg.proxy_service.enabled else None
-    if proxy is not None:
-        try:
-            await proxy.start()
-        except OSError as exc:
-            print(f"tpemu: cannot listen: {exc.strerror or exc} ({exc.filename or ''})".rstrip(" ()"), file=sys.stderr)
-            if auth is not None:
-                await auth.close()
-            return 1
-        except JoinError as exc:
-            print(f"tpemu: proxy: {exc}", file=sys.stderr)
-            await proxy.close()
-            if auth is not None:
-                await auth.close()
-            return 1
-    if proxy is None and auth is None:
-        print("tpemu: nothing to run: auth_service and proxy_service are both disabled", file=sys.stderr)
-        return 2
-    print(banner(cfg, proxy, all_in_one, auth), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    if proxy is not None:
-        log.info("shutting down; routed %s, refused %s", dict(proxy.door.stats.routed),
-                 dict(proxy.door.stats.refused))
-        await proxy.close()
-    if auth is not None:
-        await auth.close()
-    return 0
-
-
-def banner(cfg: Config, proxy: Any, all_in_one: bool, auth: Any = None) -> str:
-    from tpemu.proxy.decide import ListenerKind
-    from tpemu.proxy.route import RouteKind
-
-    head = (f"tpemu {__version__}: Teleport {TELEPORT_VERSION} network emulation, cluster "
-            f"{cfg.auth_service.cluster_name!r}" + (" (all-in-one)" if all_in_one else ""))
-    auth_lines = []
-    if auth is not None:
-        auth_lines = [f"  auth:      {auth.addr} (mTLS API; backend {cfg.teleport.storage.type}; "
-                      f"CA pin {auth.ca_pin})"]
-    if proxy is None:
-        return "\n".join([head, f"  data dir:  {auth.data_dir}", *auth_lines, "  try:",
-                          "    tpemu tokens add --type=node,db        # then join agents with it",
-                          "    tpemu users add alice --logins root --password-file FILE"])
-    web = proxy.info.bound[ListenerKind.WEB]
-    ca = proxy.tls_files.ca
-    mode = "multiplex (TLS routing: every protocol on the web port)" if cfg.multiplex else "separate listeners"
-    lines = [
-        head,
-        f"  mode:      {mode}",
-        f"  data dir:  {proxy.data_dir}",
-        f"  cluster CA {ca}",
-        *auth_lines,
-        "  listeners:",
-    ]
-    for listener in proxy.door.listeners:
-        accepts = ", ".join(sorted(p.value for p in listener.policy.accepts)) or "server speaks first"
-        lines.append(f"    {listener.kind.value:<9} {listener.addr!s:<22} {accepts}")
-    served = sorted(k.value for k in proxy.handlers)
-    missing = sorted(k.value for k in RouteKind if k not in proxy.handlers and k is not RouteKind.REJECT)
-    lines.append(f"  serving:   {', '.join(served)}")
-    lines.append(f"  answered 'not available in this cluster': {', '.join(missing)}")
-    if cfg.proxy_service.passthrough:
-        lines.append("  pass-through rules:")
-        for rule in cfg.proxy_service.passthrough:
-            lines.append(f"    {rule.name or '-'}: {rule.protocol} alpn={list(rule.alpn)} sni={list(rule.sni)} → "
-                         f"{rule.target}")
-    lines += [
-        "  try:",
-        f"    curl --cacert {ca} https://{web}/webapi/ping      (or: curl -sk https://{web}/webapi/ping)",
-        f"    tpemu ping --proxy {web}",
-        f"    openssl s_client -connect {web} -alpn teleport-proxy-ssh </dev/null",
-        "    tpemu inspect 5353482d322e302d4f70656e5353480d0a    # how 'SSH-2.0-OpenSSH' would be routed",
-    ]
-    if auth is not None:
-        lines += [
-            "    tpemu users add alice --logins root,alice        # asks for a password",
-            f"    tpemu login --proxy {web} --user alice --ca {ca}",
-            "    tpemu status",
-        ]
-    return "\n".join(lines)
+    try:
+        cfg, roles = apply_start_flags(cfg, args, all_in_one=args.config is None)
+    except StartError as exc:
+        raise CLIError(str(exc), 2) from None
+    return run_loop(lambda: run(cfg, roles, all_in_one=args.config is None), args.loop)
 
 
 # -- configure ------------------------------------------------------------------------------------

@@ -214,8 +214,10 @@ class AuthService:
     message_of_the_day: object = _ignored()
     client_idle_timeout: object = _ignored()
     disconnect_expired_cert: object = _ignored()
-    keep_alive_interval: object = _ignored()
-    keep_alive_count_max: object = _ignored()
+    #: Reverse-tunnel heartbeat period and how many heartbeats may be missed before an agent is
+    #: dropped (Teleport's keys; Teleport's tunnel agents beat every 5 s, count max 3).
+    keep_alive_interval: Duration = Duration(5.0)
+    keep_alive_count_max: int = 3
     routing_strategy: object = _ignored()
     tunnel_strategy: object = _ignored()
     proxy_ping_interval: object = _ignored()

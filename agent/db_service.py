@@ -33,8 +33,11 @@ user or database other than the session's). Real servers (``uri: host:port``) ar
 TLS per ``tls.mode``: ``verify-full`` (default), ``verify-ca``, ``insecure``, or ``disabled``
 (tpemu's addition: plain TCP, for servers without TLS such as the nx-27017 Mongo server).
 
-Use: ``svc = DatabaseService(cfg.db_service.databases, cert_issuer=auth_cert_issuer(client))``,
-then the tunnel client calls ``await svc.serve(sock, dial_request)`` per channel.
+Use: the agent process calls :func:`make_offers` for its ``db`` role (one
+:class:`~tpemu.agent.tunnel.Offer` per database, all served by one :class:`DatabaseService` whose
+client certificates come from the Auth Service with the agent's Db identity); by hand,
+``svc = DatabaseService(cfg.db_service.databases, cert_issuer=auth_cert_issuer(client))`` and
+``await svc.serve(sock, dial_request)`` per tunnelled connection.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tpemu import TELEPORT_VERSION, authapi, pki
 from tpemu import identity as ident
@@ -65,6 +68,10 @@ from tpemu.wire import WireError
 from tpemu.wire import mysql as my
 from tpemu.wire import postgres as pg
 from tpemu.wire.tunnel import DialRequest, Resource
+
+if TYPE_CHECKING:
+    from tpemu.agent.process import AgentContext
+    from tpemu.agent.tunnel import Offer
 
 log = logging.getLogger(__name__)
 
@@ -588,3 +595,14 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
+
+
+async def make_offers(ctx: AgentContext) -> list[Offer]:
+    """The agent's ``db`` role: one offer per configured database, one service for all of them."""
+    from tpemu.agent.tunnel import Offer
+
+    service = DatabaseService(ctx.cfg.db_service.databases, cert_issuer=auth_cert_issuer(ctx.auth))
+    for db in service.databases:
+        log.info("database service: %s (%s) → %s", db.name, db.protocol,
+                 "emulated backend" if db.uri == "emulated" else db.uri)
+    return [Offer(resource, service) for resource in service.resources()]

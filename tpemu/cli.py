@@ -712,6 +712,8 @@ def cmd_proxy_db(args: argparse.Namespace) -> int:
 
 
 async def _tunnel_forever(coro: Coroutine[Any, Any, None]) -> int:
+    import signal
+
     task = asyncio.ensure_future(coro)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -2,13 +2,13 @@
 redis-cli, pymongo, asyncpg, psycopg, PyMySQL, redis-py) against the emulated backends and against
 real servers (PostgreSQL 15, MariaDB, redis-server with TLS, the nx-27017 Mongo-wire server).
 
-The Auth Service and the proxy run in this process on port 0; the user logs in with the real CLI
-(``tpemu login``, ``tpemu db login``/``connect``/``config``/``env``, ``tpemu proxy db --tunnel``
-as a subprocess). The agent's reverse tunnel is played by ``tests.db.conftest.LocalDialer``,
-which calls ``DatabaseService.serve`` exactly as the agent's tunnel client does. Real servers
-start once per session, with certificates from the cluster's database CA: they trust that CA for
-client certificates, and the Database Service presents one issued by the Auth Service
-(``POST /v1/db/certs``, CN = the database user) — no passwords anywhere.
+The Auth Service, the proxy and an agent with the ``db`` role run in this process on port 0: the
+agent joins through the proxy with a token, holds a reverse tunnel, announces its databases to
+Auth; the user logs in with the real CLI (``tpemu login``, ``tpemu db ls/login/connect/config/env``,
+``tpemu proxy db --tunnel`` as subprocesses). Real servers start once per session, with
+certificates from the cluster's database CA: they trust that CA for client certificates, and the
+Database Service presents one the Auth Service issues to its Db identity (``POST /v1/db/certs``,
+CN = the database user) — no passwords anywhere.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ from typing import Any
 import pytest
 
 from tests import realservers
-from tests.db.conftest import LocalDialer
 from tpemu import cli, config, pki
-from tpemu.agent.db_service import DatabaseService, auth_cert_issuer
+from tpemu.agent.db_service import DatabaseService
+from tpemu.agent.process import AgentOptions, AgentProcess
+from tpemu.agent.services import MAKERS
 from tpemu.auth.service import AuthService
 from tpemu.client.admin import admin_client
 from tpemu.proxy.auth_routes import AuthLink
@@ -111,8 +112,7 @@ def real_mongo() -> Iterator[realservers.DBServer]:
 class Env:
     auth: AuthService
     proxy: ProxyService
-    service: DatabaseService
-    dialer: LocalDialer
+    agent: AgentProcess
     data: Path
     home: Path
     tmp: Path
@@ -120,6 +120,12 @@ class Env:
     @property
     def web(self) -> str:
         return str(self.proxy.info.bound[ListenerKind.WEB])
+
+    @property
+    def service(self) -> DatabaseService:
+        service = self.agent.offers["db"][0].service
+        assert isinstance(service, DatabaseService)
+        return service
 
     @property
     def web_port(self) -> int:
@@ -148,8 +154,7 @@ async def start_env(tmp: Path, template: Path, databases: list[dict[str, Any]],
     shutil.copytree(template / "data", data)
     cfg = config.from_dict({"teleport": {"data_dir": str(data)},
                             "auth_service": {"listen_addr": "127.0.0.1:0", "cluster_name": CLUSTER},
-                            "proxy_service": {"web_listen_addr": "127.0.0.1:0"},
-                            "db_service": {"enabled": True, "databases": databases}})
+                            "proxy_service": {"web_listen_addr": "127.0.0.1:0"}})
     auth = AuthService(cfg)
     await auth.start()
     assert auth.addr is not None and auth.server is not None
@@ -157,29 +162,36 @@ async def start_env(tmp: Path, template: Path, databases: list[dict[str, Any]],
     proxy = ProxyService(cfg, auth=link)
     await proxy.start()
     admin = admin_client(data)
-    service = DatabaseService(cfg.db_service.databases, cert_issuer=auth_cert_issuer(admin), connect_timeout=5.0)
-    for resource in service.db_server_resources("agent-1", "agent-host"):
-        await admin.call("POST", "/v1/db_servers", resource)
-    dialer = LocalDialer(service)
-    proxy.db_dialer = dialer
+    agent_cfg = config.from_dict({"teleport": {"data_dir": str(tmp / "agent")},
+                                  "auth_service": {"enabled": False},
+                                  "db_service": {"enabled": True, "databases": databases}})
+    token = await auth.mint_token(("Db",), 300.0)
+    agent = AgentProcess(agent_cfg, AgentOptions(("db",), proxy_server=proxy.info.bound[ListenerKind.WEB],
+                                                 token=token, ca_pins=(auth.ca_pin,), nodename="dbagent"),
+                         {"db": MAKERS["db"]})
+    await agent.start()
+    await agent.wait_connected()
+    names = {d["name"] for d in databases}
+    async with asyncio.timeout(10):  # the tunnel heartbeat and the presence in Auth
+        while {r.name for _, r in proxy.tunnels.resources("db")} != names or {
+                item["metadata"]["name"] for item in (await admin.call("GET", "/v1/db_servers"))["items"]} != names:
+            await asyncio.sleep(0.05)
     user = {"kind": "user", "version": "v2", "metadata": {"name": "alice"},
             "spec": {"roles": ["access"], "traits": {"logins": ["alice"], "db_users": db_users.split(","),
                                                      "db_names": db_names.split(",")}}}
     await admin.call("POST", "/v1/users", {"user": user, "password": PASSWORD})
-    env = Env(auth, proxy, service, dialer, data, tmp / "home", tmp)
+    env = Env(auth, proxy, agent, data, tmp / "home", tmp)
     (tmp / "pw").write_text(PASSWORD)
-    code, out, err = await env.cli("login", "--proxy", env.web, "--user", "alice", "--password-file",
+    code, _, err = await env.cli("login", "--proxy", env.web, "--user", "alice", "--password-file",
                                    str(tmp / "pw"), "--ca", str(env.ca))
     assert code == 0, err
     return env
 
 
 async def stop_env(env: Env) -> None:
-    await env.proxy.close()
+    await env.agent.close()
     await env.service.close()
-    for t in list(env.dialer.tasks):
-        t.cancel()
-    await asyncio.gather(*env.dialer.tasks, return_exceptions=True)
+    await env.proxy.close()
     await env.auth.close()
 
 

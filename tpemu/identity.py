@@ -284,15 +284,18 @@ def identity_from_json(data: object) -> Identity:
         return value
 
     def strings(key: str) -> tuple[str, ...]:
-        value = data.get(key) or []
+        value = data.get(key)
+        value = [] if value is None else value
         if not isinstance(value, list) or len(value) > 1024 or not all(isinstance(v, str) for v in value):
             raise IdentityError(f"identity field {key!r} must be a list of strings")
         return tuple(value)
 
-    route = data.get("route_to_database") or {}
+    route = data.get("route_to_database")
+    route = {} if route is None else route
     if not isinstance(route, dict):
         raise IdentityError("identity field 'route_to_database' must be an object")
-    raw_traits = data.get("traits") or {}
+    raw_traits = data.get("traits")
+    raw_traits = {} if raw_traits is None else raw_traits
     if not isinstance(raw_traits, dict) or not all(
             isinstance(v, list) and all(isinstance(s, str) for s in v) for v in raw_traits.values()):
         raise IdentityError("identity field 'traits' must map names to lists of strings")

@@ -208,3 +208,68 @@ async def test_pymongo_over_alpn(dbc: DBCluster) -> None:
             client.close()
 
     assert await asyncio.to_thread(run) == {"_id": 1, "name": "one"}
+
+
+async def test_psycopg_direct_tls_with_alpn_postgresql(dbc: DBCluster) -> None:
+    """libpq >= 17 ``sslnegotiation=direct``: TLS from the first byte with ALPN ``postgresql``
+    (psycopg's binary wheel bundles libpq 18), which the proxy must select."""
+    import psycopg
+
+    if psycopg.pq.version() < 170000:
+        pytest.skip(f"libpq {psycopg.pq.version()} has no sslnegotiation=direct")
+    cert, key = dbc.route_cert("pgd", "pg", "postgres", db_name="app")
+    dsn = (f"host=localhost hostaddr=127.0.0.1 port={dbc.port} user=alice dbname=app sslmode=verify-full "
+           f"sslrootcert={dbc.ca_path} sslcert={cert} sslkey={key} sslnegotiation=direct")
+
+    def run() -> Any:
+        with psycopg.connect(dsn, connect_timeout=10) as conn:
+            return conn.execute("select current_user").fetchone()
+
+    assert await asyncio.to_thread(run) == ("alice",)
+
+
+async def test_separate_listeners(tmp_path: Any) -> None:
+    """``postgres_listen_addr`` (SSLRequest and direct TLS), ``mongo_listen_addr``, ``redis_listen_addr``."""
+    import asyncpg
+    import pymongo
+
+    from tests.db.conftest import start_db_cluster
+
+    c = await start_db_cluster(tmp_path, postgres_listen_addr="127.0.0.1:0", mongo_listen_addr="127.0.0.1:0",
+                               redis_listen_addr="127.0.0.1:0")
+    try:
+        cert = c.route_cert("pg", "pg", "postgres", db_name="app")
+        ctx = sni_ctx(c, cert, ["teleport-postgres"])
+        conn = await asyncpg.connect(host="127.0.0.1", port=c.listener(ListenerKind.POSTGRES), user="alice",
+                                     database="app", ssl=ctx, timeout=10)
+        try:
+            assert await conn.fetchval("select 1 + 1") == 2
+        finally:
+            await conn.close()
+
+        rcert = c.route_cert("cache", "cache", "redis")
+        rctx = c.client_ctx(rcert)  # no ALPN at all: the Redis listener routes every TLS connection
+        rctx.check_hostname = False
+        reader, writer = await asyncio.open_connection("127.0.0.1", c.listener(ListenerKind.REDIS), ssl=rctx)
+        writer.write(b"PING\r\n")
+        assert await asyncio.wait_for(reader.readline(), 5) == b"+PONG\r\n"
+        writer.close()
+
+        mcert = c.route_cert("mongo", "mongo", "mongodb", db_name="app")
+        pem = tmp_path / "m.pem"
+        pem.write_bytes(mcert[0].read_bytes() + mcert[1].read_bytes())
+
+        def mongo() -> Any:
+            client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+                "127.0.0.1", c.listener(ListenerKind.MONGO), tls=True, tlsCAFile=str(c.ca_path),
+                tlsCertificateKeyFile=str(pem), tlsAllowInvalidHostnames=True, directConnection=True,
+                serverSelectionTimeoutMS=5000)
+            try:
+                return client.app.command("ping")
+            finally:
+                client.close()
+
+        assert (await asyncio.to_thread(mongo))["ok"] == 1.0
+    finally:
+        await c.proxy.close()
+        await c.service.close()

@@ -222,9 +222,16 @@ class ProxyService:
 
     async def _serve_database(self, acc: Accepted) -> None:
         assert self.contexts is not None
+        # A proxy without an Auth Service has no reverse tunnels, hence no databases: it says so
+        # in the client's protocol, as for any service this cluster does not run.
+        serving = self.db_dialer is not None or self.auth_link is not None
         if acc.protocol is Protocol.POSTGRES:
             self.db.context(postgres_front.POSTGRES_ALPN)  # records the SNI, which can name the database
-            await postgres_front.postgres_front(acc, self.contexts, self.on_postgres_startup)
+            on_startup = self.on_postgres_startup if serving else postgres_front.refuse_not_available
+            await postgres_front.postgres_front(acc, self.contexts, on_startup)
+            return
+        if not serving:
+            await refuse_unavailable(acc)
             return
         await self.db.handle(acc)
 

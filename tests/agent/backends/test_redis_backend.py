@@ -9,6 +9,7 @@ import pty
 import select
 import shutil
 import ssl
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -113,10 +114,16 @@ def real_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                              "no", "--dir", str(base), "--logfile", str(base / "redis.log")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        # Ready when a connection succeeds: the socket file appears at bind(), before listen().
         deadline = time.monotonic() + 10
-        while not sock.exists():
+        while True:
             assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.01)
+            try:
+                with socket.socket(socket.AF_UNIX) as probe:
+                    probe.connect(str(sock))
+                break
+            except OSError:
+                time.sleep(0.01)
         yield sock
     finally:
         proc.terminate()

@@ -8,8 +8,8 @@ import os
 import pty
 import select
 import shutil
-import ssl
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator

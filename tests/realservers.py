@@ -291,3 +291,28 @@ def nx_mongo() -> Iterator[DBServer]:
             yield DBServer("mongodb", "127.0.0.1", port, d)
         finally:
             stop(proc)
+
+
+@contextmanager
+def redis_unix(base: Path) -> Iterator[Path]:
+    """A real redis-server on a unix socket in ``base`` (no TCP port to race for)."""
+    exe = binary("redis-server")
+    sock = base / "redis.sock"
+    proc = subprocess.Popen([exe, "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no",
+                             "--dir", str(base), "--logfile", str(base / "redis.log")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # Ready when a connection succeeds: the socket file appears at bind(), before listen().
+        deadline = time.monotonic() + 10
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start (see {base / 'redis.log'})")
+            try:
+                with socket.socket(socket.AF_UNIX) as probe:
+                    probe.connect(str(sock))
+                break
+            except OSError:
+                time.sleep(0.01)
+        yield sock
+    finally:
+        stop(proc, 10)

@@ -433,7 +433,7 @@ _PRINTABLE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123
 def _attr(oid: ObjectIdentifier, value: str) -> x509.NameAttribute[str]:
     # Go's asn1.Marshal picks PrintableString when every character allows it, else UTF8String.
     kind = _ASN1Type.PrintableString if all(c in _PRINTABLE for c in value) else _ASN1Type.UTF8String
-    if len(value) <= 64:
+    if len(value.encode("utf-8")) <= 64:  # cryptography counts UTF-8 bytes
         return x509.NameAttribute(oid, value, _type=kind)
     # RFC 5280's upper bound of 64 characters for CN is not enforced by Go, and a host identity
     # ``<uuid>.<cluster name>`` easily exceeds it; cryptography only warns with _validate=False.

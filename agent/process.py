@@ -190,7 +190,8 @@ class AgentProcess:
                 return await authclient.join(self.opts.auth_server, self.opts.token, system_role, host_id,
                                              self.nodename, principals=principals, ca_pins=self.opts.ca_pins)
             ca_pem = await self._proxy_ca()
-            key = await asyncio.to_thread(pki.generate_key, "ecdsa")
+            kind = authclient.key_kind_of(x509.load_pem_x509_certificate(ca_pem))
+            key = await asyncio.to_thread(pki.generate_key, kind)
             body = authclient.register_request(key, self.opts.token, system_role, host_id, self.nodename, principals)
             answer = await self._web_client(ca_pem).call("POST", "/webapi/host/credentials", body)
             cluster = x509.load_pem_x509_certificate(ca_pem).subject.get_attributes_for_oid(

@@ -70,6 +70,16 @@ def table(result: dict[str, Any]) -> str:
                 extra = "/".join(f"{r:.2f}" for r in (rd, rh) if r is not None)
                 cells.append(f"{v:>12,.1f} {('(' + extra + ')') if extra else '':>11}")
             lines.append(f"{point:<12}" + "".join(cells))
+    tls = (result.get("tls") or {}).get("handshakes") or {}
+    if tls:
+        lines.append("")
+        lines.append("TLS termination: handshakes/s (server CPU µs per handshake; × HAProxy same key)")
+        for point, figs in tls.items():
+            cells = [f"{name}: {f['handshakes_per_s']:,.0f}/s ({f.get('server_cpu_us_per_handshake', '-')} µs"
+                     + (f", {f['ratio_to_haproxy']:.2f}×h" if "ratio_to_haproxy" in f else "")
+                     + (f", RSA {f['cpu_ratio_to_ecdsa']:.2f}× ECDSA CPU" if "cpu_ratio_to_ecdsa" in f else "") + ")"
+                     for name, f in figs.items()]
+            lines.append(f"{point:<6} " + "; ".join(cells))
     subjects_info = e2e.get("subjects") or {}
     skipped = {k: v.get("skipped") for k, v in subjects_info.items() if isinstance(v, dict) and v.get("skipped")}
     for name, why in skipped.items():
@@ -96,6 +106,10 @@ def chart(result: dict[str, Any], path: Path) -> Path | None:
             vals = {s: f[key] for s, f in figs.items() if isinstance(f, dict) and isinstance(f.get(key), int | float)}
             if vals:
                 panels.append((f"{group} {point}" + (" (KiB/conn)" if group == "memory" else " (× direct)"), vals))
+    for point, figs in ((result.get("tls") or {}).get("handshakes") or {}).items():
+        panels.append((f"TLS handshakes {point} (server CPU µs/handshake, lower is better)",
+                       {n: f["server_cpu_us_per_handshake"] for n, f in figs.items()
+                        if isinstance(f.get("server_cpu_us_per_handshake"), int | float)}))
     micro = result.get("micro") or {}
     if micro:
         panels.append(("micro (× naive parse, lower is faster)",

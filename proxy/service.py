@@ -26,6 +26,7 @@ from tpemu.net.tls import ContextCache, accept_stream, peer_certificate
 from tpemu.pki import TLSFiles, ensure_bootstrap_pki
 from tpemu.proxy import postgres_front
 from tpemu.proxy.auth_routes import AuthLink, AuthRoutes
+from tpemu.proxy.db_proxy import DatabaseProxy, Dialer
 from tpemu.proxy.decide import ListenerKind, ListenerPolicy
 from tpemu.proxy.frontdoor import Accepted, FrontDoor, Handler
 from tpemu.proxy.passthrough import splice_to_target
@@ -119,8 +120,13 @@ class ProxyService:
             RouteKind.WEB_PLAIN_HTTP: self._serve_plain_http,
             RouteKind.DATABASE: self._serve_database,
         }
+        #: The database proxy; it reaches agents through :attr:`db_dialer`, else ``self.tunnels``
+        #: (the reverse-tunnel registry) when there is one.
+        self.db_dialer: Dialer | None = None
+        self.db = DatabaseProxy(lambda: self.contexts, self._find_db_dialer,
+                                handshake_timeout=max(10.0, cfg.proxy_service.sniff_timeout))
         #: Called with the StartupMessage of a Postgres connection that arrived as plain SSLRequest.
-        self.on_postgres_startup: OnPostgres = postgres_front.refuse_not_available
+        self.on_postgres_startup: OnPostgres = self.db.on_postgres_startup
         self.door = FrontDoor(self.table, self._dispatch, sniff_timeout=cfg.proxy_service.sniff_timeout,
                               max_hello=cfg.proxy_service.max_client_hello,
                               max_pending=cfg.proxy_service.max_pending)
@@ -233,10 +239,22 @@ class ProxyService:
 
         await serve_http(reader, writer, redirect, peer=format_addr(acc.peer), read_timeout=10, max_requests=1)
 
+    def _find_db_dialer(self) -> Dialer | None:
+        dialer: Dialer | None = self.db_dialer or getattr(self, "tunnels", None)
+        return dialer
+
     async def _serve_database(self, acc: Accepted) -> None:
         assert self.contexts is not None
+        # A proxy without an Auth Service has no reverse tunnels, hence no databases: it says so
+        # in the client's protocol, as for any service this cluster does not run.
+        serving = self.db_dialer is not None or self.auth_link is not None
         if acc.protocol is Protocol.POSTGRES:
-            await postgres_front.postgres_front(acc, self.contexts, self.on_postgres_startup)
+            self.db.context(postgres_front.POSTGRES_ALPN)  # records the SNI, which can name the database
+            on_startup = self.on_postgres_startup if serving else postgres_front.refuse_not_available
+            await postgres_front.postgres_front(acc, self.contexts, on_startup)
             return
-        await refuse_unavailable(acc)
+        if not serving:
+            await refuse_unavailable(acc)
+            return
+        await self.db.handle(acc)
 

@@ -150,3 +150,169 @@ PidFile "{d}/tinyproxy.pid"
         yield HTTPProxy("tinyproxy", host, port, log)
     finally:
         stop(proc)
+
+
+# -- database servers ------------------------------------------------------------------------------
+# Each takes ``pki``: a folder with ca.crt (trusted for client certificates), server.crt, server.key.
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+@dataclass
+class DBServer:
+    kind: str
+    host: str
+    port: int
+    dir: Path
+
+    @property
+    def addr(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(argv, check=True, capture_output=True, timeout=60, **kw)  # type: ignore[call-overload]
+
+
+@contextmanager
+def postgres(pki: Path, users: tuple[str, ...] = ("alice",),
+             databases: tuple[str, ...] = ("app",)) -> Iterator[DBServer]:
+    """PostgreSQL 15 (initdb + pg_ctl as the postgres user) with TLS; TCP clients must present a
+    certificate from ``pki/ca.crt`` whose CN is the database user (``hostssl … cert``)."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"PostgreSQL server binaries not found in {PG_BIN} (apt-get install postgresql)")
+    if os.geteuid() != 0 or shutil.which("runuser") is None:
+        pytest.skip("starting PostgreSQL needs root (runuser -u postgres)")
+    port = free_port()
+    run = ["runuser", "-u", "postgres", "--"]
+    with server_dir("pg") as d:
+        shutil.chown(d, "postgres", "postgres")
+        data = d / "data"
+        _run([*run, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust", "--no-sync", "-E",
+              "UTF8", "--locale=C.UTF-8"])
+        for name, mode in (("server.crt", 0o644), ("server.key", 0o600), ("ca.crt", 0o644)):
+            shutil.copy(pki / name, data / name)
+            shutil.chown(data / name, "postgres", "postgres")
+            (data / name).chmod(mode)
+        with (data / "postgresql.conf").open("a") as f:
+            f.write(f"\nlisten_addresses='127.0.0.1'\nport={port}\nunix_socket_directories='{d}'\nfsync=off\n"
+                    "ssl=on\nssl_cert_file='server.crt'\nssl_key_file='server.key'\nssl_ca_file='ca.crt'\n")
+        (data / "pg_hba.conf").write_text("local all all trust\nhostssl all all 127.0.0.1/32 cert\n")
+        _run([*run, str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(d / "server.log"), "-w", "-t", "30", "start"])
+        try:
+            sql = "".join(f"create role {u} login; " for u in users) + "".join(
+                f"create database {db} owner {users[0]}; " for db in databases)
+            for stmt in sql.split("; "):
+                if stmt.strip():
+                    _run(["psql", "-h", str(d), "-p", str(port), "-U", "postgres", "-qc", stmt])
+            yield DBServer("postgres", "127.0.0.1", port, d)
+        finally:
+            subprocess.run([*run, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "-t", "30",
+                            "stop"], check=False, capture_output=True, timeout=60)
+
+
+@contextmanager
+def mariadb(pki: Path, users: tuple[str, ...] = ("alice",),
+            databases: tuple[str, ...] = ("app",)) -> Iterator[DBServer]:
+    """mariadbd with TLS; each user must present a certificate with subject ``/CN=<user>`` from
+    ``pki/ca.crt`` (``REQUIRE SUBJECT``) and has no password."""
+    exe = binary("mariadbd")
+    install = binary("mariadb-install-db")
+    client = binary("mariadb")
+    port = free_port()
+    with server_dir("mariadb") as d:
+        ssl_dir = d / "ssl"
+        ssl_dir.mkdir()
+        for name in ("server.crt", "server.key", "ca.crt"):
+            shutil.copy(pki / name, ssl_dir / name)
+        subprocess.run(["chown", "-R", "mysql:mysql", str(d)], check=True)
+        _run([install, "--no-defaults", "--user=mysql", f"--datadir={d}/data",
+              "--auth-root-authentication-method=normal", "--skip-test-db", "--skip-name-resolve"])
+        proc = subprocess.Popen([exe, "--no-defaults", "--user=mysql", f"--datadir={d}/data",
+                                 "--bind-address=127.0.0.1", f"--port={port}", f"--socket={d}/mysqld.sock",
+                                 f"--pid-file={d}/mysqld.pid",
+                                 f"--log-error={d}/error.log", "--skip-name-resolve", "--innodb-buffer-pool-size=32M",
+                                 "--innodb-flush-log-at-trx-commit=0", "--skip-log-bin",
+                                 f"--ssl-cert={ssl_dir}/server.crt", f"--ssl-key={ssl_dir}/server.key",
+                                 f"--ssl-ca={ssl_dir}/ca.crt"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"mariadbd exited: {(d / 'error.log').read_text()[-2000:]}")
+                ok = subprocess.run([client, "--no-defaults", f"--socket={d}/mysqld.sock", "-u", "root", "-e",
+                                     "select 1"], capture_output=True, timeout=10)
+                if ok.returncode == 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError("mariadbd not ready after 30s")
+                time.sleep(0.1)
+            sql = "".join(f"CREATE DATABASE {db}; " for db in databases) + "".join(
+                f"CREATE USER '{u}'@'%' REQUIRE SUBJECT '/CN={u}'; GRANT ALL ON *.* TO '{u}'@'%'; " for u in users)
+            _run([client, "--no-defaults", f"--socket={d}/mysqld.sock", "-u", "root", "-e", sql])
+            yield DBServer("mysql", "127.0.0.1", port, d)
+        finally:
+            stop(proc, 20)
+
+
+@contextmanager
+def redis_tls(pki: Path) -> Iterator[DBServer]:
+    """redis-server on a TLS port only, requiring client certificates from ``pki/ca.crt``."""
+    exe = binary("redis-server")
+    port = free_port()
+    with server_dir("redis") as d:
+        proc = subprocess.Popen([exe, "--bind", "127.0.0.1", "--port", "0", "--tls-port", str(port), "--save", "",
+                                 "--appendonly", "no", "--dir", str(d), "--logfile", str(d / "redis.log"),
+                                 "--tls-cert-file", str(pki / "server.crt"), "--tls-key-file", str(pki / "server.key"),
+                                 "--tls-ca-cert-file", str(pki / "ca.crt"), "--tls-auth-clients", "yes"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_tcp("127.0.0.1", port, 10, proc)
+            yield DBServer("redis", "127.0.0.1", port, d)
+        finally:
+            stop(proc)
+
+
+@contextmanager
+def nx_mongo() -> Iterator[DBServer]:
+    """nx-27017 (PyPI), a MongoDB wire-protocol server on SQLite, in memory; no TLS."""
+    import sys
+
+    exe = shutil.which("nx-27017") or str(Path(sys.executable).with_name("nx-27017"))
+    if not Path(exe).exists():
+        pytest.skip("nx-27017 is not installed (pip install nx-27017; it is in the test extras)")
+    port = free_port()
+    with server_dir("nx") as d:
+        proc = subprocess.Popen([exe, "--db", "memory", "--host", "127.0.0.1", "-p", str(port), "--log-file",
+                                 str(d / "nx.log"), "--pid-file", str(d / "nx.pid")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_tcp("127.0.0.1", port, 15, proc)
+            yield DBServer("mongodb", "127.0.0.1", port, d)
+        finally:
+            stop(proc)
+
+
+@contextmanager
+def redis_unix(base: Path) -> Iterator[Path]:
+    """A real redis-server on a unix socket in ``base`` (no TCP port to race for)."""
+    exe = binary("redis-server")
+    sock = base / "redis.sock"
+    proc = subprocess.Popen([exe, "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no",
+                             "--dir", str(base), "--logfile", str(base / "redis.log")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # Ready when a connection succeeds: the socket file appears at bind(), before listen().
+        deadline = time.monotonic() + 10
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start (see {base / 'redis.log'})")
+            try:
+                with socket.socket(socket.AF_UNIX) as probe:
+                    probe.connect(str(sock))
+                break
+            except OSError:
+                time.sleep(0.01)
+        yield sock
+    finally:
+        stop(proc, 10)

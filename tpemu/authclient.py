@@ -285,17 +285,25 @@ async def fetch_host_ca(addr: Addr, ca_pins: Iterable[str] = ()) -> list[x509.Ce
 
 async def join(addr: Addr, token: str, role: str, host_id: str, nodename: str, cluster_name: str = "",
                principals: Iterable[str] = (), dns_names: Iterable[str] = (), ca_pins: Iterable[str] = (),
-               key_kind: str = "ecdsa") -> HostIdentity:
+               key_kind: str = "") -> HostIdentity:
     """Join the cluster whose Auth Service is at ``addr`` with ``token``, as ``role``."""
     cas = await fetch_host_ca(addr, ca_pins)
     ca_pem = b"".join(pki.cert_pem(c) for c in cas)
     if not cluster_name:
         cluster_name = cas[0].subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)[0].value  # type: ignore[assignment]
-    key = await asyncio.to_thread(pki.generate_key, key_kind)
+    key = await asyncio.to_thread(pki.generate_key, key_kind or key_kind_of(cas[0]))
     body = register_request(key, token, role, host_id, nodename, principals, dns_names)
     client = AuthClient.with_identity(addr, cluster_name, None, ca_pem)
     answer = await client.call("POST", "/v1/tokens/register", body)
     return identity_from_certs(answer, key, host_id, role, cluster_name)
+
+
+def key_kind_of(ca: x509.Certificate) -> str:
+    """The key type a host of this cluster generates: the CA's own (RSA for Teleport's
+    ``legacy`` signature algorithm suite, ECDSA P-256 otherwise)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    return "rsa" if isinstance(ca.public_key(), rsa.RSAPublicKey) else "ecdsa"
 
 
 def register_request(key: pki.PrivateKey, token: str, role: str, host_id: str, nodename: str,

@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_bench)
     _add_auth_commands(sub)
     _add_ssh_commands(sub)
+    _add_db_commands(sub)
     return p
 
 
@@ -526,6 +527,15 @@ def cmd_logout(args: argparse.Namespace) -> int:
     return 0
 
 
+def _proxy_kinds(sub: Any) -> Any:
+    """The sub-commands of ``tpemu proxy`` (``ssh``, ``db``: like ``tsh proxy``), made on first use."""
+    group = sub.choices.get("proxy")
+    if group is None:
+        group = sub.add_parser("proxy", help="local proxies through the Teleport proxy (like tsh proxy: ssh, db)")
+        group.set_defaults(proxy_kinds=group.add_subparsers(metavar="KIND"))
+    return group.get_default("proxy_kinds")
+
+
 # -- ssh: ssh, ls, proxy ssh, config --------------------------------------------------------------------
 
 
@@ -551,10 +561,7 @@ def _add_ssh_commands(sub: Any) -> None:
     profile_args(s)
     s.set_defaults(func=cmd_ls)
 
-    # `tpemu proxy …`: local helpers that connect through the proxy (tsh proxy ssh|db).
-    proxy = sub.add_parser("proxy", help="local proxies through the Teleport proxy (ssh for OpenSSH)")
-    psub = proxy.add_subparsers(metavar="KIND")
-    s = psub.add_parser("ssh", help="splice stdin/stdout to a node's SSH service (OpenSSH ProxyCommand)")
+    s = _proxy_kinds(sub).add_parser("ssh", help="splice stdin/stdout to a node's SSH service (OpenSSH ProxyCommand)")
     s.add_argument("--cluster", help="the cluster (default: the profile's)")
     s.add_argument("-l", "--login", help="remote login (only logged; OpenSSH sends its own)")
     profile_args(s)
@@ -653,6 +660,203 @@ def cmd_config(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # the reader (ssh -F /dev/stdin …) stopped early: nothing to report
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+# -- databases: db ls|login|logout|connect|env|config, proxy db --tunnel -------------------------------
+
+
+def _add_db_commands(sub: Any) -> None:
+    def home_arg(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--home", help="profile folder (default $TPEMU_HOME or ~/.tpemu)")
+
+    def route_args(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--db-user", help="database user (default: your only allowed one)")
+        s.add_argument("--db-name", help="database name (default: your only allowed one, for Postgres/MongoDB)")
+
+    db = sub.add_parser("db", help="database access (like tsh db)")
+    dsub = db.add_subparsers(metavar="ACTION")
+    s = dsub.add_parser("ls", help="list the cluster's databases")
+    s.add_argument("--format", choices=("text", "json"), default="text")
+    home_arg(s)
+    s.set_defaults(func=cmd_db_ls)
+    s = dsub.add_parser("login", help="get a certificate routed to a database")
+    s.add_argument("name")
+    route_args(s)
+    home_arg(s)
+    s.set_defaults(func=cmd_db_login)
+    s = dsub.add_parser("logout", help="remove database certificates (all, or one)")
+    s.add_argument("name", nargs="?")
+    home_arg(s)
+    s.set_defaults(func=cmd_db_logout)
+    s = dsub.add_parser("connect", help="run psql/mariadb/mongosh/redis-cli through a local tunnel")
+    s.add_argument("name")
+    route_args(s)
+    home_arg(s)
+    s.add_argument("client_args", nargs=argparse.REMAINDER, help="arguments for the client, after --")
+    s.set_defaults(func=cmd_db_connect)
+    s = dsub.add_parser("env", help="print libpq environment variables for a Postgres database")
+    s.add_argument("name", nargs="?")
+    home_arg(s)
+    s.set_defaults(func=cmd_db_env)
+    s = dsub.add_parser("config", help="print connection settings and client commands")
+    s.add_argument("name", nargs="?")
+    s.add_argument("--format", choices=("text", "json"), default="text")
+    home_arg(s)
+    s.set_defaults(func=cmd_db_config)
+
+    s = _proxy_kinds(sub).add_parser(
+        "db", help="a plain local port that tunnels to a database (TLS, ALPN, your certificate)")
+    s.add_argument("name")
+    s.add_argument("--tunnel", action="store_true", help="open a local tunnel (required: the only mode)")
+    s.add_argument("--port", type=int, default=0, help="local port (default: a free one)")
+    route_args(s)
+    home_arg(s)
+    s.set_defaults(func=cmd_proxy_db)
+
+
+def _db_call(fn: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    from tpemu.client.db import DBError
+
+    try:
+        return asyncio.run(fn())
+    except DBError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _db_profile(args: argparse.Namespace) -> Any:
+    from tpemu.client.db import DBError, current_profile
+
+    try:
+        return current_profile(_home(args))
+    except DBError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def _db_login_for(args: argparse.Namespace) -> Any:
+    """The saved login for ``args.name``, logging in first when it is missing or differs."""
+    from tpemu.client.db import DBError, db_login, logins
+
+    prof = _db_profile(args)
+    saved = logins(prof).get(args.name)
+    if saved is not None and (args.db_user in (None, saved.db_user)) and (args.db_name in (None, saved.db_name)):
+        return saved
+    try:
+        return _db_call(lambda: db_login(prof, args.name, args.db_user, args.db_name))
+    except DBError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def cmd_db_ls(args: argparse.Namespace) -> int:
+    from tpemu.client.db import list_databases, logins
+
+    prof = _db_profile(args)
+    items = _db_call(lambda: list_databases(prof))
+    active = logins(prof)
+    if args.format == "json":
+        print(json.dumps([{"name": d.name, "protocol": d.protocol, "uri": d.uri, "description": d.description,
+                           "labels": d.labels, "hosts": list(d.hosts), "logged_in": d.name in active}
+                          for d in items], indent=2))
+        return 0
+    print(f"{'Name':<24} {'Protocol':<10} {'Description':<28} {'Labels':<24} Connect")
+    for d in items:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(d.labels.items()))
+        login = active.get(d.name)
+        mark = f"> {d.name}" if login else d.name
+        connect = f"tpemu db connect {d.name}" + (f" (as {login.db_user})" if login else "")
+        print(f"{mark:<24} {d.protocol:<10} {d.description or '-':<28} {labels or '-':<24} {connect}")
+    return 0
+
+
+def cmd_db_login(args: argparse.Namespace) -> int:
+    from tpemu.client.db import db_login
+
+    prof = _db_profile(args)
+    login = _db_call(lambda: db_login(prof, args.name, args.db_user, args.db_name))
+    print(f"Logged into database {login.name} ({login.protocol}) as database user {login.db_user!r}"
+          + (f", database {login.db_name!r}" if login.db_name else "") + ".")
+    print(f"Certificate: {login.cert_path}")
+    print(f"Connect with: tpemu db connect {login.name}   or   tpemu proxy db --tunnel {login.name}   "
+          f"(settings: tpemu db config {login.name})")
+    return 0
+
+
+def cmd_db_logout(args: argparse.Namespace) -> int:
+    from tpemu.client.db import db_logout
+
+    removed = db_logout(_db_profile(args), args.name)
+    if not removed:
+        print("No database certificates to remove.")
+        return 0 if args.name is None else 1
+    print(f"Logged out of database{'s' if len(removed) > 1 else ''} {', '.join(removed)}.")
+    return 0
+
+
+def cmd_db_connect(args: argparse.Namespace) -> int:
+    from tpemu.client.db import connect
+
+    login = _db_login_for(args)
+    extra = list(args.client_args)
+    if extra[:1] == ["--"]:
+        extra = extra[1:]
+    code: int = _db_call(lambda: connect(login, extra))
+    return code
+
+
+def _saved_login(args: argparse.Namespace) -> Any:
+    from tpemu.client.db import DBError, find_login
+
+    try:
+        return find_login(_db_profile(args), args.name)
+    except DBError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def cmd_db_env(args: argparse.Namespace) -> int:
+    from tpemu.client.db import DBError, env_lines
+
+    try:
+        print("\n".join(env_lines(_saved_login(args))))
+    except DBError as exc:
+        raise CLIError(str(exc)) from None
+    return 0
+
+
+def cmd_db_config(args: argparse.Namespace) -> int:
+    from tpemu.client.db import config_data, config_lines
+
+    login = _saved_login(args)
+    print(json.dumps(config_data(login), indent=2) if args.format == "json" else "\n".join(config_lines(login)))
+    return 0
+
+
+def cmd_proxy_db(args: argparse.Namespace) -> int:
+    from tpemu.client.db import run_tunnel, tunnel_command
+
+    if not args.tunnel:
+        raise CLIError("only the --tunnel mode is emulated: tpemu proxy db --tunnel NAME [--port P]", 2)
+    login = _db_login_for(args)
+
+    def ready(addr: Addr) -> None:
+        print(f"Started authenticated tunnel for the {login.protocol} database {login.name!r} on {addr} "
+              f"(to {login.proxy}, as {login.db_user}).", flush=True)
+        print("Use the following command to connect:\n  " + " ".join(
+            repr(a) if " " in a else a for a in tunnel_command(login, addr.port)), flush=True)
+
+    try:
+        return run_loop(lambda: _tunnel_forever(run_tunnel(login, Addr("127.0.0.1", args.port), ready)), "asyncio")
+    except OSError as exc:
+        raise CLIError(f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}") from None
+
+
+async def _tunnel_forever(coro: Coroutine[Any, Any, None]) -> int:
+    import signal
+
+    task = asyncio.ensure_future(coro)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
     return 0
 
 

@@ -47,6 +47,7 @@ import json
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography import x509
 from cryptography.x509.name import _ASN1Type
@@ -193,6 +194,15 @@ class Identity:
     def logins(self) -> tuple[str, ...]:
         return self.principals
 
+    def to_json(self) -> dict[str, Any]:
+        """Every field as a JSON object (see :func:`identity_to_json`)."""
+        return identity_to_json(self)
+
+    @classmethod
+    def from_json(cls, data: object) -> Identity:
+        """The identity in a :meth:`to_json` object; raises :class:`IdentityError`."""
+        return identity_from_json(data)
+
     def is_system(self, role: str) -> bool:
         """Whether this is a host identity holding system role ``role``."""
         return role in self.groups or role in self.system_roles
@@ -242,6 +252,71 @@ class IdentityError(ValueError):
     """A certificate subject that does not hold a valid identity."""
 
 
+# -- JSON (the reverse tunnel's dial request carries the caller's verified identity) -------------
+
+_JSON_LISTS = ("groups", "usage", "principals", "system_roles", "kubernetes_users", "kubernetes_groups",
+               "database_names", "database_users")
+_JSON_STRINGS = ("username", "route_to_cluster", "teleport_cluster", "kubernetes_cluster", "client_ip",
+                 "impersonator")
+_ROUTE_FIELDS = ("service_name", "protocol", "username", "database")
+
+
+def identity_to_json(identity: Identity) -> dict[str, Any]:
+    """A JSON object holding every field of ``identity`` (``expires`` as Unix seconds)."""
+    out: dict[str, Any] = {k: getattr(identity, k) for k in _JSON_STRINGS}
+    out.update({k: list(getattr(identity, k)) for k in _JSON_LISTS})
+    out["traits"] = {k: list(v) for k, v in identity.traits.items()}
+    route = identity.route_to_database
+    out["route_to_database"] = {k: getattr(route, k) for k in _ROUTE_FIELDS}
+    out["expires"] = identity.expires.timestamp() if identity.expires is not None else None
+    return out
+
+
+def identity_from_json(data: object) -> Identity:
+    """The inverse of :func:`identity_to_json`; raises :class:`IdentityError` naming the bad field."""
+    if not isinstance(data, dict):
+        raise IdentityError("identity must be a JSON object")
+
+    def text(obj: dict[str, Any], key: str) -> str:
+        value = obj.get(key, "")
+        if not isinstance(value, str) or len(value) > 4096:
+            raise IdentityError(f"identity field {key!r} must be a string")
+        return value
+
+    def strings(key: str) -> tuple[str, ...]:
+        value = data.get(key)
+        value = [] if value is None else value
+        if not isinstance(value, list) or len(value) > 1024 or not all(isinstance(v, str) for v in value):
+            raise IdentityError(f"identity field {key!r} must be a list of strings")
+        return tuple(value)
+
+    route = data.get("route_to_database")
+    route = {} if route is None else route
+    if not isinstance(route, dict):
+        raise IdentityError("identity field 'route_to_database' must be an object")
+    raw_traits = data.get("traits")
+    raw_traits = {} if raw_traits is None else raw_traits
+    if not isinstance(raw_traits, dict) or not all(
+            isinstance(v, list) and all(isinstance(s, str) for s in v) for v in raw_traits.values()):
+        raise IdentityError("identity field 'traits' must map names to lists of strings")
+    expires_at = data.get("expires")
+    if expires_at is not None and (isinstance(expires_at, bool) or not isinstance(expires_at, int | float)):
+        raise IdentityError("identity field 'expires' must be Unix seconds or null")
+    return Identity(
+        username=text(data, "username"),
+        groups=strings("groups"), usage=strings("usage"), principals=strings("principals"),
+        route_to_cluster=text(data, "route_to_cluster"),
+        traits={str(k): tuple(v) for k, v in raw_traits.items()},
+        teleport_cluster=text(data, "teleport_cluster"), system_roles=strings("system_roles"),
+        kubernetes_users=strings("kubernetes_users"), kubernetes_groups=strings("kubernetes_groups"),
+        kubernetes_cluster=text(data, "kubernetes_cluster"), client_ip=text(data, "client_ip"),
+        route_to_database=RouteToDatabase(*(text(route, k) for k in _ROUTE_FIELDS)),
+        database_names=strings("database_names"), database_users=strings("database_users"),
+        impersonator=text(data, "impersonator"),
+        expires=dt.datetime.fromtimestamp(expires_at, dt.UTC) if expires_at is not None else None,
+    )
+
+
 def from_subject(subject: x509.Name, expires: dt.datetime | None = None) -> Identity:
     """The identity in ``subject`` (``FromSubject``); raises :class:`IdentityError`."""
     lists: dict[str, list[str]] = {}
@@ -284,7 +359,11 @@ def from_subject(subject: x509.Name, expires: dt.datetime | None = None) -> Iden
 
 def from_certificate(cert: x509.Certificate) -> Identity:
     """The identity of a certificate, with ``expires`` from its NotAfter."""
-    return from_subject(cert.subject, cert.not_valid_after_utc)
+    with warnings.catch_warnings():
+        # cryptography warns about subject values past RFC 5280's 64-character bound when it
+        # parses them; Teleport writes such values (long host names), so they are expected.
+        warnings.simplefilter("ignore", UserWarning)
+        return from_subject(cert.subject, cert.not_valid_after_utc)
 
 
 def from_der(der: bytes) -> Identity:
@@ -358,7 +437,7 @@ _PRINTABLE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123
 def _attr(oid: ObjectIdentifier, value: str) -> x509.NameAttribute[str]:
     # Go's asn1.Marshal picks PrintableString when every character allows it, else UTF8String.
     kind = _ASN1Type.PrintableString if all(c in _PRINTABLE for c in value) else _ASN1Type.UTF8String
-    if len(value) <= 64:
+    if len(value.encode("utf-8")) <= 64:  # cryptography counts UTF-8 bytes
         return x509.NameAttribute(oid, value, _type=kind)
     # RFC 5280's upper bound of 64 characters for CN is not enforced by Go, and a host identity
     # ``<uuid>.<cluster name>`` easily exceeds it; cryptography only warns with _validate=False.

@@ -133,7 +133,8 @@ def test_psql_sslrequest_path_reaches_the_postgres_route(proxy: Proc) -> None:
     out = run([psql, f"host=127.0.0.1 port={proxy.port} user=alice dbname=postgres sslmode=require", "-c",
                "select 1"], env=env)
     assert out.returncode == 2
-    assert b"FATAL:  database access (postgres) is not available in this cluster" in out.stderr, out.stderr
+    # the database proxy answers inside TLS, in Postgres' protocol: psql presented no certificate
+    assert b"FATAL:  a client certificate is required: run 'tpemu db login NAME'" in out.stderr, out.stderr
     out = run([psql, f"host=127.0.0.1 port={proxy.port} user=alice dbname=postgres sslmode=disable", "-c",
                "select 1"], env=env)
     assert b"tpemu requires TLS for Postgres connections" in out.stderr, out.stderr

@@ -14,8 +14,6 @@ import os
 import re
 import shutil
 import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests import realservers
 from tpemu.wire import resp
 from tpemu.wire.errors import LimitExceeded, WireError
 from tpemu.wire.resp import BigNumber, Error, Map, Push, Set, SimpleString, Verbatim
@@ -196,20 +195,8 @@ def real_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A real redis-server on a unix socket (no TCP port to race for)."""
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed")
-    base = tmp_path_factory.mktemp("redis")
-    sock = base / "redis.sock"
-    proc = subprocess.Popen([REDIS_SERVER, "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly",
-                             "no", "--dir", str(base), "--logfile", str(base / "redis.log")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while not sock.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.01)
+    with realservers.redis_unix(tmp_path_factory.mktemp("redis")) as sock:
         yield sock
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def raw_replies(sock_path: Path, commands: list[tuple[str | bytes, ...]]) -> list[bytes]:

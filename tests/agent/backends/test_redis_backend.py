@@ -9,7 +9,6 @@ import pty
 import select
 import shutil
 import ssl
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, ResponseError
 
+from tests import realservers
 from tpemu.agent.backends.base import Session, serve_tcp
 from tpemu.agent.backends.redis import _COMMANDS, RedisBackend, _Client, glob_regex, parse_int
 from tpemu.wire import resp
@@ -104,23 +104,11 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
 @pytest.fixture(scope="module")
 def real_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A real redis-server 7.0 on a unix socket (no TCP port to race for)."""
+    """A real redis-server on a unix socket (no TCP port to race for)."""
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed")
-    base = tmp_path_factory.mktemp("redis")
-    sock = base / "redis.sock"
-    proc = subprocess.Popen([REDIS_SERVER, "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly",
-                             "no", "--dir", str(base), "--logfile", str(base / "redis.log")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while not sock.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.01)
+    with realservers.redis_unix(tmp_path_factory.mktemp("redis")) as sock:
         yield sock
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 DIFFERENTIAL: list[tuple[str | bytes, ...]] = [

@@ -1,0 +1,608 @@
+"""The Database Service of an agent: RBAC, then emulated backends or real database servers (glue).
+
+Teleport's ``db_service`` (``lib/srv/db``): the proxy opens a channel through the agent's reverse
+tunnel with a dial request naming the database and carrying the caller's identity, which the
+proxy verified from the client certificate. This service checks it again (RBAC, as Teleport's
+``checkAccess``: the database user must be in the identity's ``database_users`` and, for
+Postgres, MySQL and MongoDB, the database name in ``database_names``; ``*`` allows any), and
+only then lets a byte reach the backend. A refusal, or a backend that cannot be reached, is
+answered in the database's own protocol (:mod:`tpemu.net.db_refusal`).
+
+What arrives on the channel after the dial, per protocol (the proxy's side is
+``tpemu.proxy.db_proxy``):
+
+* **postgres** — the client's ``StartupMessage`` (``user``/``database`` as the proxy put in the
+  identity's route), then the client's bytes. An emulated backend reads the StartupMessage
+  itself; a real server gets ``SSLRequest`` → TLS with a client certificate for the database
+  user (``CN=<db user>``, issued by the cluster's db CA: ``POST /v1/db/certs``) → the
+  StartupMessage, and its answers (AuthenticationOk … ReadyForQuery) go straight to the client.
+* **mysql** — the client's ``HandshakeResponse41`` packet (capabilities already agreed with the
+  proxy, which greeted the client and ended TLS). This service does its own connection phase
+  with the backend as a MySQL client — greeting, ``SSLRequest`` and TLS with the client
+  certificate for a real server, HandshakeResponse41 with the client's user, database,
+  capabilities and attributes, auth switches answered with an empty password (the certificate is
+  the credential, as ``REQUIRE SUBJECT``/``REQUIRE X509`` accounts expect) — then sends back
+  exactly one packet, the backend's ``OK`` or ``ERR``; after an OK the channel is in the command
+  phase. This is Teleport's split: its proxy waits for that OK (``waitForOK``) before answering
+  the client.
+* **mongodb**, **redis** — the client's bytes from the first one (TLS already ended at the proxy).
+
+Emulated backends (``uri: emulated``) are one instance per database, shared by its connections,
+and get a :class:`~tpemu.agent.backends.base.Session` (no password asked; the backend refuses a
+user or database other than the session's). Real servers (``uri: host:port``) are reached with
+TLS per ``tls.mode``: ``verify-full`` (default), ``verify-ca``, ``insecure``, or ``disabled``
+(tpemu's addition: plain TCP, for servers without TLS such as the nx-27017 Mongo server).
+
+Use: the agent process calls :func:`make_offers` for its ``db`` role (one
+:class:`~tpemu.agent.tunnel.Offer` per database, all served by one :class:`DatabaseService` whose
+client certificates come from the Auth Service with the agent's Db identity); by hand,
+``svc = DatabaseService(cfg.db_service.databases, cert_issuer=auth_cert_issuer(client))`` and
+``await svc.serve(sock, dial_request)`` per tunnelled connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import ssl
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tpemu import TELEPORT_VERSION, authapi, pki
+from tpemu import identity as ident
+from tpemu.agent.backends.base import EmulatedBackend, Session
+from tpemu.agent.backends.mongo import MongoBackend
+from tpemu.agent.backends.mysql import MySQLBackend
+from tpemu.agent.backends.postgres import PostgresBackend
+from tpemu.agent.backends.redis import RedisBackend
+from tpemu.config import Addr, Database
+from tpemu.net.db_refusal import Refusal, refuse
+from tpemu.net.relay import Stream, relay
+from tpemu.wire import WireError
+from tpemu.wire import mysql as my
+from tpemu.wire import postgres as pg
+from tpemu.wire.tunnel import DialRequest, Resource
+
+if TYPE_CHECKING:
+    from tpemu.agent.process import AgentContext
+    from tpemu.agent.tunnel import Offer
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("postgres", "mysql", "mongodb", "redis")
+TLS_MODES = ("verify-full", "verify-ca", "insecure", "disabled")
+#: Teleport's own words for an RBAC refusal (``lib/srv/db/common``), then tpemu's detail.
+ACCESS_DENIED = "access to db denied. User does not have permissions. Confirm database user and name."
+#: Database names are checked for these protocols (Redis has numbered databases, not names).
+NAMED_DATABASES = frozenset({"postgres", "mysql", "mongodb"})
+#: Client certificates for real servers live this long and are reused for half of it.
+CLIENT_CERT_TTL = 3600.0
+
+#: ``db_user`` → (certificate PEM, key PEM, CA PEMs that sign the database servers' certificates).
+CertIssuer = Callable[[str], Awaitable[tuple[bytes, bytes, bytes]]]
+
+
+class BackendUnavailable(Exception):
+    """The database server cannot be reached or refused the connection; the message says why."""
+
+
+def auth_cert_issuer(client: Any, ttl: float = CLIENT_CERT_TTL) -> CertIssuer:
+    """A :data:`CertIssuer` calling ``POST /v1/db/certs`` with ``client`` (an
+    :class:`~tpemu.authclient.AuthClient` holding the agent's Db identity)."""
+
+    async def issue(db_user: str) -> tuple[bytes, bytes, bytes]:
+        key = await asyncio.to_thread(pki.generate_key, "ecdsa")
+        answer = await client.call("POST", "/v1/db/certs", {
+            "public_key": authapi.b64(pki.public_key_pem(key)), "server_names": [db_user],
+            "ttl": int(ttl * authapi.NS)})
+        cert = authapi.unb64(answer.get("cert"), "cert")
+        cas = b"".join(authapi.unb64(c, "cacerts") for c in answer.get("cacerts") or [])
+        return cert, pki.key_pem(key), cas
+
+    return issue
+
+
+def check_access(identity: ident.Identity, db: Database, db_user: str, db_name: str | None) -> str | None:
+    """Why ``identity`` may not use ``db`` as ``db_user`` on ``db_name``, or ``None`` if it may."""
+    route = identity.route_to_database
+    if route.service_name and route.service_name != db.name:
+        return f"{ACCESS_DENIED} (the certificate is for database {route.service_name!r}, not {db.name!r})"
+    if not db_user:
+        return f"{ACCESS_DENIED} (no database user given: run 'tpemu db login {db.name} --db-user USER')"
+    allowed_users = identity.database_users
+    if "*" not in allowed_users and db_user not in allowed_users:
+        return (f"{ACCESS_DENIED} (database user {db_user!r} is not allowed for {identity.username!r}; "
+                f"allowed: {', '.join(allowed_users) or 'none'})")
+    if db.protocol in NAMED_DATABASES and db_name:
+        allowed_names = identity.database_names
+        if "*" not in allowed_names and db_name not in allowed_names:
+            return (f"{ACCESS_DENIED} (database name {db_name!r} is not allowed for {identity.username!r}; "
+                    f"allowed: {', '.join(allowed_names) or 'none'})")
+    return None
+
+
+def _new_backend(protocol: str) -> EmulatedBackend:
+    if protocol == "postgres":
+        return PostgresBackend(users=None)
+    if protocol == "mysql":
+        return MySQLBackend(users=None)
+    if protocol == "mongodb":
+        return MongoBackend(users=None)
+    return RedisBackend(users=None)
+
+
+@dataclass
+class _Served:
+    db: Database
+    backend: EmulatedBackend | None
+    addr: Addr | None
+    #: db user → (SSL context with that user's client certificate, when it stops being reused).
+    contexts: dict[str, tuple[ssl.SSLContext, float]] = field(default_factory=dict)
+
+    @property
+    def tls_mode(self) -> str:
+        return self.db.tls.mode or "verify-full"
+
+
+async def _read_exact(sock: socket.socket, n: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = await loop.sock_recv(sock, n - len(buf))
+        if not chunk:
+            raise asyncio.IncompleteReadError(bytes(buf), n)
+        buf += chunk
+    return bytes(buf)
+
+
+async def _streams(sock: socket.socket, prefeed: bytes = b"") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Streams over a connected socket; ``prefeed`` is what the reader returns first."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=64 * 1024, loop=loop)
+    if prefeed:
+        reader.feed_data(prefeed)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
+class DatabaseService:
+    """Serves the configured databases to connections arriving through the reverse tunnel."""
+
+    def __init__(self, databases: Sequence[Database], cert_issuer: CertIssuer | None = None, *,
+                 connect_timeout: float = 10.0, startup_timeout: float = 10.0) -> None:
+        self.cert_issuer = cert_issuer
+        self.connect_timeout = connect_timeout
+        self.startup_timeout = startup_timeout
+        self._served: dict[str, _Served] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        for i, db in enumerate(databases):
+            where = f"db_service.databases[{i}]"
+            if db.protocol not in PROTOCOLS:
+                raise ValueError(f"{where}.protocol: must be one of {', '.join(PROTOCOLS)}, got {db.protocol!r}")
+            if db.name in self._served:
+                raise ValueError(f"{where}.name: database {db.name!r} is configured twice")
+            if (db.tls.mode or "verify-full") not in TLS_MODES:
+                raise ValueError(f"{where}.tls.mode: must be one of {', '.join(TLS_MODES)}, got {db.tls.mode!r}")
+            if db.uri == "emulated":
+                self._served[db.name] = _Served(db, _new_backend(db.protocol), None)
+            else:
+                addr = Addr.parse(db.uri.removeprefix(f"{db.protocol}://").split("/", 1)[0])
+                self._served[db.name] = _Served(db, None, addr)
+        #: Connections served so far, refused ones by reason category (for logs and tests).
+        self.stats: dict[str, int] = {"served": 0, "denied": 0, "unavailable": 0}
+
+    @property
+    def databases(self) -> list[Database]:
+        return [s.db for s in self._served.values()]
+
+    def backend(self, name: str) -> EmulatedBackend | None:
+        """The emulated backend of database ``name`` (``None`` for a real server)."""
+        served = self._served.get(name)
+        return served.backend if served is not None else None
+
+    def resources(self) -> tuple[Resource, ...]:
+        """What this service announces in the tunnel heartbeat (``kind: db``)."""
+        return tuple(Resource("db", s.db.name, dict(s.db.static_labels), s.db.protocol, s.db.description,
+                              s.db.uri) for s in self._served.values())
+
+    def db_server_resources(self, host_id: str, hostname: str) -> list[dict[str, Any]]:
+        """Teleport ``DatabaseServerV3`` JSON, one per database, for ``POST /v1/db_servers``."""
+        out = []
+        for s in self._served.values():
+            db = s.db
+            spec = {"kind": "db", "version": "v3",
+                    "metadata": {"name": db.name, "description": db.description, "labels": dict(db.static_labels)},
+                    "spec": {"protocol": db.protocol, "uri": db.uri}}
+            out.append({"kind": "db_server", "version": "v3",
+                        "metadata": {"name": db.name, "labels": dict(db.static_labels)},
+                        "spec": {"host_id": host_id, "hostname": hostname, "version": TELEPORT_VERSION,
+                                 "database": spec}})
+        return out
+
+    async def close(self) -> None:
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- one connection ---------------------------------------------------------------------------
+
+    async def serve(self, sock: socket.socket, request: DialRequest) -> None:
+        """Serve one tunnelled connection (``sock`` non-blocking and connected) until it ends."""
+        sock.setblocking(False)
+        served = self._served.get(request.name)
+        raw_identity = request.identity or {}
+        route_protocol = ""
+        if isinstance(raw_identity.get("route_to_database"), dict):
+            route_protocol = str(raw_identity["route_to_database"].get("protocol", ""))
+        if served is None:
+            message = f'database "{request.name}" is not served by this agent'
+            log.warning("db: %s (from %s)", message, request.client_src_addr or "?")
+            await self._refuse_raw(sock, route_protocol, message, Refusal.UNAVAILABLE)
+            return
+        protocol = served.db.protocol
+        try:
+            identity = ident.Identity.from_json(raw_identity)
+        except ident.IdentityError as exc:
+            log.warning("db=%s: dial request with an invalid identity: %s", served.db.name, exc)
+            await self._refuse_raw(sock, protocol, f"invalid identity in the dial request: {exc}", Refusal.PROTOCOL)
+            return
+        handler = {"postgres": self._postgres, "mysql": self._mysql}.get(protocol, self._stream_protocol)
+        try:
+            await handler(served, sock, identity, request)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, OSError) as exc:
+            log.info("db=%s user=%s: connection ended: %s", served.db.name, identity.username, exc)
+        finally:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    async def _refuse_raw(self, sock: socket.socket, protocol: str, message: str, why: Refusal,
+                          mysql_seq: int = 0) -> None:
+        if protocol not in PROTOCOLS:
+            sock.close()
+            return
+        reader, writer = await _streams(sock)
+        await refuse(protocol, Stream(reader, writer, "proxy"), message, why, mysql_seq)
+
+    def _denied(self, served: _Served, identity: ident.Identity, reason: str, db_user: str, db_name: str | None,
+                request: DialRequest) -> None:
+        self.stats["denied"] += 1
+        log.warning("db=%s proto=%s teleport_user=%s db_user=%s db_name=%s client=%s refused: %s", served.db.name,
+                    served.db.protocol, identity.username, db_user or "-", db_name or "-",
+                    request.client_src_addr or "?", reason)
+
+    def _unavailable(self, served: _Served, exc: BackendUnavailable) -> str:
+        self.stats["unavailable"] += 1
+        message = f"database {served.db.name!r} is unavailable: {exc}"
+        log.warning("db=%s: %s", served.db.name, message)
+        return message
+
+    def _session(self, identity: ident.Identity, db_user: str, db_name: str | None, request: DialRequest) -> Session:
+        return Session(identity.username, db_user, db_name or None, request.client_src_addr)
+
+    # -- postgres -------------------------------------------------------------------------------
+
+    async def _postgres(self, served: _Served, sock: socket.socket, identity: ident.Identity,
+                        request: DialRequest) -> None:
+        try:
+            async with asyncio.timeout(self.startup_timeout):
+                head = await _read_exact(sock, 8)
+                packet = pg.parse_startup(head)
+                raw = head
+                if packet is None:
+                    raw = head + await _read_exact(sock, int.from_bytes(head[:4], "big") - 8)
+                    packet = pg.parse_startup(raw)
+        except (TimeoutError, WireError, asyncio.IncompleteReadError) as exc:
+            await self._refuse_raw(sock, "postgres", f"expected a StartupMessage from the proxy: {exc}",
+                                   Refusal.PROTOCOL)
+            return
+        if not isinstance(packet, pg.StartupMessage):
+            await self._refuse_raw(sock, "postgres", "expected a StartupMessage from the proxy", Refusal.PROTOCOL)
+            return
+        db_user = packet.get("user") or ""
+        db_name = packet.get("database") or db_user
+        reason = check_access(identity, served.db, db_user, db_name)
+        if reason is not None:
+            self._denied(served, identity, reason, db_user, db_name, request)
+            await self._refuse_raw(sock, "postgres", reason, Refusal.DENIED)
+            return
+        self.stats["served"] += 1
+        log.info("db=%s proto=postgres teleport_user=%s db_user=%s db_name=%s client=%s: connecting to %s",
+                 served.db.name, identity.username, db_user, db_name, request.client_src_addr or "?",
+                 served.addr or "the emulated backend")
+        if served.backend is not None:
+            reader, writer = await _streams(sock, prefeed=raw)
+            await served.backend.handle(reader, writer, self._session(identity, db_user, db_name, request))
+            return
+        try:
+            backend = await self._connect_postgres(served, db_user)
+        except BackendUnavailable as exc:
+            await self._refuse_raw(sock, "postgres", self._unavailable(served, exc), Refusal.UNAVAILABLE)
+            return
+        reader, writer = await _streams(sock)
+        await relay(Stream(reader, writer, "client"), backend, first_for_b=raw)
+
+    async def _connect_postgres(self, served: _Served, db_user: str) -> Stream:
+        reader, writer = await self._open(served)
+        if served.tls_mode == "disabled":
+            return Stream(reader, writer, "backend")
+        ctx = await self._tls_context(served, db_user)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                writer.write(pg.SSL_REQUEST)
+                await writer.drain()
+                answer = await reader.readexactly(1)
+                if answer != b"S":
+                    raise BackendUnavailable(f"the server at {served.addr} does not offer TLS (answered "
+                                             f"{answer!r} to SSLRequest; set tls.mode: disabled to connect without)")
+                await writer.start_tls(ctx, server_hostname=self._server_hostname(served))
+        except (TimeoutError, ssl.SSLError, OSError, asyncio.IncompleteReadError) as exc:
+            writer.close()
+            raise BackendUnavailable(f"TLS with the server at {served.addr} failed: {_why(exc)}") from None
+        return Stream(reader, writer, "backend")
+
+    # -- mysql ------------------------------------------------------------------------------------
+
+    async def _mysql(self, served: _Served, sock: socket.socket, identity: ident.Identity,
+                     request: DialRequest) -> None:
+        try:
+            async with asyncio.timeout(self.startup_timeout):
+                head = await _read_exact(sock, 4)
+                my.parse_packet(head)  # size check
+                payload = await _read_exact(sock, int.from_bytes(head[:3], "little"))
+                response = my.parse_handshake_response(payload)
+        except (TimeoutError, WireError, asyncio.IncompleteReadError) as exc:
+            await self._refuse_raw(sock, "mysql", f"expected a HandshakeResponse41 from the proxy: {exc}",
+                                   Refusal.PROTOCOL, 2)
+            return
+        seq = (head[3] + 1) & 0xFF
+        if not isinstance(response, my.HandshakeResponse):
+            await self._refuse_raw(sock, "mysql", "expected a HandshakeResponse41 from the proxy, got an SSLRequest",
+                                   Refusal.PROTOCOL, seq)
+            return
+        reason = check_access(identity, served.db, response.username, response.database)
+        if reason is not None:
+            self._denied(served, identity, reason, response.username, response.database, request)
+            await self._refuse_raw(sock, "mysql", reason, Refusal.DENIED, seq)
+            return
+        self.stats["served"] += 1
+        log.info("db=%s proto=mysql teleport_user=%s db_user=%s db_name=%s client=%s: connecting to %s",
+                 served.db.name, identity.username, response.username, response.database or "-",
+                 request.client_src_addr or "?", served.addr or "the emulated backend")
+        backend_task: asyncio.Task[None] | None = None
+        try:
+            if served.backend is not None:
+                mine, theirs = socket.socketpair()
+                mine.setblocking(False)
+                theirs.setblocking(False)
+                b_reader, b_writer = await _streams(theirs)
+                session = self._session(identity, response.username, response.database, request)
+                backend_task = asyncio.ensure_future(served.backend.handle(b_reader, b_writer, session))
+                self._tasks.add(backend_task)
+                backend_task.add_done_callback(self._tasks.discard)
+                r, w = await _streams(mine)
+                backend = Stream(r, w, "backend")
+                ctx = None
+            else:
+                r, w = await self._open(served)
+                backend = Stream(r, w, "backend")
+                ctx = None if served.tls_mode == "disabled" else await self._tls_context(served, response.username)
+            result = await self._mysql_handshake(served, backend, response, ctx)
+        except BackendUnavailable as exc:
+            await self._refuse_raw(sock, "mysql", self._unavailable(served, exc), Refusal.UNAVAILABLE, seq)
+            return
+        reader, writer = await _streams(sock)
+        writer.write(my.encode_packet(seq, result.payload))
+        await writer.drain()
+        if result.payload[:1] != b"\x00":
+            log.warning("db=%s: the MySQL server refused user %r: %s", served.db.name, response.username,
+                        result.payload[9:].decode("utf-8", "replace"))
+            backend.close()
+            writer.close()
+            return
+        await relay(Stream(reader, writer, "client"), backend)
+        if backend_task is not None:
+            await asyncio.gather(backend_task, return_exceptions=True)
+
+    async def _mysql_handshake(self, served: _Served, backend: Stream, client: my.HandshakeResponse,
+                               ctx: ssl.SSLContext | None) -> my.Packet:
+        """The MySQL connection phase with the backend, as a client; returns its final OK or ERR."""
+
+        async def read_packet() -> my.Packet:
+            head = await backend.reader.readexactly(4)
+            my.parse_packet(head, my.MAX_CLIENT_PAYLOAD)
+            packet = my.parse_packet(head + await backend.reader.readexactly(int.from_bytes(head[:3], "little")),
+                                     my.MAX_CLIENT_PAYLOAD)
+            assert packet is not None
+            return packet
+
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                first = await read_packet()
+                if first.payload[:1] == b"\xff":
+                    return first  # the server refuses before greeting (too many connections, host blocked …)
+                greeting = my.parse_handshake_v10(first.payload)
+                caps = client.capabilities & greeting.capabilities & ~(my.CLIENT_SSL | my.CLIENT_COMPRESS)
+                caps |= my.CLIENT_PROTOCOL_41
+                if not client.database:
+                    caps &= ~my.CLIENT_CONNECT_WITH_DB
+                seq = 1
+                if ctx is not None:
+                    if not greeting.capabilities & my.CLIENT_SSL:
+                        raise BackendUnavailable(f"the server at {served.addr} does not offer TLS "
+                                                 "(set tls.mode: disabled to connect without)")
+                    caps |= my.CLIENT_SSL
+                    ssl_request = (caps.to_bytes(4, "little") + client.max_packet.to_bytes(4, "little")
+                                   + bytes((client.charset,)) + b"\x00" * 23)
+                    backend.write(my.encode_packet(seq, ssl_request))
+                    await backend.drain()
+                    seq += 1
+                    await backend.writer.start_tls(ctx, server_hostname=self._server_hostname(served))
+                plugin = greeting.auth_plugin or my.NATIVE_PASSWORD
+                response = my.HandshakeResponse(caps, client.max_packet, client.charset, client.username, b"",
+                                                client.database, plugin, client.attributes)
+                backend.write(my.encode_packet(seq, my.encode_handshake_response(response)))
+                await backend.drain()
+                for _ in range(6):
+                    packet = await read_packet()
+                    kind = packet.payload[:1]
+                    if kind in (b"\x00", b"\xff"):
+                        return packet
+                    if kind == b"\xfe":  # AuthSwitchRequest: the certificate is the credential, no password
+                        name = packet.payload[1:].split(b"\x00", 1)[0]
+                        answer = b"\x00" if name == b"mysql_clear_password" else b""
+                        backend.write(my.encode_packet(packet.seq + 1, answer))
+                        await backend.drain()
+                    elif kind == b"\x01":  # AuthMoreData (caching_sha2_password)
+                        if packet.payload[1:2] == b"\x04":  # full authentication: an empty password
+                            if ctx is None:
+                                raise BackendUnavailable("the server wants a password over TLS (caching_sha2 full "
+                                                         "authentication); configure TLS for this database")
+                            backend.write(my.encode_packet(packet.seq + 1, b"\x00"))
+                            await backend.drain()
+                    else:
+                        raise BackendUnavailable(f"unexpected packet 0x{packet.payload[:1].hex()} during the MySQL "
+                                                 "handshake")
+                raise BackendUnavailable("the MySQL handshake did not finish")
+        except (TimeoutError, ssl.SSLError, OSError, asyncio.IncompleteReadError, WireError) as exc:
+            backend.close()
+            raise BackendUnavailable(f"MySQL handshake with {served.addr or 'the emulated backend'} failed: "
+                                     f"{_why(exc)}") from None
+
+    # -- mongodb, redis ---------------------------------------------------------------------------
+
+    async def _stream_protocol(self, served: _Served, sock: socket.socket, identity: ident.Identity,
+                               request: DialRequest) -> None:
+        protocol = served.db.protocol
+        route = identity.route_to_database
+        db_user = route.username
+        db_name = route.database or None
+        if not db_user and len(identity.database_users) == 1 and identity.database_users[0] != "*":
+            db_user = identity.database_users[0]
+        if protocol == "mongodb" and db_name is None and len(identity.database_names) == 1 \
+                and identity.database_names[0] != "*":
+            db_name = identity.database_names[0]
+        reason = check_access(identity, served.db, db_user, db_name)
+        if reason is None and protocol == "mongodb" and db_name is None and "*" not in identity.database_names:
+            reason = f"{ACCESS_DENIED} (no database name: run 'tpemu db login {served.db.name} --db-name NAME')"
+        if reason is not None:
+            self._denied(served, identity, reason, db_user, db_name, request)
+            await self._refuse_raw(sock, protocol, reason, Refusal.DENIED)
+            return
+        self.stats["served"] += 1
+        log.info("db=%s proto=%s teleport_user=%s db_user=%s db_name=%s client=%s: connecting to %s", served.db.name,
+                 protocol, identity.username, db_user, db_name or "-", request.client_src_addr or "?",
+                 served.addr or "the emulated backend")
+        if served.backend is not None:
+            reader, writer = await _streams(sock)
+            await served.backend.handle(reader, writer, self._session(identity, db_user, db_name, request))
+            return
+        try:
+            r, w = await self._open(served, tls_user=db_user)
+        except BackendUnavailable as exc:
+            await self._refuse_raw(sock, protocol, self._unavailable(served, exc), Refusal.UNAVAILABLE)
+            return
+        reader, writer = await _streams(sock)
+        await relay(Stream(reader, writer, "client"), Stream(r, w, "backend"))
+
+    # -- reaching real servers --------------------------------------------------------------------
+
+    def _server_hostname(self, served: _Served) -> str | None:
+        if served.tls_mode != "verify-full":
+            return None
+        assert served.addr is not None
+        return served.db.tls.server_name or served.addr.host
+
+    async def _open(self, served: _Served, tls_user: str | None = None) -> tuple[asyncio.StreamReader,
+                                                                              asyncio.StreamWriter]:
+        """A connection to the real server (TLS from the first byte if ``tls_user`` is given and the
+        mode is not ``disabled``); raises :class:`BackendUnavailable`."""
+        addr = served.addr
+        assert addr is not None
+        ctx = None
+        if tls_user is not None and served.tls_mode != "disabled":
+            ctx = await self._tls_context(served, tls_user)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                return await asyncio.open_connection(addr.host, addr.port, ssl=ctx,
+                                                     server_hostname=self._server_hostname(served) if ctx else None)
+        except TimeoutError:
+            raise BackendUnavailable(f"connecting to {addr} timed out after {self.connect_timeout:g}s") from None
+        except ssl.SSLError as exc:
+            raise BackendUnavailable(f"TLS with the server at {addr} failed: {_why(exc)}") from None
+        except OSError as exc:
+            raise BackendUnavailable(f"cannot connect to {addr}: {exc.strerror or exc}") from None
+
+    async def _tls_context(self, served: _Served, db_user: str) -> ssl.SSLContext:
+        cached = served.contexts.get(db_user)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        cert = key = cas = b""
+        if self.cert_issuer is not None:
+            try:
+                cert, key, cas = await self.cert_issuer(db_user)
+            except (authapi.AuthAPIError, OSError, ValueError) as exc:
+                message = getattr(exc, "message", str(exc))
+                raise BackendUnavailable(f"cannot get a client certificate for {db_user!r} from the Auth Service: "
+                                         f"{message}") from None
+        ctx = await asyncio.to_thread(_client_context, served, cert, key, cas)
+        served.contexts[db_user] = (ctx, time.monotonic() + CLIENT_CERT_TTL / 2)
+        return ctx
+
+
+def _client_context(served: _Served, cert: bytes, key: bytes, cas: bytes) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    mode = served.tls_mode
+    if mode == "insecure":
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    else:
+        ctx.check_hostname = mode == "verify-full"
+        if served.db.tls.ca_cert_file:
+            ctx.load_verify_locations(cafile=served.db.tls.ca_cert_file)
+        elif cas:
+            ctx.load_verify_locations(cadata=cas.decode())
+        else:
+            ctx.load_default_certs()
+    if cert and key:
+        # load_cert_chain reads files only: a private 0600 file, removed at once.
+        fd, path = tempfile.mkstemp(prefix="tpemu-dbcert-", suffix=".pem")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(cert + b"\n" + key)
+            ctx.load_cert_chain(path)
+        finally:
+            os.unlink(path)
+    return ctx
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, asyncio.IncompleteReadError):
+        return "the server closed the connection"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+async def make_offers(ctx: AgentContext) -> list[Offer]:
+    """The agent's ``db`` role: one offer per configured database, one service for all of them."""
+    from tpemu.agent.tunnel import Offer
+
+    service = DatabaseService(ctx.cfg.db_service.databases, cert_issuer=auth_cert_issuer(ctx.auth))
+    for db in service.databases:
+        log.info("database service: %s (%s) → %s", db.name, db.protocol,
+                 "emulated backend" if db.uri == "emulated" else db.uri)
+    return [Offer(resource, service) for resource in service.resources()]

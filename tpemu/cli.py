@@ -660,6 +660,9 @@ def cmd_config(args: argparse.Namespace) -> int:
     except BrokenPipeError:  # the reader (ssh -F /dev/stdin …) stopped early: nothing to report
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 # -- databases: db ls|login|logout|connect|env|config, proxy db --tunnel -------------------------------
 
 

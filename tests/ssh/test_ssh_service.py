@@ -17,6 +17,7 @@ from tpemu.auth import authority
 from tpemu.auth.authority import CAType
 
 
+@pytest.mark.both_loops
 async def test_exec_streams_exit_status_and_stdin(connect: Connect) -> None:
     conn = await connect("alice")
     result = await conn.run("echo out; echo err >&2; exit 3")
@@ -38,6 +39,7 @@ async def test_environment_is_sshd_like(connect: Connect, node: SSHService) -> N
     assert "TERM" not in env  # no pty asked for
 
 
+@pytest.mark.both_loops
 async def test_shell_with_pty_resizes_and_exits(connect: Connect) -> None:
     conn = await connect("alice")
     proc = await conn.create_process(term_type="xterm-256color", term_size=(100, 30), encoding=None)

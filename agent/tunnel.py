@@ -29,7 +29,7 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import asyncssh
 
@@ -37,7 +37,7 @@ from tpemu import TELEPORT_VERSION
 from tpemu.authclient import HostIdentity
 from tpemu.config import Addr
 from tpemu.identity import host_fqdn
-from tpemu.net.channel_bridge import bridge
+from tpemu.net.channel_bridge import FramedChannel
 from tpemu.net.dial import DialError, SSHTunnel
 from tpemu.net.proxyenv import ProxySettings
 from tpemu.wire import alpn
@@ -45,7 +45,6 @@ from tpemu.wire import tunnel as tw
 
 log = logging.getLogger(__name__)
 
-DIAL_READ_TIMEOUT = 10.0
 
 
 class Service(Protocol):
@@ -167,7 +166,7 @@ class TunnelAgent:
                 keepalive_interval=self.heartbeat, keepalive_count_max=self.missed, login_timeout=15.0,
                 connect_timeout=20.0, client_version="Teleport") as conn:
             self._conn = conn
-            await conn.start_server(self._on_channel, tw.CHANNEL_TRANSPORT, 0, encoding=None)
+            await conn.create_server(self._on_channel, tw.CHANNEL_TRANSPORT, 0, encoding=None)
             writer, _, _ = await conn.open_session(subsystem=tw.CHANNEL_HEARTBEAT, encoding=None)
             self.state.connects += 1
             self.state.connected.set()
@@ -187,41 +186,32 @@ class TunnelAgent:
 
     # -- dial requests -----------------------------------------------------------------------------
 
-    def _on_channel(self, orig_host: str, orig_port: int) -> Callable[[asyncssh.SSHReader[bytes],
-                                                                         asyncssh.SSHWriter[bytes]], object]:
-        return self._handle
+    def _on_channel(self, orig_host: str, orig_port: int) -> FramedChannel:
+        return FramedChannel(on_frame=self._on_dial_request)
 
-    async def _handle(self, reader: asyncssh.SSHReader[bytes], writer: asyncssh.SSHWriter[bytes]) -> None:
-        buf = bytearray()
+    def _on_dial_request(self, session: FramedChannel, obj: dict[str, Any], rest: bytes) -> None:
+        task = asyncio.get_running_loop().create_task(self._handle(session, obj, rest))
+        self._served.add(task)
+        task.add_done_callback(self._served.discard)
+
+    async def _handle(self, session: FramedChannel, obj: dict[str, Any], rest: bytes) -> None:
         try:
-            async with asyncio.timeout(DIAL_READ_TIMEOUT):
-                while (frame := tw.decode_frame(buf)) is None:
-                    chunk = await reader.read(65536)
-                    if not chunk:
-                        writer.close()
-                        return
-                    buf += chunk
-            obj, used = frame
             request = tw.DialRequest.from_json(obj)
-        except (TimeoutError, tw.TunnelProtocolError, ValueError) as exc:
-            log.warning("%s: bad dial request from the proxy: %s", self.name, exc or "timed out")
-            writer.write(tw.DialResponse(False, f"bad dial request: {exc or 'timed out'}").encode())
-            writer.close()
+        except tw.TunnelProtocolError as exc:
+            log.warning("%s: bad dial request from the proxy: %s", self.name, exc)
+            session.write(tw.DialResponse(False, f"bad dial request: {exc}").encode())
+            session.close()
             return
         offer, why = self._find(request)
         if offer is None:
             log.warning("%s: dial request for %s refused: %s", self.name, _describe(request), why)
-            writer.write(tw.DialResponse(False, why).encode())
-            writer.close()
+            session.write(tw.DialResponse(False, why).encode())
+            session.close()
             return
-        writer.write(tw.DialResponse(True).encode())
-        sock = bridge(reader, writer, bytes(buf[used:]))
+        session.write(tw.DialResponse(True).encode())
+        sock = await session.attach(rest)
         log.info("%s: %s from %s → %s %s", self.name, request.conn_type, request.client_src_addr or "?",
                  offer.resource.kind, offer.resource.name)
-        task = asyncio.current_task()
-        if task is not None:
-            self._served.add(task)
-            task.add_done_callback(self._served.discard)
         try:
             await offer.service.serve(sock, request)
         except Exception:

@@ -38,13 +38,13 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import asyncssh
 
 from tpemu import authapi
 from tpemu.logs import RateLimiter
-from tpemu.net.channel_bridge import bridge
+from tpemu.net.channel_bridge import FramedChannel
 from tpemu.net.sockets import close_with_answer, format_addr
 from tpemu.proxy.frontdoor import Accepted
 from tpemu.wire import alpn as names
@@ -409,31 +409,31 @@ class TunnelRegistry:
 
     async def _dial_agent(self, agent: AgentConn, req: tw.DialRequest, timeout: float) -> socket.socket:
         src = req.client_src_addr.rsplit(":", 1)
+        orig_host = src[0] if src[0] else ""
+        orig_port = int(src[1]) if len(src) == 2 and src[1].isdigit() else 0
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await agent.conn.open_connection(
-                    TRANSPORT_LISTENER, 0, src[0] if src[0] else "", int(src[1]) if len(src) == 2 and src[1].isdigit()
-                    else 0, encoding=None)
-                writer.write(req.encode())
-                buf = bytearray()
-                while (frame := tw.decode_frame(buf)) is None:
-                    chunk = await reader.read(65536)
-                    if not chunk:
-                        raise TunnelError(f"agent {agent.host_id} closed the transport channel without answering")
-                    buf += chunk
+                _, opened = await agent.conn.create_connection(FramedChannel, TRANSPORT_LISTENER, 0,
+                                                               orig_host, orig_port, encoding=None)
+                session = cast(FramedChannel, opened)
+                session.write(req.encode())
+                obj, rest = await session.frame(timeout)
         except TimeoutError:
             raise TunnelError(f"agent {agent.host_id} did not answer the dial request within {timeout:g}s") from None
         except (asyncssh.Error, OSError) as exc:
-            reason = exc.reason if isinstance(exc, asyncssh.Error) else str(exc)
+            reason = exc.reason if isinstance(exc, asyncssh.Error) else (str(exc) or type(exc).__name__)
             raise TunnelError(f"agent {agent.host_id} is offline ({reason})") from None
         except tw.TunnelProtocolError as exc:
             raise TunnelError(f"agent {agent.host_id} answered garbage: {exc}") from None
-        obj, used = frame
-        answer = tw.DialResponse.from_json(obj)
+        try:
+            answer = tw.DialResponse.from_json(obj)
+        except tw.TunnelProtocolError as exc:
+            session.close()
+            raise TunnelError(f"agent {agent.host_id} answered garbage: {exc}") from None
         if not answer.ok:
-            writer.close()
+            session.close()
             raise TunnelError(answer.error or f"agent {agent.host_id} refused the connection")
-        return bridge(reader, writer, bytes(buf[used:]))
+        return await session.attach(rest)
 
     async def _dial_direct(self, node: DirectNode, timeout: float) -> socket.socket:
         host, _, port = node.addr.rpartition(":")

@@ -160,6 +160,14 @@ class AgentProcess:
             await t.close()
         for lsock in self._listeners:
             lsock.close()
+        # Services end their sessions themselves (the SSH service hangs up its processes).
+        for offers in self.offers.values():
+            for service in {id(o.service): o.service for o in offers}.values():
+                close = getattr(service, "close", None)
+                if close is not None:
+                    result = close()
+                    if asyncio.iscoroutine(result):
+                        await result
 
     # -- identity -------------------------------------------------------------------------------------
 

@@ -164,6 +164,10 @@ class TunnelAgent:
                 client_host=self.fqdn, client_host_keys=[(self._key, self._cert)], client_keys=None,
                 preferred_auth="hostbased", known_hosts=self._known, agent_path=None, config=None,
                 keepalive_interval=self.heartbeat, keepalive_count_max=self.missed, login_timeout=15.0,
+                # AES-GCM first: asyncssh's ChaCha20 builds cipher state per packet (measured by the
+                # SSH work: 100 MB through proxy and tunnel 5.7 s with ChaCha20, 3.3 s with AES-GCM).
+                encryption_algs=["aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
+                                 "chacha20-poly1305@openssh.com", "aes128-ctr"],
                 connect_timeout=20.0, client_version="Teleport") as conn:
             self._conn = conn
             await conn.create_server(self._on_channel, tw.CHANNEL_TRANSPORT, 0, encoding=None)

@@ -336,23 +336,28 @@ class TunnelRegistry:
                     agent.conn.close()
 
     async def _poll_direct(self) -> None:
-        routes = self.proxy.auth_routes
         while True:
-            if routes is not None and routes.identity is not None:
-                try:
-                    items = (await routes.client().call("GET", "/v1/nodes")).get("items") or []
-                    found = {}
-                    for item in items:
-                        spec = item.get("spec") or {}
-                        meta = item.get("metadata") or {}
-                        if spec.get("addr") and not spec.get("use_tunnel"):
-                            node = DirectNode(meta.get("name", ""), spec.get("hostname", ""), spec["addr"],
-                                              dict(meta.get("labels") or {}))
-                            found[node.host_id] = node
-                    self.direct = found
-                except (authapi.AuthAPIError, AttributeError, TypeError) as exc:
-                    log.debug("listing nodes from the Auth Service failed: %s", exc)
+            await self._refresh_direct()
             await asyncio.sleep(DIRECT_POLL)
+
+    async def _refresh_direct(self) -> None:
+        """Directly-joined nodes, from the Auth Service's inventory (``/v1/nodes`` with an address)."""
+        routes = self.proxy.auth_routes
+        if routes is None or routes.identity is None:
+            return
+        try:
+            items = (await routes.client().call("GET", "/v1/nodes")).get("items") or []
+            found = {}
+            for item in items:
+                spec = item.get("spec") or {}
+                meta = item.get("metadata") or {}
+                if spec.get("addr") and not spec.get("use_tunnel"):
+                    node = DirectNode(meta.get("name", ""), spec.get("hostname", ""), spec["addr"],
+                                      dict(meta.get("labels") or {}))
+                    found[node.host_id] = node
+            self.direct = found
+        except (authapi.AuthAPIError, AttributeError, TypeError) as exc:
+            log.debug("listing nodes from the Auth Service failed: %s", exc)
 
     # -- finding and dialing ---------------------------------------------------------------------------
 
@@ -375,7 +380,8 @@ class TunnelRegistry:
                 agents.append(agent)
         direct = None
         for node in self.direct.values():
-            if (want_host and node.host_id == want_host) or (target and target in (
+            if (want_host and node.host_id == want_host) or (req.address and req.address == node.addr) or (
+                    target and target in (
                     node.hostname, node.host_id, f"{node.hostname}.{self.cluster}", f"{node.host_id}.{self.cluster}")):
                 direct = node
                 break
@@ -397,6 +403,10 @@ class TunnelRegistry:
                 return await self._dial_agent(agent, req, timeout)
             except TunnelError as exc:
                 errors.append(str(exc))
+        if direct is None and not agents and req.conn_type == tw.NODE:
+            # A node that joined directly may have announced itself since the last poll.
+            await self._refresh_direct()
+            _, direct, _ = self._match(req)
         if direct is not None:
             return await self._dial_direct(direct, timeout)
         if errors:

@@ -284,6 +284,9 @@ class AuthServer:
         out["kind"] = teleport_kind
         out.setdefault("version", "v2")
         out["metadata"] = {**meta, "expires": authapi.rfc3339(expires)}
+        # tpemu: when this heartbeat arrived, so that `tpemu ls` / `tpemu db ls` can show it.
+        out["status"] = {**authapi.body_object(resource.get("status") or {}),
+                         "last_heartbeat": authapi.rfc3339(self.clock())}
         data = json.dumps(out, sort_keys=True).encode()
         if len(data) > 64 * 1024:
             raise authapi.BadParameter("resource larger than 64 KiB")

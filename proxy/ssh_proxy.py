@@ -123,6 +123,7 @@ class NodeRecord:
     addr: str = ""
     use_tunnel: bool = False
     labels: dict[str, str] = field(default_factory=dict)
+    last_heartbeat: str = ""
 
     @classmethod
     def from_resource(cls, obj: Any) -> NodeRecord | None:
@@ -132,14 +133,19 @@ class NodeRecord:
         if not isinstance(meta, dict) or not isinstance(spec, dict) or not isinstance(meta.get("name"), str):
             return None
         labels = meta.get("labels") if isinstance(meta.get("labels"), dict) else {}
+        status = obj.get("status")
+        status = status if isinstance(status, dict) else {}
         return cls(meta["name"], str(spec.get("hostname") or ""), str(spec.get("addr") or ""),
-                   bool(spec.get("use_tunnel")), {str(k): str(v) for k, v in (labels or {}).items()})
+                   bool(spec.get("use_tunnel")), {str(k): str(v) for k, v in (labels or {}).items()},
+                   str(status.get("last_heartbeat") or ""))
 
     def web(self, cluster: str) -> dict[str, Any]:
         """``ui.Server`` (``lib/web/ui/server.go``)."""
         return {"kind": "node", "tunnel": self.use_tunnel, "subKind": "teleport", "id": self.host_id,
                 "siteId": cluster, "hostname": self.hostname, "addr": self.addr,
-                "tags": [{"name": k, "value": v} for k, v in sorted(self.labels.items())], "sshLogins": []}
+                "tags": [{"name": k, "value": v} for k, v in sorted(self.labels.items())], "sshLogins": [],
+                # tpemu: when the node last announced itself to the Auth Service.
+                "lastHeartbeat": self.last_heartbeat}
 
 
 def match_nodes(nodes: list[NodeRecord], host: str, port: int) -> list[NodeRecord]:

@@ -30,8 +30,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:  # everything after "bench" belongs to the suite's own parser
         return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
+    # Arguments after "--" belong to the program a command runs (tpemu db connect NAME -- -c "…");
+    # argparse does not hand them to a positional of a nested subcommand, so they are split here.
+    # `tpemu ssh` keeps its own: everything after the node is the remote command.
+    passthrough: list[str] = []
+    if "--" in argv and argv[:1] != ["ssh"]:
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1:]
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.passthrough = passthrough
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -693,7 +701,7 @@ def _add_db_commands(sub: Any) -> None:
     s.add_argument("name")
     route_args(s)
     home_arg(s)
-    s.add_argument("client_args", nargs=argparse.REMAINDER, help="arguments for the client, after --")
+    s.add_argument("client_args", nargs="*", help="arguments for the client, after -- (e.g. -- -c \"select 1\")")
     s.set_defaults(func=cmd_db_connect)
     s = dsub.add_parser("env", help="print libpq environment variables for a Postgres database")
     s.add_argument("name", nargs="?")
@@ -755,16 +763,19 @@ def cmd_db_ls(args: argparse.Namespace) -> int:
     active = logins(prof)
     if args.format == "json":
         print(json.dumps([{"name": d.name, "protocol": d.protocol, "uri": d.uri, "description": d.description,
-                           "labels": d.labels, "hosts": list(d.hosts), "logged_in": d.name in active}
-                          for d in items], indent=2))
+                           "labels": d.labels, "hosts": list(d.hosts), "logged_in": d.name in active,
+                           "last_heartbeat": d.last_heartbeat} for d in items], indent=2))
         return 0
-    print(f"{'Name':<24} {'Protocol':<10} {'Description':<28} {'Labels':<24} Connect")
+    from tpemu.client.ssh import heartbeat_age
+
+    print(f"{'Name':<24} {'Protocol':<10} {'Description':<24} {'Labels':<16} {'Last heartbeat':<15} Connect")
     for d in items:
         labels = ",".join(f"{k}={v}" for k, v in sorted(d.labels.items()))
         login = active.get(d.name)
         mark = f"> {d.name}" if login else d.name
         connect = f"tpemu db connect {d.name}" + (f" (as {login.db_user})" if login else "")
-        print(f"{mark:<24} {d.protocol:<10} {d.description or '-':<28} {labels or '-':<24} {connect}")
+        print(f"{mark:<24} {d.protocol:<10} {d.description or '-':<24} {labels or '-':<16} "
+              f"{heartbeat_age(d.last_heartbeat):<15} {connect}")
     return 0
 
 
@@ -796,9 +807,7 @@ def cmd_db_connect(args: argparse.Namespace) -> int:
     from tpemu.client.db import connect
 
     login = _db_login_for(args)
-    extra = list(args.client_args)
-    if extra[:1] == ["--"]:
-        extra = extra[1:]
+    extra = list(args.client_args) + list(getattr(args, "passthrough", []))
     code: int = _db_call(lambda: connect(login, extra))
     return code
 

@@ -262,8 +262,17 @@ def banner(cfg: Config, proxy: Any, all_in_one: bool, auth: Any = None, agent: A
     ]
     if auth is not None:
         lines += [
-            "    tpemu users add alice --logins root,alice        # asks for a password",
+            "    tpemu users add alice --logins root,alice --db-users alice --db-names postgres,app  # asks a password",
             f"    tpemu login --proxy {web} --user alice --ca {ca}",
             "    tpemu status",
         ]
+        if agent is not None:
+            node = agent.nodename
+            lines += [
+                "    tpemu ls                                   # the SSH nodes, with their last heartbeat",
+                f"    tpemu ssh alice@{node} uname -a",
+                f"    tpemu config >> ~/.ssh/config && ssh alice@{node}.{cfg.auth_service.cluster_name}   # OpenSSH",
+                "    tpemu db ls",
+                "    tpemu db connect pg --db-user alice --db-name postgres",
+            ]
     return "\n".join(lines)

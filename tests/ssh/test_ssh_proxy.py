@@ -132,8 +132,9 @@ async def test_node_list_web_endpoint(tmp_path: Path) -> None:
         assert node2["tags"] == [{"name": "env", "value": "prod"}, {"name": "team", "value": "db"}]
         assert node2["sshLogins"] == ["root", "alice"] and node2["kind"] == "node"
         table = ssh_mod.format_nodes(items)
-        assert table.splitlines()[0].split() == ["Node", "Name", "Address", "Labels"]
+        assert table.splitlines()[0].split() == ["Node", "Name", "Address", "Labels", "Last", "heartbeat"]
         assert "node2     ⟵ Tunnel env=prod,team=db" in table
+        assert node2["lastHeartbeat"] and "s ago" in table.splitlines()[-1]  # stamped by the Auth Service
         # Without a user certificate: refused.
         ctx = ssl.create_default_context(cafile=str(prof.ca_path))
         reader, writer = await asyncio.open_connection(c.web.host, c.web.port, ssl=ctx)

@@ -72,11 +72,13 @@ def test_match_nodes() -> None:
 
 def test_node_record_from_resource_and_web_shape() -> None:
     resource = {"kind": "node", "metadata": {"name": "h1", "labels": {"env": "x"}},
-                "spec": {"hostname": "n1", "addr": "", "use_tunnel": True}}
+                "spec": {"hostname": "n1", "addr": "", "use_tunnel": True},
+                "status": {"last_heartbeat": "2026-11-24T18:00:00Z"}}
     node = NodeRecord.from_resource(resource)
-    assert node == NodeRecord("h1", "n1", "", True, {"env": "x"})
+    assert node == NodeRecord("h1", "n1", "", True, {"env": "x"}, "2026-11-24T18:00:00Z")
     assert node.web("c") == {"kind": "node", "tunnel": True, "subKind": "teleport", "id": "h1", "siteId": "c",
-                             "hostname": "n1", "addr": "", "tags": [{"name": "env", "value": "x"}], "sshLogins": []}
+                             "hostname": "n1", "addr": "", "tags": [{"name": "env", "value": "x"}], "sshLogins": [],
+                             "lastHeartbeat": "2026-11-24T18:00:00Z"}
     for bad in (None, [], {"metadata": {}}, {"metadata": {"name": 3}, "spec": {}}):
         assert NodeRecord.from_resource(bad) is None
 
@@ -150,12 +152,18 @@ def test_format_nodes() -> None:
     items = [{"hostname": "a", "id": "1", "tunnel": True, "tags": []},
              {"hostname": "bbbb", "id": "2", "addr": "10.0.0.1:3022", "tags": [{"name": "k", "value": "v"}]}]
     assert ssh_mod.format_nodes(items).splitlines() == [
-        "Node Name Address       Labels",
-        "--------- ------------- ------",
-        "a         ⟵ Tunnel",
-        "bbbb      10.0.0.1:3022 k=v",
+        "Node Name Address       Labels Last heartbeat",
+        "--------- ------------- ------ --------------",
+        "a         ⟵ Tunnel             -",
+        "bbbb      10.0.0.1:3022 k=v    -",
     ]
-    assert ssh_mod.format_nodes([], verbose=True).splitlines()[0] == "Node Name Node ID Address Labels"
+    assert ssh_mod.format_nodes([], verbose=True).splitlines()[0] == "Node Name Node ID Address Labels Last heartbeat"
+    import datetime as dt
+
+    now = dt.datetime(2026, 11, 24, 18, 0, 10, tzinfo=dt.UTC)
+    assert ssh_mod.heartbeat_age("2026-11-24T18:00:00Z", now) == "10s ago"
+    assert ssh_mod.heartbeat_age("2026-11-24T17:50:00Z", now) == "10m ago"
+    assert ssh_mod.heartbeat_age("", now) == "-"
 
 
 # -- certificate fields asyncssh does not expose -----------------------------------------------------------

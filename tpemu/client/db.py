@@ -60,6 +60,8 @@ class DatabaseInfo:
     description: str
     labels: dict[str, str]
     hosts: tuple[str, ...]
+    #: The most recent heartbeat of the agents serving it (RFC 3339), from the Auth Service.
+    last_heartbeat: str = ""
 
 
 @dataclass(frozen=True)
@@ -115,8 +117,11 @@ async def list_databases(prof: profile_mod.Profile) -> list[DatabaseInfo]:
         host = str(spec.get("hostname") or spec.get("host_id") or "")
         old = found.get(name)
         hosts = (*(old.hosts if old else ()), host) if host else (old.hosts if old else ())
+        status = item.get("status")
+        status = status if isinstance(status, dict) else {}
+        beat = max(str(status.get("last_heartbeat") or ""), old.last_heartbeat if old else "")
         found[name] = DatabaseInfo(name, str(dspec.get("protocol", "")), str(dspec.get("uri", "")),
-                                   str(meta.get("description", "")), dict(meta.get("labels") or {}), hosts)
+                                   str(meta.get("description", "")), dict(meta.get("labels") or {}), hosts, beat)
     return [found[k] for k in sorted(found)]
 
 

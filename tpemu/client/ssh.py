@@ -671,6 +671,18 @@ async def list_nodes(profile: Profile) -> list[dict[str, Any]]:
     return [i for i in items if isinstance(i, dict)]
 
 
+def heartbeat_age(stamp: str, now: dt.datetime | None = None) -> str:
+    """``3s ago`` for an RFC 3339 time (``-`` when unknown)."""
+    if not stamp:
+        return "-"
+    try:
+        when = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return stamp
+    secs = max(0, int(((now or dt.datetime.now(dt.UTC)) - when).total_seconds()))
+    return f"{secs}s ago" if secs < 120 else f"{secs // 60}m ago"
+
+
 def format_nodes(items: list[dict[str, Any]], verbose: bool = False) -> str:
     """``tsh ls``'s table: Node Name, Address (``⟵ Tunnel`` for tunnelled nodes), Labels."""
     rows = []
@@ -680,8 +692,8 @@ def format_nodes(items: list[dict[str, Any]], verbose: bool = False) -> str:
         row = [str(item.get("hostname", ""))]
         if verbose:
             row.append(str(item.get("id", "")))
-        rows.append([*row, addr, labels])
-    head = ["Node Name", *(["Node ID"] if verbose else []), "Address", "Labels"]
+        rows.append([*row, addr, labels, heartbeat_age(str(item.get("lastHeartbeat") or ""))])
+    head = ["Node Name", *(["Node ID"] if verbose else []), "Address", "Labels", "Last heartbeat"]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
     lines = [" ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip(),
              " ".join("-" * w for w in widths)]

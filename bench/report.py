@@ -80,6 +80,18 @@ def table(result: dict[str, Any]) -> str:
                      + (f", RSA {f['cpu_ratio_to_ecdsa']:.2f}× ECDSA CPU" if "cpu_ratio_to_ecdsa" in f else "") + ")"
                      for name, f in figs.items()]
             lines.append(f"{point:<6} " + "; ".join(cells))
+    full = result.get("fullstack") or {}
+    if full.get("ssh_session_setup"):
+        ssh = full["ssh_session_setup"]
+        lines.append("")
+        lines.append(f"full stack: SSH session setup {ssh['new_proxy_connection_ms']} ms (new proxy connection), "
+                     f"{ssh['kept_proxy_connection_ms']} ms (kept)")
+    if full.get("postgres"):
+        pg = full["postgres"]
+        via, direct = pg["through_proxy_and_tunnel"], pg["direct"]
+        lines.append(f"full stack: Postgres select 1 {via['round_trip_us']} µs through proxy + tunnel vs "
+                     f"{direct['round_trip_us']} µs direct ({via.get('round_trip_ratio_to_direct')}×); connect "
+                     f"{via['connect_ms']} ms vs {direct['connect_ms']} ms")
     subjects_info = e2e.get("subjects") or {}
     skipped = {k: v.get("skipped") for k, v in subjects_info.items() if isinstance(v, dict) and v.get("skipped")}
     for name, why in skipped.items():

@@ -4,8 +4,9 @@ Profiles: ``quick`` (under 3 minutes) and ``full`` (under 15, with repeats and c
 instruction counts of the hot path). Parts: ``micro`` (the hot routing path without sockets,
 :mod:`bench.micro`), ``e2e`` (connection rate, throughput and memory through tpemu on uvloop
 and asyncio, HAProxy, nginx stream and sslh, each as a ratio to a direct connection,
-:mod:`bench.e2e`) and ``tls`` (TLS termination handshakes, ECDSA against RSA, against HAProxy,
-:mod:`bench.tls`). Results go to ``bench/results/<UTC time>-<profile>.json`` with the git sha,
+:mod:`bench.e2e`), ``tls`` (TLS termination handshakes, ECDSA against RSA, against HAProxy,
+:mod:`bench.tls`) and ``fullstack`` (SSH session setup and Postgres round trips through a reverse
+tunnel, :mod:`bench.fullstack`). Results go to ``bench/results/<UTC time>-<profile>.json`` with the git sha,
 Python, uvloop version and CPU count; the chart beside it as PNG (when matplotlib is installed).
 """
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="tpemu bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", choices=("quick", "full"), default="quick")
-    ap.add_argument("--only", choices=("micro", "e2e", "tls"), help="run one part only")
+    ap.add_argument("--only", choices=("micro", "e2e", "tls", "fullstack"), help="run one part only")
     ap.add_argument("--out", help="write the JSON here instead of bench/results/")
     ap.add_argument("--no-chart", action="store_true")
     args = ap.parse_args(argv)
@@ -83,6 +84,15 @@ def main(argv: list[str] | None = None) -> int:
 
         print("TLS termination (full handshakes, ECDSA P-256 vs RSA 2048, tpemu vs HAProxy):")
         result["tls"] = run_tls(args.profile, log=print)
+    if args.only in (None, "fullstack"):
+        from bench.fullstack import run_fullstack
+
+        print("full stack (SSH session setup, Postgres round trips through a reverse tunnel):")
+        try:
+            result["fullstack"] = run_fullstack(args.profile, log=print)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            result["fullstack"] = {"skipped": f"failed: {exc}"}
+            print(f"full stack: skipped: {exc}")
     result["duration_s"] = round(time.monotonic() - started, 1)
 
     from bench.report import add_ratios, chart, table

@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import getpass
-import json
 import os
 import select
 import signal
@@ -40,12 +39,12 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
-import h11
 
-from tpemu import sshcert
+from tpemu import authapi, sshcert
+from tpemu.authclient import AuthClient
 from tpemu.client.profile import Profile
 from tpemu.config import Addr
-from tpemu.net.dial import DialError, SSHTunnel, open_stream
+from tpemu.net.dial import DialError, SSHTunnel, settings_from
 from tpemu.wire import alpn
 
 #: Teleport's node port (``defaults.SSHServerListenPort``): what ``tsh config`` writes.
@@ -212,52 +211,12 @@ async def web_get(profile: Profile, path: str, client_cert: bool = False, timeou
         ctx = _web_context(profile, client_cert)
     except (OSError, ssl.SSLError) as exc:
         raise SSHError(f"cannot load the profile's certificates: {exc}", 1) from None
+    # The Auth API's JSON client speaks to any JSON endpoint: here the proxy's web API.
+    client = AuthClient(addr, ctx, addr.host, timeout=timeout, what="the proxy", proxy=settings_from())
     try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await open_stream(addr.host, addr.port, ssl_context=ctx, server_hostname=addr.host,
-                                               timeout=timeout)
-            try:
-                status, body = await _http_get(reader, writer, addr, path)
-            finally:
-                writer.close()
-    except TimeoutError:
-        raise SSHError(f"the proxy at {addr} did not answer {path} within {timeout:g}s") from None
-    except ssl.SSLCertVerificationError as exc:
-        raise SSHError(f"cannot verify the proxy's certificate: {exc.verify_message}") from None
-    except (OSError, h11.ProtocolError) as exc:
-        raise SSHError(f"cannot reach the proxy at {addr}: {exc}") from None
-    try:
-        data = json.loads(body) if body else None
-    except ValueError:
-        raise SSHError(f"{path} answered {status} with something that is not JSON") from None
-    if status >= 400:
-        message = f"{path} answered {status}"
-        if isinstance(data, dict) and isinstance(data.get("error"), dict):
-            message = str(data["error"].get("message", message))
-        raise SSHError(message, 1)
-    return data
-
-
-async def _http_get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, addr: Addr,
-                    path: str) -> tuple[int, bytes]:
-    conn = h11.Connection(h11.CLIENT)
-    writer.write(conn.send(h11.Request(method="GET", target=path, headers=[
-        ("Host", str(addr)), ("Accept", "application/json"), ("Connection", "close"), ("User-Agent", "tpemu")])))
-    writer.write(conn.send(h11.EndOfMessage()))
-    await writer.drain()
-    status, body = 0, bytearray()
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await reader.read(65536))
-        elif isinstance(event, h11.Response):
-            status = event.status_code
-        elif isinstance(event, h11.Data):
-            body += event.data
-            if len(body) > MAX_WEB_ANSWER:
-                raise OSError(f"answer larger than {MAX_WEB_ANSWER} bytes")
-        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-            return status, bytes(body)
+        return await client.call("GET", path)
+    except authapi.AuthAPIError as exc:
+        raise SSHError(exc.message, 1 if exc.status < 500 else 255) from None
 
 
 # -- the proxy ----------------------------------------------------------------------------------------

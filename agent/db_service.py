@@ -64,6 +64,7 @@ from tpemu.agent.backends.redis import RedisBackend
 from tpemu.config import Addr, Database
 from tpemu.net.db_refusal import Refusal, refuse
 from tpemu.net.relay import Stream, relay
+from tpemu.net.sockets import read_exact
 from tpemu.wire import WireError
 from tpemu.wire import mysql as my
 from tpemu.wire import postgres as pg
@@ -148,17 +149,6 @@ class _Served:
     @property
     def tls_mode(self) -> str:
         return self.db.tls.mode or "verify-full"
-
-
-async def _read_exact(sock: socket.socket, n: int) -> bytes:
-    loop = asyncio.get_running_loop()
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = await loop.sock_recv(sock, n - len(buf))
-        if not chunk:
-            raise asyncio.IncompleteReadError(bytes(buf), n)
-        buf += chunk
-    return bytes(buf)
 
 
 async def _streams(sock: socket.socket, prefeed: bytes = b"") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -294,11 +284,11 @@ class DatabaseService:
                         request: DialRequest) -> None:
         try:
             async with asyncio.timeout(self.startup_timeout):
-                head = await _read_exact(sock, 8)
+                head = await read_exact(sock, 8)
                 packet = pg.parse_startup(head)
                 raw = head
                 if packet is None:
-                    raw = head + await _read_exact(sock, int.from_bytes(head[:4], "big") - 8)
+                    raw = head + await read_exact(sock, int.from_bytes(head[:4], "big") - 8)
                     packet = pg.parse_startup(raw)
         except (TimeoutError, WireError, asyncio.IncompleteReadError) as exc:
             await self._refuse_raw(sock, "postgres", f"expected a StartupMessage from the proxy: {exc}",
@@ -355,9 +345,9 @@ class DatabaseService:
                      request: DialRequest) -> None:
         try:
             async with asyncio.timeout(self.startup_timeout):
-                head = await _read_exact(sock, 4)
+                head = await read_exact(sock, 4)
                 my.parse_packet(head)  # size check
-                payload = await _read_exact(sock, int.from_bytes(head[:3], "little"))
+                payload = await read_exact(sock, int.from_bytes(head[:3], "little"))
                 response = my.parse_handshake_response(payload)
         except (TimeoutError, WireError, asyncio.IncompleteReadError) as exc:
             await self._refuse_raw(sock, "mysql", f"expected a HandshakeResponse41 from the proxy: {exc}",

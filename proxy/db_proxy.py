@@ -48,7 +48,7 @@ from tpemu import identity as ident
 from tpemu.logs import RateLimiter
 from tpemu.net.db_refusal import Refusal, refuse
 from tpemu.net.relay import PingStream, Stream, relay
-from tpemu.net.sockets import close_with_answer, format_addr
+from tpemu.net.sockets import close_with_answer, format_addr, read_exact
 from tpemu.net.tls import ContextCache, accept_stream
 from tpemu.proxy import postgres_front
 from tpemu.proxy.frontdoor import Accepted
@@ -276,9 +276,9 @@ class DatabaseProxy:
         try:
             async with asyncio.timeout(self.handshake_timeout):
                 await loop.sock_sendall(sock, my.encode_packet(0, greeting))
-                head = await postgres_front.read_exact(sock, 4)
+                head = await read_exact(sock, 4)
                 my.parse_packet(head)
-                payload = await postgres_front.read_exact(sock, int.from_bytes(head[:3], "little"))
+                payload = await read_exact(sock, int.from_bytes(head[:3], "little"))
                 first = my.parse_handshake_response(payload)
         except (TimeoutError, WireError, asyncio.IncompleteReadError, OSError) as exc:
             log.info("%s: MySQL client left or misbehaved before TLS: %s", acc.ctx, exc)

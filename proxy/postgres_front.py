@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import Awaitable, Callable
 
-from tpemu.net.sockets import close_with_answer
+from tpemu.net.sockets import close_with_answer, read_exact
 from tpemu.net.tls import ContextCache, accept_stream
 from tpemu.proxy.frontdoor import Accepted
 from tpemu.wire import postgres as pg
@@ -31,18 +30,6 @@ log = logging.getLogger(__name__)
 POSTGRES_ALPN = ("postgresql", "teleport-postgres")
 
 OnStartup = Callable[[Accepted, pg.StartupMessage, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-async def read_exact(sock: socket.socket, n: int) -> bytes:
-    """Read exactly ``n`` bytes from a non-blocking socket; ``IncompleteReadError`` at EOF."""
-    loop = asyncio.get_running_loop()
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = await loop.sock_recv(sock, n - len(buf))
-        if not chunk:
-            raise asyncio.IncompleteReadError(bytes(buf), n)
-        buf += chunk
-    return bytes(buf)
 
 
 async def read_startup_packet(read: Callable[[int], Awaitable[bytes]]) -> pg.StartupPacket:

@@ -8,6 +8,7 @@ so a router waiting for the rest of a ClientHello sleeps instead of waking for e
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import struct
 
@@ -78,3 +79,16 @@ def close_with_answer(sock: socket.socket, answer: bytes = b"") -> None:
     except OSError:
         pass
     sock.close()
+
+
+async def read_exact(sock: socket.socket, n: int) -> bytes:
+    """Read exactly ``n`` bytes from a non-blocking socket (never more, so what follows stays in
+    the kernel for the next reader, a TLS stack for one); ``IncompleteReadError`` at EOF."""
+    loop = asyncio.get_running_loop()
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = await loop.sock_recv(sock, n - len(buf))
+        if not chunk:
+            raise asyncio.IncompleteReadError(bytes(buf), n)
+        buf += chunk
+    return bytes(buf)

@@ -178,12 +178,8 @@ class FrontDoor:
                                      "(proxy_service.max_pending)", format_addr(addr), stats.pending)
                 sock.close()
                 continue
+            # TCP_NODELAY is set by the event loop's transport when a handler takes the socket.
             sock.setblocking(False)
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                sock.close()
-                continue
             self._next_id += 1
             _Sniffer(self, listener, sock, sockaddr(addr), self._next_id).start()
 

@@ -14,8 +14,10 @@ refused in the client's protocol with "… is not available in this cluster".
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -114,8 +116,11 @@ class ProxyService:
         self.table = RouteTable(cfg.proxy_service.passthrough)
         self._tls_files = tls_files
         self.contexts: ContextCache | None = None
+        self.door = FrontDoor(self.table, self._dispatch, sniff_timeout=cfg.proxy_service.sniff_timeout,
+                              max_hello=cfg.proxy_service.max_client_hello,
+                              max_pending=cfg.proxy_service.max_pending)
         self.handlers: dict[RouteKind, Handler] = {
-            RouteKind.PASSTHROUGH: self._splice,
+            RouteKind.PASSTHROUGH: functools.partial(splice_to_target, stats=self.door.stats),
             RouteKind.WEB: self._serve_web,
             RouteKind.WEB_PLAIN_HTTP: self._serve_plain_http,
             RouteKind.DATABASE: self._serve_database,
@@ -127,9 +132,6 @@ class ProxyService:
                                 handshake_timeout=max(10.0, cfg.proxy_service.sniff_timeout))
         #: Called with the StartupMessage of a Postgres connection that arrived as plain SSLRequest.
         self.on_postgres_startup: OnPostgres = self.db.on_postgres_startup
-        self.door = FrontDoor(self.table, self._dispatch, sniff_timeout=cfg.proxy_service.sniff_timeout,
-                              max_hello=cfg.proxy_service.max_client_hello,
-                              max_pending=cfg.proxy_service.max_pending)
 
     @property
     def tls_files(self) -> TLSFiles:
@@ -195,17 +197,15 @@ class ProxyService:
             await self.auth_routes.close()
         await self.door.close()
 
-    async def _dispatch(self, acc: Accepted) -> None:
+    def _dispatch(self, acc: Accepted) -> Awaitable[None]:
+        # Not a coroutine itself: it returns the handler's, one frame less per connection.
         handler = self.handlers.get(acc.route.kind)
         if handler is None:
-            await refuse_unavailable(acc)
-            return
-        await handler(acc)
+            return refuse_unavailable(acc)
+        return handler(acc)
 
     # -- built-in handlers -----------------------------------------------------------------
 
-    async def _splice(self, acc: Accepted) -> None:
-        await splice_to_target(acc, stats=self.door.stats)
 
     async def _serve_web(self, acc: Accepted) -> None:
         assert self.contexts is not None

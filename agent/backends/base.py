@@ -42,10 +42,11 @@ class EmulatedBackend(Protocol):
 
 
 async def serve_tcp(backend: EmulatedBackend, host: str = "127.0.0.1", port: int = 0,
-                    ssl_context: ssl.SSLContext | None = None) -> asyncio.Server:
-    """Run ``backend`` as a standalone TCP server (TLS from the first byte if ``ssl_context``)."""
+                    ssl_context: ssl.SSLContext | None = None, session: Session | None = None) -> asyncio.Server:
+    """Run ``backend`` as a standalone TCP server (TLS from the first byte if ``ssl_context``);
+    with ``session``, every client is treated as that already-authenticated caller."""
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await backend.handle(reader, writer)
+        await backend.handle(reader, writer, session)
 
     return await asyncio.start_server(on_client, host, port, ssl=ssl_context)

@@ -47,12 +47,7 @@ class Servers:
 
     async def start(self, backend: MongoBackend, ssl_context: ssl.SSLContext | None = None,
                     session: Session | None = None) -> int:
-        if session is None:
-            server = await serve_tcp(backend, ssl_context=ssl_context)
-        else:
-            async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-                await backend.handle(reader, writer, session)
-            server = await asyncio.start_server(on_client, "127.0.0.1", 0)
+        server = await serve_tcp(backend, ssl_context=ssl_context, session=session)
         self.servers.append(server)
         port: int = server.sockets[0].getsockname()[1]
         return port

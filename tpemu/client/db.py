@@ -217,8 +217,19 @@ async def run_tunnel(login: DBLogin, listen: Addr, ready: Callable[[Addr], None]
     """Serve ``listen`` (plain TCP) until ``stop`` is set, wrapping each connection in TLS to the proxy."""
     ctx = tunnel_context(login)
     proxy = login.proxy_addr
+    active: set[asyncio.Task[Any]] = set()
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            active.add(task)
+            task.add_done_callback(active.discard)
+        try:
+            await serve_one(reader, writer)
+        except asyncio.CancelledError:
+            writer.close()  # the tunnel is shutting down (the client program has exited)
+
+    async def serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         try:
             async with asyncio.timeout(15):
@@ -244,6 +255,11 @@ async def run_tunnel(login: DBLogin, listen: Addr, ready: Callable[[Addr], None]
                 await stop.wait()
     finally:
         server.close()
+        # End the connections still open here, so no task is cancelled later by the loop's
+        # shutdown (which would log it as an error).
+        for task in list(active):
+            task.cancel()
+        await asyncio.gather(*active, return_exceptions=True)
 
 
 # -- client commands and settings ---------------------------------------------------------------------

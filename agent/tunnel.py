@@ -10,7 +10,8 @@ The other end, and the protocol, are described in ``tpemu.proxy.tunnels``. This 
    certificate, and checks the proxy's SSH host certificate against the host CA;
 3. asks for the ``teleport-transport`` pseudo-listener, answers each channel's
    :class:`~tpemu.wire.tunnel.DialRequest` (finding the service; refusing with a reason) and hands
-   the service a plain socket bridged to the channel;
+   the service the channel itself, as a parked asyncio transport
+   (:class:`~tpemu.net.channel.ChannelTransport`: no socket in between);
 4. sends a :class:`~tpemu.wire.tunnel.Heartbeat` (what it serves) every heartbeat interval on the
    ``teleport-heartbeat`` subsystem;
 5. when the tunnel drops (proxy restart, network), reconnects with jittered exponential backoff
@@ -24,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -37,7 +37,7 @@ from tpemu import TELEPORT_VERSION
 from tpemu.authclient import HostIdentity
 from tpemu.config import Addr
 from tpemu.identity import host_fqdn
-from tpemu.net.channel_bridge import FramedChannel
+from tpemu.net.channel import ChannelTransport, OpeningFrame
 from tpemu.net.dial import DialError, SSHTunnel
 from tpemu.net.proxyenv import ProxySettings
 from tpemu.wire import alpn
@@ -48,9 +48,9 @@ log = logging.getLogger(__name__)
 
 
 class Service(Protocol):
-    """Serves one connection that arrived through the tunnel, on a connected socket."""
+    """Serves one connection that arrived through the tunnel, on its channel (a parked transport)."""
 
-    async def serve(self, sock: socket.socket, request: tw.DialRequest) -> None: ...
+    async def serve(self, transport: asyncio.Transport, request: tw.DialRequest) -> None: ...
 
 
 @dataclass
@@ -190,15 +190,16 @@ class TunnelAgent:
 
     # -- dial requests -----------------------------------------------------------------------------
 
-    def _on_channel(self, orig_host: str, orig_port: int) -> FramedChannel:
-        return FramedChannel(on_frame=self._on_dial_request)
+    def _on_channel(self, orig_host: str, orig_port: int) -> ChannelTransport:
+        return ChannelTransport(OpeningFrame(on_frame=self._on_dial_request))
 
-    def _on_dial_request(self, session: FramedChannel, obj: dict[str, Any], rest: bytes) -> None:
-        task = asyncio.get_running_loop().create_task(self._handle(session, obj, rest))
+    def _on_dial_request(self, session: asyncio.BaseTransport, obj: dict[str, Any]) -> None:
+        assert isinstance(session, ChannelTransport)
+        task = asyncio.get_running_loop().create_task(self._handle(session, obj))
         self._served.add(task)
         task.add_done_callback(self._served.discard)
 
-    async def _handle(self, session: FramedChannel, obj: dict[str, Any], rest: bytes) -> None:
+    async def _handle(self, session: ChannelTransport, obj: dict[str, Any]) -> None:
         try:
             request = tw.DialRequest.from_json(obj)
         except tw.TunnelProtocolError as exc:
@@ -213,15 +214,13 @@ class TunnelAgent:
             session.close()
             return
         session.write(tw.DialResponse(True).encode())
-        sock = await session.attach(rest)
         log.info("%s: %s from %s → %s %s", self.name, request.conn_type, request.client_src_addr or "?",
                  offer.resource.kind, offer.resource.name)
         try:
-            await offer.service.serve(sock, request)
+            await offer.service.serve(session, request)
         except Exception:
             log.exception("%s: service %s %s failed", self.name, offer.resource.kind, offer.resource.name)
-        finally:
-            sock.close()
+            session.close()
 
     def _find(self, request: tw.DialRequest) -> tuple[Offer | None, str]:
         if request.conn_type == tw.DATABASE:

@@ -17,8 +17,9 @@ Theory of operation (Teleport's ``lib/reversetunnel``, as carried over to asyncs
   :class:`~tpemu.wire.tunnel.DialRequest` (Teleport's ``DialReq`` fields); the agent answers with
   a :class:`~tpemu.wire.tunnel.DialResponse` (the refusal reason, as Teleport returns it on the
   channel's stderr), then the channel carries the client's bytes. :meth:`TunnelRegistry.dial`
-  hands callers a plain connected socket (one end of a socketpair spliced to the channel), so
-  the SSH proxy and the database proxy use ordinary asyncio/asyncssh APIs on it.
+  hands callers the channel itself as a parked asyncio transport
+  (:class:`~tpemu.net.channel.ChannelTransport`): the SSH proxy and the database proxy join it
+  to the client with a :class:`~tpemu.net.pipe.Pipe`, or read a handshake through streams on it.
 * An agent whose heartbeats stop for ``keep_alive_count_max`` intervals is dropped; a client
   asking for one of its resources then gets "… is offline" at once, not a hang. Nodes that
   joined the Auth Service directly are dialled at the address they announce to Auth (``3022``).
@@ -38,13 +39,14 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
 from tpemu import authapi
 from tpemu.logs import RateLimiter
-from tpemu.net.channel_bridge import FramedChannel
+from tpemu.net.channel import ChannelTransport, OpeningFrame
+from tpemu.net.pipe import Parked
 from tpemu.net.sockets import close_with_answer, format_addr
 from tpemu.proxy.frontdoor import Accepted
 from tpemu.wire import alpn as names
@@ -387,8 +389,8 @@ class TunnelRegistry:
                 break
         return agents, direct, f"node {req.address or req.server_id!r}"
 
-    async def dial(self, req: tw.DialRequest, timeout: float = 10.0) -> socket.socket:
-        """A connected non-blocking socket spliced to the resource ``req`` names.
+    async def dial(self, req: tw.DialRequest, timeout: float = 10.0) -> asyncio.Transport:
+        """A parked transport to the resource ``req`` names: a tunnel channel, or TCP to a direct node.
 
         Raises :class:`TunnelError` with a message for the client (unknown resource, agent
         offline, the agent's own refusal).
@@ -417,23 +419,27 @@ class TunnelRegistry:
         hint = f" (known: {', '.join(sorted(set(known)))})" if known else " (no agent serves any right now)"
         raise TunnelError(f"{what} not found in cluster {self.cluster}: no connected agent serves it{hint}")
 
-    async def _dial_agent(self, agent: AgentConn, req: tw.DialRequest, timeout: float) -> socket.socket:
+    async def _dial_agent(self, agent: AgentConn, req: tw.DialRequest, timeout: float) -> asyncio.Transport:
         src = req.client_src_addr.rsplit(":", 1)
         orig_host = src[0] if src[0] else ""
         orig_port = int(src[1]) if len(src) == 2 and src[1].isdigit() else 0
+        opening = OpeningFrame()
+        session = ChannelTransport(opening)
         try:
             async with asyncio.timeout(timeout):
-                _, opened = await agent.conn.create_connection(FramedChannel, TRANSPORT_LISTENER, 0,
-                                                               orig_host, orig_port, encoding=None)
-                session = cast(FramedChannel, opened)
+                await agent.conn.create_connection(lambda: session, TRANSPORT_LISTENER, 0, orig_host, orig_port,
+                                                   encoding=None)
                 session.write(req.encode())
-                obj, rest = await session.frame(timeout)
+                obj = await asyncio.shield(opening.frame)
         except TimeoutError:
+            session.close()
             raise TunnelError(f"agent {agent.host_id} did not answer the dial request within {timeout:g}s") from None
         except (asyncssh.Error, OSError) as exc:
+            session.close()
             reason = exc.reason if isinstance(exc, asyncssh.Error) else (str(exc) or type(exc).__name__)
             raise TunnelError(f"agent {agent.host_id} is offline ({reason})") from None
         except tw.TunnelProtocolError as exc:
+            session.close()
             raise TunnelError(f"agent {agent.host_id} answered garbage: {exc}") from None
         try:
             answer = tw.DialResponse.from_json(obj)
@@ -443,17 +449,14 @@ class TunnelRegistry:
         if not answer.ok:
             session.close()
             raise TunnelError(answer.error or f"agent {agent.host_id} refused the connection")
-        return await session.attach(rest)
+        return session  # parked: the bytes after the answer are kept in ``opening``
 
-    async def _dial_direct(self, node: DirectNode, timeout: float) -> socket.socket:
+    async def _dial_direct(self, node: DirectNode, timeout: float) -> asyncio.Transport:
         host, _, port = node.addr.rpartition(":")
         loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET)
-        sock.setblocking(False)
         try:
             async with asyncio.timeout(timeout):
-                await loop.sock_connect(sock, (host.strip("[]"), int(port)))
+                transport, _ = await loop.create_connection(Parked, host.strip("[]"), int(port))
         except (OSError, TimeoutError, ValueError) as exc:
-            sock.close()
             raise TunnelError(f"node {node.hostname} ({node.addr}) is unreachable: {exc or 'timed out'}") from None
-        return sock
+        return transport

@@ -24,3 +24,14 @@ def feed_three_ways(parse: Callable[[bytes], T | None], data: bytes, *,
             got = parse(data + extra)
             assert (same or (lambda a, b: a == b))(got, whole), f"trailing {extra!r} changed the result"
     return whole
+
+
+async def parked(sock: Any) -> Any:
+    """A connected socket as a parked transport: what the tunnel hands a service (a channel)."""
+    import asyncio
+
+    from tpemu.net.pipe import Parked
+
+    sock.setblocking(False)
+    transport, _ = await asyncio.get_running_loop().connect_accepted_socket(Parked, sock)
+    return transport

@@ -1,8 +1,9 @@
 """Database access fixtures: a proxy on port 0, a DatabaseService, and a stand-in tunnel registry.
 
 :class:`LocalDialer` plays the reverse-tunnel registry's part (``TunnelRegistry.dial``): it hands
-one end of a socketpair to ``DatabaseService.serve`` with the dial request, exactly the interface
-the agent's tunnel client uses, and returns the other end to the proxy. User certificates are
+one end of a socketpair, as a parked transport, to ``DatabaseService.serve`` with the dial
+request, exactly the interface the agent's tunnel client uses (a transport), and returns the other
+end to the proxy the same way. User certificates are
 issued by the proxy's bootstrap CA (which the proxy checks client certificates against when it
 runs without an Auth Service), with Teleport identities in their subjects.
 """
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import parked
 from tpemu import config, pki
 from tpemu import identity as ident
 from tpemu.agent.db_service import DatabaseService
@@ -40,7 +42,7 @@ class LocalDialer:
         self.tasks: set[asyncio.Task[None]] = set()
         self.offline: set[str] = set()
 
-    async def dial(self, request: DialRequest, timeout: float = 10.0) -> socket.socket:
+    async def dial(self, request: DialRequest, timeout: float = 10.0) -> asyncio.Transport:
         self.requests.append(request)
         names = {d.name for d in self.service.databases}
         if request.name not in names:
@@ -50,10 +52,10 @@ class LocalDialer:
         ours, theirs = socket.socketpair()
         ours.setblocking(False)
         theirs.setblocking(False)
-        task = asyncio.ensure_future(self.service.serve(theirs, request))
+        task = asyncio.ensure_future(self.service.serve(await parked(theirs), request))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-        return ours
+        return await parked(ours)  # type: ignore[no-any-return]
 
 
 @dataclass

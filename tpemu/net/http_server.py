@@ -72,11 +72,18 @@ class Request:
             raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
 
 
+#: Takes over a connection after a ``101 Switching Protocols`` answer: the reader, the writer,
+#: and the bytes the client sent after its request (already read off the socket).
+Upgrader = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes], Awaitable[None]]
+
+
 @dataclass
 class Response:
     status: int = 200
     body: bytes = b""
     headers: list[tuple[str, str]] = field(default_factory=list)
+    #: For a 101 answer: who owns the connection next (Go's ``http.Hijacker``).
+    upgrade: Upgrader | None = None
 
     @classmethod
     def json(cls, obj: Any, status: int = 200) -> Response:
@@ -101,6 +108,7 @@ async def serve_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      server_header: str = "tpemu") -> None:
     """Serve HTTP/1.1 requests on one connection until the client closes or must be closed."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+    upgraded = False
     try:
         for _ in range(max_requests):
             try:
@@ -123,6 +131,11 @@ async def serve_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
             except Exception:
                 log.exception("handler for %s %s failed", request.method, request.path)
                 response = Response.error(500, "internal error in tpemu (see the proxy log)")
+            if response.upgrade is not None:
+                await _switch(conn, writer, response)
+                upgraded = True  # the upgrade handler owns the connection now (it may outlive us)
+                await response.upgrade(reader, writer, conn.trailing_data[0])
+                return
             await _send(conn, writer, response, server_header)
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                 return
@@ -133,7 +146,8 @@ async def serve_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     except (ConnectionError, asyncio.IncompleteReadError):
         pass
     finally:
-        writer.close()
+        if not upgraded:
+            writer.close()
 
 
 async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader, timeout: float,
@@ -179,4 +193,14 @@ async def _send(conn: h11.Connection, writer: asyncio.StreamWriter, response: Re
         data = (data or b"") + (conn.send(h11.Data(data=response.body)) or b"")
     data = (data or b"") + (conn.send(h11.EndOfMessage()) or b"")
     writer.write(data)
+    await writer.drain()
+
+
+async def _switch(conn: h11.Connection, writer: asyncio.StreamWriter, response: Response) -> None:
+    # Written by hand, not through h11: h11 only switches when the request carried ``Upgrade``,
+    # and a load balancer may have removed that header (Teleport sends ``X-Teleport-Upgrade``
+    # as well for that reason: lib/web/conn_upgrade.go, writeUpgradeResponse).
+    lines = [b"HTTP/1.1 101 Switching Protocols"]
+    lines += [f"{k}: {v}".encode("latin-1") for k, v in response.headers]
+    writer.write(b"\r\n".join(lines) + b"\r\n\r\n")
     await writer.drain()

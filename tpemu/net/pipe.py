@@ -112,8 +112,11 @@ def park(transport: asyncio.BaseTransport) -> Parked:
     return parked
 
 
-def park_streams(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> asyncio.Transport:
-    """The transport under a stream pair, parked, with the reader's buffered bytes kept first.
+def park_streams(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 first: bytes = b"") -> asyncio.Transport:
+    """The transport under a stream pair, parked, with ``first`` then the reader's buffered bytes
+    kept (``first``: what a parser above the reader had taken but not used, such as h11's
+    trailing data after an upgrade).
 
     Used when a handshake was read through ``asyncio`` streams and the rest is only copying. The
     writer is kept alive by the :class:`Parked` (a collected ``StreamWriter`` closes its
@@ -123,6 +126,8 @@ def park_streams(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     parked = Parked()
     # StreamReader has no public "take what is buffered" call; its buffer is a bytearray.
     buffered: bytearray = reader._buffer  # type: ignore[attr-defined]
+    if first:
+        parked.held.append(bytes(first))
     if buffered:
         parked.held.append(bytes(buffered))
         buffered.clear()

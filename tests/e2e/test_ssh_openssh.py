@@ -8,39 +8,26 @@ separate processes, as a user would run them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shlex
 import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests import realservers
+from tests.helpers import alice, ssh_cluster
 from tests.ssh.conftest import processes_with, wait_gone
 from tpemu.proxy.decide import ListenerKind
-from tpemu.testkit.cluster import CLUSTER, Cluster, User, wait_for
+from tpemu.testkit.cluster import CLUSTER, Cluster, wait_for
 
 pytestmark = pytest.mark.e2e
 
 TPEMU = str(Path(sys.executable).parent / "tpemu")
 
-
-@contextlib.asynccontextmanager
-async def ssh_cluster(tmp: Path, **options: Any) -> AsyncIterator[Cluster]:
-    """tpemu.Cluster with SSH nodes only and alice (logins root, alice) logged in."""
-    async with Cluster(tmp, databases=(), **options) as c:
-        await c.user("alice", logins=("root", "alice"))
-        yield c
-
-
-def alice(c: Cluster) -> User:
-    return c.users["alice"]
 
 
 def clean_env(**extra: str) -> dict[str, str]:

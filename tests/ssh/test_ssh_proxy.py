@@ -3,34 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import asyncssh
 import pytest
 
+from tests.helpers import alice, ssh_cluster
 from tpemu.auth import authority
 from tpemu.auth.authority import CAType
 from tpemu.client import ssh as ssh_mod
 from tpemu.client.ssh import ProxyRoute, SSHError
 from tpemu.proxy.decide import ListenerKind
-from tpemu.testkit.cluster import CLUSTER, Cluster, User, wait_for
-
-
-@contextlib.asynccontextmanager
-async def ssh_cluster(tmp: Path, **options: Any) -> AsyncIterator[Cluster]:
-    """tpemu.Cluster with SSH nodes only and alice (logins root, alice) logged in."""
-    async with Cluster(tmp, databases=(), **options) as c:
-        await c.user("alice", logins=("root", "alice"))
-        yield c
-
-
-def alice(c: Cluster) -> User:
-    return c.users["alice"]
+from tpemu.testkit.cluster import CLUSTER, Cluster, wait_for
 
 
 async def run_on(cluster: Cluster, target: str, command: str, route: ProxyRoute | None = None,

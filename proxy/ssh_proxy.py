@@ -330,6 +330,11 @@ class SSHProxy:
             return Response.error(403, f"access denied: {exc}")
         if who.is_system(ident.ROLE_PROXY) or not who.username:
             return Response.error(403, "access denied: a user certificate is needed")
+        if who.usage:
+            # lib/auth/middleware.go ``GetUser``: a usage-restricted certificate (``usage:db``) is
+            # good for its usage only.
+            return Response.error(403, "access denied: invalid client certificate (restricted to "
+                                  f"{', '.join(who.usage)})")
         if cluster not in (self.cluster, "-current-"):
             return Response.error(404, f"cluster {cluster!r} not found")
         if self.directory is None:

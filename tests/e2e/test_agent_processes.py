@@ -141,12 +141,14 @@ db_service:
             res = psql_select(home, name, tmp_path)
             assert res.stdout.strip() == "42", res.stderr
 
-        # Kill an agent: its database goes after the heartbeat window; a client gets a clear error.
+        # Kill an agent: the proxy knows at once (its tunnel is gone) and db ls says so, long before
+        # the Auth Service's inventory expires the announcement (issue 16: it was listed for 14 s).
         agents["pgb"].stop(signal.SIGKILL)
-        deadline = time.monotonic() + 15
-        while "pgb" in run("db", "ls", "--home", str(home)).stdout:
-            assert time.monotonic() < deadline, "pgb still listed after the heartbeat window"
-            time.sleep(0.5)
+        deadline = time.monotonic() + 5
+        while not any(line.startswith("pgb") and "disconnected" in line
+                      for line in run("db", "ls", "--home", str(home)).stdout.splitlines()):
+            assert time.monotonic() < deadline, "pgb not shown as disconnected"
+            time.sleep(0.2)
         res = psql_select(home, "pgb", tmp_path)
         assert res.returncode != 0 and "pgb" in res.stderr and ("not found" in res.stderr or "offline" in res.stderr), \
             res.stderr

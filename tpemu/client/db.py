@@ -62,6 +62,8 @@ class DatabaseInfo:
     hosts: tuple[str, ...]
     #: The most recent heartbeat of the agents serving it (RFC 3339), from the Auth Service.
     last_heartbeat: str = ""
+    #: Whether the proxy has a live tunnel from an agent serving it (``None``: not known).
+    connected: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -101,10 +103,14 @@ def auth_client(prof: profile_mod.Profile) -> authclient.AuthClient:
 
 async def list_databases(prof: profile_mod.Profile) -> list[DatabaseInfo]:
     """The databases of the cluster, by name; raises :class:`DBError`."""
+    # Through the proxy's web API: the proxy marks databases whose agents' tunnels are gone at
+    # once, where the Auth Service's inventory lags by the announce TTL (issue 16).
+    from tpemu.client.ssh import SSHError, web_get
+
     try:
-        data = await auth_client(prof).call("GET", "/v1/db_servers")
-    except authapi.AuthAPIError as exc:
-        raise DBError(f"cannot list databases: {exc.message}") from None
+        data = await web_get(prof, f"/webapi/sites/{prof.cluster}/databases", client_cert=True)
+    except SSHError as exc:
+        raise DBError(f"cannot list databases: {exc}") from None
     found: dict[str, DatabaseInfo] = {}
     for item in data.get("items", []) if isinstance(data, dict) else []:
         spec = item.get("spec") or {}
@@ -120,8 +126,12 @@ async def list_databases(prof: profile_mod.Profile) -> list[DatabaseInfo]:
         status = item.get("status")
         status = status if isinstance(status, dict) else {}
         beat = max(str(status.get("last_heartbeat") or ""), old.last_heartbeat if old else "")
+        connected = status.get("connected") if isinstance(status.get("connected"), bool) else None
+        if old is not None and old.connected is not None:
+            connected = bool(old.connected or connected)
         found[name] = DatabaseInfo(name, str(dspec.get("protocol", "")), str(dspec.get("uri", "")),
-                                   str(meta.get("description", "")), dict(meta.get("labels") or {}), hosts, beat)
+                                   str(meta.get("description", "")), dict(meta.get("labels") or {}), hosts, beat,
+                                   connected)
     return [found[k] for k in sorted(found)]
 
 

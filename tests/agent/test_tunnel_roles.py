@@ -9,6 +9,7 @@ over a tunnel of its type (``getRemoteConn``, keyed by ``{hostID, connType}``).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,32 @@ async def test_node_tunnel_announcing_a_database_is_closed(tmp_path: Path, caplo
             assert not cluster.proxy.tunnels.resources("db")
         finally:
             await rogue.close()
+
+
+async def test_database_list_says_disconnected_as_soon_as_the_tunnel_is_gone(tmp_path: Path) -> None:
+    # Issue 16: after an agent was killed, db ls listed it as alive until its announcement
+    # expired (14 s); the proxy knows at once.
+    from tpemu.proxy.ssh_proxy import SSHProxy
+
+    async with running_cluster(tmp_path) as cluster:
+        db = await join(cluster, "Db", "db1")
+        agent = agent_for(cluster, db, Echo("db"), "pg", kind="db")
+        agent.start()
+        assert cluster.auth.server is not None
+        await cluster.auth.server.upsert_server("db_servers", {
+            "kind": "db_server", "metadata": {"name": "pg"},
+            "spec": {"host_id": db.host_id, "hostname": "db1",
+                     "database": {"metadata": {"name": "pg"}, "spec": {"protocol": "postgres"}}}}, 600.0)
+        ssh = cluster.proxy.ssh_proxy
+        assert isinstance(ssh, SSHProxy)
+        reg = cluster.proxy.tunnels
+        await wait_for(lambda: bool(reg.resources("db")))
+
+        async def connected() -> list[object]:
+            answer = await ssh._web_databases()
+            return [i["status"]["connected"] for i in json.loads(answer.body)["items"]]
+
+        assert await connected() == [True]
+        await agent.close()
+        await wait_for(lambda: not reg.resources("db"))
+        assert await connected() == [False]  # the Auth Service still lists it (TTL 600 s)

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.ssh.cluster import CLUSTER, ssh_cluster
+from tests.helpers import alice, ssh_cluster
 from tpemu.client import ssh as ssh_mod
 from tpemu.net import conn_upgrade
 from tpemu.net.relay import PingStream
 from tpemu.proxy.conn_upgrade import requested_types, select_upgrade
+from tpemu.testkit.cluster import CLUSTER
 from tpemu.wire import alpn
 
 
@@ -83,7 +84,7 @@ async def test_101_then_ssh_inside_and_404_for_unknown_types(tmp_path: Path, mon
 
         # The client: forced by Teleport's environment variable, tpemu ssh goes through the upgrade.
         monkeypatch.setenv(conn_upgrade.ENV_VAR, "true")
-        creds = ssh_mod.Credentials.load(c.profile())
+        creds = ssh_mod.Credentials.load(alice(c).profile)
         before = c.proxy.conn_upgrade.stats["alpn-ping"]
         proxy = await ssh_mod.connect_proxy(creds)
         try:

@@ -17,14 +17,15 @@ import pytest
 from tests import realservers
 from tests.e2e.test_db_access import CLUSTER as DB_CLUSTER
 from tests.e2e.test_db_access import need, real_pg, start_env, stop_env, template
+from tests.helpers import ssh_cluster
 from tests.multiproxy.lb import nginx_l7
-from tests.ssh.cluster import CLUSTER, PASSWORD, ssh_cluster
 from tpemu.client import db as db_mod
 from tpemu.client import login as login_mod
 from tpemu.client import profile as profile_mod
 from tpemu.client import ssh as ssh_mod
 from tpemu.config import Addr
 from tpemu.net import conn_upgrade
+from tpemu.testkit.cluster import CLUSTER, PASSWORD
 from tpemu.wire import alpn
 
 pytestmark = pytest.mark.e2e
@@ -32,7 +33,7 @@ __all__ = ["real_pg", "template"]  # session fixtures shared with the database e
 
 
 async def test_ssh_and_auth_through_nginx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    async with ssh_cluster(tmp_path, user=True) as c:
+    async with ssh_cluster(tmp_path) as c:
         with nginx_l7(str(c.web)) as lb:
             # The client trusts the LB's CA as a system root (tsh uses the system's roots).
             monkeypatch.setenv("SSL_CERT_FILE", str(lb.ca))

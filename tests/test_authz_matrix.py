@@ -29,12 +29,12 @@ import asyncssh
 import pytest
 
 from tests.agent.test_tunnel import Echo, agent_for, join, wait_for
-from tests.cluster import Cluster, running_cluster
 from tpemu import authapi, authclient, pki
 from tpemu import identity as ident
 from tpemu.auth import authority as authority_mod
 from tpemu.auth.authority import CAType
 from tpemu.proxy.decide import ListenerKind
+from tpemu.testkit import Cluster
 
 ENDPOINTS = ("web", "auth", "tunnel", "db", "ssh")
 A, D = "allow", "deny"
@@ -244,7 +244,7 @@ PROBES: dict[str, Callable[[Cluster, Credential, Path], object]] = {
 
 async def test_authorization_matrix(tmp_path: Path) -> None:
     assert set(EXPECTED) == set(WHY)
-    async with running_cluster(tmp_path / "cluster", separate=True) as cluster:
+    async with Cluster(tmp_path / "cluster", nodes=(), databases=(), mode="separate") as cluster:
         assert cluster.auth.server is not None
         await cluster.auth.server.upsert_user({"user": {"metadata": {"name": "alice"}, "spec": {
             "roles": ["access"], "traits": {"logins": ["root", "alice"], "db_users": ["alice"]}}},

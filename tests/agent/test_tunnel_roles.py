@@ -15,16 +15,16 @@ from pathlib import Path
 import pytest
 
 from tests.agent.test_tunnel import Echo, agent_for, join, roundtrip, wait_for
-from tests.cluster import running_cluster
 from tpemu.agent.tunnel import Offer, TunnelAgent, TunnelTarget
 from tpemu.proxy.decide import ListenerKind
 from tpemu.proxy.tunnels import TunnelError
+from tpemu.testkit import Cluster
 from tpemu.wire import tunnel as tw
 
 
 @pytest.mark.parametrize("separate", [False, True], ids=["tls-routing", "tunnel-port"])
 async def test_node_role_agent_cannot_serve_databases(tmp_path: Path, separate: bool) -> None:
-    async with running_cluster(tmp_path, separate=separate) as cluster:
+    async with Cluster(tmp_path, nodes=(), databases=(), mode="separate" if separate else "multiplex") as cluster:
         node = await join(cluster, "Node", "node1")
         target = (TunnelTarget(cluster.web, True) if not separate else
                   TunnelTarget(cluster.listener(ListenerKind.TUNNEL), False))
@@ -56,7 +56,7 @@ async def test_node_role_agent_cannot_serve_databases(tmp_path: Path, separate: 
 
 
 async def test_node_tunnel_announcing_a_database_is_closed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    async with running_cluster(tmp_path) as cluster:
+    async with Cluster(tmp_path, nodes=(), databases=()) as cluster:
         node = await join(cluster, "Node", "node1")
         rogue = agent_for(cluster, node, Echo("x"), "pg", kind="db")
         rogue.start()
@@ -72,7 +72,7 @@ async def test_database_list_says_disconnected_as_soon_as_the_tunnel_is_gone(tmp
     # expired (14 s); the proxy knows at once.
     from tpemu.proxy.ssh_proxy import SSHProxy
 
-    async with running_cluster(tmp_path) as cluster:
+    async with Cluster(tmp_path, nodes=(), databases=()) as cluster:
         db = await join(cluster, "Db", "db1")
         agent = agent_for(cluster, db, Echo("db"), "pg", kind="db")
         agent.start()

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import running_cluster
 from tests.conftest import ProxyFactory, eventually, wait_closed, web_port
 from tests.proxy.test_frontdoor import Backend
 from tpemu import testing
+from tpemu.testkit import Cluster
 from tpemu.wire import alpn as names
 from tpemu.wire import proxy_protocol as pp
 from tpemu.wire import tls
@@ -146,7 +146,7 @@ async def test_non_ascii_alpn_gets_a_clean_refusal(proxy_factory: ProxyFactory) 
 
 async def test_one_tls_context_for_every_mysql_version(tmp_path: Path) -> None:
     # Issue 16: 15,000 hellos with new "teleport-mysql-<n>" names added 405 MB (one context each).
-    async with running_cluster(tmp_path) as cluster:
+    async with Cluster(tmp_path, nodes=(), databases=()) as cluster:
         contexts = cluster.proxy.contexts
         assert contexts is not None
 

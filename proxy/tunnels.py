@@ -367,10 +367,11 @@ class TunnelRegistry:
     def _match(self, req: tw.DialRequest) -> tuple[list[AgentConn], DirectNode | None, str]:
         """Agents that serve what ``req`` asks for, a direct node, and a description for errors."""
         want_host = req.server_id.removesuffix("." + self.cluster) if req.server_id else ""
-        if req.conn_type == tw.DATABASE:
+        if req.conn_type in (tw.DATABASE, "kube", "app"):
             name = req.name or req.address
-            agents = [a for a, r in self.resources(tw.DATABASE) if r.name == name]
-            return agents, None, f"database {name!r}"
+            agents = [a for a, r in self.resources(req.conn_type) if r.name == name]
+            what = {tw.DATABASE: "database", "kube": "kubernetes cluster", "app": "app"}[req.conn_type]
+            return agents, None, f"{what} {name!r}"
         target = req.address.rsplit(":", 1)[0] if req.address and not req.address.startswith("@") else ""
         agents = []
         for agent, res in self.resources(tw.NODE):

@@ -386,8 +386,9 @@ class AuthAPI:
         if caller.kind not in (role, ident.ROLE_ADMIN):
             raise authapi.AccessDenied(f"{caller.name} cannot announce {kind} (needs role {role})")
         if caller.kind != ident.ROLE_ADMIN:
-            part = body.get("spec") if kind == "db_servers" else body.get("metadata")
-            owner = part.get("host_id" if kind == "db_servers" else "name") if isinstance(part, dict) else None
+            hosted = kind in ("db_servers", "kube_servers", "app_servers")
+            part = body.get("spec") if hosted else body.get("metadata")
+            owner = part.get("host_id" if hosted else "name") if isinstance(part, dict) else None
             if owner != caller.host_id:
                 raise authapi.AccessDenied(f"{caller.name} can only announce itself (host id {caller.host_id})")
         ttl = authapi.duration_ns(body, "ttl", authapi.SERVER_ANNOUNCE_TTL)

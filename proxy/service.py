@@ -42,6 +42,8 @@ from tpemu.wire import alpn
 from tpemu.wire.sniff import Protocol
 
 if TYPE_CHECKING:
+    from tpemu.proxy.kube_proxy import KubeProxy
+    from tpemu.proxy.peering import Peering
     from tpemu.proxy.ssh_proxy import SSHProxy
 
 log = logging.getLogger(__name__)
@@ -114,6 +116,10 @@ class ProxyService:
         self.auth_routes: AuthRoutes | None = None
         #: The SSH proxy (``RouteKind.SSH_PROXY``), started with the Auth Service link.
         self.ssh_proxy: SSHProxy | None = None
+        #: The Kubernetes proxy (``RouteKind.KUBE``), started with the Auth Service link.
+        self.kube: KubeProxy | None = None
+        #: Proxy peering on ``peer_listen_addr`` (with an Auth Service only).
+        self.peering: Peering | None = None
         self.tunnels = TunnelRegistry(self, heartbeat=cfg.auth_service.keep_alive_interval,
                                       missed=cfg.auth_service.keep_alive_count_max)
         self.data_dir = data_dir or cfg.data_dir()
@@ -167,7 +173,13 @@ class ProxyService:
             self._tls_files = await self.auth_routes.start()  # raises JoinError
             self.auth_routes.install()
             self.tunnels.install()
+            if self.cfg.proxy_service.peer_listen_addr is not None:
+                from tpemu.proxy.peering import Peering
+
+                self.peering = Peering(self)
+                self.peering.install()
             await self._start_ssh_proxy()
+            self._start_kube_proxy()
         if self._tls_files is None:
             self._tls_files = await asyncio.to_thread(
                 ensure_bootstrap_pki, self.data_dir, self.cfg.auth_service.cluster_name, self.cert_names())
@@ -198,6 +210,14 @@ class ProxyService:
             return
         ssh_proxy.install()
         self.ssh_proxy = ssh_proxy
+
+    def _start_kube_proxy(self) -> None:
+        # Kubernetes access goes through the agents' reverse tunnels: with an Auth Service only.
+        from tpemu.proxy.kube_proxy import KubeProxy
+
+        self.kube = KubeProxy(lambda: self.contexts, lambda: self.tunnels,
+                              handshake_timeout=max(10.0, self.cfg.proxy_service.sniff_timeout))
+        self.set_handler(RouteKind.KUBE, self.kube.handle)
 
     async def close(self) -> None:
         if self.ssh_proxy is not None:

@@ -38,7 +38,7 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -253,6 +253,8 @@ class TunnelRegistry:
         self._tasks: list[asyncio.Task[None]] = []
         self._host_keys: list[tuple[asyncssh.SSHKey, asyncssh.SSHCertificate]] = []
         self._known_agents: Any = None
+        #: Proxy peering (:mod:`tpemu.proxy.peering`): dials a tunnel held by another proxy.
+        self.peer_dial: Callable[[tw.DialRequest, float], Awaitable[socket.socket]] | None = None
 
     # -- setup -------------------------------------------------------------------------------------
 
@@ -302,6 +304,11 @@ class TunnelRegistry:
         except asyncssh.PermissionDenied as exc:
             _limiter.warning(log, "tunnel-auth", "%s: reverse tunnel refused: %s (the agent's host certificate "
                              "must be signed by this cluster's host CA)", acc.ctx, exc.reason)
+        except asyncssh.ConnectionLost:
+            # Closed right after TLS: tsh's probe for a layer-7 load balancer (IsALPNConnUpgradeRequired
+            # dials with ALPN teleport-reversetunnel and hangs up), not a failing agent.
+            log.debug("%s: closed before the SSH exchange (an ALPN probe)", acc.ctx)
+            close_with_answer(acc.sock)
         except (asyncssh.Error, OSError, TimeoutError, ValueError) as exc:
             # ValueError covers asyncssh's PacketDecodeError: a peer that does not speak SSH.
             reason = exc.reason if isinstance(exc, asyncssh.Error) else (str(exc) or type(exc).__name__)
@@ -414,10 +421,11 @@ class TunnelRegistry:
     def _match(self, req: tw.DialRequest) -> tuple[list[AgentConn], DirectNode | None, str]:
         """Agents that serve what ``req`` asks for, a direct node, and a description for errors."""
         want_host = req.server_id.removesuffix("." + self.cluster) if req.server_id else ""
-        if req.conn_type == tw.DATABASE:
+        if req.conn_type in (tw.DATABASE, "kube", "app"):
             name = req.name or req.address
-            agents = [a for a, r in self.resources(tw.DATABASE) if r.name == name]
-            return agents, None, f"database {name!r}"
+            agents = [a for a, r in self.resources(req.conn_type) if r.name == name]
+            what = {tw.DATABASE: "database", "kube": "kubernetes cluster", "app": "app"}[req.conn_type]
+            return agents, None, f"{what} {name!r}"
         target = req.address.rsplit(":", 1)[0] if req.address and not req.address.startswith("@") else ""
         agents = []
         for agent, res in self.resources(tw.NODE):
@@ -434,12 +442,24 @@ class TunnelRegistry:
                 break
         return agents, direct, f"node {req.address or req.server_id!r}"
 
-    async def dial(self, req: tw.DialRequest, timeout: float = 10.0) -> socket.socket:
+    async def dial(self, req: tw.DialRequest, timeout: float = 10.0, local_only: bool = False) -> socket.socket:
         """A connected non-blocking socket spliced to the resource ``req`` names.
 
         Raises :class:`TunnelError` with a message for the client (unknown resource, agent
-        offline, the agent's own refusal).
+        offline, the agent's own refusal). Without a local tunnel for it, and unless
+        ``local_only`` (a peer asking), proxy peering (:attr:`peer_dial`) is tried.
         """
+        try:
+            return await self._dial_local(req, timeout)
+        except TunnelError as exc:
+            if self.peer_dial is None or local_only:
+                raise
+            try:
+                return await self.peer_dial(req, timeout)
+            except TunnelError as peer_exc:
+                raise TunnelError(f"{exc}; through peer proxies: {peer_exc}") from None
+
+    async def _dial_local(self, req: tw.DialRequest, timeout: float) -> socket.socket:
         if not self._host_keys:
             raise TunnelError("reverse tunnels need an Auth Service: this proxy runs without one")
         agents, direct, what = self._match(req)

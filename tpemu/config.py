@@ -343,6 +343,42 @@ class DBService:
 
 
 @dataclass(frozen=True)
+class KubernetesService:
+    """``kubernetes_service``: tpemu serves an emulated cluster named ``kube_cluster_name``
+    (``kubeconfig_file``, a real cluster's credentials, is not emulated yet)."""
+
+    enabled: bool = False
+    listen_addr: Addr | None = _f(None, default_port=3026)
+    public_addr: tuple[str, ...] = ()
+    kube_cluster_name: str = ""
+    labels: Mapping[str, str] = _f(factory=dict)
+    kubeconfig_file: object = _ignored()
+    resources: object = _ignored()
+
+
+@dataclass(frozen=True)
+class App:
+    name: str = ""
+    #: ``http://host:port``, ``https://…``, ``tcp://host:port``, or ``emulated-echo`` (tpemu's echo app).
+    uri: str = ""
+    public_addr: str = ""
+    description: str = ""
+    labels: Mapping[str, str] = _f(factory=dict)
+    insecure_skip_verify: bool = False
+    rewrite: object = _ignored()
+    commands: object = _ignored()
+
+
+@dataclass(frozen=True)
+class AppService:
+    enabled: bool = False
+    apps: tuple[App, ...] = ()
+    #: Teleport's ``debug_app``: a ``dumper`` app that shows each request it gets.
+    debug_app: bool = False
+    resources: object = _ignored()
+
+
+@dataclass(frozen=True)
 class Config:
     version: str = "v3"
     teleport: TeleportSection = _f(factory=TeleportSection)
@@ -350,8 +386,8 @@ class Config:
     proxy_service: ProxyService = _f(factory=ProxyService)
     ssh_service: SSHService = _f(factory=SSHService)
     db_service: DBService = _f(factory=DBService)
-    app_service: object = _ignored()
-    kubernetes_service: object = _ignored()
+    app_service: AppService = _f(factory=AppService)
+    kubernetes_service: KubernetesService = _f(factory=KubernetesService)
     windows_desktop_service: object = _ignored()
     discovery_service: object = _ignored()
     jamf_service: object = _ignored()

@@ -52,6 +52,11 @@ async def splice_to_target(acc: Accepted, connect_timeout: float = 10.0, stats: 
             log.debug("%s: closed; %d bytes client→backend, %d bytes backend→client", acc.ctx, pipe.a_to_b,
                       pipe.b_to_a)
 
+    # The header is built before the dial: nothing about the client can fail once a backend
+    # socket exists (an IPv6 client on an IPv4 listener once raised here and leaked the socket).
+    header = b""
+    if route.send_proxy:
+        header = proxy_protocol.encode_for_backend(route.send_proxy, acc.peer, acc.local_addr())
     expiry = _Expiry(asyncio.current_task())
     timer = loop.call_later(connect_timeout, expiry)
     try:
@@ -74,10 +79,6 @@ async def splice_to_target(acc: Accepted, connect_timeout: float = 10.0, stats: 
         backend.close()
         close_with_answer(acc.sock)
         return
-    header = b""
-    if route.send_proxy:
-        encode = proxy_protocol.encode_v1 if route.send_proxy == "v1" else proxy_protocol.encode_v2
-        header = encode(acc.peer, acc.local_addr())
     try:
         client, _ = await loop.connect_accepted_socket(Parked, acc.sock)
     except OSError as exc:

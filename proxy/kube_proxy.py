@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import ssl
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -28,7 +27,7 @@ from typing import Protocol
 from tpemu import identity as ident
 from tpemu.logs import RateLimiter
 from tpemu.net.http_server import Request, Response, serve_http
-from tpemu.net.relay import Stream, relay
+from tpemu.net.pipe import Pipe, park_streams
 from tpemu.net.sockets import format_addr
 from tpemu.net.tls import ContextCache, accept_stream, peer_certificate
 from tpemu.proxy.frontdoor import Accepted
@@ -40,7 +39,7 @@ KUBE = "kube"
 
 
 class Dialer(Protocol):
-    async def dial(self, request: DialRequest, timeout: float = 10.0) -> socket.socket: ...
+    async def dial(self, request: DialRequest, timeout: float = 10.0) -> asyncio.Transport: ...
 
     def resources(self, kind: str | None = None) -> Sequence[tuple[object, Resource]]: ...
 
@@ -98,7 +97,7 @@ class KubeProxy:
         try:
             if dialer is None:
                 raise LookupError("no agent is connected to this proxy (no reverse tunnels)")
-            sock = await dialer.dial(request, timeout=self.dial_timeout)
+            agent = await dialer.dial(request, timeout=self.dial_timeout)
         except Exception as exc:  # the tunnel registry's errors (TunnelError, timeouts) end here
             self.stats["unavailable"] += 1
             message = f'kubernetes cluster "{cluster}" is unavailable: {exc}'
@@ -106,15 +105,14 @@ class KubeProxy:
             code, reason = (404, "NotFound") if "not found" in str(exc) else (503, "ServiceUnavailable")
             await self._answer(acc, reader, writer, status(code, reason, message))
             return
-        loop = asyncio.get_running_loop()
-        areader = asyncio.StreamReader(limit=64 * 1024, loop=loop)
-        proto = asyncio.StreamReaderProtocol(areader, loop=loop)
-        transport, _ = await loop.connect_accepted_socket(lambda: proto, sock)
-        agent = Stream(areader, asyncio.StreamWriter(transport, proto, areader, loop), "agent")
         self.stats["relayed"] += 1
         log.info("%s: user %s → kubernetes cluster %s through its agent", acc.ctx, identity.username, cluster)
-        up, down = await relay(Stream(reader, writer, "client"), agent)
-        log.debug("%s: kubernetes cluster %s closed; %d bytes up, %d down", acc.ctx, cluster, up, down)
+
+        def closed(pipe: Pipe, exc: BaseException | None) -> None:
+            log.debug("%s: kubernetes cluster %s closed; %d bytes up, %d down", acc.ctx, cluster, pipe.a_to_b,
+                      pipe.b_to_a)
+
+        Pipe.join(park_streams(reader, writer), agent, on_close=closed)  # the tunnel channel, no socket
 
     def _only_cluster(self) -> str:
         dialer = self._dialer()

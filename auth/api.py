@@ -54,6 +54,7 @@ from tpemu.auth.authority import CAType
 from tpemu.auth.server import PRESENCE, AuthServer
 from tpemu.config import Addr
 from tpemu.logs import RateLimiter
+from tpemu.net.h2_server import GrpcStatus, serve_h2
 from tpemu.net.http_server import Request, Response, serve_http
 from tpemu.net.sockets import format_addr, sockaddr
 from tpemu.net.tls_bio import BIOConnection, streams
@@ -234,7 +235,14 @@ class AuthAPI:
             return await self.handle(request, caller)
 
         try:
-            await serve_http(reader, writer, app, peer=peer, server_header="tpemu-auth")
+            if conn.sslobj.selected_alpn_protocol() == "h2":
+                # Teleport's clients send [teleport-auth@<route>, h2] and speak gRPC: they get a real
+                # gRPC status; HTTP/2 requests to the JSON API are served as over HTTP/1.1.
+                await serve_h2(reader, writer, peer=peer, app=app, what="auth api", grpc=lambda path: (
+                    GrpcStatus.UNIMPLEMENTED, f"tpemu's Auth Service speaks HTTP/JSON, not Teleport's gRPC API "
+                    f"({path}): offer http/1.1"))
+            else:
+                await serve_http(reader, writer, app, peer=peer, server_header="tpemu-auth")
         finally:
             await conn.close()
 

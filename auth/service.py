@@ -124,7 +124,7 @@ class AuthService:
         ctx.load_verify_locations(cadata=(server.ca(CAType.HOST).tls_cert_pem
                                           + server.ca(CAType.USER).tls_cert_pem).decode())
         ctx.verify_mode = ssl.CERT_OPTIONAL
-        ctx.set_alpn_protocols([alpn.AUTH, alpn.HTTP11])
+        ctx.set_alpn_protocols([alpn.AUTH, alpn.HTTP11, alpn.HTTP2])
         return ctx
 
     def _write_admin_identity(self) -> None:

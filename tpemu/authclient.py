@@ -92,7 +92,9 @@ class AuthClient:
             raise ValueError("a CA to trust is needed")
         if files is not None:
             ctx.load_cert_chain(files.cert, files.key)
-        ctx.set_alpn_protocols([alpn.AUTH] if via_proxy else [alpn.AUTH, alpn.HTTP11])
+        # api/client ConfigureALPN: teleport-auth@<hex(cluster)>.teleport.cluster.local first, then the
+        # protocol spoken inside (HTTP/1.1 for tpemu's Auth API; h2 for Teleport's gRPC).
+        ctx.set_alpn_protocols([alpn.auth_protocol(cluster_name), alpn.HTTP11])
         return cls(addr, ctx, ident.cluster_sni(cluster_name),
                    what="the Auth Service (through the proxy)" if via_proxy else "the Auth Service")
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import socket
 import ssl
@@ -47,7 +48,7 @@ from typing import Any
 
 from cryptography import x509
 
-from tpemu import MIN_CLIENT_VERSION, TELEPORT_VERSION, authapi, pki
+from tpemu import MIN_CLIENT_VERSION, TELEPORT_VERSION, authapi, pki, versioncheck
 from tpemu import identity as ident
 from tpemu.auth import backend as backend_mod
 from tpemu.auth.authority import CAType
@@ -125,8 +126,10 @@ Handler = Callable[[Request, Caller, dict[str, str]], Awaitable[Response]]
 class AuthAPI:
     """Routes and serves Auth API requests for one :class:`AuthServer`."""
 
-    def __init__(self, server: AuthServer) -> None:
+    def __init__(self, server: AuthServer, reject_old_clients: bool = False) -> None:
         self.server = server
+        #: Teleport's ``TELEPORT_UNSTABLE_REJECT_OLD_CLIENTS`` (or ``tpemu.reject_old_clients``).
+        self.reject_old_clients = reject_old_clients or os.environ.get(versioncheck.REJECT_ENV, "") == "yes"
         self.limiter = RateLimiter()
         self._routes: list[tuple[str, re.Pattern[str], frozenset[str], Handler]] = []
         self._lsock: socket.socket | None = None
@@ -232,6 +235,8 @@ class AuthAPI:
         reader, writer = streams(conn)
 
         async def app(request: Request) -> Response:
+            if self.reject_old_clients:
+                self._check_client_version(request, caller, peer, conn)
             return await self.handle(request, caller)
 
         try:
@@ -245,6 +250,26 @@ class AuthAPI:
                 await serve_http(reader, writer, app, peer=peer, server_header="tpemu-auth")
         finally:
             await conn.close()
+
+    def _check_client_version(self, request: Request, caller: Caller, peer: str, conn: BIOConnection) -> None:
+        """``lib/auth/middleware.go`` ``ValidateClientVersion``: an old (or unparsable) ``version``
+        ends the connection with a reset; a request without one passes."""
+        version = request.header("version")
+        if version is None:
+            return
+        fields = (f'user_agent="{request.header("user-agent") or ""}" identity={caller.name} version={version} '
+                  f"addr={peer}")
+        try:
+            too_old = versioncheck.client_too_old(version, MIN_CLIENT_VERSION)
+        except ValueError as exc:
+            log.warning("%s error=%r %s", versioncheck.UNPARSABLE_LOG, str(exc), fields)
+            too_old = True
+        else:
+            if too_old:
+                log.info("%s %s (oldest supported: %s)", versioncheck.REJECT_LOG, fields, MIN_CLIENT_VERSION)
+        if too_old:
+            conn.abort()
+            raise ConnectionResetError(versioncheck.REJECT_ERROR)
 
     async def handle(self, request: Request, caller: Caller) -> Response:
         """Answer one request from ``caller`` (errors become Teleport-shaped JSON errors)."""

@@ -31,7 +31,7 @@ from typing import Any
 import h11
 from cryptography import x509
 
-from tpemu import authapi, pki
+from tpemu import TELEPORT_VERSION, authapi, pki
 from tpemu import identity as ident
 from tpemu.config import Addr
 from tpemu.net.dial import DialError, open_stream
@@ -75,6 +75,8 @@ class AuthClient:
         self.what = what
         #: HTTPS_PROXY/NO_PROXY settings: agents reach the proxy through an HTTP CONNECT proxy too.
         self.proxy = proxy
+        #: Sent as the ``version`` header, which the Auth API checks against min_client_version.
+        self.client_version = TELEPORT_VERSION
 
     @classmethod
     def with_identity(cls, addr: Addr, cluster_name: str, files: pki.TLSFiles | None,
@@ -141,7 +143,9 @@ class AuthClient:
         conn = h11.Connection(h11.CLIENT)
         try:
             headers = [("Host", self.server_hostname or str(self.addr)), ("Content-Length", str(len(data))),
-                       ("Content-Type", "application/json"), ("Accept", "application/json"), ("Connection", "close")]
+                       ("Content-Type", "application/json"), ("Accept", "application/json"), ("Connection", "close"),
+                       # What Teleport's clients put in gRPC metadata (api/metadata VersionKey).
+                       ("version", self.client_version)]
             out = conn.send(h11.Request(method=method, target=path, headers=headers))
             out += conn.send(h11.Data(data=data)) if data else b""
             out += conn.send(h11.EndOfMessage())

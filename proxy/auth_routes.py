@@ -43,7 +43,6 @@ from tpemu.config import Addr
 from tpemu.net.http_server import Request, Response
 from tpemu.proxy.frontdoor import Accepted
 from tpemu.proxy.passthrough import splice_to_target
-from tpemu.proxy.webapi import route_not_found
 
 if TYPE_CHECKING:
     from tpemu.proxy.service import ProxyService
@@ -167,7 +166,7 @@ class AuthRoutes:
         web.add("GET", "/webapi/auth/export", self._export)
         # apiserver.go: h.GET("/webapi/sites/:site/auth/export", h.authExportPublic), deprecated
         # but served; the :site part is not consulted (authExportPublic exports the local CAs).
-        web.add("GET", "/webapi/sites/", self._site_export)
+        web.add("GET", "/webapi/sites/:site/auth/export", self._export)
         self.proxy.set_handler(RouteKind.AUTH, self._forward_auth)
         self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
 
@@ -190,12 +189,6 @@ class AuthRoutes:
             return Response.error(400, "missing parameter user")
         body["remote_addr"] = request.peer
         return await self._forward("POST", f"/v1/users/{user}/ssh/authenticate", body)
-
-    async def _site_export(self, request: Request) -> Response:
-        parts = request.path.split("/")
-        if len(parts) == 6 and parts[3] and parts[4:] == ["auth", "export"]:
-            return await self._export(request)
-        return route_not_found()
 
     async def _export(self, request: Request) -> Response:
         kind = (request.query.get("type") or ["tls-host"])[0]

@@ -173,20 +173,32 @@ class WebAPI:
         self.info = info
         self._routes: dict[tuple[str, str], Route] = {}
         self._prefixes: list[tuple[str, str, Route]] = []
+        self._patterns: list[tuple[str, tuple[str, ...], Route]] = []
         self.add("GET", "/webapi/ping", self._ping)
         self.add("GET", "/webapi/ping/", self._ping)  # /webapi/ping/:connector
         self.add("GET", "/webapi/find", self._find)
         self.add("GET", "/web", self._root)
 
     def add(self, method: str, path: str, handler: Route) -> None:
-        """Register ``handler``; a path ending in ``/`` (other than ``/``) matches as a prefix."""
-        if path.endswith("/") and path != "/":
+        """Register ``handler``; a path ending in ``/`` (other than ``/``) matches as a prefix, and
+        ``:name`` segments match any one segment (httprouter's syntax, as Teleport registers)."""
+        if ":" in path:
+            self._patterns.append((method, tuple(path.split("/")), handler))
+        elif path.endswith("/") and path != "/":
             self._prefixes.append((method, path, handler))
         else:
             self._routes[(method, path)] = handler
 
+    def _match_pattern(self, method: str | None, path: str) -> Route | None:
+        parts = path.split("/")
+        for m, pattern, h in self._patterns:
+            if (method is None or m == method) and len(pattern) == len(parts) and all(
+                    p == q or (p.startswith(":") and q) for p, q in zip(pattern, parts, strict=True)):
+                return h
+        return None
+
     def _lookup(self, method: str, path: str) -> Route | None:
-        handler = self._routes.get((method, path))
+        handler = self._routes.get((method, path)) or self._match_pattern(method, path)
         if handler is None:
             for m, prefix, h in self._prefixes:
                 if m == method and path.startswith(prefix):
@@ -194,7 +206,8 @@ class WebAPI:
         return handler
 
     def _known(self, path: str) -> bool:
-        return any(p == path for _, p in self._routes) or any(path.startswith(p) for _, p, _ in self._prefixes)
+        return (any(p == path for _, p in self._routes) or self._match_pattern(None, path) is not None
+                or any(path.startswith(p) for _, p, _ in self._prefixes))
 
     async def __call__(self, request: Request) -> Response:
         path = request.path

@@ -183,6 +183,22 @@ class FrontDoor:
             self._next_id += 1
             _Sniffer(self, listener, sock, sockaddr(addr), self._next_id).start()
 
+    def adopt(self, sock: socket.socket, peer: tuple[str, int], policy: ListenerPolicy, origin: str) -> int:
+        """Sniff and route ``sock`` as if it had been accepted on a listener with ``policy``.
+
+        For streams that arrive inside another connection: the ALPN connection upgrade
+        (``/webapi/connectionupgrade``, :mod:`tpemu.proxy.conn_upgrade`) hands over one end of
+        a socket pair whose other end carries the upgraded bytes. ``origin`` names it in logs.
+        Returns the connection id.
+        """
+        assert self._loop is not None, "listen() first"
+        sock.setblocking(False)
+        self.stats.accepted += 1
+        self._next_id += 1
+        log.debug("conn=%d peer=%s adopted from %s", self._next_id, format_addr(peer), origin)
+        _Sniffer(self, Listener(policy, sock, Addr(origin, 0)), sock, peer, self._next_id).start()
+        return self._next_id
+
     def _pause_accept(self, listener: Listener, delay: float) -> None:
         assert self._loop is not None
         self._loop.remove_reader(listener.sock.fileno())

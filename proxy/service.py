@@ -29,6 +29,7 @@ from tpemu.net.tls import ContextCache, accept_stream, peer_certificate
 from tpemu.pki import TLSFiles, ensure_bootstrap_pki
 from tpemu.proxy import postgres_front
 from tpemu.proxy.auth_routes import AuthLink, AuthRoutes
+from tpemu.proxy.conn_upgrade import ConnectionUpgrade
 from tpemu.proxy.db_proxy import DatabaseProxy, Dialer
 from tpemu.proxy.decide import ListenerKind, ListenerPolicy
 from tpemu.proxy.frontdoor import Accepted, FrontDoor, Handler
@@ -120,6 +121,9 @@ class ProxyService:
         self.door = FrontDoor(self.table, self._dispatch, sniff_timeout=cfg.proxy_service.sniff_timeout,
                               max_hello=cfg.proxy_service.max_client_hello,
                               max_pending=cfg.proxy_service.max_pending)
+        #: ``/webapi/connectionupgrade``: streams tunnelled through an L7 load balancer re-enter the door.
+        self.conn_upgrade = ConnectionUpgrade(self.door, listener_plan(cfg)[0][0])
+        self.conn_upgrade.install(self.web)
         self.handlers: dict[RouteKind, Handler] = {
             RouteKind.PASSTHROUGH: functools.partial(splice_to_target, stats=self.door.stats),
             RouteKind.WEB: self._serve_web,

@@ -11,9 +11,9 @@ import pytest
 from tests import realservers
 from tests.agent.test_agent_process import agent_config, makers
 from tests.agent.test_tunnel import Echo, roundtrip, wait_for
-from tests.cluster import running_cluster
 from tpemu.agent.process import AgentOptions, AgentProcess
 from tpemu.net.proxyenv import from_environment
+from tpemu.testkit import Cluster
 from tpemu.wire import tunnel as tw
 
 pytestmark = pytest.mark.e2e
@@ -21,7 +21,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.mark.parametrize("separate", [False, True], ids=["tls-routing", "tunnel-port"])
 async def test_two_agents_one_through_squid(tmp_path: Path, separate: bool) -> None:
-    async with running_cluster(tmp_path / "cluster", separate=separate) as cluster:
+    mode = "separate" if separate else "multiplex"
+    async with Cluster(tmp_path / "cluster", nodes=(), databases=(), mode=mode) as cluster:
         with realservers.squid(tmp_path) as squid:
             token = await cluster.token("Node", "Db")
             env = from_environment({"HTTPS_PROXY": squid.url, "TPEMU_PROXY_LOOPBACK": "yes"})

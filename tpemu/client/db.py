@@ -34,6 +34,7 @@ from urllib.parse import quote
 from tpemu import authapi, authclient, pki
 from tpemu.client import profile as profile_mod
 from tpemu.config import Addr
+from tpemu.net import conn_upgrade
 from tpemu.net.relay import Stream, relay
 from tpemu.wire import alpn
 
@@ -218,6 +219,11 @@ async def run_tunnel(login: DBLogin, listen: Addr, ready: Callable[[Addr], None]
     ctx = tunnel_context(login)
     proxy = login.proxy_addr
     active: set[asyncio.Task[Any]] = set()
+    outer = conn_upgrade.outer_context(login.ca_path)
+
+    async def upgrade_needed() -> bool:
+        # tsh's test dial, once per address (cached by conn_upgrade).
+        return await conn_upgrade.upgrade_required(proxy.host.strip("[]"), proxy.port, outer)
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -233,8 +239,13 @@ async def run_tunnel(login: DBLogin, listen: Addr, ready: Callable[[Addr], None]
         peer = writer.get_extra_info("peername")
         try:
             async with asyncio.timeout(15):
-                up_r, up_w = await asyncio.open_connection(proxy.host, proxy.port, ssl=ctx,
-                                                           server_hostname=proxy.host.strip("[]"))
+                if await upgrade_needed():
+                    # Behind a layer-7 load balancer: TLS with the database ALPN inside the upgrade.
+                    up_r, up_w = await conn_upgrade.open_stream_upgraded(
+                        proxy.host, proxy.port, outer=outer, inner=ctx, server_hostname=proxy.host.strip("[]"))
+                else:
+                    up_r, up_w = await asyncio.open_connection(proxy.host, proxy.port, ssl=ctx,
+                                                               server_hostname=proxy.host.strip("[]"))
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             log.warning("tunnel: cannot reach the proxy at %s for %s: %s", proxy, peer, exc)
             writer.close()

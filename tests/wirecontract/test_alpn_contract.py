@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import running_cluster
+from tpemu.testkit import Cluster
 from tpemu.wire import alpn as names
 
 # Offer → what Teleport's proxy negotiates. Each name alone negotiates itself; pairs show the
@@ -49,7 +49,7 @@ async def _negotiate(port: int, offered: list[str]) -> str | None:
 
 
 async def test_every_teleport_alpn_name_is_negotiated(tmp_path: Path) -> None:
-    async with running_cluster(tmp_path) as cluster:
+    async with Cluster(tmp_path, nodes=(), databases=()) as cluster:
         for offered, chosen in _expected():
             assert await _negotiate(cluster.web.port, offered) == chosen, offered
         # teleport-auth@<hex(cluster)>.teleport.cluster.local is routed by prefix to Auth, which
@@ -68,7 +68,7 @@ def _go_check(binary: Path, port: int, offers: list[list[str]]) -> list[dict[str
 
 async def test_go_crypto_tls_gets_teleports_choice(tmp_path: Path, go_peer: Callable[..., Path]) -> None:
     binary = go_peer("alpncheck")
-    async with running_cluster(tmp_path) as cluster:
+    async with Cluster(tmp_path, nodes=(), databases=()) as cluster:
         route = names.auth_protocol(cluster.cfg.auth_service.cluster_name)
         cases = [*_expected(), ([route, "h2"], "h2")]
         results = await asyncio.to_thread(_go_check, binary, cluster.web.port, [o for o, _ in cases])
@@ -91,7 +91,7 @@ async def test_grpc_routes_answer_a_grpc_status_over_h2(tmp_path: Path, offered:
     import h2.connection
     import h2.events
 
-    async with running_cluster(tmp_path) as cluster:
+    async with Cluster(tmp_path, nodes=(), databases=()) as cluster:
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE

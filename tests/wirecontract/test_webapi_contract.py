@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import running_cluster
+from tpemu.testkit import Cluster
 from tpemu import MIN_CLIENT_VERSION, TELEPORT_VERSION, config, versioncheck
 from tpemu.proxy.webapi import SECOND_FACTOR, SECOND_FACTORS_V17
 
@@ -60,7 +60,7 @@ def test_min_client_version_is_teleports_for_17() -> None:
 
 
 async def test_web_api_routes_as_teleport(tmp_path: Path) -> None:
-    async with running_cluster(tmp_path) as cluster:
+    async with Cluster(tmp_path, nodes=(), databases=()) as cluster:
         port = cluster.web.port
         status, _, body = await _request(port, "GET", "/webapi/ping")
         ping = json.loads(body)
@@ -108,7 +108,7 @@ async def test_outdated_client_is_reset_as_teleport_resets_it(tmp_path: Path, sw
     caplog.set_level(logging.INFO)
     if switch == "env":
         monkeypatch.setenv(versioncheck.REJECT_ENV, "yes")
-    async with running_cluster(tmp_path) as cluster:
+    async with Cluster(tmp_path, nodes=(), databases=()) as cluster:
         assert cluster.auth.api is not None and cluster.auth.addr is not None
         if switch == "config":
             cfg = config.from_dict({"tpemu": {"reject_old_clients": True}})

@@ -212,7 +212,8 @@ class DatabaseProxy:
     async def _accept_tls(self, acc: Accepted) -> _Client | None:
         # Every name Teleport knows, in its order: offered [teleport-postgres, teleport-postgres-ping]
         # selects the -ping form (lib/srv/alpnproxy/proxy.go handleConn: ping framing follows the
-        # *negotiated* protocol, IsPingProtocol).
+        # *negotiated* protocol, IsPingProtocol). One context for every name, never keyed by the
+        # client's bytes (a context per MySQL version string would grow the cache without bound).
         ctx = self.context(route_server_alpn(acc.route.kind) or alpn_names.DATABASE_SERVER_PROTOCOLS)
         try:
             reader, writer = await accept_stream(acc.sock, ctx, self.handshake_timeout)
@@ -317,10 +318,7 @@ class DatabaseProxy:
         try:
             async with asyncio.timeout(self.handshake_timeout):
                 if not tls_upgrade:
-                    version = MYSQL_SERVER_VERSION
-                    alpn = acc.route.alpn or ""
-                    if alpn.startswith(alpn_names.MYSQL_VERSION_PREFIX):
-                        version = alpn[len(alpn_names.MYSQL_VERSION_PREFIX):].removesuffix(alpn_names.PING_SUFFIX)
+                    version = alpn_names.mysql_server_version(acc.route.alpn or "")
                     nonce = bytes(secrets.choice(_NONCE_ALPHABET) for _ in range(my.NONCE_LENGTH))
                     client.stream.write(my.encode_packet(0, my.encode_handshake_v10(
                         version or MYSQL_SERVER_VERSION, next(self._mysql_ids), nonce, MYSQL_CAPABILITIES,

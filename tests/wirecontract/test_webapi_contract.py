@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tpemu.testkit import Cluster
 from tpemu import MIN_CLIENT_VERSION, TELEPORT_VERSION, config, versioncheck
 from tpemu.proxy.webapi import SECOND_FACTOR, SECOND_FACTORS_V17
+from tpemu.testkit import Cluster
 
 
 def _ctx(alpn: list[str] | None = None) -> ssl.SSLContext:

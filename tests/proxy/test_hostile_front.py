@@ -28,7 +28,6 @@ from tpemu import testing
 from tpemu.testkit import Cluster
 from tpemu.wire import alpn as names
 from tpemu.wire import proxy_protocol as pp
-from tpemu.wire import tls
 
 pytestmark = pytest.mark.both_loops
 

@@ -204,7 +204,8 @@ class _TunnelServer(asyncssh.SSHServer):
         if self.role not in ROLE_SERVES:
             # ``handleNewChan``: "Unsupported role attempting to connect".
             _limiter.warning(log, "tunnel-role", "tunnel from %s refused: host %s has role %r, which cannot serve "
-                             "resources over a reverse tunnel (Node, Db or Kube)", self.peer, client_host, self.role or "-")
+                             "resources over a reverse tunnel (Node, Db or Kube)", self.peer, client_host,
+                             self.role or "-")
             return False
         assert self.conn is not None
         self.agent = self.registry._register(host_id, self.peer, self.conn, self.role)
@@ -293,7 +294,7 @@ class TunnelRegistry:
         ctx = None
         if acc.protocol is Protocol.TLS:
             assert self.proxy.contexts is not None
-            ctx = self.proxy.contexts.get((names.REVERSE_TUNNEL, names.REVERSE_TUNNEL_V2))
+            ctx = self.proxy.contexts.get(names.SUPPORTED_PROTOCOLS)
         peer = format_addr(acc.peer)
         try:
             await asyncssh.connect_reverse(

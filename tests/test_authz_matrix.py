@@ -285,11 +285,11 @@ async def test_db_proxy_answers_a_refused_certificate_with_a_tls_alert(tmp_path:
         ctx = client_ctx(cred, tmp_path / "c", ["teleport-redis"])
         ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # the alert ends the handshake itself
         with pytest.raises(ssl.SSLError, match="alert"):
-            reader, writer = await asyncio.open_connection("127.0.0.1", cluster.web.port, ssl=ctx,
+            reader, _w = await asyncio.open_connection("127.0.0.1", cluster.web.port, ssl=ctx,
                                                            server_hostname="cache.localhost")
             await asyncio.wait_for(reader.read(1), 5)
         ctx13 = client_ctx(cred, tmp_path / "c13", ["teleport-redis"])
         with pytest.raises(ssl.SSLError, match="alert"):  # TLS 1.3: the alert is the first record read
-            reader, writer = await asyncio.open_connection("127.0.0.1", cluster.web.port, ssl=ctx13,
+            reader, _w = await asyncio.open_connection("127.0.0.1", cluster.web.port, ssl=ctx13,
                                                            server_hostname="cache.localhost")
             await asyncio.wait_for(reader.read(1), 5)

@@ -206,7 +206,8 @@ class _TunnelServer(asyncssh.SSHServer):
         if self.role not in ROLE_SERVES:
             # ``handleNewChan``: "Unsupported role attempting to connect".
             _limiter.warning(log, "tunnel-role", "tunnel from %s refused: host %s has role %r, which cannot serve "
-                             "resources over a reverse tunnel (Node, Db, Kube or App)", self.peer, client_host, self.role or "-")
+                             "resources over a reverse tunnel (Node, Db, Kube or App)",
+                             self.peer, client_host, self.role or "-")
             return False
         assert self.conn is not None
         self.agent = self.registry._register(host_id, self.peer, self.conn, self.role)

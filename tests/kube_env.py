@@ -71,7 +71,8 @@ class KubeEnv:
 
 
 async def start(tmp: Path, separate: bool = False, apps: bool = False,
-                users: dict[str, dict[str, Any]] | None = None) -> KubeEnv:
+                users: dict[str, dict[str, Any]] | None = None,
+                app_list: list[dict[str, Any]] | None = None) -> KubeEnv:
     data = tmp / "data"
     proxy_cfg: dict[str, Any] = {"web_listen_addr": "127.0.0.1:0"}
     auth_cfg: dict[str, Any] = {"listen_addr": "127.0.0.1:0", "cluster_name": CLUSTER, "keep_alive_interval": "1s"}
@@ -93,9 +94,9 @@ async def start(tmp: Path, separate: bool = False, apps: bool = False,
                                  "kubernetes_service": {"enabled": True, "kube_cluster_name": KUBE}}
     if apps:
         agent_doc["app_service"] = {"enabled": True, "debug_app": True,
-                                    "apps": [{"name": "echo", "uri": "emulated-echo"}]}
+                                    "apps": app_list or [{"name": "echo", "uri": "emulated-echo"}]}
     agent_cfg = config.from_dict(agent_doc)
-    token = await auth.mint_token(tuple(r.capitalize() for r in roles), 300.0)
+    token = await auth.mint_token(tuple(r.capitalize() for r in roles), 300.0, single_use=False)
     web = proxy.info.bound[ListenerKind.WEB]
     agent = AgentProcess(agent_cfg, AgentOptions(roles, proxy_server=web, token=token, ca_pins=(auth.ca_pin,),
                                                  nodename="kubeagent"), {r: MAKERS[r] for r in roles})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable
@@ -58,20 +59,24 @@ def _fixed(kind: RouteKind, name: str, why: str, db: str | None = None, alpn_nam
 def listener_plan(cfg: Config) -> list[tuple[ListenerPolicy, Addr]]:
     """Which listeners to open for ``cfg``, each with its policy."""
     ps = cfg.proxy_service
-    pp = ps.proxy_protocol
+    trusted = tuple(ipaddress.ip_network(c, strict=False) for c in ps.tpemu_proxy_protocol_trusted_cidrs)
+
+    def policy(kind: ListenerKind, accepts: set[Protocol] | frozenset[Protocol],
+               fixed: dict[Protocol, Route] | None = None, server_first: Route | None = None) -> ListenerPolicy:
+        return ListenerPolicy(kind, frozenset(accepts), fixed or {}, server_first, ps.proxy_protocol, trusted)
+
     plan: list[tuple[ListenerPolicy, Addr]] = []
     web_accepts = set(_ALL_PLAIN) if cfg.multiplex else {Protocol.TLS, Protocol.HTTP, Protocol.POSTGRES}
     if ps.postgres_listen_addr is not None and not cfg.multiplex:
         web_accepts.discard(Protocol.POSTGRES)
-    plan.append((ListenerPolicy(ListenerKind.WEB, frozenset(web_accepts), proxy_protocol=pp), ps.web_listen_addr))
+    plan.append((policy(ListenerKind.WEB, web_accepts), ps.web_listen_addr))
     ssh_addr = ps.listen_addr or (None if cfg.multiplex else Addr("127.0.0.1", 3023))
     tunnel_addr = ps.tunnel_listen_addr or (None if cfg.multiplex else Addr("127.0.0.1", 3024))
     if ssh_addr is not None:
-        plan.append((ListenerPolicy(ListenerKind.SSH, frozenset({Protocol.SSH}), proxy_protocol=pp), ssh_addr))
+        plan.append((policy(ListenerKind.SSH, {Protocol.SSH}), ssh_addr))
     if tunnel_addr is not None:
         route = _fixed(RouteKind.REVERSE_TUNNEL, "reverse-tunnel", "SSH on the tunnel listener")
-        plan.append((ListenerPolicy(ListenerKind.TUNNEL, frozenset({Protocol.SSH}), {Protocol.SSH: route},
-                                    proxy_protocol=pp), tunnel_addr))
+        plan.append((policy(ListenerKind.TUNNEL, {Protocol.SSH}, {Protocol.SSH: route}), tunnel_addr))
     if ps.peer_listen_addr is not None:
         route = _fixed(RouteKind.PEER, "peer", "TLS on the peer listener")
         plan.append((ListenerPolicy(ListenerKind.PEER, frozenset({Protocol.TLS}), {Protocol.TLS: route}),
@@ -79,17 +84,17 @@ def listener_plan(cfg: Config) -> list[tuple[ListenerPolicy, Addr]]:
     if ps.postgres_listen_addr is not None:
         route = _fixed(RouteKind.DATABASE, "database/postgres", "TLS on the Postgres listener", "postgres",
                        alpn.POSTGRESQL_NATIVE)
-        plan.append((ListenerPolicy(ListenerKind.POSTGRES, frozenset({Protocol.POSTGRES, Protocol.TLS}),
-                                    {Protocol.TLS: route}, proxy_protocol=pp), ps.postgres_listen_addr))
+        plan.append((policy(ListenerKind.POSTGRES, {Protocol.POSTGRES, Protocol.TLS}, {Protocol.TLS: route}),
+                     ps.postgres_listen_addr))
     if ps.mysql_listen_addr is not None:
         route = _fixed(RouteKind.DATABASE, "database/mysql", "connection on the MySQL listener", "mysql")
-        plan.append((ListenerPolicy(ListenerKind.MYSQL, frozenset(), server_first=route, proxy_protocol=pp),
+        plan.append((policy(ListenerKind.MYSQL, frozenset(), server_first=route),
                      ps.mysql_listen_addr))
     for kind, addr, db, name in ((ListenerKind.MONGO, ps.mongo_listen_addr, "mongodb", alpn.MONGODB),
                                  (ListenerKind.REDIS, ps.redis_listen_addr, "redis", alpn.REDIS)):
         if addr is not None:
             route = _fixed(RouteKind.DATABASE, f"database/{db}", f"TLS on the {kind.value} listener", db, name)
-            plan.append((ListenerPolicy(kind, frozenset({Protocol.TLS}), {Protocol.TLS: route}, proxy_protocol=pp),
+            plan.append((policy(kind, {Protocol.TLS}, {Protocol.TLS: route}),
                          addr))
     if ps.kube_listen_addr is not None:
         route = _fixed(RouteKind.KUBE, "kube", "TLS on the Kubernetes listener")
@@ -194,7 +199,8 @@ class ProxyService:
                 self.info.bound[policy.kind] = listener.addr
                 log.info("proxy %s listener on %s (accepts: %s%s)", policy.kind.value, listener.addr,
                          ", ".join(sorted(p.value for p in policy.accepts)) or "server speaks first",
-                         ", PROXY protocol" if policy.proxy_protocol else "")
+                         {True: ", PROXY protocol required", None: ", PROXY protocol allowed"}.get(
+                             policy.proxy_protocol, ""))
         except OSError:
             await self.close()
             raise

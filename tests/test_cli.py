@@ -38,8 +38,9 @@ def test_inspect_tls(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_inspect_proxy_header_then_postgres(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     data = proxy_protocol.encode_v2(("192.0.2.1", 1234), ("127.0.0.1", 3080)) + postgres.SSL_REQUEST
+    # Unset proxy_protocol (Teleport's default): one header is accepted (lib/multiplexer, unspecified mode).
     code, out, _ = run(capsys, "inspect", data.hex())
-    assert code == 2 and "proxy_protocol is off" in out
+    assert code == 0 and "PROXY protocol unset" in out and "PROXY v2 header (28 bytes, consumed)" in out
     code, out, _ = run(capsys, "inspect", "--proxy-protocol", data.hex())
     assert code == 0 and "PROXY v2 header (28 bytes, consumed): PROXY TCP4 client 192.0.2.1:1234" in out
     assert "route:    database/postgres" in out

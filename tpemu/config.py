@@ -13,6 +13,7 @@ unless the host is written out.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import types
@@ -262,7 +263,12 @@ class ProxyService:
     redis_listen_addr: Addr | None = _f(None, default_port=6379)
     kube_listen_addr: Addr | None = _f(None, default_port=3026)
     kube_public_addr: tuple[str, ...] = ()
-    proxy_protocol: bool = False
+    #: Teleport's tri-state: ``on`` (a PROXY header is required), ``off`` (refused), unset (one
+    #: header accepted, source port marked 0: ``lib/multiplexer`` ``PROXYProtocolUnspecified``).
+    proxy_protocol: bool | None = None
+    #: tpemu: only these networks (the load balancers) may send a PROXY header naming a client;
+    #: empty = any peer (Teleport's behaviour).
+    tpemu_proxy_protocol_trusted_cidrs: tuple[str, ...] = ()
     trust_x_forwarded_for: bool = False
     #: tpemu: the deadline and size cap for first-bytes detection.
     sniff_timeout: Duration = Duration(5.0)
@@ -589,6 +595,12 @@ def _validate(cfg: Config) -> None:
         roles, sep, value = entry.partition(":")
         if not sep or not value or not roles:
             raise ConfigError(f"auth_service.tokens[{i}]", "expected 'role[,role…]:token' (e.g. 'node,db:secret')")
+    for i, cidr in enumerate(cfg.proxy_service.tpemu_proxy_protocol_trusted_cidrs):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"proxy_service.tpemu_proxy_protocol_trusted_cidrs[{i}]",
+                              f"expected an address or network such as 10.0.0.0/8, got {cidr!r}") from None
     if cfg.proxy_service.sniff_timeout <= 0:
         raise ConfigError("proxy_service.sniff_timeout", "must be positive")
     if not 1024 <= cfg.proxy_service.max_client_hello <= 65536:

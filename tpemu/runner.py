@@ -288,10 +288,10 @@ def banner(cfg: Config, proxy: Any, all_in_one: bool, auth: Any = None, agent: A
                 "    tpemu db ls",
                 "    tpemu db connect pg --db-user alice --db-name postgres",
             ]
-            served = {o.resource.kind: o.resource.name for offers in agent.offers.values() for o in offers}
-            if "kube" in served:
-                lines += [f"    tpemu kube login {served['kube']} && kubectl get ns   # kubectl through the proxy"]
-            if "app" in served:
-                lines += [f"    tpemu apps login {served['app']}                # prints a curl command with the app "
+            resources = {o.resource.kind: o.resource.name for offers in agent.offers.values() for o in offers}
+            if "kube" in resources:
+                lines += [f"    tpemu kube login {resources['kube']} && kubectl get ns   # kubectl through the proxy"]
+            if "app" in resources:
+                lines += [f"    tpemu apps login {resources['app']}                # prints a curl command with the app "
                           "certificate"]
     return "\n".join(lines)

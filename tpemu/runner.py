@@ -292,6 +292,5 @@ def banner(cfg: Config, proxy: Any, all_in_one: bool, auth: Any = None, agent: A
             if "kube" in resources:
                 lines += [f"    tpemu kube login {resources['kube']} && kubectl get ns   # kubectl through the proxy"]
             if "app" in resources:
-                lines += [f"    tpemu apps login {resources['app']}                # prints a curl command with the app "
-                          "certificate"]
+                lines += [f"    tpemu apps login {resources['app']}   # prints a curl command with the app certificate"]
     return "\n".join(lines)

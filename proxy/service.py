@@ -172,6 +172,9 @@ class ProxyService:
         hosts = [Addr.parse(v, default_port=0).host for v in self.cfg.proxy_service.public_addr]
         names += [f"*.{h}" for h in (*hosts, self.cfg.auth_service.cluster_name)
                   if "." in h and not h.replace(".", "").isdigit() and ":" not in h]
+        # tsh kube login's tls-server-name for a proxy with a host name (GetKubeTLSServerName).
+        names += [alpn.KUBE_SNI_PREFIX + h for h in hosts if h and h != "localhost" and not h.replace(".", "").isdigit()
+                  and ":" not in h]
         return names
 
     async def start(self) -> None:

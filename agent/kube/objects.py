@@ -27,6 +27,7 @@ import yaml
 
 from tpemu.agent.kube import exec as kexec
 from tpemu.agent.kube import patch as kpatch
+from tpemu.agent.kube import protobuf as kproto
 from tpemu.agent.kube import resources as res
 from tpemu.agent.kube import websocket as ws
 from tpemu.agent.kube.controller import now_stamp, random_suffix
@@ -283,14 +284,17 @@ class Objects:
 
     def _body(self, request: Request, rt: res.ResourceType, yaml_ok: bool = False) -> Obj:
         ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
-        if "protobuf" in ctype:
-            raise StatusError(415, 'the body of the request was in an unknown format - accepted media types '
-                              'include: application/json, application/yaml', "UnsupportedMediaType")
         try:
-            if yaml_ok or ctype in ("application/yaml", "application/apply-patch+yaml"):
+            if "protobuf" in ctype:
+                body = kproto.decode(request.body)
+            elif yaml_ok or ctype in ("application/yaml", "application/apply-patch+yaml"):
                 body = yaml.safe_load(request.body.decode("utf-8"))
             else:
                 body = json.loads(request.body)
+        except kproto.ProtobufError as exc:
+            raise StatusError(415, f"the body of the request was in an unknown format - accepted media types "
+                              f"include: application/json, application/yaml ({exc}; send JSON)",
+                              "UnsupportedMediaType") from None
         except (ValueError, UnicodeDecodeError, yaml.YAMLError) as exc:
             raise StatusError(400, f"couldn't get version/kind; json parse error: {str(exc)[:200]}",
                               "BadRequest") from None

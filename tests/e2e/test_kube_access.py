@@ -167,6 +167,16 @@ async def test_refusals_are_kubernetes_status(env: kube_env.KubeEnv) -> None:
     assert code == 1 and "the server doesn't have a resource type \"nosuchthings\"" in err
     code, _, err = await kubectl(env, "alice", "get", "pod", "missing")
     assert code == 1 and 'Error from server (NotFound): pods "missing" not found' in err
+    # kubectl's create generators send protobuf bodies: decoded for the kinds they make here …
+    code, out, err = await kubectl(env, "alice", "create", "secret", "generic", "s1", "--from-literal=k=v")
+    assert code == 0 and "secret/s1 created" in out, err
+    code, out, err = await kubectl(env, "alice", "get", "secret", "s1", "-o", "jsonpath={.data.k}")
+    assert code == 0 and out == "dg==", err
+    code, out, err = await kubectl(env, "alice", "create", "namespace", "team-a")
+    assert code == 0, err
+    # … and refused, in a Status that says what to do, for the others
+    code, _, err = await kubectl(env, "alice", "create", "service", "clusterip", "svc", "--tcp=80:80")
+    assert code == 1 and "protobuf bodies of kind Service are not emulated; send JSON" in err, err
     # still serving afterwards
     code, _, err = await kubectl(env, "alice", "get", "ns", "default")
     assert code == 0, err

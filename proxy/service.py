@@ -20,7 +20,7 @@ import logging
 import socket
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tpemu.config import Addr, Config
 from tpemu.net.h2_server import GrpcStatus, serve_h2
@@ -227,8 +227,12 @@ class ProxyService:
         # Kubernetes access goes through the agents' reverse tunnels: with an Auth Service only.
         from tpemu.proxy.kube_proxy import KubeProxy
 
+        def direct() -> Any:
+            routes = self.auth_routes
+            return (routes.client(), self.tls_files) if routes is not None and routes.identity else None
+
         self.kube = KubeProxy(lambda: self.contexts, lambda: self.tunnels,
-                              handshake_timeout=max(10.0, self.cfg.proxy_service.sniff_timeout))
+                              handshake_timeout=max(10.0, self.cfg.proxy_service.sniff_timeout), direct=direct)
         self.set_handler(RouteKind.KUBE, self.kube.handle)
         # Applications too: HTTP apps by SNI on the web listener, TCP apps by ALPN teleport-tcp.
         from tpemu.proxy.app_proxy import AppProxy

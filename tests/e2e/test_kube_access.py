@@ -198,3 +198,22 @@ async def test_separate_mode_kube_listener(tmp_path: Path) -> None:
         assert code == 0 and "default" in out.splitlines()[1], err
     finally:
         await kube_env.stop(env)
+
+
+async def test_directly_joined_kubernetes_service(tmp_path: Path) -> None:
+    """The Kubernetes Service joined to the Auth Service, listening on its own port (the seed's
+    direct-connection table allows it for Kubernetes); the proxy dials the address it announced."""
+    need("kubectl")
+    env = await kube_env.start(tmp_path, direct=True, users={"alice": kube_env.USERS["alice"]})
+    try:
+        assert not env.agent.tunnels and env.agent.direct_kube_addr is not None
+        code, _, err = await env.run("alice", "tpemu", "kube", "login", "emu")
+        assert code == 0, err
+        code, out, err = await kubectl(env, "alice", "get", "ns")
+        assert code == 0 and "kube-system" in out, err
+        manifest = env.tmp / "deploy.yaml"
+        manifest.write_text(DEPLOYMENT.replace("REPLICAS", "1"))
+        code, out, err = await kubectl(env, "alice", "apply", "-f", str(manifest))
+        assert code == 0 and "created" in out, err
+    finally:
+        await kube_env.stop(env)

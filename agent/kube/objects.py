@@ -595,6 +595,9 @@ class Objects:
                                          ("Sec-WebSocket-Accept", ws.accept_key(key)),
                                          ("Sec-WebSocket-Protocol", protocol)])
         stream = ws.ChannelStream(request.reader, request.writer, request.leftover)
+        if request.flag("tty"):
+            await kexec.run_tty(stream, list(argv), name, self.api.workdir(ns, name))
+            return Upgraded()
         await kexec.run(stream, list(argv), name, self.api.workdir(ns, name), request.flag("stdin"),
                         request.flag("stdout") or "stdout" not in request.query, request.flag("stderr"))
         return Upgraded()

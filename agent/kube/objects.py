@@ -20,7 +20,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -45,6 +45,8 @@ _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 MAX_WATCH = 3600.0
+#: Concurrent ``exec`` processes per emulated cluster (each one is a process on the agent's host).
+MAX_EXEC_SESSIONS = 64
 
 
 def _json(obj: Any, status: int = 200) -> Reply:
@@ -590,6 +592,18 @@ class Objects:
             raise StatusError(400, f"unable to upgrade: no supported sub-protocol (offered "
                               f"{request.headers.get('sec-websocket-protocol', '')!r}; supported "
                               f"{', '.join(ws.PROTOCOLS)})", "BadRequest")
+        assert request.reader is not None and request.writer is not None
+        if self.api.exec_sessions >= MAX_EXEC_SESSIONS:
+            raise StatusError(429, f"too many exec sessions on this emulated cluster (at most {MAX_EXEC_SESSIONS} "
+                              "at once)", "TooManyRequests")
+        self.api.exec_sessions += 1
+        try:
+            return await self._exec_upgraded(request, ns, name, argv, protocol, key)
+        finally:
+            self.api.exec_sessions -= 1
+
+    async def _exec_upgraded(self, request: Request, ns: str, name: str, argv: Sequence[str], protocol: str,
+                             key: str) -> Upgraded:
         assert request.reader is not None and request.writer is not None
         await switch_protocols(request, [("Upgrade", "websocket"), ("Connection", "Upgrade"),
                                          ("Sec-WebSocket-Accept", ws.accept_key(key)),

@@ -152,10 +152,12 @@ class AppProxy:
 
     async def handle_tcp(self, acc: Accepted) -> None:
         """ALPN ``teleport-tcp``: a TCP app, named by the certificate's app route."""
-        streams = await self._accept(acc, (acc.route.alpn or alpn.TCP,))
+        # NextProtos = SupportedProtocols, the server's preference (teleport-tcp-ping before teleport-tcp).
+        streams = await self._accept(acc, alpn.SUPPORTED_PROTOCOLS)
         if streams is None:
             return
         reader, writer = streams
+        negotiated = writer.get_extra_info("ssl_object").selected_alpn_protocol() or ""
         identity, why = self._identity(writer, None)
         if identity is None:
             self.limiter.warning(log, "app-auth", "%s: TCP app refused: %s", acc.ctx, why)
@@ -167,7 +169,7 @@ class AppProxy:
             writer.close()
             return
         client: Stream
-        if acc.route.ping:
+        if negotiated.endswith(alpn.PING_SUFFIX):
             ping = PingStream(reader, writer, "client")
             ping.start_pings()
             client = ping

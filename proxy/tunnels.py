@@ -139,8 +139,13 @@ class _TransportListener(asyncssh.SSHListener):
 #: Teleport's ``lib/reversetunnel/srv.go`` ``handleNewChan`` maps the role to one tunnel type
 #: (Node → NodeTunnel, Db → DatabaseTunnel …) and ``localsite.go`` dials a resource only over a
 #: connection of that type (``getRemoteConn``: key ``{hostID, connType}``).
-ROLE_SERVES: dict[str, frozenset[str]] = {"Node": frozenset({tw.NODE}), "Db": frozenset({tw.DATABASE}),
-                                          "Kube": frozenset({"kube"}), "App": frozenset({"app"})}
+#: What each host role may announce and be dialled for over a reverse tunnel (Teleport's
+#: ``lib/reversetunnel/srv.go`` ``handleNewChan`` accepts Node, App, Db, Kube and WindowsDesktop
+#: agents; each serves only its own resource kind).
+ROLE_SERVES: dict[str, frozenset[str]] = {
+    "Node": frozenset({tw.NODE}), "Db": frozenset({tw.DATABASE}),
+    "Kube": frozenset({tw.KUBE}), "App": frozenset({tw.APP}),
+}
 
 
 class _TunnelServer(asyncssh.SSHServer):
@@ -201,8 +206,8 @@ class _TunnelServer(asyncssh.SSHServer):
         if self.role not in ROLE_SERVES:
             # ``handleNewChan``: "Unsupported role attempting to connect".
             _limiter.warning(log, "tunnel-role", "tunnel from %s refused: host %s has role %r, which cannot serve "
-                             "resources over a reverse tunnel (Node, Db, Kube or App)", self.peer, client_host,
-                             self.role or "-")
+                             "resources over a reverse tunnel (Node, Db, Kube or App)",
+                             self.peer, client_host, self.role or "-")
             return False
         assert self.conn is not None
         self.agent = self.registry._register(host_id, self.peer, self.conn, self.role)

@@ -68,11 +68,15 @@ class AppProxy:
 
     def app_of_sni(self, sni: str | None) -> str | None:
         """The HTTP app an SNI names (``<app>.<host>``), if an agent serves it."""
+        # On every web connection: cheap refusals first, no dictionary built.
         if not sni or "." not in sni or sni.endswith("." + alpn.INTERNAL_DOMAIN):
             return None
+        dialer = self._dialer()
+        if dialer is None:
+            return None
         name = sni.split(".", 1)[0]
-        app = self.apps().get(name)
-        return name if app is not None and app.protocol != "tcp" else None
+        found = any(r.name == name and r.protocol != "tcp" for _, r in dialer.resources(APP))
+        return name if found else None
 
     # -- JWKS -------------------------------------------------------------------------------------------
 

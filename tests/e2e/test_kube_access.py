@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ import pytest
 from tests import kube_env
 from tests.conftest import need
 from tpemu.agent.kube import controller
+from tpemu.proxy.decide import ListenerKind
 
 pytestmark = pytest.mark.e2e
 
@@ -177,6 +179,16 @@ async def test_refusals_are_kubernetes_status(env: kube_env.KubeEnv) -> None:
     # … and refused, in a Status that says what to do, for the others
     code, _, err = await kubectl(env, "alice", "create", "service", "clusterip", "svc", "--tcp=80:80")
     assert code == 1 and "protobuf bodies of kind Service are not emulated; send JSON" in err, err
+    # no client certificate at all: the proxy answers 401 in a Status
+    ctx = ssl.create_default_context(cafile=str(env.data / "pki" / "ca.crt"))
+    web = env.proxy.info.bound[ListenerKind.WEB]
+    reader, writer = await asyncio.open_connection(web.host, web.port, ssl=ctx,
+                                                   server_hostname="kube-teleport-proxy-alpn.teleport.cluster.local")
+    writer.write(b"GET /api HTTP/1.1\r\nHost: kube\r\nConnection: close\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 401")
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["reason"] == "Unauthorized"
     # still serving afterwards
     code, _, err = await kubectl(env, "alice", "get", "ns", "default")
     assert code == 0, err

@@ -267,7 +267,7 @@ class TunnelServerConnection(asyncssh.SSHServerConnection):
         _dispatch_open(self, packet, self.on_open)
 
     # asyncssh dispatches packets through this class-level table, not by method lookup.
-    _packet_handlers = {**asyncssh.SSHServerConnection._packet_handlers,  # type: ignore[attr-defined]
+    _packet_handlers = {**asyncssh.SSHServerConnection._packet_handlers,
                         MSG_CHANNEL_OPEN: _process_channel_open}
 
     async def _validate_openssh_certificate(self, username: str, cert: Any) -> asyncssh.SSHKey | None:
@@ -279,7 +279,7 @@ class TunnelServerConnection(asyncssh.SSHServerConnection):
         n = int.from_bytes(key_data[:4], "big")
         if key_data[4:4 + n].endswith(b"-cert-v01@openssh.com"):
             return None
-        return cast(asyncssh.SSHKey | None, await super()._validate_client_public_key(username, key_data))
+        return await super()._validate_client_public_key(username, key_data)
 
     async def teleport_version(self, timeout: float = 10.0) -> str | None:
         """Ask the agent for its version (global request ``x-teleport-version``)."""
@@ -305,7 +305,7 @@ class TunnelClientConnection(asyncssh.SSHClientConnection):
     def _process_channel_open(self, _pkttype: int, _pktid: int, packet: SSHPacket) -> None:
         _dispatch_open(self, packet, self.on_open)
 
-    _packet_handlers = {**asyncssh.SSHClientConnection._packet_handlers,  # type: ignore[attr-defined]
+    _packet_handlers = {**asyncssh.SSHClientConnection._packet_handlers,
                         MSG_CHANNEL_OPEN: _process_channel_open}
 
     def _process_x_teleport_version_global_request(self, packet: SSHPacket) -> None:

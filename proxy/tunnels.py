@@ -81,7 +81,7 @@ DIRECT_POLL = 5.0
 IO_TIMEOUT = 30.0
 #: Certificate system roles → Teleport's tunnel types (``srv.go`` ``handleHeartbeat``: Node →
 #: NodeTunnel, Db → DatabaseTunnel …; anything else "Unsupported role attempting to connect").
-ROLE_TUNNEL_TYPES = {"Node": tw.NODE, "Db": tw.DATABASE, "App": "app", "Kube": "kube",
+ROLE_TUNNEL_TYPES = {"Node": tw.NODE, "Db": tw.DATABASE, "App": tw.APP, "Kube": tw.KUBE,
                      "WindowsDesktop": "windows_desktop", "Okta": "okta"}
 #: What a tunnel may carry, by the system role in its host certificate; ``localsite.go`` dials a
 #: resource only over a connection of its type (``getRemoteConn``: key ``{hostID, connType}``).

@@ -44,7 +44,9 @@ REMOTE_AUTH_SERVER = "@remote-auth-server"
 #: ``types.TunnelType`` values tpemu uses.
 NODE = "node"
 DATABASE = "db"
-CONN_TYPES = frozenset({NODE, DATABASE, "app", "kube", "windows_desktop", "proxy"})
+KUBE = "kube"
+APP = "app"
+CONN_TYPES = frozenset({NODE, DATABASE, APP, KUBE, "windows_desktop", "proxy"})
 
 
 class TunnelProtocolError(WireError):

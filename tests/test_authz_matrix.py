@@ -274,3 +274,22 @@ async def test_authorization_matrix(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", sorted(EXPECTED))
 def test_every_row_cites_teleport(kind: str) -> None:
     assert "lib/" in WHY[kind] or "x509" in WHY[kind]
+
+
+@pytest.mark.parametrize("kind", ["other CA", "expired user", "self-signed", "host Node"])
+async def test_db_proxy_answers_a_refused_certificate_with_a_tls_alert(tmp_path: Path, kind: str) -> None:
+    # Issue 16: the database proxy dropped such clients with a bare reset; Go's crypto/tls (and the
+    # Auth API) answer with the alert saying why.
+    async with Cluster(tmp_path / "cluster", nodes=(), databases=()) as cluster:
+        cred = mint(cluster)[kind]
+        ctx = client_ctx(cred, tmp_path / "c", ["teleport-redis"])
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # the alert ends the handshake itself
+        with pytest.raises(ssl.SSLError, match="alert"):
+            reader, _w = await asyncio.open_connection("127.0.0.1", cluster.web.port, ssl=ctx,
+                                                           server_hostname="cache.localhost")
+            await asyncio.wait_for(reader.read(1), 5)
+        ctx13 = client_ctx(cred, tmp_path / "c13", ["teleport-redis"])
+        with pytest.raises(ssl.SSLError, match="alert"):  # TLS 1.3: the alert is the first record read
+            reader, _w = await asyncio.open_connection("127.0.0.1", cluster.web.port, ssl=ctx13,
+                                                           server_hostname="cache.localhost")
+            await asyncio.wait_for(reader.read(1), 5)

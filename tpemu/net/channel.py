@@ -11,6 +11,10 @@ window is the transport's flow control (``pause_reading`` stops window adjusts),
 send buffer limits are the write-buffer limits, ``write_eof`` is ``CHANNEL_EOF`` and ``close``
 flushes then sends ``CHANNEL_CLOSE``.
 
+Teleport's channels carry a refusal reason on stderr (``teleport-transport``: "connection
+rejected: …"): stderr is kept apart (bounded by ``MAX_STDERR``), never mixed into the byte stream,
+and :meth:`ChannelTransport.stderr_text` reads it to the channel's end.
+
 Until a protocol takes it the channel is parked (:class:`~tpemu.net.pipe.Parked`): bytes and EOF
 are kept and reading paused. :class:`OpeningFrame` is the parked state of a reverse-tunnel
 channel, which starts with one :mod:`tpemu.wire.tunnel` frame (the dial request on the agent,
@@ -25,9 +29,13 @@ from collections.abc import Callable
 from typing import Any
 
 import asyncssh
+from asyncssh.constants import EXTENDED_DATA_STDERR
 
 from tpemu.net.pipe import Parked, hand_over
 from tpemu.wire import tunnel as tw
+
+#: What one channel's stderr may hold (Teleport reads it to the end for the refusal text).
+MAX_STDERR = 16 * 1024
 
 
 class ChannelTransport(asyncio.Transport, asyncssh.SSHTCPSession[bytes]):
@@ -41,6 +49,9 @@ class ChannelTransport(asyncio.Transport, asyncssh.SSHTCPSession[bytes]):
         self._on_open = on_open
         self._closing = False
         self._reading = True
+        #: What the peer wrote on stderr (extended data), at most ``MAX_STDERR`` bytes.
+        self.stderr = bytearray()
+        self._lost: asyncio.Future[None] | None = None
 
     # -- the asyncssh session side -------------------------------------------------------------------
 
@@ -55,8 +66,11 @@ class ChannelTransport(asyncio.Transport, asyncssh.SSHTCPSession[bytes]):
         pass
 
     def data_received(self, data: bytes, datatype: Any = None) -> None:
-        if datatype is None:  # stderr (extended data) is not part of the byte stream
+        if datatype is None:
             self._protocol.data_received(data)
+        elif datatype == EXTENDED_DATA_STDERR and len(self.stderr) < MAX_STDERR:
+            # stderr is not part of the byte stream: kept for the refusal text
+            self.stderr += data[:MAX_STDERR - len(self.stderr)]
 
     def eof_received(self) -> bool:
         return bool(self._protocol.eof_received())
@@ -69,7 +83,18 @@ class ChannelTransport(asyncio.Transport, asyncssh.SSHTCPSession[bytes]):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
         self._protocol.connection_lost(exc)
+
+    async def stderr_text(self, timeout: float) -> str:
+        """What the peer wrote to stderr, read to the channel's end (bounded by ``timeout``), trimmed."""
+        if self.chan is not None and not self._closing:
+            self._lost = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._lost
+        return self.stderr.decode("utf-8", "replace").strip()
 
     # -- the asyncio transport side --------------------------------------------------------------------
 
@@ -112,6 +137,9 @@ class ChannelTransport(asyncio.Transport, asyncssh.SSHTCPSession[bytes]):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.chan.write(data)
+
+    def write_stderr(self, data: bytes) -> None:
+        self.chan.write(data, EXTENDED_DATA_STDERR)
 
     def writelines(self, list_of_data: Any) -> None:
         self.chan.writelines(list_of_data)

@@ -640,6 +640,12 @@ class TunnelRegistry:
         if req.conn_type == tw.NODE:
             known += [n.hostname for n in self.direct.values()]
         hint = f" (known: {', '.join(sorted(set(known)))})" if known else " (no agent serves any right now)"
+        if req.conn_type == tw.DATABASE:
+            # lib/srv/db/proxyserver.go: trace.NotFound("database %q not found among registered
+            # databases in cluster %q") — Go's %q quotes; tpemu adds what is known.
+            name = req.name or req.address
+            raise TunnelError(f"database {json.dumps(name)} not found among registered databases in cluster "
+                              f"{json.dumps(self.cluster)}{hint}")
         raise TunnelError(f"{what} not found in cluster {self.cluster}: no connected agent serves it{hint}")
 
     async def _dial_agent(self, agent: AgentConn, req: tw.DialRequest, timeout: float) -> asyncio.Transport:

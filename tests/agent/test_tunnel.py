@@ -84,7 +84,9 @@ async def test_agent_tunnel_dial_and_refusals(tmp_path: Path, separate: bool) ->
         assert await roundtrip(sock, b"by id\n") == b"node1:by id\n"
         with pytest.raises(TunnelError, match="node 'nope' not found in cluster tpemu.local.*known: node1"):
             await reg.dial(tw.DialRequest(address="nope", conn_type="node"))
-        with pytest.raises(TunnelError, match="database 'pg' not found"):
+        # lib/srv/db/proxyserver.go: "database %q not found among registered databases in cluster %q".
+        with pytest.raises(TunnelError, match='database "pg" not found among registered databases in cluster '
+                                              '"tpemu.local"'):
             await reg.dial(tw.DialRequest(name="pg", conn_type="db"))
         await agent.close()
 

@@ -22,8 +22,8 @@ from tpemu.net.channel import ChannelTransport, OpeningFrame, open_streams
 from tpemu.net.pipe import Parked, Pipe, park_streams
 from tpemu.net.streams import PingTransport, WebSocketTransport
 from tpemu.wire import ping
-from tpemu.wire import websocket as ws
 from tpemu.wire import tunnel as tw
+from tpemu.wire import websocket as ws
 
 pytestmark = pytest.mark.both_loops
 

@@ -189,7 +189,7 @@ async def run(cfg: Config, roles: tuple[str, ...], all_in_one: bool) -> int:
     # Everything made at start-up (modules, certificates, route tables: several hundred thousand
     # objects) lives as long as the process: moved out of the collector's generations, a full
     # collection scans only what connections made since. Without it each full collection walked
-    # the whole heap and stalled the loop for 25–60 ms under load (the p99 tail of issue 13).
+    # the whole heap and stalled the loop for 25 to 60 ms under load (the p99 tail of issue 13).
     gc.collect()
     gc.freeze()
     stop = asyncio.Event()

@@ -4,8 +4,8 @@
 SSH, plain HTTP and Postgres startup packets. ``separate`` adds Teleport's per-service listeners:
 ``listen_addr`` (SSH, 3023) and ``tunnel_listen_addr`` (reverse tunnels, 3024) by default, and
 ``peer_listen_addr``, ``postgres_listen_addr``, ``mysql_listen_addr``, ``mongo_listen_addr``,
-``redis_listen_addr``, ``kube_listen_addr`` when set. Any listener set explicitly is opened in
-either mode.
+``kube_listen_addr`` (and tpemu's ``tpemu.proxy_service.redis_listen_addr``) when set. Any
+listener set explicitly is opened in either mode.
 
 Later services plug in with :meth:`ProxyService.set_handler`; a route with no handler is
 refused in the client's protocol with "… is not available in this cluster".
@@ -60,7 +60,7 @@ def _fixed(kind: RouteKind, name: str, why: str, db: str | None = None, alpn_nam
 def listener_plan(cfg: Config) -> list[tuple[ListenerPolicy, Addr]]:
     """Which listeners to open for ``cfg``, each with its policy."""
     ps = cfg.proxy_service
-    trusted = tuple(ipaddress.ip_network(c, strict=False) for c in ps.tpemu_proxy_protocol_trusted_cidrs)
+    trusted = tuple(ipaddress.ip_network(c, strict=False) for c in cfg.tpemu.proxy_service.proxy_protocol_trusted_cidrs)
 
     def policy(kind: ListenerKind, accepts: set[Protocol] | frozenset[Protocol],
                fixed: dict[Protocol, Route] | None = None, server_first: Route | None = None) -> ListenerPolicy:
@@ -92,7 +92,7 @@ def listener_plan(cfg: Config) -> list[tuple[ListenerPolicy, Addr]]:
         plan.append((policy(ListenerKind.MYSQL, frozenset(), server_first=route),
                      ps.mysql_listen_addr))
     for kind, addr, db, name in ((ListenerKind.MONGO, ps.mongo_listen_addr, "mongodb", alpn.MONGODB),
-                                 (ListenerKind.REDIS, ps.redis_listen_addr, "redis", alpn.REDIS)):
+                                 (ListenerKind.REDIS, cfg.tpemu.proxy_service.redis_listen_addr, "redis", alpn.REDIS)):
         if addr is not None:
             route = _fixed(RouteKind.DATABASE, f"database/{db}", f"TLS on the {kind.value} listener", db, name)
             plan.append((policy(kind, {Protocol.TLS}, {Protocol.TLS: route}),
@@ -129,12 +129,12 @@ class ProxyService:
         self.data_dir = data_dir or cfg.data_dir()
         self.info = ProxyInfo(cfg)
         self.web = WebAPI(self.info)
-        self.table = RouteTable(cfg.proxy_service.passthrough)
+        ext = cfg.tpemu.proxy_service
+        self.table = RouteTable(ext.passthrough)
         self._tls_files = tls_files
         self.contexts: ContextCache | None = None
-        self.door = FrontDoor(self.table, self._dispatch, sniff_timeout=cfg.proxy_service.sniff_timeout,
-                              max_hello=cfg.proxy_service.max_client_hello,
-                              max_pending=cfg.proxy_service.max_pending)
+        self.door = FrontDoor(self.table, self._dispatch, sniff_timeout=ext.sniff_timeout,
+                              max_hello=ext.max_client_hello, max_pending=ext.max_pending)
         #: ``/webapi/connectionupgrade``: streams tunnelled through an L7 load balancer re-enter the door.
         self.conn_upgrade = ConnectionUpgrade(self.door, listener_plan(cfg)[0][0])
         self.conn_upgrade.install(self.web)
@@ -148,7 +148,7 @@ class ProxyService:
         #: (the reverse-tunnel registry) when there is one.
         self.db_dialer: Dialer | None = None
         self.db = DatabaseProxy(lambda: self.contexts, self._find_db_dialer,
-                                handshake_timeout=max(10.0, cfg.proxy_service.sniff_timeout))
+                                handshake_timeout=max(10.0, ext.sniff_timeout))
         #: Called with the StartupMessage of a Postgres connection that arrived as plain SSLRequest.
         self.on_postgres_startup: OnPostgres = self.db.on_postgres_startup
 
@@ -232,7 +232,7 @@ class ProxyService:
             return (routes.client(), self.tls_files) if routes is not None and routes.identity else None
 
         self.kube = KubeProxy(lambda: self.contexts, lambda: self.tunnels,
-                              handshake_timeout=max(10.0, self.cfg.proxy_service.sniff_timeout), direct=direct)
+                              handshake_timeout=max(10.0, self.cfg.tpemu.proxy_service.sniff_timeout), direct=direct)
         self.set_handler(RouteKind.KUBE, self.kube.handle)
         # Applications too: HTTP apps by SNI on the web listener, TCP apps by ALPN teleport-tcp.
         from tpemu.proxy.app_proxy import AppProxy
@@ -240,7 +240,7 @@ class ProxyService:
         routes = self.auth_routes
         self.apps = AppProxy(lambda: self.contexts, lambda: self.tunnels,
                              lambda: routes.client() if routes is not None and routes.identity else None,
-                             handshake_timeout=max(10.0, self.cfg.proxy_service.sniff_timeout))
+                             handshake_timeout=max(10.0, self.cfg.tpemu.proxy_service.sniff_timeout))
         self.set_handler(RouteKind.APP_TCP, self.apps.handle_tcp)
         self.web.add("GET", "/.well-known/jwks.json", self.apps.jwks)
 
@@ -272,7 +272,7 @@ class ProxyService:
         # Every name Teleport knows, in its order (Proxy.Serve sets NextProtos to SupportedProtocols).
         ctx = self.contexts.get(alpn.SUPPORTED_PROTOCOLS)
         try:
-            reader, writer = await accept_stream(acc.sock, ctx, timeout=self.cfg.proxy_service.sniff_timeout)
+            reader, writer = await accept_stream(acc.sock, ctx, timeout=self.cfg.tpemu.proxy_service.sniff_timeout)
         except (OSError, TimeoutError) as exc:
             log.info("%s: TLS handshake failed: %s", acc.ctx, exc)
             acc.sock.close()

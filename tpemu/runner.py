@@ -260,9 +260,9 @@ def banner(cfg: Config, proxy: Any, all_in_one: bool, auth: Any = None, agent: A
     missing = sorted(k.value for k in RouteKind if k not in proxy.handlers and k is not RouteKind.REJECT)
     lines.append(f"  serving:   {', '.join(served)}")
     lines.append(f"  answered 'not available in this cluster': {', '.join(missing)}")
-    if cfg.proxy_service.passthrough:
+    if cfg.tpemu.proxy_service.passthrough:
         lines.append("  pass-through rules:")
-        for rule in cfg.proxy_service.passthrough:
+        for rule in cfg.tpemu.proxy_service.passthrough:
             lines.append(f"    {rule.name or '-'}: {rule.protocol} alpn={list(rule.alpn)} sni={list(rule.sni)} → "
                          f"{rule.target}")
     lines += [

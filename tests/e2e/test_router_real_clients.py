@@ -52,7 +52,7 @@ def proxy(tmp_path: Path) -> Iterator[Proc]:
     port = free_port()
     cfg = tmp_path / "tpemu.yaml"
     cfg.write_text(f"auth_service:\n  listen_addr: 127.0.0.1:0\nproxy_service:\n  web_listen_addr: 127.0.0.1:{port}\n"
-                   "  sniff_timeout: 2s\n")
+                   "tpemu:\n  proxy_service:\n    sniff_timeout: 2s\n")
     log = tmp_path / "proxy.log"
     with log.open("w") as f:
         proc = subprocess.Popen([tpemu_bin(), "start", "--config", str(cfg), "--data-dir", str(tmp_path / "data")],

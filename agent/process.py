@@ -43,6 +43,7 @@ from tpemu import TELEPORT_VERSION, authapi, authclient, pki
 from tpemu import identity as ident
 from tpemu.agent.tunnel import Offer, TunnelAgent, TunnelTarget
 from tpemu.config import Addr, Config
+from tpemu.net.pipe import Parked
 from tpemu.net.proxyenv import ProxySettings
 from tpemu.wire import alpn
 from tpemu.wire import tunnel as tw
@@ -397,12 +398,16 @@ class AgentProcess:
 
 
 async def _serve_and_close(service: Any, sock: socket.socket, request: tw.DialRequest) -> None:
+    transport: asyncio.BaseTransport | None = None
     try:
-        await service.serve(sock, request)
+        transport, _ = await asyncio.get_running_loop().connect_accepted_socket(Parked, sock)
+        await service.serve(transport, request)
     except Exception:
         log.exception("SSH service failed on a direct connection from %s", request.client_src_addr)
-    finally:
-        sock.close()
+        if transport is not None:
+            transport.close()
+        else:
+            sock.close()
 
 
 def parse_roles(text: str | Sequence[str]) -> tuple[str, ...]:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from tpemu.config import Addr, Config
 from tpemu.net.h2_server import GrpcStatus, serve_h2
-from tpemu.net.http_server import Request, Response, serve_http
+from tpemu.net.http_server import serve_http
 from tpemu.net.sockets import format_addr
 from tpemu.net.tls import ContextCache, accept_stream, peer_certificate
 from tpemu.pki import TLSFiles, ensure_bootstrap_pki
@@ -289,23 +289,14 @@ class ProxyService:
         await serve_http(reader, writer, self.web, peer=format_addr(acc.peer), tls=tls_info)
 
     async def _serve_plain_http(self, acc: Accepted) -> None:
-        try:
-            reader, writer = await accept_stream(acc.sock, None, timeout=5)
-        except OSError:
-            acc.sock.close()
-            return
-
-        async def redirect(request: Request) -> Response:
-            host = request.header("host")
-            if request.method in ("GET", "HEAD") and host:
-                location = f"https://{host}{request.target if request.target.startswith('/') else '/'}"
-                log.info("%s: plain HTTP %s %s redirected to %s", acc.ctx, request.method, request.target, location)
-                return Response(301, b"", [("Location", location), ("Connection", "close")])
-            log.info("%s: plain HTTP %s %s refused with 400", acc.ctx, request.method, request.target)
-            return Response(400, b"Client sent an HTTP request to an HTTPS server.\n",
-                            [("Content-Type", "text/plain; charset=utf-8"), ("Connection", "close")])
-
-        await serve_http(reader, writer, redirect, peer=format_addr(acc.peer), read_timeout=10, max_requests=1)
+        # Teleport's multiplexer detects HTTP (lib/multiplexer/multiplexer.go detectProto) but
+        # registers no listener for it: detectAndForward logs "Detected an HTTP request. If this
+        # is for a health check, use an HTTPS request instead." and "Closing HTTP connection:
+        # HTTP listener is disabled." and closes the connection without a byte (the request is
+        # left unread, so Linux answers with a reset, as Go's Close does).
+        log.info("%s: Detected an HTTP request. If this is for a health check, use an HTTPS request instead. "
+                 "Closing HTTP connection: HTTP listener is disabled (as Teleport's multiplexer does)", acc.ctx)
+        acc.sock.close()
 
     def _find_db_dialer(self) -> Dialer | None:
         dialer: Dialer | None = self.db_dialer or getattr(self, "tunnels", None)

@@ -28,7 +28,7 @@ from tpemu.net.http_server import serve_http
 from tpemu.net.sockets import format_addr
 from tpemu.net.tls import ContextCache, accept_stream, peer_certificate
 from tpemu.pki import TLSFiles, ensure_bootstrap_pki
-from tpemu.proxy import postgres_front
+from tpemu.proxy import postgres_front, webcert
 from tpemu.proxy.auth_routes import AuthLink, AuthRoutes
 from tpemu.proxy.conn_upgrade import ConnectionUpgrade
 from tpemu.proxy.db_proxy import DatabaseProxy, Dialer
@@ -133,6 +133,8 @@ class ProxyService:
         self.table = RouteTable(ext.passthrough)
         self._tls_files = tls_files
         self.contexts: ContextCache | None = None
+        #: What the web routes present when it is not the Auth-issued certificate (start()).
+        self.web_certs: webcert.WebCertificates | None = None
         self.door = FrontDoor(self.table, self._dispatch, sniff_timeout=ext.sniff_timeout,
                               max_hello=ext.max_client_hello, max_pending=ext.max_pending)
         #: ``/webapi/connectionupgrade``: streams tunnelled through an L7 load balancer re-enter the door.
@@ -197,6 +199,9 @@ class ProxyService:
                 ensure_bootstrap_pki, self.data_dir, self.cfg.auth_service.cluster_name, self.cert_names())
         self.contexts = ContextCache(self.tls_files.cert, self.tls_files.key,
                                      client_ca=self.tls_files.client_ca or self.tls_files.ca)
+        # https_keypairs, or Teleport's self-signed certificate; None: the Auth-issued one.
+        self.web_certs = await asyncio.to_thread(
+            webcert.for_config, self.cfg, self.data_dir, self.tls_files.client_ca or self.tls_files.ca)
         try:
             for policy, addr in listener_plan(self.cfg):
                 listener = await self.door.listen(policy, addr)
@@ -269,8 +274,11 @@ class ProxyService:
         if apps is not None and app is not None:
             await apps.handle_http(acc, app)
             return
-        # Every name Teleport knows, in its order (Proxy.Serve sets NextProtos to SupportedProtocols).
-        ctx = self.contexts.get(alpn.SUPPORTED_PROTOCOLS)
+        # Every name Teleport knows, in its order (Proxy.Serve sets NextProtos to SupportedProtocols),
+        # with the web certificate (Teleport's WebTLSConfig: https_keypairs or self-signed).
+        sni = acc.hello.sni if acc.hello is not None else None
+        ctx = (self.web_certs.get(sni, alpn.SUPPORTED_PROTOCOLS) if self.web_certs is not None
+               else self.contexts.get(alpn.SUPPORTED_PROTOCOLS))
         try:
             reader, writer = await accept_stream(acc.sock, ctx, timeout=self.cfg.tpemu.proxy_service.sniff_timeout)
         except (OSError, TimeoutError) as exc:

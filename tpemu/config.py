@@ -274,6 +274,14 @@ class PassthroughRule:
 
 
 @dataclass(frozen=True)
+class KeyPairPaths:
+    """One ``proxy_service.https_keypairs`` entry (fileconf.go ``KeyPair``)."""
+
+    key_file: str = ""
+    cert_file: str = ""
+
+
+@dataclass(frozen=True)
 class ProxyService:
     enabled: bool = True
     web_listen_addr: Addr = _f(Addr("127.0.0.1", 3080), default_port=3080)
@@ -296,15 +304,17 @@ class ProxyService:
     #: header accepted, source port marked 0: ``lib/multiplexer`` ``PROXYProtocolUnspecified``).
     proxy_protocol: bool | None = None
     trust_x_forwarded_for: bool = False
-    https_keypairs: object = _ignored()
+    #: What the web routes present (``tpemu.proxy.webcert``); the reload interval is not emulated.
+    https_keypairs: tuple[KeyPairPaths, ...] = ()
     https_keypairs_reload_interval: object = _ignored()
     acme: object = _ignored()
     kubernetes: object = _ignored()
     ui: object = _ignored()
     idp: object = _ignored()
     proxy_protocol_allow_downgrade: object = _ignored()
-    https_key_file: object = _ignored()
-    https_cert_file: object = _ignored()
+    #: The legacy single pair, appended to ``https_keypairs`` as Teleport does.
+    https_key_file: str = ""
+    https_cert_file: str = ""
     mysql_server_version: object = _ignored()
     automatic_upgrades_channels: object = _ignored()
 
@@ -384,9 +394,12 @@ class TpemuProxy:
     spliced untouched to another server. ``redis_listen_addr``: a Redis listener (Teleport has
     none; the seed's port table lists 6379). ``proxy_protocol_trusted_cidrs``: only these networks
     (the load balancers) may send a PROXY header naming a client; empty = any peer (Teleport's
-    behaviour).
+    behaviour). ``web_certificate``: without ``https_keypairs``, ``cluster`` (default) presents the
+    proxy's Auth-issued certificate on the web routes (tpemu's clients verify it with the cluster
+    CA); ``self-signed`` makes and presents Teleport's self-signed ``webproxy_cert.pem``.
     """
 
+    web_certificate: str = "cluster"
     sniff_timeout: Duration = Duration(5.0)
     max_client_hello: int = 16384
     max_pending: int = 4096
@@ -730,6 +743,15 @@ def _validate(cfg: Config) -> None:
         if not sep or not value or not roles:
             raise ConfigError(f"auth_service.tokens[{i}]", "expected 'role[,role…]:token' (e.g. 'node,db:secret')")
     ext = cfg.tpemu.proxy_service
+    if ext.web_certificate not in ("cluster", "self-signed"):
+        raise ConfigError("tpemu.proxy_service.web_certificate",
+                          f"must be cluster or self-signed, got {ext.web_certificate!r}")
+    for i, pair in enumerate(cfg.proxy_service.https_keypairs):
+        for name in ("key_file", "cert_file"):
+            if not getattr(pair, name):
+                raise ConfigError(f"proxy_service.https_keypairs[{i}].{name}", "required (a PEM file path)")
+    if bool(cfg.proxy_service.https_key_file) != bool(cfg.proxy_service.https_cert_file):
+        raise ConfigError("proxy_service.https_key_file", "https_key_file and https_cert_file go together")
     for i, cidr in enumerate(ext.proxy_protocol_trusted_cidrs):
         try:
             ipaddress.ip_network(cidr, strict=False)

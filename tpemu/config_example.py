@@ -57,6 +57,11 @@ proxy_service:
   # Accept one PROXY protocol v1/v2 header per connection (only behind a load balancer that
   # sends it; otherwise a PROXY header is refused and logged).
   proxy_protocol: off
+  # The web port's certificate: the first key pair whose name matches the client's SNI, else the
+  # first (Teleport's https_keypairs). Without any: see tpemu.proxy_service.web_certificate.
+  # https_keypairs:
+  #   - key_file: /etc/tpemu/web.key
+  #     cert_file: /etc/tpemu/web.crt
 ssh_service:
   enabled: yes
   listen_addr: 127.0.0.1:3022
@@ -76,6 +81,10 @@ tpemu:
   # reject_old_clients: yes    # close clients below min_client_version (Teleport's
   #                            # TELEPORT_UNSTABLE_REJECT_OLD_CLIENTS=yes)
   proxy_service:
+    # Without https_keypairs the web port presents: cluster (the proxy's certificate from the
+    # cluster CA, which tpemu's clients and agents trust) or self-signed (Teleport's default:
+    # <data_dir>/webproxy_cert.pem; clients then need --insecure or that file as their CA).
+    web_certificate: cluster
     # First-bytes detection deadline, ClientHello size cap, connections being sniffed.
     sniff_timeout: 5s
     max_client_hello: 16384

@@ -91,6 +91,7 @@ async def run(cfg: Config, roles: tuple[str, ...], all_in_one: bool) -> int:
     from tpemu.auth.backend import BackendError
     from tpemu.proxy.auth_routes import AuthLink, JoinError, auth_link_from_config
     from tpemu.proxy.service import ProxyService
+    from tpemu.proxy.webcert import WebCertError
 
     auth: Any = None
     proxy: ProxyService | None = None
@@ -139,7 +140,7 @@ async def run(cfg: Config, roles: tuple[str, ...], all_in_one: bool) -> int:
             await proxy.close()
             await shutdown()
             return 1
-        except JoinError as exc:
+        except (JoinError, WebCertError) as exc:
             print(f"tpemu: proxy: {exc}", file=sys.stderr)
             await proxy.close()
             await shutdown()

@@ -84,6 +84,7 @@ TELEPORT_KEYS: dict[str, set[str]] = {
                      "https_keypairs_reload_interval", "acme", "mysql_listen_addr", "mysql_public_addr",
                      "mysql_server_version", "postgres_listen_addr", "postgres_public_addr", "mongo_listen_addr",
                      "mongo_public_addr", "idp", "ui", "trust_x_forwarded_for", "automatic_upgrades_channels"},
+    "KeyPairPaths": {"key_file", "cert_file"},
     "SSHService": {"enabled", "listen_addr", "namespace", "labels", "commands", "permit_user_env", "pam",
                    "public_addr", "enhanced_recording", "restricted_session", "port_forwarding", "x11",
                    "ssh_file_copy", "disable_create_host_user", "force_listen"},

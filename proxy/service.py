@@ -135,6 +135,10 @@ class ProxyService:
         self.contexts: ContextCache | None = None
         #: What the web routes present when it is not the Auth-issued certificate (start()).
         self.web_certs: webcert.WebCertificates | None = None
+        #: Workers (:mod:`tpemu.proxy.workers`): every listener bound with SO_REUSEPORT, and a
+        #: child worker binds the addresses worker 0 got (a ``:0`` in the config became a port).
+        self.reuse_port = ext.workers > 1
+        self.listen_override: dict[ListenerKind, Addr] = {}
         self.door = FrontDoor(self.table, self._dispatch, sniff_timeout=ext.sniff_timeout,
                               max_hello=ext.max_client_hello, max_pending=ext.max_pending)
         #: ``/webapi/connectionupgrade``: streams tunnelled through an L7 load balancer re-enter the door.
@@ -204,7 +208,8 @@ class ProxyService:
             webcert.for_config, self.cfg, self.data_dir, self.tls_files.client_ca or self.tls_files.ca)
         try:
             for policy, addr in listener_plan(self.cfg):
-                listener = await self.door.listen(policy, addr)
+                listener = await self.door.listen(policy, self.listen_override.get(policy.kind, addr),
+                                                  reuse_port=self.reuse_port)
                 self.info.bound[policy.kind] = listener.addr
                 log.info("proxy %s listener on %s (accepts: %s%s)", policy.kind.value, listener.addr,
                          ", ".join(sorted(p.value for p in policy.accepts)) or "server speaks first",

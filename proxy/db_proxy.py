@@ -74,6 +74,8 @@ MYSQL_CAPABILITIES = (
 )
 #: The version the proxy's greeting announces unless the ALPN carries one (``teleport-mysql-<v>``).
 MYSQL_SERVER_VERSION = "8.0.36-tpemu"
+#: What Teleport's MySQL proxy answers a client that did not upgrade to TLS (performHandshake).
+MYSQL_PLAIN_REFUSAL = "expected TLS connection, got: *net.TCPConn"
 _NONCE_ALPHABET = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 
@@ -296,12 +298,16 @@ class DatabaseProxy:
             close_with_answer(sock)
             return
         if not isinstance(first, my.SSLRequest):
+            # Teleport's MySQL proxy (lib/srv/db/mysql/proxy.go performHandshake) finds no TLS
+            # connection after ReadHandshakeResponse and answers through go-mysql's WriteError:
+            # ER_UNKNOWN_ERROR (1105, HY000) "expected TLS connection, got: *net.TCPConn". tpemu's
+            # hint goes to the log only.
             self.stats["denied"] += 1
-            self.limiter.warning(log, "mysql-plain", "%s: MySQL client %r without TLS refused", acc.ctx,
-                                 first.username)
+            self.limiter.warning(log, "mysql-plain", "%s: MySQL client %r without TLS refused (it needs TLS with "
+                                 "the client certificate from 'tpemu db login': --ssl-cert/--ssl-key, or tpemu "
+                                 "proxy db --tunnel)", acc.ctx, first.username)
             close_with_answer(sock, my.encode_packet(head[3] + 1, my.encode_err_payload(
-                my.ER_ACCESS_DENIED, "tpemu requires TLS with the client certificate from 'tpemu db login' "
-                "(use --ssl-cert/--ssl-key, or tpemu proxy db --tunnel)", "28000")))
+                my.ER_UNKNOWN_ERROR, MYSQL_PLAIN_REFUSAL, "HY000")))
             return
         try:
             reader, writer = await accept_stream_with_alerts(sock, self.context(()), self.handshake_timeout)

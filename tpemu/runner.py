@@ -301,8 +301,9 @@ def banner(cfg: Config, proxy: Any, all_in_one: bool, auth: Any = None, agent: A
     for listener in proxy.door.listeners:
         accepts = ", ".join(sorted(p.value for p in listener.policy.accepts)) or "server speaks first"
         lines.append(f"    {listener.kind.value:<9} {listener.addr!s:<22} {accepts}")
-    served = sorted(k.value for k in proxy.handlers)
-    missing = sorted(k.value for k in RouteKind if k not in proxy.handlers and k is not RouteKind.REJECT)
+    serving = proxy.served()
+    served = sorted(k.value for k in serving)
+    missing = sorted(k.value for k in RouteKind if k not in serving and k is not RouteKind.REJECT)
     lines.append(f"  serving:   {', '.join(served)}")
     lines.append(f"  answered 'not available in this cluster': {', '.join(missing)}")
     if cfg.tpemu.proxy_service.passthrough:

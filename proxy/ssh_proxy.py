@@ -48,7 +48,6 @@ from tpemu.net.http_server import Request, Response
 from tpemu.net.pipe import Pipe
 from tpemu.net.sockets import format_addr
 from tpemu.proxy.frontdoor import Accepted
-from tpemu.proxy.route import RouteKind
 from tpemu.proxy.tunnels import TunnelError
 from tpemu.wire import alpn
 from tpemu.wire.sniff import Protocol as Sniffed
@@ -243,8 +242,7 @@ class SSHProxy:
         self.directory = NodeDirectory(lambda: routes.client().call("GET", "/v1/nodes"))
 
     def install(self) -> None:
-        """Serve the SSH route and the node list web endpoint."""
-        self.proxy.set_handler(RouteKind.SSH_PROXY, self.handle)
+        """Serve the node list web endpoint (the proxy routes SSH here once it is its ``ssh_proxy``)."""
         self.proxy.web.add("GET", "/webapi/sites/", self._web_nodes)
 
     async def close(self) -> None:

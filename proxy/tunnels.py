@@ -355,6 +355,8 @@ class TunnelRegistry:
         self._tasks: list[asyncio.Task[None]] = []
         self._tasks_bg: set[asyncio.Task[Any]] = set()
         self._host_keys: list[tuple[asyncssh.SSHKey, asyncssh.SSHCertificate]] = []
+        #: Set by install(): the proxy then routes reverse-tunnel connections to :meth:`serve`.
+        self.installed = False
         #: Proxy peering (:mod:`tpemu.proxy.peering`): dials a tunnel held by another proxy.
         self.peer_dial: Callable[[tw.DialRequest, float], Awaitable[asyncio.Transport]] | None = None
 
@@ -362,7 +364,6 @@ class TunnelRegistry:
 
     def install(self) -> None:
         """Serve reverse tunnels (needs the proxy's Auth-issued identity) and start the sweeper."""
-        from tpemu.proxy.route import RouteKind
 
         routes = self.proxy.auth_routes
         assert routes is not None and routes.identity is not None
@@ -370,7 +371,7 @@ class TunnelRegistry:
         key = asyncssh.import_private_key(identity.key_pem)
         self._host_keys = [(key, asyncssh.import_certificate(identity.ssh_cert))]
         self.host_ca_keys = [asyncssh.import_public_key(k) for k in identity.ssh_ca_keys]
-        self.proxy.set_handler(RouteKind.REVERSE_TUNNEL, self.serve)
+        self.installed = True  # the proxy routes reverse-tunnel connections to serve() now
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._sweep()), loop.create_task(self._poll_direct())]
 

@@ -229,10 +229,12 @@ class AuthAPI:
             self.refused_handshakes += 1
             reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
             if isinstance(exc, ssl.SSLError) and exc.reason == "HTTP_REQUEST":
-                # What Go's TLS servers answer, so that curl http://… says what is wrong.
-                reason = "plain HTTP on the TLS port"
-                with contextlib.suppress(OSError):
-                    sock.send(b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+                # Teleport's Auth listener is a multiplexer with only a TLS listener
+                # (lib/service/service.go initAuthService: mux.TLS()), so plain HTTP is closed
+                # without a byte (lib/multiplexer/multiplexer.go detectAndForward), not answered
+                # with Go's net/http 400.
+                reason = ("plain HTTP on the TLS port: Detected an HTTP request. If this is for a health check, "
+                          "use an HTTPS request instead. Closing HTTP connection: HTTP listener is disabled")
             self.limiter.warning(log, "tls", "auth api: peer=%s TLS handshake failed: %s", peer, reason)
             sock.close()
             return

@@ -110,11 +110,14 @@ async def start(tmp: Path, separate: bool = False, apps: bool = False,
         while (not direct and KUBE not in {r.name for _, r in proxy.tunnels.resources("kube")}) or KUBE not in {
                 item["metadata"]["name"] for item in (await admin.call("GET", "/v1/kube_servers"))["items"]}:
             await asyncio.sleep(0.05)
+        while apps and not (await admin.call("GET", "/v1/app_servers"))["items"]:
+            await asyncio.sleep(0.05)
     env = KubeEnv(auth, proxy, agent, data, tmp)
     (tmp / "pw").write_text(PASSWORD)
-    for name, traits in (users if users is not None else USERS).items():
+    for name, given in (users if users is not None else USERS).items():
+        traits = {k: v for k, v in given.items() if k != "roles"}  # "roles": the user's roles (default access)
         user = {"kind": "user", "version": "v2", "metadata": {"name": name},
-                "spec": {"roles": ["access"], "traits": {"logins": [name], **traits}}}
+                "spec": {"roles": given.get("roles", ["access"]), "traits": {"logins": [name], **traits}}}
         await admin.call("POST", "/v1/users", {"user": user, "password": PASSWORD})
         await env.login(name)
     return env

@@ -443,15 +443,16 @@ MOVED_PROXY_KEYS = {
 
 @dataclass(frozen=True)
 class KubernetesService:
-    """``kubernetes_service``: tpemu serves an emulated cluster named ``kube_cluster_name``
-    (``kubeconfig_file``, a real cluster's credentials, is not emulated yet)."""
+    """``kubernetes_service``: an emulated cluster named ``kube_cluster_name``, or, with
+    ``kubeconfig_file``, the real cluster of that kubeconfig's current context (forwarded with
+    Teleport's impersonation headers, :mod:`tpemu.agent.kube.remote`)."""
 
     enabled: bool = False
     listen_addr: Addr | None = _f(None, default_port=3026)
     public_addr: tuple[str, ...] = ()
     kube_cluster_name: str = ""
     labels: Mapping[str, str] = _f(factory=dict)
-    kubeconfig_file: object = _ignored()
+    kubeconfig_file: str = ""
     resources: object = _ignored()
     commands: object = _ignored()
 

@@ -70,12 +70,15 @@ class Cluster:
     ``()`` for none; ``mode``: ``multiplex`` (TLS routing, every protocol on the web port) or
     ``separate``; ``proxy``/``auth``: extra ``proxy_service``/``auth_service`` config keys.
     ``path``: the folder to work in (default: a temporary one, removed on close).
+    ``kube``: ``True`` (or a cluster name) for an emulated Kubernetes cluster (``emu``); ``apps``:
+    ``app_service.apps`` entries (e.g. ``{"name": "echo", "uri": "emulated-echo"}``).
     """
 
     def __init__(self, path: str | Path | None = None, *, nodes: Sequence[str] = ("node1",),
                  databases: bool | Sequence[Database | Mapping[str, Any]] = True, mode: str = "multiplex",
                  cluster_name: str = CLUSTER, proxy: Mapping[str, Any] | None = None,
-                 auth: Mapping[str, Any] | None = None, heartbeat: str = "1s", nodename: str = "proxyhost") -> None:
+                 auth: Mapping[str, Any] | None = None, heartbeat: str = "1s", nodename: str = "proxyhost",
+                 kube: bool | str = False, apps: Sequence[Mapping[str, Any]] = ()) -> None:
         if mode not in ("multiplex", "separate"):
             raise ValueError(f"mode must be multiplex or separate, got {mode!r}")
         self._own_dir = path is None
@@ -85,6 +88,8 @@ class Cluster:
         self.heartbeat = heartbeat
         self._nodes = tuple(nodes)
         self._databases = databases
+        self._kube = (kube if isinstance(kube, str) else "emu") if kube else ""
+        self._apps = tuple(dict(a) for a in apps)
         proxy_cfg: dict[str, Any] = {"web_listen_addr": "127.0.0.1:0", **(proxy or {})}
         if mode == "separate":
             proxy_cfg.setdefault("listen_addr", "127.0.0.1:0")
@@ -131,6 +136,10 @@ class Cluster:
             if self._databases:
                 specs = default_databases() if self._databases is True else self._databases
                 await self.add_databases(specs)
+            if self._kube:
+                await self.add_kube(self._kube)
+            if self._apps:
+                await self.add_apps(self._apps)
         except BaseException:
             await self.close()
             raise
@@ -269,6 +278,47 @@ class Cluster:
                        what=f"the proxy to reach databases {', '.join(sorted(wanted))}")
         return agent
 
+    async def add_kube(self, name: str = "emu", *, kubeconfig_file: str | Path | None = None,
+                       labels: Mapping[str, str] | None = None, agent: str = "kube") -> Any:
+        """Start a Kubernetes Service agent for cluster ``name`` (emulated, or the real cluster of
+        ``kubeconfig_file``) behind its reverse tunnel; returns once the proxy and Auth see it."""
+        doc: dict[str, Any] = {"enabled": True, "kube_cluster_name": name, "labels": dict(labels or {})}
+        if kubeconfig_file is not None:
+            doc["kubeconfig_file"] = str(kubeconfig_file)
+        return await self._service_agent(agent, "kube", {"kubernetes_service": doc}, {name})
+
+    async def add_apps(self, apps: Sequence[Mapping[str, Any]], *, agent: str = "apps") -> Any:
+        """Start an Application Service agent serving ``apps``; returns once the proxy and Auth see them."""
+        wanted = {str(a.get("name", "")) for a in apps}
+        section = {"app_service": {"enabled": True, "apps": [dict(a) for a in apps]}}
+        return await self._service_agent(agent, "app", section, wanted)
+
+    async def _service_agent(self, name: str, role: str, section: dict[str, Any], wanted: set[str]) -> Any:
+        from tpemu.agent.process import AgentOptions, AgentProcess
+        from tpemu.agent.services import MAKERS
+
+        token = await self.token(role.capitalize(), single_use=True)
+        cfg = config.from_dict({
+            "teleport": {"data_dir": str(self.root / "agents" / name), "nodename": name},
+            "auth_service": {"enabled": False, "keep_alive_interval": self.heartbeat},
+            "proxy_service": {"enabled": False}, "ssh_service": {"enabled": False}, **section})
+        agent = AgentProcess(cfg, AgentOptions((role,), proxy_server=self.web, token=token,
+                                               ca_pins=(self.auth.ca_pin,), nodename=name), {role: MAKERS[role]})
+        self.agents[name] = agent
+        await agent.start()
+        await agent.wait_connected()
+        kind = "kube_servers" if role == "kube" else "app_servers"
+
+        async def announced() -> bool:
+            items = await self.auth.server.list_servers(kind)
+            names = {str(((i.get("spec") or {}).get("app") or i).get("metadata", {}).get("name", "")) for i in items}
+            return wanted <= names and wanted <= {r.name for _, r in self.proxy.tunnels.resources(role)}
+
+        async with asyncio.timeout(15):
+            while not await announced():
+                await asyncio.sleep(0.05)
+        return agent
+
     def db_service(self, name: str = "db") -> Any:
         """The :class:`tpemu.agent.db_service.DatabaseService` of the database agent ``name``."""
         return self.agents[name].offers["db"][0].service
@@ -285,17 +335,21 @@ class Cluster:
 
     async def add_user(self, name: str, *, logins: Sequence[str] = (), db_users: Sequence[str] = (),
                        db_names: Sequence[str] = (), roles: Sequence[str] = ("access",),
-                       password: str = PASSWORD) -> None:
+                       password: str = PASSWORD, kubernetes_groups: Sequence[str] = (),
+                       kubernetes_users: Sequence[str] = ()) -> None:
         """Create (or replace) a user in the Auth Service, as ``tpemu users add`` does."""
         body = {"user": {"kind": "user", "version": "v2", "metadata": {"name": name},
                          "spec": {"roles": list(roles), "traits": {"logins": list(logins), "db_users": list(db_users),
-                                                                   "db_names": list(db_names)}}},
+                                                                   "db_names": list(db_names),
+                                                                   "kubernetes_groups": list(kubernetes_groups),
+                                                                   "kubernetes_users": list(kubernetes_users)}}},
                 "password": password}
         await self.auth.server.upsert_user(body, create_only=False)
 
     async def user(self, name: str = "alice", *, logins: Sequence[str] | None = None,
                    db_users: Sequence[str] | None = None, db_names: Sequence[str] | None = None,
-                   roles: Sequence[str] = ("access",), ttl: float = 3600.0, home: str | Path | None = None) -> User:
+                   roles: Sequence[str] = ("access",), ttl: float = 3600.0, home: str | Path | None = None,
+                   kubernetes_groups: Sequence[str] = (), kubernetes_users: Sequence[str] = ()) -> User:
         """Create user ``name`` and log it in through the proxy (a profile as ``tpemu login`` writes).
 
         Defaults: SSH logins ``root``, the local user and ``name``; database user ``name``;
@@ -307,7 +361,8 @@ class Cluster:
             logins = list(dict.fromkeys(("root", getpass.getuser(), name)))
         db_users = (name,) if db_users is None else tuple(db_users)
         db_names = ("postgres",) if db_names is None else tuple(db_names)
-        await self.add_user(name, logins=logins, db_users=db_users, db_names=db_names, roles=roles)
+        await self.add_user(name, logins=logins, db_users=db_users, db_names=db_names, roles=roles,
+                            kubernetes_groups=kubernetes_groups, kubernetes_users=kubernetes_users)
         folder = Path(home) if home is not None else self.root / "users" / name
         prof = await asyncio.to_thread(login_mod.login, folder, self.web, name, PASSWORD, ttl,
                                        login_mod.Trust(self.ca))
@@ -337,8 +392,30 @@ class User:
         self._lock = asyncio.Lock()
 
     def env(self) -> dict[str, str]:
-        """Environment for running the ``tpemu`` CLI as this user (``TPEMU_HOME``)."""
-        return {"TPEMU_HOME": str(self.home)}
+        """Environment for running the ``tpemu`` CLI as this user (``TPEMU_HOME``; ``KUBECONFIG``
+        once :meth:`kube_login` wrote one)."""
+        out = {"TPEMU_HOME": str(self.home)}
+        if (self.home / "kubeconfig").exists():
+            out["KUBECONFIG"] = str(self.home / "kubeconfig")
+        return out
+
+    # -- Kubernetes and applications ------------------------------------------------------------------
+
+    async def kube_login(self, cluster: str = "emu") -> Path:
+        """``tpemu kube login``: a certificate for ``cluster`` and a kubeconfig (``<home>/kubeconfig``)
+        that kubectl and the Python ``kubernetes`` client use as they are."""
+        from tpemu.client import kube
+
+        path = self.home / "kubeconfig"
+        await kube.kube_login(self.profile, cluster, path)
+        return path
+
+    async def app_login(self, app: str) -> Any:
+        """``tpemu apps login``: a :class:`tpemu.client.apps.AppLogin` (cert/key/CA paths, the URL;
+        ``.curl()`` is the curl command line)."""
+        from tpemu.client import apps
+
+        return await apps.app_login(self.profile, app)
 
     # -- databases ------------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 from tpemu import authapi
 from tpemu import identity as ident
 from tpemu.agent import app_http
+from tpemu.agent.access import RoleCache
 from tpemu.config import App
 from tpemu.net.channel import open_streams
 from tpemu.net.http_server import Request, Response, serve_http
@@ -98,6 +99,7 @@ class AppService:
         self.auth = auth
         self.cluster = cluster
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
+        self.access = RoleCache(auth)
 
     def resources(self) -> tuple[Resource, ...]:
         return tuple(Resource(APP, a.name, a.labels, protocol=a.kind, description=a.description,
@@ -132,6 +134,16 @@ class AppService:
             transport.close()
             return
         if app is None:
+            transport.close()
+            return
+        reason = await self.access.check(identity.groups, "app_labels", app.labels)
+        if reason:
+            # lib/srv/app authorize: CheckAccess(app) per connection, whatever the certificate says.
+            log.warning("app service: %s refused app %s: %s", identity.username, app.name, reason)
+            if app.kind != "tcp":
+                body = f"access denied to application {app.name!r}: {reason}\n".encode()
+                transport.write(b"HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
             transport.close()
             return
         client = request.client_src_addr.rsplit(":", 1)[0]

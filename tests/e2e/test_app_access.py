@@ -18,6 +18,7 @@ import pytest
 
 from tests import kube_env
 from tests.conftest import need
+from tpemu.agent import access
 
 pytestmark = pytest.mark.e2e
 
@@ -113,7 +114,8 @@ async def test_tcp_app_through_a_local_tunnel(tmp_path: Path) -> None:
         backend.close()
 
 
-async def test_roles_app_labels_decide_which_app_certificates_are_issued(tmp_path: Path) -> None:
+async def test_roles_app_labels_decide_which_app_certificates_are_issued(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A role allowing only ``env: dev`` apps: ``tpemu apps login`` gets a certificate for the dev
     app, Auth refuses one for the prod app (Teleport's app_labels check, ``lib/services/role.go``),
     and the dev certificate does not open the prod app at the proxy."""
@@ -144,6 +146,18 @@ async def test_roles_app_labels_decide_which_app_certificates_are_issued(tmp_pat
         assert out.endswith("403") and "not 'prod'" in out, (out, err)
         code, out, err = await env.run("dave", curl, "-sS", *command[1:])
         assert code == 0 and json.loads(out)["app"] == "echo", (out, err)
+        # The agent checks the roles per connection (lib/srv/app authorize): once the role no longer
+        # allows env=dev, the certificate dave already holds stops opening the app.
+        monkeypatch.setattr(access, "TTL", 0.2)
+        await admin.call("PUT", "/v1/roles/dev-apps", {"kind": "role", "metadata": {"name": "dev-apps"},
+                                                       "spec": {"allow": {"app_labels": {"env": "staging"}}}})
+        async with asyncio.timeout(20):
+            while True:
+                code, out, err = await env.run("dave", curl, "-sS", "-w", "%{http_code}", *command[1:])
+                if out.endswith("403"):
+                    break
+                await asyncio.sleep(0.1)
+        assert "access denied to application 'echo'" in out, out
     finally:
         await kube_env.stop(env)
 

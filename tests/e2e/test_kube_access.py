@@ -25,6 +25,7 @@ import pytest
 
 from tests import kube_env
 from tests.conftest import need
+from tpemu.agent import access
 from tpemu.agent.kube import controller
 from tpemu.proxy.decide import ListenerKind
 
@@ -231,7 +232,7 @@ async def test_directly_joined_kubernetes_service(tmp_path: Path) -> None:
         await kube_env.stop(env)
 
 
-async def test_roles_kubernetes_labels_decide_kube_login(tmp_path: Path) -> None:
+async def test_roles_kubernetes_labels_decide_kube_login(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Teleport's kubernetes_labels check (``lib/services/role.go``): a role without a matching
     ``kubernetes_labels`` rule (the preset ``editor``, or a deny rule) gets no certificate for the
     cluster, even with kubernetes_groups traits; ``access`` does."""
@@ -249,5 +250,16 @@ async def test_roles_kubernetes_labels_decide_kube_login(tmp_path: Path) -> None
         assert code != 0 and "denied by role 'no-kube'" in out + err, (out, err)
         code, out, err = await env.run("alice", "tpemu", "kube", "login", kube_env.KUBE)
         assert code == 0, err
+        code, out, err = await kubectl(env, "alice", "get", "ns")
+        assert code == 0, err
+        # Checked per request by the Kubernetes Service too: a role change reaches a live certificate.
+        monkeypatch.setattr(access, "TTL", 0.2)
+        await admin.call("PUT", "/v1/roles/access", {"kind": "role", "metadata": {"name": "access"},
+                                                     "spec": {"deny": {"kubernetes_labels": {"*": "*"}}}})
+        async with asyncio.timeout(20):
+            while (await kubectl(env, "alice", "get", "ns"))[0] == 0:
+                await asyncio.sleep(0.1)
+        code, out, err = await kubectl(env, "alice", "get", "ns")
+        assert "Forbidden" in err and "access denied to kubernetes cluster" in err, err
     finally:
         await kube_env.stop(env)

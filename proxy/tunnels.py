@@ -98,6 +98,10 @@ class TunnelError(Exception):
     """A resource cannot be reached; the message is for the client."""
 
 
+class _Unrefreshed(TunnelError):
+    """No local tunnel or direct node matched and the inventory was not refreshed (peers are asked first)."""
+
+
 @dataclass
 class AgentConn:
     """One agent's tunnel as the proxy sees it (Teleport's ``remoteConn``)."""
@@ -625,17 +629,28 @@ class TunnelRegistry:
         offline, the agent's own refusal). Without a local tunnel for it, and unless
         ``local_only`` (a peer asking), proxy peering (:attr:`peer_dial`) is tried.
         """
+        peering = self.peer_dial is not None and not local_only
+        # With peers, a local miss asks them before refreshing the inventory from the Auth Service:
+        # that refresh (two Auth calls, ~15 ms) on every dial of a tunnel held by a peer was most
+        # of the peer hop's setup cost (bench.peering: 3.7x one proxy's connect time, 1.7x without).
         try:
-            return await self._dial_local(req, timeout)
+            return await self._dial_local(req, timeout, refresh=not peering)
         except TunnelError as exc:
-            if self.peer_dial is None or local_only:
+            if not peering:
                 raise
-            try:
-                return await self.peer_dial(req, timeout)
-            except TunnelError as peer_exc:
-                raise TunnelError(f"{exc}; through peer proxies: {peer_exc}") from None
+            local_exc: TunnelError = exc
+        assert self.peer_dial is not None
+        try:
+            return await self.peer_dial(req, timeout)
+        except TunnelError as peer_exc:
+            if isinstance(local_exc, _Unrefreshed):  # nobody has it: maybe it joined since the last poll
+                try:
+                    return await self._dial_local(req, timeout)
+                except TunnelError as exc:
+                    local_exc = exc
+            raise TunnelError(f"{local_exc}; through peer proxies: {peer_exc}") from None
 
-    async def _dial_local(self, req: tw.DialRequest, timeout: float) -> asyncio.Transport:
+    async def _dial_local(self, req: tw.DialRequest, timeout: float, refresh: bool = True) -> asyncio.Transport:
         if not self._host_keys:
             raise TunnelError("reverse tunnels need an Auth Service: this proxy runs without one")
         agents, direct, what = self._match(req)
@@ -647,6 +662,8 @@ class TunnelRegistry:
             except TunnelError as exc:
                 errors.append(str(exc))
         if direct is None and not agents:
+            if not refresh:
+                raise _Unrefreshed(f"{req.server_id or req.address or req.name} has no tunnel on this proxy")
             # An agent or a directly joined node may have announced itself since the last poll.
             await self._refresh_direct()
             agents, direct, what = self._match(req)

@@ -3,7 +3,7 @@
 
 A certificate names its holder's roles; the agent reads those roles from the Auth Service (as
 Teleport agents read them from their cached access point), keeps them :data:`TTL` seconds, and
-checks the resource's labels with :func:`tpemu.auth.roles.check_access`. So an app or cluster a
+checks the resource's labels with :func:`tpemu.roles.check_access`. So an app or cluster a
 role no longer allows (the role, or the labels, changed after the certificate was issued) is
 refused within :data:`TTL`. An unknown role grants nothing; an Auth Service that cannot be reached
 denies (fail closed), with the reason logged.
@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from tpemu import authapi
-from tpemu.auth.roles import Role, check_access
+from tpemu.roles import Role, check_access
 
 log = logging.getLogger(__name__)
 

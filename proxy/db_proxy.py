@@ -40,6 +40,7 @@ import secrets
 import socket
 import ssl
 import weakref
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -149,6 +150,8 @@ class DatabaseProxy:
         self._dialer = dialer
         self.handshake_timeout = handshake_timeout
         self.dial_timeout = dial_timeout
+        #: Bytes relayed by (route, ``in`` client→database / ``out``), for /metrics.
+        self.bytes: Counter[tuple[str, str]] = Counter()
         self.limiter = RateLimiter()
         self._mysql_ids = itertools.count(1)
         #: Connections relayed to an agent, and refused ones by reason.
@@ -427,6 +430,8 @@ class DatabaseProxy:
         log.info("%s: user %s → database %s through its agent", acc.ctx,
                  client.identity.username if client.identity else "?", name)
         up, down = await relay(client.stream, agent, first_for_b=first)
+        self.bytes[(acc.route.name, "in")] += up
+        self.bytes[(acc.route.name, "out")] += down
         log.debug("%s: database %s closed; %d bytes up, %d down", acc.ctx, name, up, down)
 
     async def _refuse(self, acc: Accepted, protocol: str, stream: Stream, message: str, why: Refusal,

@@ -48,6 +48,8 @@ async def splice_to_target(acc: Accepted, connect_timeout: float = 10.0, stats: 
     def on_close(splice: Splice, exc: Exception | None) -> None:
         if stats is not None:
             stats.spliced -= 1
+            stats.bytes[(route.name, "in")] += splice.bytes_a_to_b
+            stats.bytes[(route.name, "out")] += splice.bytes_b_to_a
         log.debug("%s: closed; %d bytes client→backend, %d bytes backend→client", acc.ctx,
                   splice.bytes_a_to_b, splice.bytes_b_to_a)
 

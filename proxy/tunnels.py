@@ -212,6 +212,9 @@ class TunnelRegistry:
         self.missed = missed
         self.agents: dict[tuple[str, str], AgentConn] = {}
         self.direct: dict[str, DirectNode] = {}
+        #: Times an agent's heartbeats stopped for ``keep_alive_count_max`` intervals (its heartbeat
+        #: stream timed out, or the sweeper dropped it): for /metrics.
+        self.heartbeats_missed = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._host_keys: list[tuple[asyncssh.SSHKey, asyncssh.SSHCertificate]] = []
         self._known_agents: Any = None
@@ -315,6 +318,7 @@ class TunnelRegistry:
                         log.info("agent %s (%s) serves %s", agent.host_id, agent.hostname,
                                  ", ".join(f"{r.kind} {r.name}" for r in hb.resources))
         except TimeoutError:
+            self.heartbeats_missed += 1
             log.warning("agent %s: no heartbeat for %.0fs", agent.host_id, self.heartbeat * (self.missed + 1))
         except (tw.TunnelProtocolError, ValueError) as exc:
             log.warning("agent %s: bad heartbeat, closing its tunnel: %s", agent.host_id, exc)
@@ -330,6 +334,7 @@ class TunnelRegistry:
             now = time.monotonic()
             for agent in list(self.agents.values()):
                 if now - agent.last_heartbeat > window:
+                    self.heartbeats_missed += 1
                     log.warning("agent %s (%s) missed %d heartbeats (%.0fs); dropping its tunnel", agent.host_id,
                                 agent.hostname or "-", self.missed, now - agent.last_heartbeat)
                     self._lost(agent, None)

@@ -74,8 +74,9 @@ def apply_start_flags(cfg: Config, args: argparse.Namespace, all_in_one: bool) -
     return cfg, roles
 
 
-async def run(cfg: Config, roles: tuple[str, ...], all_in_one: bool) -> int:
-    """Start every role, print the banner, serve until SIGINT/SIGTERM."""
+async def run(cfg: Config, roles: tuple[str, ...], all_in_one: bool, trace: str | None = None) -> int:
+    """Start every role, print the banner, serve until SIGINT/SIGTERM. ``trace``: a JSON-lines
+    file of routing decisions (``tpemu start --trace``)."""
     from tpemu.auth.backend import BackendError
     from tpemu.proxy.auth_routes import AuthLink, JoinError, auth_link_from_config
     from tpemu.proxy.service import ProxyService
@@ -172,7 +173,28 @@ async def run(cfg: Config, roles: tuple[str, ...], all_in_one: bool) -> int:
     if not stack:
         print("tpemu: nothing to run: every service is disabled", file=sys.stderr)
         return 2
+    diag = None
+    if cfg.teleport.diag_addr is not None or trace:
+        from tpemu.diag.metrics import Sources
+        from tpemu.diag.server import DiagServer
+
+        diag = DiagServer(Sources(agents=[agent] if agent is not None else [], auth=[auth] if auth else []),
+                          trace_path=trace)
+        if proxy is not None:
+            diag.attach_proxy(proxy)
+        if cfg.teleport.diag_addr is not None:
+            try:
+                await diag.start(cfg.teleport.diag_addr)
+            except OSError as exc:
+                print(f"tpemu: diag_addr {cfg.teleport.diag_addr}: cannot listen: {exc.strerror or exc}",
+                      file=sys.stderr)
+                await shutdown()
+                return 1
+        stack.insert(0, diag)
     print(banner(cfg, proxy, all_in_one, auth, agent), flush=True)
+    if diag is not None and diag.addr is not None:
+        print(f"  diagnostics: http://{diag.addr}/metrics  /healthz  /readyz  /routing (live routing page)",
+              flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -167,7 +167,12 @@ def describe_client_hello(data: bytes) -> dict[str, Any]:
             while exts.left():
                 kind = exts.u16("extension type")
                 ext = exts.vec(2, f"extension {kind}")
-                out["extensions"].append(_name(EXTENSIONS, kind))
+                name = _name(EXTENSIONS, kind)
+                if name in out["extensions"] and name != "GREASE":
+                    # RFC 8446 §4.2: no more than one extension of a type; decode the first only.
+                    out.setdefault("duplicate_extensions", []).append(name)
+                    continue
+                out["extensions"].append(name)
                 _extension(kind, ext, out)
     except WireError as exc:
         out["error"] = str(exc)

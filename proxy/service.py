@@ -41,6 +41,7 @@ from tpemu.wire import alpn
 from tpemu.wire.sniff import Protocol
 
 if TYPE_CHECKING:
+    from tpemu.proxy.peering import Peering
     from tpemu.proxy.ssh_proxy import SSHProxy
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,8 @@ class ProxyService:
         self.auth_routes: AuthRoutes | None = None
         #: The SSH proxy (``RouteKind.SSH_PROXY``), started with the Auth Service link.
         self.ssh_proxy: SSHProxy | None = None
+        #: Proxy peering on ``peer_listen_addr`` (with an Auth Service only).
+        self.peering: Peering | None = None
         self.tunnels = TunnelRegistry(self, heartbeat=cfg.auth_service.keep_alive_interval,
                                       missed=cfg.auth_service.keep_alive_count_max)
         self.data_dir = data_dir or cfg.data_dir()
@@ -162,6 +165,11 @@ class ProxyService:
             self._tls_files = await self.auth_routes.start()  # raises JoinError
             self.auth_routes.install()
             self.tunnels.install()
+            if self.cfg.proxy_service.peer_listen_addr is not None:
+                from tpemu.proxy.peering import Peering
+
+                self.peering = Peering(self)
+                self.peering.install()
             await self._start_ssh_proxy()
         if self._tls_files is None:
             self._tls_files = await asyncio.to_thread(

@@ -36,7 +36,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -218,6 +218,8 @@ class TunnelRegistry:
         self._tasks: list[asyncio.Task[None]] = []
         self._host_keys: list[tuple[asyncssh.SSHKey, asyncssh.SSHCertificate]] = []
         self._known_agents: Any = None
+        #: Proxy peering (:mod:`tpemu.proxy.peering`): dials a tunnel held by another proxy.
+        self.peer_dial: Callable[[tw.DialRequest, float], Awaitable[socket.socket]] | None = None
 
     # -- setup -------------------------------------------------------------------------------------
 
@@ -267,6 +269,11 @@ class TunnelRegistry:
         except asyncssh.PermissionDenied as exc:
             _limiter.warning(log, "tunnel-auth", "%s: reverse tunnel refused: %s (the agent's host certificate "
                              "must be signed by this cluster's host CA)", acc.ctx, exc.reason)
+        except asyncssh.ConnectionLost:
+            # Closed right after TLS: tsh's probe for a layer-7 load balancer (IsALPNConnUpgradeRequired
+            # dials with ALPN teleport-reversetunnel and hangs up), not a failing agent.
+            log.debug("%s: closed before the SSH exchange (an ALPN probe)", acc.ctx)
+            close_with_answer(acc.sock)
         except (asyncssh.Error, OSError, TimeoutError, ValueError) as exc:
             # ValueError covers asyncssh's PacketDecodeError: a peer that does not speak SSH.
             reason = exc.reason if isinstance(exc, asyncssh.Error) else (str(exc) or type(exc).__name__)
@@ -392,12 +399,24 @@ class TunnelRegistry:
                 break
         return agents, direct, f"node {req.address or req.server_id!r}"
 
-    async def dial(self, req: tw.DialRequest, timeout: float = 10.0) -> socket.socket:
+    async def dial(self, req: tw.DialRequest, timeout: float = 10.0, local_only: bool = False) -> socket.socket:
         """A connected non-blocking socket spliced to the resource ``req`` names.
 
         Raises :class:`TunnelError` with a message for the client (unknown resource, agent
-        offline, the agent's own refusal).
+        offline, the agent's own refusal). Without a local tunnel for it, and unless
+        ``local_only`` (a peer asking), proxy peering (:attr:`peer_dial`) is tried.
         """
+        try:
+            return await self._dial_local(req, timeout)
+        except TunnelError as exc:
+            if self.peer_dial is None or local_only:
+                raise
+            try:
+                return await self.peer_dial(req, timeout)
+            except TunnelError as peer_exc:
+                raise TunnelError(f"{exc}; through peer proxies: {peer_exc}") from None
+
+    async def _dial_local(self, req: tw.DialRequest, timeout: float) -> socket.socket:
         if not self._host_keys:
             raise TunnelError("reverse tunnels need an Auth Service: this proxy runs without one")
         agents, direct, what = self._match(req)

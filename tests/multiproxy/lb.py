@@ -96,3 +96,63 @@ def nginx_l7(target: str, host: str = "127.0.0.1") -> Iterator[LoadBalancer]:
             yield LoadBalancer(host, port, ca, d / "error.log")
         finally:
             realservers.stop(proc)
+
+
+HAPROXY_CONF = """
+global
+  pidfile {d}/haproxy.pid
+  log stdout format raw local0 info
+defaults
+  mode tcp
+  log global
+  option tcplog
+  timeout connect 2s
+  timeout client 1h
+  timeout server 1h
+  retries 3
+  option redispatch
+{sections}
+"""
+
+HAPROXY_FRONTEND = """
+frontend {name}
+  bind {host}:{port}
+  default_backend {name}_servers
+backend {name}_servers
+{servers}
+"""
+
+
+@dataclass
+class L4Frontend:
+    """One HAProxy frontend: ``port`` on ``host``, to ``primary`` with ``backups`` for fail-over."""
+
+    name: str
+    port: int
+    primary: str
+    backups: tuple[str, ...] = ()
+
+
+@contextmanager
+def haproxy_l4(frontends: list[L4Frontend], host: str = "127.0.0.1") -> Iterator[Path]:
+    """HAProxy in ``mode tcp`` sending PROXY v2 to the proxies, health-checking them every 200 ms
+    (so a dead proxy's clients fail over to the backup). Yields its log file."""
+    exe = realservers.binary("haproxy")
+    with realservers.server_dir("haproxy") as d:
+        sections = []
+        for fe in frontends:
+            servers = []
+            for i, target in enumerate((fe.primary, *fe.backups)):
+                servers.append(f"  server s{i} {target} send-proxy-v2 check inter 200ms fall 1 rise 1"
+                               + (" backup" if i else ""))
+            sections.append(HAPROXY_FRONTEND.format(name=fe.name, host=host, port=fe.port, servers="\n".join(servers)))
+        (d / "haproxy.cfg").write_text(HAPROXY_CONF.format(d=d, sections="".join(sections)))
+        log_path = d / "haproxy.log"
+        with open(log_path, "wb") as out:
+            proc = subprocess.Popen([exe, "-db", "-f", str(d / "haproxy.cfg")], stdout=out, stderr=subprocess.STDOUT)
+        try:
+            for fe in frontends:
+                realservers.wait_tcp(host, fe.port, proc=proc)
+            yield log_path
+        finally:
+            realservers.stop(proc)

@@ -110,8 +110,10 @@ async def test_a_real_prometheus_scrapes_it(tmp_path: Path) -> None:
         cfg.write_text(f"global: {{scrape_interval: 1s, scrape_timeout: 1s}}\nscrape_configs:\n"
                        f"  - job_name: tpemu\n    static_configs: [{{targets: ['{c.diag_addr}']}}]\n")
         log = (tmp_path / "prometheus.log").open("wb")
-        proc = subprocess.Popen([exe,  # noqa: ASYNC220 (a server in the background; stopped by PID below) f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                 f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+        argv = [exe, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}"]
+        # a server in the background, stopped by its PID below
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)  # noqa: ASYNC220
         try:
             def query(q: str) -> list[dict[str, Any]]:
                 url = f"http://127.0.0.1:{port}/api/v1/query?query={urllib.request.quote(q)}"

@@ -13,6 +13,7 @@ captured prefix, so what it explains is exactly what the router does. Outcomes:
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import NamedTuple
@@ -44,14 +45,24 @@ class ListenerPolicy:
 
     ``fixed`` maps a protocol to a route that ignores the route table (the Mongo listener sends
     every TLS connection to the Mongo database route); ``server_first`` routes at once without
-    reading (MySQL: the server speaks first); ``proxy_protocol`` allows one PROXY header.
+    reading (MySQL: the server speaks first).
+
+    ``proxy_protocol`` is Teleport's tri-state ``PROXYProtocolMode`` (``lib/multiplexer/multiplexer.go``):
+    ``True`` (``on``) — one unsigned PROXY header is accepted and *required* (except on
+    self-connections, checked by the front door); ``False`` (``off``) — a header is refused;
+    ``None`` (unset, Teleport's default) — one header is accepted but not required, and the
+    client's source port is set to 0 to mark the connection. A v2 ``LOCAL`` header is skipped in
+    every mode (it counts as the one header). ``proxy_trusted`` is tpemu's extension
+    (``proxy_service.tpemu_proxy_protocol_trusted_cidrs``): when set, only peers inside these networks
+    (the load balancers) may send a header that names a client.
     """
 
     kind: ListenerKind
     accepts: frozenset[Protocol]
     fixed: dict[Protocol, Route] = field(default_factory=dict)
     server_first: Route | None = None
-    proxy_protocol: bool = False
+    proxy_protocol: bool | None = False
+    proxy_trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     tls_ok: bool = field(init=False, default=False)
     tls_route: Route | None = field(init=False, default=None)
 
@@ -104,6 +115,14 @@ _new_routed = tuple.__new__
 _PROXY = (Protocol.PROXY_V1, Protocol.PROXY_V2)
 
 
+def _no_overlap(route: Route, hello: tls.ClientHello) -> Refused:
+    # A handler matched by prefix (teleport-mysql-<version> alone) whose TLS server speaks none of
+    # the offered names: Go's crypto/tls ends the handshake (handshake_server.go negotiateALPN).
+    return Refused("unsupported-alpn", f"route {route.name}: tls: client requested unsupported application "
+                   f"protocols ({list(hello.alpn)})", Protocol.TLS,
+                   tls.encode_alert(tls.ALERT_NO_APPLICATION_PROTOCOL), hello)
+
+
 def classify(prefix: bytes | bytearray | memoryview, policy: ListenerPolicy, table: RouteTable,
              max_hello: int = tls.DEFAULT_MAX_HELLO, proxy_seen: bool = False) -> Outcome:
     """Decide what to do with a connection whose stream starts with ``prefix``."""
@@ -123,8 +142,11 @@ def classify(prefix: bytes | bytearray | memoryview, policy: ListenerPolicy, tab
             return NeedMore(len(prefix))
         route = policy.tls_route or table.for_tls(hello)
         if route.kind is _REJECT:
-            return Refused("unknown-alpn", route.why, Protocol.TLS,
-                           tls.encode_alert(tls.ALERT_NO_APPLICATION_PROTOCOL), hello)
+            # Teleport reads the ClientHello through a connection that cannot write
+            # (lib/srv/alpnproxy/conn.go readOnlyConn), then closes: no alert reaches the client.
+            return Refused("unknown-alpn", route.why, Protocol.TLS, b"", hello)
+        if route.server_alpn_set and hello.alpn and route.server_alpn_set.isdisjoint(hello.alpn):
+            return _no_overlap(route, hello)
         return _new_routed(Routed, (_TLS, route, hello))
     try:
         proto = sniff.sniff(prefix)
@@ -152,10 +174,26 @@ def classify(prefix: bytes | bytearray | memoryview, policy: ListenerPolicy, tab
                            tls.encode_alert(tls.ALERT_HANDSHAKE_FAILURE), hello)
         route = policy.fixed.get(proto) or table.for_tls(hello)
         if route.kind is RouteKind.REJECT:
-            return Refused("unknown-alpn", route.why, proto, tls.encode_alert(tls.ALERT_NO_APPLICATION_PROTOCOL), hello)
+            return Refused("unknown-alpn", route.why, proto, b"", hello)
+        if route.server_alpn_set and hello.alpn and route.server_alpn_set.isdisjoint(hello.alpn):
+            return _no_overlap(route, hello)
         return Routed(proto, route, hello)
     if proto in _PROXY:
-        if not policy.proxy_protocol:
+        if policy.proxy_protocol is False:
+            if proto is Protocol.PROXY_V2:
+                # Teleport skips a v2 LOCAL header (a load balancer's health check) in every mode,
+                # "off" included (``Mux.detect``: ``ReadProxyLineV2`` returns nil → continue).
+                try:
+                    local = proxy_protocol.parse_proxy_header(prefix)
+                except WireError as exc:
+                    return Refused("bad-proxy-header", f"bad PROXY protocol header: {exc}", proto)
+                if local is None:
+                    return NeedMore(len(prefix))
+                if local.command is proxy_protocol.Command.LOCAL:
+                    if proxy_seen:
+                        return Refused("proxy-protocol-twice", "a second PROXY protocol header on one connection",
+                                       proto)
+                    return ProxyHeaderSeen(local)
             return Refused("proxy-protocol-off",
                            f"PROXY protocol {'v1' if proto is Protocol.PROXY_V1 else 'v2'} header received but "
                            f"proxy_protocol is off for the {policy.kind.value} listener (turn it on only "

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import trustme
 
-from tests.conftest import ProxyFactory, base_config, wait_closed, web_port
+from tests.conftest import ProxyFactory, base_config, eventually, wait_closed, web_port
 from tpemu import testing
 from tpemu.proxy.decide import ListenerKind
 from tpemu.wire import postgres as pg
@@ -65,7 +65,9 @@ async def test_webapi_ping_over_tls_with_every_alpn_offer(proxy_factory: ProxyFa
     status, _, body = await http_get(port, "/webapi/find", client_ctx(svc.tls_files.ca))
     assert status == 200 and json.loads(body)["auth"]["type"] == ""
     status, _, body = await http_get(port, "/webapi/nope", client_ctx(svc.tls_files.ca))
-    assert status == 404 and json.loads(body) == {"error": {"message": "/webapi/nope not found"}}
+    # lib/httplib RouteNotFoundResponse
+    assert status == 404 and json.loads(body)["error"] == {"message": "path not found"}
+    assert json.loads(body)["fields"]["proxyVersion"]["major"] == 17
 
 
 async def test_cert_has_teleport_sans(proxy_factory: ProxyFactory) -> None:
@@ -88,20 +90,45 @@ async def test_plain_http_redirects_or_400(proxy_factory: ProxyFactory) -> None:
     assert data.startswith(b"HTTP/1.1 400") and data.endswith(b"Client sent an HTTP request to an HTTPS server.\n")
 
 
-async def test_route_not_built_yet_gets_tls_alert_and_log(proxy_factory: ProxyFactory,
-                                                         caplog: pytest.LogCaptureFixture) -> None:
+async def test_unavailable_service_is_answered_after_the_handshake(proxy_factory: ProxyFactory,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    # lib/srv/alpnproxy/proxy.go handleConn: the handler is chosen, the TLS handshake negotiates
+    # (NextProtos = SupportedProtocols), and only then does the service answer, in its protocol.
     svc = await proxy_factory()
     caplog.set_level(logging.INFO)
-    for alpn, words in ((["teleport-proxy-ssh"], "SSH proxy is not available in this cluster"),
-                        (["teleport-mongodb"], "database access (mongodb) is not available in this cluster"),
-                        (["nope", "nada"], "failed to find ALPN handler based on received client supported "
-                                           "protocols ['nope', 'nada']")):
-        with pytest.raises(ssl.SSLError, match="NO_APPLICATION_PROTOCOL|no application protocol"):
-            await asyncio.open_connection("127.0.0.1", web_port(svc), ssl=client_ctx(None, alpn),
-                                          server_hostname="proxy.example")
-        await asyncio.sleep(0.05)
-        assert words in caplog.text
+    reader, writer = await asyncio.open_connection("127.0.0.1", web_port(svc), ssl=client_ctx(
+        None, ["teleport-proxy-ssh"]), server_hostname="proxy.example")
+    assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "teleport-proxy-ssh"
+    data = await wait_closed(reader)
+    writer.close()
+    assert data == ssh.encode_ssh_ident("tpemu") + ssh.encode_disconnect(
+        ssh.DISCONNECT_SERVICE_NOT_AVAILABLE, "SSH proxy is not available in this cluster")
     assert "route=ssh-proxy (ALPN 'teleport-proxy-ssh')" in caplog.text
+    # Offered [teleport-postgres, teleport-postgres-ping]: Teleport's order puts -ping forms first.
+    reader, writer = await asyncio.open_connection("127.0.0.1", web_port(svc), ssl=client_ctx(
+        None, ["teleport-postgres", "teleport-postgres-ping"]), server_hostname="proxy.example")
+    assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "teleport-postgres-ping"
+    writer.close()
+
+
+async def test_unknown_alpn_is_closed_without_an_alert(proxy_factory: ProxyFactory,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    # lib/srv/alpnproxy/proxy.go getHandleDescBasedOnALPNVal: no handler → BadParameter, the
+    # connection is closed; the ClientHello was read through readOnlyConn (conn.go), so no alert.
+    svc = await proxy_factory()
+    caplog.set_level(logging.INFO)
+    with pytest.raises((ssl.SSLEOFError, ConnectionResetError)):
+        await asyncio.open_connection("127.0.0.1", web_port(svc), ssl=client_ctx(None, ["nope", "nada"]),
+                                      server_hostname="proxy.example")
+    words = 'failed to find ALPN handler based on received client supported protocols ["nope" "nada"]'
+    deadline = time.monotonic() + 5
+    while words not in caplog.text and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert words in caplog.text
+    # teleport-reversetunnelv2 alone is no handler's name either (only load balancers route on it).
+    with pytest.raises((ssl.SSLEOFError, ConnectionResetError)):
+        await asyncio.open_connection("127.0.0.1", web_port(svc), ssl=client_ctx(None, ["teleport-reversetunnelv2"]),
+                                      server_hostname="proxy.example")
 
 
 async def test_plain_ssh_gets_ssh_disconnect(proxy_factory: ProxyFactory) -> None:
@@ -149,7 +176,7 @@ async def test_proxy_protocol_off_is_refused_on_is_used(proxy_factory: ProxyFact
                                                        caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     header = proxy_protocol.encode_v2(("192.0.2.7", 40000), ("127.0.0.1", 3080))
-    off = await proxy_factory()
+    off = await proxy_factory(proxy_protocol=False)
     reader, writer = await asyncio.open_connection("127.0.0.1", web_port(off))
     writer.write(header + b"SSH-2.0-x\r\n")
     assert await wait_closed(reader) == b""
@@ -333,12 +360,28 @@ async def test_idle_client_times_out_and_max_pending(proxy_factory: ProxyFactory
                                                      caplog: pytest.LogCaptureFixture) -> None:
     svc = await proxy_factory(sniff_timeout="500ms", max_pending=2)
     port = web_port(svc)
-    idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
-    assert await wait_closed(idle[2][0], 2) == b""  # the third is refused at once
-    for r, _ in idle[:2]:
-        assert await wait_closed(r, 2) == b""
-    await asyncio.sleep(0.05)
-    assert "no bytes within 0.5s" in caplog.text and svc.door.stats.refused["too-many-pending"] == 1
+    idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+    for r, _ in idle:
+        assert await wait_closed(r, 3) == b""
+    await eventually(lambda: "no bytes within 0.5s" in caplog.text, 2)
+    # At the cap, the connection that waited longest is shed, not the newcomer (issue 16: legitimate
+    # clients were reset while slowloris connections held every pending slot).
+    svc = await proxy_factory(sniff_timeout="5s", max_pending=2)
+    port = web_port(svc)
+    idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+    for _, w in idle:
+        w.write(b"\x16\x03\x01\x02\x00\x01")  # a slow client: accepted (TCP_DEFER_ACCEPT wakes on data), never finished
+    await eventually(lambda: len(svc.door.waiting) == 2, 3, "two slow clients pending")
+    oldest = next(iter(svc.door.waiting.values())).socket_peer
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert (await wait_closed(reader, 2)).startswith(b"HTTP/1.1 301")
+    assert svc.door.stats.refused["shed-oldest"] == 1 and svc.door.stats.refused["too-many-pending"] == 0
+    shed = next(r for r, w in idle if w.get_extra_info("sockname")[1] == oldest[1])
+    assert await wait_closed(shed, 1) == b""
+    assert len(svc.door.waiting) == 1
+    for _, w in idle:
+        w.close()
 
 
 async def test_separate_mode_listeners(proxy_factory: ProxyFactory, caplog: pytest.LogCaptureFixture) -> None:

@@ -145,6 +145,15 @@ async def test_node_list_web_endpoint(tmp_path: Path) -> None:
         answer = await reader.read()
         writer.close()
         assert answer.startswith(b"HTTP/1.1 403") and b"needs a user certificate" in answer
+        # Issue 16: once node2's tunnel is gone the list says so at once (the Auth Service still
+        # lists it until its announcement expires).
+        assert node2["connected"] is True
+        await c.agents["node2"].close()
+        deadline = asyncio.get_running_loop().time() + 5
+        while not [i for i in await ssh_mod.list_nodes(prof) if i["hostname"] == "node2" and i["connected"] is False]:
+            assert asyncio.get_running_loop().time() < deadline, "node2 not marked disconnected"
+            await asyncio.sleep(0.05)
+        assert "disconnected" in ssh_mod.format_nodes(await ssh_mod.list_nodes(prof))
 
 
 async def test_expired_certificate(tmp_path: Path) -> None:

@@ -54,6 +54,10 @@ def register(sub: Subparsers) -> None:
     s.add_argument("--logins", default="", help="allowed SSH logins (comma list)")
     s.add_argument("--db-users", default="", help="allowed database users (comma list)")
     s.add_argument("--db-names", default="", help="allowed database names (comma list)")
+    s.add_argument("--kubernetes-groups", "--kube-groups", dest="kube_groups", default="",
+                   help="Kubernetes groups to impersonate (comma list, e.g. system:masters)")
+    s.add_argument("--kubernetes-users", "--kube-users", dest="kube_users", default="",
+                   help="Kubernetes users to impersonate (comma list)")
     s.add_argument("--password-file", help="read the password from this file (default: $TPEMU_PASSWORD or a prompt)")
     admin_args(s)
     s.set_defaults(func=cmd_users_add)
@@ -152,7 +156,8 @@ def cmd_users_add(args: argparse.Namespace) -> int:
     from tpemu.client.admin import users_add
 
     password = read_password(args.password_file, confirm=True)
-    traits = {"logins": csv(args.logins), "db_users": csv(args.db_users), "db_names": csv(args.db_names)}
+    traits = {"logins": csv(args.logins), "db_users": csv(args.db_users), "db_names": csv(args.db_names),
+              "kubernetes_groups": csv(args.kube_groups), "kubernetes_users": csv(args.kube_users)}
     user = _admin_call(args, lambda c: users_add(c, args.name, csv(args.roles) or ["access"], traits, password))
     print(f"User {user['metadata']['name']!r} has been created (roles: {', '.join(user['spec']['roles'])}).")
     return 0

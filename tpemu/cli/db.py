@@ -112,7 +112,7 @@ def cmd_db_ls(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps([{"name": d.name, "protocol": d.protocol, "uri": d.uri, "description": d.description,
                            "labels": d.labels, "hosts": list(d.hosts), "logged_in": d.name in active,
-                           "last_heartbeat": d.last_heartbeat} for d in items], indent=2))
+                           "last_heartbeat": d.last_heartbeat, "connected": d.connected} for d in items], indent=2))
         return 0
     from tpemu.client.ssh import heartbeat_age
 
@@ -123,7 +123,7 @@ def cmd_db_ls(args: argparse.Namespace) -> int:
         mark = f"> {d.name}" if login else d.name
         connect = f"tpemu db connect {d.name}" + (f" (as {login.db_user})" if login else "")
         print(f"{mark:<24} {d.protocol:<10} {d.description or '-':<24} {labels or '-':<16} "
-              f"{heartbeat_age(d.last_heartbeat):<15} {connect}")
+              f"{'disconnected' if d.connected is False else heartbeat_age(d.last_heartbeat):<15} {connect}")
     return 0
 
 

@@ -63,6 +63,8 @@ class DatabaseInfo:
     hosts: tuple[str, ...]
     #: The most recent heartbeat of the agents serving it (RFC 3339), from the Auth Service.
     last_heartbeat: str = ""
+    #: Whether the proxy has a live tunnel from an agent serving it (``None``: not known).
+    connected: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,19 @@ async def list_databases(prof: profile_mod.Profile) -> list[DatabaseInfo]:
         data = await auth_client(prof).call("GET", "/v1/db_servers")
     except authapi.AuthAPIError as exc:
         raise DBError(f"cannot list databases: {exc.message}") from None
+    # The proxy knows at once when an agent's tunnel is gone, where the Auth Service's inventory
+    # lags by the announce TTL (issue 16): ask it which (host, database) pairs are live. Best
+    # effort: behind an L7 load balancer the client certificate does not reach the proxy's web API.
+    from tpemu.client.ssh import SSHError, web_get
+
+    live: set[tuple[str, str]] | None = None
+    try:
+        marked = await web_get(prof, f"/webapi/sites/{prof.cluster}/databases", client_cert=True)
+        live = {(str(((i.get("spec") or {}).get("host_id")) or ""),
+                 str((((i.get("spec") or {}).get("database") or {}).get("metadata") or {}).get("name") or ""))
+                for i in marked.get("items", []) if (i.get("status") or {}).get("connected")}
+    except (SSHError, AttributeError, TypeError):
+        pass
     found: dict[str, DatabaseInfo] = {}
     for item in data.get("items", []) if isinstance(data, dict) else []:
         spec = item.get("spec") or {}
@@ -121,8 +136,12 @@ async def list_databases(prof: profile_mod.Profile) -> list[DatabaseInfo]:
         status = item.get("status")
         status = status if isinstance(status, dict) else {}
         beat = max(str(status.get("last_heartbeat") or ""), old.last_heartbeat if old else "")
+        connected = None if live is None else (str(spec.get("host_id") or ""), name) in live
+        if old is not None and old.connected is not None:
+            connected = bool(old.connected or connected)
         found[name] = DatabaseInfo(name, str(dspec.get("protocol", "")), str(dspec.get("uri", "")),
-                                   str(meta.get("description", "")), dict(meta.get("labels") or {}), hosts, beat)
+                                   str(meta.get("description", "")), dict(meta.get("labels") or {}), hosts, beat,
+                                   connected)
     return [found[k] for k in sorted(found)]
 
 

@@ -667,7 +667,8 @@ def format_nodes(items: list[dict[str, Any]], verbose: bool = False) -> str:
         row = [str(item.get("hostname", ""))]
         if verbose:
             row.append(str(item.get("id", "")))
-        rows.append([*row, addr, labels, heartbeat_age(str(item.get("lastHeartbeat") or ""))])
+        beat = "disconnected" if item.get("connected") is False else heartbeat_age(str(item.get("lastHeartbeat") or ""))
+        rows.append([*row, addr, labels, beat])
     head = ["Node Name", *(["Node ID"] if verbose else []), "Address", "Labels", "Last heartbeat"]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
     lines = [" ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip(),

@@ -44,6 +44,7 @@ from tpemu import identity as ident
 from tpemu.agent.tunnel import Offer, TunnelAgent, TunnelTarget
 from tpemu.config import Addr, Config
 from tpemu.net.proxyenv import ProxySettings
+from tpemu.net.tls import new_context
 from tpemu.wire import alpn
 from tpemu.wire import tunnel as tw
 
@@ -220,7 +221,7 @@ class AgentProcess:
 
     def _web_client(self, ca_pem: bytes | None) -> authclient.AuthClient:
         assert self.opts.proxy_server is not None
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx = new_context(ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         if ca_pem is None:
             ctx.check_hostname = False

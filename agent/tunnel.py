@@ -40,6 +40,7 @@ from tpemu.identity import host_fqdn
 from tpemu.net.channel_bridge import FramedChannel
 from tpemu.net.dial import DialError, SSHTunnel
 from tpemu.net.proxyenv import ProxySettings
+from tpemu.net.tls import new_context
 from tpemu.wire import alpn
 from tpemu.wire import tunnel as tw
 
@@ -148,7 +149,7 @@ class TunnelAgent:
                     self.target = self.resolve()
 
     def _ssl_context(self) -> ssl.SSLContext:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx = new_context(ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_verify_locations(cadata=self.identity.ca_pems.decode())
         ctx.set_alpn_protocols([alpn.REVERSE_TUNNEL_V2, alpn.REVERSE_TUNNEL])

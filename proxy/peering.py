@@ -44,7 +44,7 @@ from tpemu import identity as ident
 from tpemu.logs import RateLimiter
 from tpemu.net.relay import Stream, relay
 from tpemu.net.sockets import format_addr
-from tpemu.net.tls import accept_stream
+from tpemu.net.tls import accept_stream, new_context
 from tpemu.proxy.frontdoor import Accepted
 from tpemu.proxy.route import RouteKind
 from tpemu.wire import tunnel as tw
@@ -102,12 +102,12 @@ class Peering:
         """Serve ``peer_listen_addr`` and let the tunnel registry dial through peers."""
         files = self.proxy.tls_files
         host_ca = files.ca  # the host CA only: user certificates cannot peer
-        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server = new_context(ssl.PROTOCOL_TLS_SERVER)
         server.minimum_version = ssl.TLSVersion.TLSv1_2
         server.load_cert_chain(files.cert, files.key)
         server.load_verify_locations(cafile=str(host_ca))
         server.verify_mode = ssl.CERT_REQUIRED
-        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client = new_context(ssl.PROTOCOL_TLS_CLIENT)
         client.minimum_version = ssl.TLSVersion.TLSv1_2
         client.load_cert_chain(files.cert, files.key)
         client.load_verify_locations(cafile=str(host_ca))

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from tpemu.net.dial import DialError, open_stream
 from tpemu.net.proxyenv import ProxySettings
 from tpemu.net.relay import PingStream, Stream, relay
+from tpemu.net.tls import new_context
 from tpemu.wire import alpn
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ async def upgrade_required(host: str, port: int, ctx: ssl.SSLContext, *, proxy: 
 
 def _probe_context(ctx: ssl.SSLContext) -> ssl.SSLContext:
     # The caller's trust, with ALPN teleport-reversetunnel: only a Teleport proxy negotiates it.
-    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    probe = new_context(ssl.PROTOCOL_TLS_CLIENT)
     probe.check_hostname = ctx.check_hostname
     probe.verify_mode = ctx.verify_mode
     if ctx.verify_mode != ssl.CERT_NONE:

@@ -12,6 +12,7 @@ so a context offering exactly the routed protocol negotiates what the router dec
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
 from collections import OrderedDict
@@ -19,11 +20,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
+def new_context(protocol: ssl._SSLMethod) -> ssl.SSLContext:
+    """``ssl.SSLContext(protocol)`` that honours ``SSLKEYLOGFILE`` (NSS key log format, which
+    Wireshark reads to decrypt a capture), as ``ssl.create_default_context`` already does for
+    the contexts it makes. Every TLS endpoint tpemu owns is made here or by that function."""
+    ctx = ssl.SSLContext(protocol)
+    path = os.environ.get("SSLKEYLOGFILE")
+    if path:
+        ctx.keylog_filename = path
+    return ctx
+
+
 def server_context(cert: Path, key: Path, alpn: Sequence[str] = (), client_ca: Path | None = None,
                    verify_client: bool = False) -> ssl.SSLContext:
     """A TLS 1.2+ server context; with ``client_ca``, client certificates are requested and
     verified (``verify_client`` makes them mandatory)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = new_context(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert, key)
     if alpn:

@@ -11,6 +11,10 @@ answer, followed here (gravitational/teleport ``lib/web/conn_upgrade.go``:
   plus ``Connection: Upgrade``;
 * the proxy answers ``101 Switching Protocols`` with ``Upgrade``, ``X-Teleport-Upgrade`` and
   ``Connection: Upgrade``; an unknown type is ``404`` "unsupported upgrade types: [...]";
+* the WebSocket form (which Teleport prefers when offered): ``Upgrade: websocket`` with
+  ``Sec-WebSocket-Protocol: alpn|alpn-ping``, answered as gorilla's ``Upgrader`` does (101,
+  ``Sec-WebSocket-Accept``, the chosen subprotocol); the bytes then travel in binary frames
+  (:mod:`tpemu.wire.websocket`), ``alpn-ping`` adding WebSocket pings;
 * from then on the connection carries what the client would have sent to the port directly
   (normally a TLS ClientHello with the real ALPN and SNI). For ``alpn-ping`` the bytes travel in
   Teleport's ping framing (``api/utils/pingconn``: uint32 length + payload, a zero length is a
@@ -33,10 +37,11 @@ from collections.abc import Iterable
 
 from tpemu.net.http_server import Request, Response
 from tpemu.net.relay import PingStream, Stream, relay
+from tpemu.net.websocket_stream import WebSocketStream
 from tpemu.proxy.decide import ListenerPolicy
 from tpemu.proxy.frontdoor import FrontDoor
 from tpemu.proxy.webapi import WebAPI
-from tpemu.wire import ping
+from tpemu.wire import ping, websocket
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +71,21 @@ def requested_types(headers: Iterable[tuple[str, str]]) -> list[str]:
     return teleport + plain
 
 
-def select_upgrade(types: list[str]) -> str | None:
-    """The type to serve (``selectConnectionUpgrade``), or ``None``.
+def websocket_subprotocol(headers: Iterable[tuple[str, str]]) -> str | None:
+    """The ``Sec-WebSocket-Protocol`` to accept: the client's first one this server knows
+    (gorilla's ``Upgrader.selectSubprotocol`` with Teleport's ``[alpn, alpn-ping]``)."""
+    for name, value in headers:
+        if name == "sec-websocket-protocol":
+            for proto in (v.strip() for v in value.split(",")):
+                if proto in (TYPE_ALPN, TYPE_ALPN_PING):
+                    return proto
+    return None
 
-    Teleport prefers WebSocket, then ``alpn-ping``, then ``alpn``. tpemu does not serve the
-    WebSocket form; Teleport's clients always send the legacy types alongside it, and read a
-    101 without ``Upgrade: websocket`` as the legacy upgrade (``upgradeConnThroughWebAPI``).
-    """
+
+def select_upgrade(types: list[str]) -> str | None:
+    """The legacy type to serve (``selectConnectionUpgrade``), or ``None``: ``alpn-ping``, then
+    ``alpn``. (WebSocket, which Teleport prefers over both, is chosen in :meth:`ConnectionUpgrade.handle`
+    when the request is a valid WebSocket handshake.)"""
     if TYPE_ALPN_PING in types:
         return TYPE_ALPN_PING
     if TYPE_ALPN in types:
@@ -107,6 +120,10 @@ class ConnectionUpgrade:
 
     async def handle(self, request: Request) -> Response:
         types = requested_types(request.headers)
+        key = request.header("sec-websocket-key")
+        subprotocol = websocket_subprotocol(request.headers)
+        if TYPE_WEBSOCKET in types and key and subprotocol and request.header("sec-websocket-version") == "13":
+            return self._websocket(request, key, subprotocol)
         kind = select_upgrade(types)
         if kind is None:
             log.info("peer=%s connection upgrade refused: unsupported upgrade types: %s", request.peer,
@@ -124,6 +141,23 @@ class ConnectionUpgrade:
         headers = [(UPGRADE_HEADER, kind), (TELEPORT_UPGRADE_HEADER, kind), (CONNECTION_HEADER, CONNECTION_UPGRADE)]
         return Response(101, b"", headers, upgrade=take_over)
 
+    def _websocket(self, request: Request, key: str, subprotocol: str) -> Response:
+        # upgradeALPNWebSocket: gorilla's 101, then binary frames; alpn-ping adds WebSocket pings.
+        peer = parse_peer(request.peer)
+        log.info("peer=%s connection upgrade websocket (%s): the stream enters the front door", request.peer,
+                 subprotocol)
+        self.stats[f"websocket/{subprotocol}"] += 1
+
+        async def take_over(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, early: bytes) -> None:
+            stream = WebSocketStream(reader, writer, "upgraded", client=False, early=early)
+            if subprotocol == TYPE_ALPN_PING:
+                stream.start_pings(self.ping_interval)
+            await self._enter(stream, peer, b"", f"websocket/{subprotocol}")
+
+        headers = [(UPGRADE_HEADER, TYPE_WEBSOCKET), (CONNECTION_HEADER, CONNECTION_UPGRADE),
+                   ("Sec-WebSocket-Accept", websocket.accept_key(key)), ("Sec-WebSocket-Protocol", subprotocol)]
+        return Response(101, b"", headers, upgrade=take_over)
+
     async def _splice(self, kind: str, peer: tuple[str, int], reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter, early: bytes) -> None:
         outer: Stream
@@ -134,6 +168,9 @@ class ConnectionUpgrade:
             outer = pinged
         else:
             outer = Stream(reader, writer, "upgraded")
+        await self._enter(outer, peer, early, kind)
+
+    async def _enter(self, outer: Stream, peer: tuple[str, int], early: bytes, kind: str) -> None:
         mine, theirs = socket.socketpair()
         try:
             self.door.adopt(theirs, peer, self.policy, f"connection-upgrade/{kind}")

@@ -8,9 +8,11 @@ Follows gravitational/teleport ``api/client/alpn_conn_upgrade.go``:
   any other failure means "dial as usual". ``TELEPORT_TLS_ROUTING_CONN_UPGRADE`` overrides the
   test (``OverwriteALPNConnUpgradeRequirementByEnv``: ``true``, or ``addr=yes,other=no``).
 * :func:`open_upgraded` is ``alpnConnUpgradeDialer.DialContext`` + ``upgradeConnThroughWebAPI``:
-  TLS to the load balancer, ``GET /webapi/connectionupgrade`` with ``Upgrade`` and
-  ``X-Teleport-Upgrade`` (``alpn`` or ``alpn-ping``) and ``Connection: Upgrade``, then the
-  connection carries the caller's own TLS (with the real ALPN/SNI and the cluster's CA) inside.
+  TLS to the load balancer, ``GET /webapi/connectionupgrade`` asking for WebSocket
+  (``Sec-WebSocket-Protocol: alpn|alpn-ping``) and, after it, the legacy ``Upgrade``/
+  ``X-Teleport-Upgrade`` types; a 101 with ``Upgrade: websocket`` is checked
+  (``checkWebSocketUpgradeResponse``) and read as binary frames, any other 101 as the legacy
+  stream. The connection then carries the caller's own TLS (real ALPN/SNI, the cluster's CA).
 
 Theory of operation: the caller's TLS runs *inside* the load balancer's TLS, and for ``alpn-ping``
 inside ping framing too. Rather than stack transports, the upgraded stream is relayed to one end
@@ -22,6 +24,7 @@ as long as either side is open.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import socket
@@ -33,7 +36,8 @@ from tpemu.net.dial import DialError, open_stream
 from tpemu.net.proxyenv import ProxySettings
 from tpemu.net.relay import PingStream, Stream, relay
 from tpemu.net.tls import new_context
-from tpemu.wire import alpn
+from tpemu.net.websocket_stream import WebSocketStream
+from tpemu.wire import alpn, websocket
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +153,13 @@ async def open_upgraded(host: str, port: int, *, ctx: ssl.SSLContext, ping: bool
     reader, writer = await open_stream(host, port, ssl_context=ctx, server_hostname=host, proxy=proxy,
                                        timeout=timeout)
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    challenge = base64.b64encode(os.urandom(16)).decode("ascii")
+    # upgradeConnThroughWebAPI: WebSocket preferred (applyWebSocketUpgradeHeaders), the legacy
+    # types after it for servers that do not serve WebSocket.
     request = (f"GET {UPGRADE_PATH} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: tpemu\r\n"
-               f"Upgrade: {kind}\r\nX-Teleport-Upgrade: {kind}\r\nConnection: Upgrade\r\n\r\n")
+               f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Protocol: {kind}\r\n"
+               f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {challenge}\r\n"
+               f"Upgrade: {kind}\r\nX-Teleport-Upgrade: {kind}\r\n\r\n")
     writer.write(request.encode())
     try:
         async with asyncio.timeout(timeout):
@@ -170,8 +179,21 @@ async def open_upgraded(host: str, port: int, *, ctx: ssl.SSLContext, ping: bool
             raise UpgradeError(f'connection upgrade call to "{UPGRADE_PATH}" with upgrade type {kind} failed '
                                f"with status code {status}. Please upgrade the server and try again.")
         raise UpgradeError(f"failed to switch Protocols {status}")
-    log.debug("Performing ALPN legacy connection upgrade for %s.", target)
-    outer: Stream = PingStream(reader, writer, "upgraded") if ping else Stream(reader, writer, "upgraded")
+    headers = _headers(head)
+    outer: Stream
+    if headers.get("upgrade", "").lower() == "websocket":
+        # checkWebSocketUpgradeResponse
+        if headers.get("sec-websocket-protocol") != kind:
+            writer.close()
+            raise UpgradeError("WebSocket handshake failed: Sec-WebSocket-Protocol does not match")
+        if headers.get("sec-websocket-accept") != websocket.accept_key(challenge):
+            writer.close()
+            raise UpgradeError("WebSocket handshake failed: invalid Sec-WebSocket-Accept")
+        log.debug("Performing ALPN WebSocket connection upgrade for %s.", target)
+        outer = WebSocketStream(reader, writer, "upgraded", client=True)
+    else:
+        log.debug("Performing ALPN legacy connection upgrade for %s.", target)
+        outer = PingStream(reader, writer, "upgraded") if ping else Stream(reader, writer, "upgraded")
     mine, theirs = socket.socketpair()
     mine.setblocking(False)
     theirs.setblocking(False)
@@ -181,6 +203,15 @@ async def open_upgraded(host: str, port: int, *, ctx: ssl.SSLContext, ping: bool
     _relays.add(task)
     task.add_done_callback(_relays.discard)
     return theirs
+
+
+def _headers(head: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            out.setdefault(name.strip().lower(), value.strip())
+    return out
 
 
 async def dial_upgraded(protocol_factory: Callable[[], P], host: str, port: int, *, outer: ssl.SSLContext,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -32,9 +31,9 @@ import h11
 from tpemu import authapi
 from tpemu import identity as ident
 from tpemu.config import App
+from tpemu.net.channel import open_streams
 from tpemu.net.http_server import Request, Response, serve_http
-from tpemu.net.relay import Stream, relay
-from tpemu.net.tls import accept_stream
+from tpemu.net.pipe import Parked, Pipe
 from tpemu.wire.tunnel import DialRequest, Resource
 
 if TYPE_CHECKING:
@@ -125,23 +124,24 @@ class AppService:
         self._tokens[key] = (token, expires)
         return token
 
-    async def serve(self, sock: socket.socket, request: DialRequest) -> None:
+    async def serve(self, transport: asyncio.Transport, request: DialRequest) -> None:
+        """A connection through the reverse tunnel (its channel, a parked transport)."""
         app = self.apps.get(request.name)
         try:
             identity = ident.Identity.from_json(request.identity or {})
         except ident.IdentityError as exc:
             log.warning("app service: dial without a valid identity: %s", exc)
-            sock.close()
+            transport.close()
             return
         if app is None:
-            sock.close()
+            transport.close()
             return
-        reader, writer = await accept_stream(sock, None, timeout=10.0)
         client = request.client_src_addr.rsplit(":", 1)[0]
         log.info("app service: %s → app %s (%s)", identity.username, app.name, app.kind)
         if app.kind == "tcp":
-            await self._tcp(app, reader, writer)
+            await self._tcp(app, transport)
             return
+        reader, writer = await open_streams(transport)
 
         async def handle(req: Request) -> Response:
             return await self._http(app, identity, req, client, request.client_dst_addr)
@@ -149,16 +149,17 @@ class AppService:
         await serve_http(reader, writer, handle, peer=request.client_src_addr, max_body=MAX_BODY,
                          read_timeout=120.0)
 
-    async def _tcp(self, app: AppDef, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _tcp(self, app: AppDef, channel: asyncio.Transport) -> None:
         target = urlsplit(app.uri)
         try:
             async with asyncio.timeout(10):
-                breader, bwriter = await asyncio.open_connection(target.hostname, target.port)
+                backend, _ = await asyncio.get_running_loop().create_connection(
+                    Parked, target.hostname or "", target.port or 0)
         except (OSError, TimeoutError) as exc:
             log.warning("app service: tcp app %s at %s unreachable: %s", app.name, app.uri, exc)
-            writer.close()
+            channel.close()
             return
-        await relay(Stream(reader, writer, "client"), Stream(breader, bwriter, "app"))
+        Pipe.join(channel, backend, name=f"app {app.name}")  # the channel to the app: no socket, no task
 
     async def _http(self, app: AppDef, identity: ident.Identity, req: Request, client: str, host: str) -> Response:
         try:

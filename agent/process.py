@@ -43,6 +43,7 @@ from tpemu import TELEPORT_VERSION, authapi, authclient, pki
 from tpemu import identity as ident
 from tpemu.agent.tunnel import Offer, TunnelAgent, TunnelTarget
 from tpemu.config import Addr, Config
+from tpemu.net.pipe import Parked
 from tpemu.net.proxyenv import ProxySettings
 from tpemu.net.tls import new_context
 from tpemu.wire import alpn
@@ -327,7 +328,7 @@ class AgentProcess:
             return
         service: Any = offers[0].service
         ctx = self.contexts["kube"]
-        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls = new_context(ssl.PROTOCOL_TLS_SERVER)
         tls.minimum_version = ssl.TLSVersion.TLSv1_2
         tls.load_cert_chain(ctx.files.cert, ctx.files.key)
         tls.load_verify_locations(cafile=str(ctx.files.ca))  # the host CA: the proxy's certificate
@@ -398,12 +399,16 @@ class AgentProcess:
 
 
 async def _serve_and_close(service: Any, sock: socket.socket, request: tw.DialRequest) -> None:
+    transport: asyncio.BaseTransport | None = None
     try:
-        await service.serve(sock, request)
+        transport, _ = await asyncio.get_running_loop().connect_accepted_socket(Parked, sock)
+        await service.serve(transport, request)
     except Exception:
         log.exception("SSH service failed on a direct connection from %s", request.client_src_addr)
-    finally:
-        sock.close()
+        if transport is not None:
+            transport.close()
+        else:
+            sock.close()
 
 
 def parse_roles(text: str | Sequence[str]) -> tuple[str, ...]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -30,8 +29,9 @@ from tpemu import authapi
 from tpemu import identity as ident
 from tpemu.logs import RateLimiter
 from tpemu.net.http_server import Request, Response, serve_http
-from tpemu.net.relay import PingStream, Stream, relay
+from tpemu.net.pipe import Pipe, park_streams
 from tpemu.net.sockets import format_addr
+from tpemu.net.streams import PingTransport
 from tpemu.net.tls import ContextCache, accept_stream, peer_certificate
 from tpemu.proxy.frontdoor import Accepted
 from tpemu.wire import alpn
@@ -42,7 +42,7 @@ APP = "app"
 
 
 class Dialer(Protocol):
-    async def dial(self, request: DialRequest, timeout: float = 10.0) -> socket.socket: ...
+    async def dial(self, request: DialRequest, timeout: float = 10.0) -> asyncio.Transport: ...
 
     def resources(self, kind: str | None = None) -> Sequence[tuple[object, Resource]]: ...
 
@@ -118,23 +118,19 @@ class AppProxy:
             return None, f"the certificate is for app {routed!r}, not {app!r} (run 'tpemu apps login {app}')"
         return identity, ""
 
-    async def _dial(self, acc: Accepted, name: str, identity: ident.Identity) -> Stream | str:
+    async def _dial(self, acc: Accepted, name: str, identity: ident.Identity) -> asyncio.Transport | str:
+        """The tunnel channel to the app's agent (a parked transport), or the reason it is unavailable."""
         dialer = self._dialer()
         request = DialRequest(conn_type=APP, name=name, identity=identity.to_json(),
                               client_src_addr=format_addr(acc.peer), client_dst_addr=format_addr(acc.local_addr()))
         try:
             if dialer is None:
                 raise LookupError("no agent is connected to this proxy (no reverse tunnels)")
-            sock = await dialer.dial(request, timeout=self.dial_timeout)
+            return await dialer.dial(request, timeout=self.dial_timeout)
         except Exception as exc:  # the tunnel registry's errors (TunnelError, timeouts) end here
             message = f'app "{name}" is unavailable: {exc}'
             self.limiter.warning(log, "app-dial", "%s: %s", acc.ctx, message)
             return message
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=64 * 1024, loop=loop)
-        proto = asyncio.StreamReaderProtocol(reader, loop=loop)
-        transport, _ = await loop.connect_accepted_socket(lambda: proto, sock)
-        return Stream(reader, asyncio.StreamWriter(transport, proto, reader, loop), "agent")
 
     async def handle_http(self, acc: Accepted, name: str) -> None:
         """An HTTPS connection to ``<name>.<proxy host>``."""
@@ -152,7 +148,7 @@ class AppProxy:
             await self._answer(acc, reader, writer, Response.text(f"502 Bad Gateway: {agent}\n", 502))
             return
         log.info("%s: user %s → app %s through its agent", acc.ctx, identity.username, name)
-        await relay(Stream(reader, writer, "client"), agent)
+        Pipe.join(park_streams(reader, writer), agent, name=f"app {name}")  # the tunnel channel: no socket
 
     async def handle_tcp(self, acc: Accepted) -> None:
         """ALPN ``teleport-tcp``: a TCP app, named by the certificate's app route."""
@@ -172,15 +168,11 @@ class AppProxy:
         if isinstance(agent, str):
             writer.close()
             return
-        client: Stream
+        client: asyncio.Transport = park_streams(reader, writer)
         if negotiated.endswith(alpn.PING_SUFFIX):
-            ping = PingStream(reader, writer, "client")
-            ping.start_pings()
-            client = ping
-        else:
-            client = Stream(reader, writer, "client")
+            client = PingTransport.wrap(client)
         log.info("%s: user %s → TCP app %s through its agent", acc.ctx, identity.username, name)
-        await relay(client, agent)
+        Pipe.join(client, agent, name=f"tcp app {name}")
 
     async def _answer(self, acc: Accepted, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                       response: Response) -> None:

@@ -24,7 +24,8 @@ Theory of operation: the upgraded bytes must be routed exactly like a new connec
 front door works on sockets (it peeks with ``MSG_PEEK`` and hands the untouched socket on). So
 the handler makes a Unix socket pair, gives one end to :meth:`FrontDoor.adopt` with the web
 listener's policy (minus PROXY protocol: a PROXY header belongs to the outer connection), and
-relays the upgraded stream to the other end. The splice is the one call in :meth:`_splice`.
+joins the upgraded stream (ping framing and WebSocket frames as :mod:`tpemu.net.streams` layers) to
+the other end with a :class:`~tpemu.net.pipe.Pipe`, in :meth:`_splice`.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ from collections import Counter
 from collections.abc import Iterable
 
 from tpemu.net.http_server import Request, Response
-from tpemu.net.relay import PingStream, Stream, relay
-from tpemu.net.websocket_stream import WebSocketStream
+from tpemu.net.pipe import Parked, Pipe, park_streams
+from tpemu.net.streams import PingTransport, WebSocketTransport
 from tpemu.proxy.decide import ListenerPolicy
 from tpemu.proxy.frontdoor import FrontDoor
 from tpemu.proxy.webapi import WebAPI
@@ -149,10 +150,10 @@ class ConnectionUpgrade:
         self.stats[f"websocket/{subprotocol}"] += 1
 
         async def take_over(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, early: bytes) -> None:
-            stream = WebSocketStream(reader, writer, "upgraded", client=False, early=early)
-            if subprotocol == TYPE_ALPN_PING:
-                stream.start_pings(self.ping_interval)
-            await self._enter(stream, peer, b"", f"websocket/{subprotocol}")
+            interval = self.ping_interval if subprotocol == TYPE_ALPN_PING else None
+            framed = WebSocketTransport.wrap(park_streams(reader, writer, first=early), client=False,
+                                             interval=interval)
+            await self._enter(framed, peer, f"websocket/{subprotocol}")
 
         headers = [(UPGRADE_HEADER, TYPE_WEBSOCKET), (CONNECTION_HEADER, CONNECTION_UPGRADE),
                    ("Sec-WebSocket-Accept", websocket.accept_key(key)), ("Sec-WebSocket-Protocol", subprotocol)]
@@ -160,25 +161,20 @@ class ConnectionUpgrade:
 
     async def _splice(self, kind: str, peer: tuple[str, int], reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter, early: bytes) -> None:
-        outer: Stream
+        upgraded: asyncio.Transport = park_streams(reader, writer, first=early)
         if kind == TYPE_ALPN_PING:
-            pinged = PingStream(reader, writer, "upgraded", interval=self.ping_interval)
-            early = pinged.decoder.feed(early)
-            pinged.start_pings()
-            outer = pinged
-        else:
-            outer = Stream(reader, writer, "upgraded")
-        await self._enter(outer, peer, early, kind)
+            upgraded = PingTransport.wrap(upgraded, interval=self.ping_interval)
+        await self._enter(upgraded, peer, kind)
 
-    async def _enter(self, outer: Stream, peer: tuple[str, int], early: bytes, kind: str) -> None:
+    async def _enter(self, upgraded: asyncio.Transport, peer: tuple[str, int], kind: str) -> None:
         mine, theirs = socket.socketpair()
         try:
             self.door.adopt(theirs, peer, self.policy, f"connection-upgrade/{kind}")
         except Exception:
             mine.close()
             theirs.close()
+            upgraded.close()
             raise
         mine.setblocking(False)
-        inner_r, inner_w = await asyncio.open_connection(sock=mine, limit=256 * 1024)
-        # The one splice of this module (issue 13's Pipe replaces relay()).
-        await relay(outer, Stream(inner_r, inner_w, "front door"), first_for_b=early)
+        local, _ = await asyncio.get_running_loop().connect_accepted_socket(Parked, mine)
+        Pipe.join(upgraded, local)  # lives on in its two transports; this handler returns

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import ssl
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -30,9 +29,9 @@ from tpemu import identity as ident
 from tpemu.config import Addr
 from tpemu.logs import RateLimiter
 from tpemu.net.http_server import Request, Response, serve_http
-from tpemu.net.relay import Stream, relay
+from tpemu.net.pipe import Pipe, park_streams
 from tpemu.net.sockets import format_addr
-from tpemu.net.tls import ContextCache, accept_stream, peer_certificate
+from tpemu.net.tls import ContextCache, accept_stream, new_context, peer_certificate
 from tpemu.pki import TLSFiles
 from tpemu.proxy.frontdoor import Accepted
 from tpemu.wire import WireError, alpn
@@ -43,7 +42,7 @@ KUBE = "kube"
 
 
 class Dialer(Protocol):
-    async def dial(self, request: DialRequest, timeout: float = 10.0) -> socket.socket: ...
+    async def dial(self, request: DialRequest, timeout: float = 10.0) -> asyncio.Transport: ...
 
     def resources(self, kind: str | None = None) -> Sequence[tuple[object, Resource]]: ...
 
@@ -108,11 +107,11 @@ class KubeProxy:
         dialer = self._dialer()
         request = DialRequest(conn_type=KUBE, name=cluster, identity=identity.to_json(),
                               client_src_addr=format_addr(acc.peer), client_dst_addr=format_addr(acc.local_addr()))
-        agent: Stream | None = None
+        agent: asyncio.Transport | None = None
         try:
             if dialer is None:
                 raise LookupError("no agent is connected to this proxy (no reverse tunnels)")
-            sock = await dialer.dial(request, timeout=self.dial_timeout)
+            agent = await dialer.dial(request, timeout=self.dial_timeout)
         except Exception as exc:  # the tunnel registry's errors (TunnelError, timeouts) end here
             agent = await self._dial_direct(acc, cluster, request) if "not found" in str(exc) else None
             if agent is None:
@@ -122,18 +121,16 @@ class KubeProxy:
                 code, reason = (404, "NotFound") if "not found" in str(exc) else (503, "ServiceUnavailable")
                 await self._answer(acc, reader, writer, status(code, reason, message))
                 return
-        if agent is None:
-            loop = asyncio.get_running_loop()
-            areader = asyncio.StreamReader(limit=64 * 1024, loop=loop)
-            proto = asyncio.StreamReaderProtocol(areader, loop=loop)
-            transport, _ = await loop.connect_accepted_socket(lambda: proto, sock)
-            agent = Stream(areader, asyncio.StreamWriter(transport, proto, areader, loop), "agent")
         self.stats["relayed"] += 1
         log.info("%s: user %s → kubernetes cluster %s through its agent", acc.ctx, identity.username, cluster)
-        up, down = await relay(Stream(reader, writer, "client"), agent)
-        log.debug("%s: kubernetes cluster %s closed; %d bytes up, %d down", acc.ctx, cluster, up, down)
 
-    async def _dial_direct(self, acc: Accepted, cluster: str, request: DialRequest) -> Stream | None:
+        def closed(pipe: Pipe, exc: BaseException | None) -> None:
+            log.debug("%s: kubernetes cluster %s closed; %d bytes up, %d down", acc.ctx, cluster, pipe.a_to_b,
+                      pipe.b_to_a)
+
+        Pipe.join(park_streams(reader, writer), agent, on_close=closed)  # the tunnel channel: no socket
+
+    async def _dial_direct(self, acc: Accepted, cluster: str, request: DialRequest) -> asyncio.Transport | None:
         """A Kubernetes Service joined directly to Auth: mTLS to the address of its ``kube_server``
         resource with the proxy's host certificate, the dial request frame, its answer."""
         got = self._direct() if self._direct is not None else None
@@ -149,7 +146,7 @@ class KubeProxy:
         addrs = [str((i.get("spec") or {}).get("addr")) for i in items or [] if isinstance(i, dict)
                  and (i.get("metadata") or {}).get("name") == cluster and (i.get("spec") or {}).get("addr")
                  and not (i.get("spec") or {}).get("use_tunnel")]
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx = new_context(ssl.PROTOCOL_TLS_CLIENT)
         ctx.load_verify_locations(cafile=str(files.ca))
         ctx.load_cert_chain(files.cert, files.key)
         ctx.set_alpn_protocols([alpn.HTTP11])
@@ -170,7 +167,7 @@ class KubeProxy:
                 continue
             if answer.ok:
                 log.info("%s: kubernetes cluster %s served directly at %s", acc.ctx, cluster, addr)
-                return Stream(r, w, "agent")
+                return park_streams(r, w)  # the rest (bytes after the answer kept) joins a Pipe
             w.close()
         return None
 

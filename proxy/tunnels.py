@@ -21,7 +21,10 @@ asyncssh by :mod:`tpemu.net.teleport_ssh`:
 * To reach a resource the proxy opens a ``teleport-transport`` channel and sends one
   ``teleport-transport-dial`` request carrying ``sshutils.DialReq`` as JSON; a refusal is read
   from the channel's stderr (``ConnectProxyTransport``: "failed connecting to <addr> [<server
-  id>]" when it is empty). :meth:`TunnelRegistry.dial` hands callers a plain connected socket.
+  id>]" when it is empty). :meth:`TunnelRegistry.dial` hands callers the channel itself as a
+  parked asyncio transport (:class:`~tpemu.net.channel.ChannelTransport`): the SSH, database and
+  kube proxies join it to the client with a :class:`~tpemu.net.pipe.Pipe` (no socket in between),
+  or read a handshake through streams on it.
 * An agent may open ``teleport-transport`` itself: the only valid target is the Auth Service
   (``@remote-auth-server``, ``handleTransportChannel``). Any other channel type is rejected with
   Teleport's text ("reversetunnel received unknown channel request …"; for ``session``: "Cannot
@@ -53,8 +56,9 @@ from tpemu import authapi, sshcert
 from tpemu import identity as ident
 from tpemu.logs import RateLimiter
 from tpemu.net import teleport_ssh as tssh
+from tpemu.net.channel import ChannelTransport
+from tpemu.net.pipe import Parked, Pipe
 from tpemu.net.sockets import close_with_answer, format_addr
-from tpemu.net.splice import Splice
 from tpemu.proxy.frontdoor import Accepted
 from tpemu.wire import alpn as names
 from tpemu.wire import tunnel as tw
@@ -256,9 +260,9 @@ class _Tunnel:
         if chantype == HEARTBEAT_CHANNEL:
             agent = self._heartbeat_opened()
             return tssh.TeleportChannel(conn, chantype, lambda ch, name, payload: self._ping(agent, name, payload)), \
-                tssh.ChannelStream()
+                ChannelTransport()
         if chantype == TRANSPORT_LISTENER:
-            stream = tssh.ChannelStream()
+            stream = ChannelTransport()
             return tssh.TeleportChannel(conn, chantype, lambda ch, name, payload: self._agent_transport(
                 ch, stream, name, payload)), stream
         if chantype == "session":
@@ -308,7 +312,7 @@ class _Tunnel:
             self.registry._resolve(agent)
         return True
 
-    def _agent_transport(self, chan: tssh.TeleportChannel, stream: tssh.ChannelStream, name: str,
+    def _agent_transport(self, chan: tssh.TeleportChannel, stream: ChannelTransport, name: str,
                          payload: bytes) -> bool | None:
         if name != tssh.REQ_DIAL:
             return False
@@ -354,7 +358,7 @@ class TunnelRegistry:
         self._tasks_bg: set[asyncio.Task[Any]] = set()
         self._host_keys: list[tuple[asyncssh.SSHKey, asyncssh.SSHCertificate]] = []
         #: Proxy peering (:mod:`tpemu.proxy.peering`): dials a tunnel held by another proxy.
-        self.peer_dial: Callable[[tw.DialRequest, float], Awaitable[socket.socket]] | None = None
+        self.peer_dial: Callable[[tw.DialRequest, float], Awaitable[asyncio.Transport]] | None = None
 
     # -- setup -------------------------------------------------------------------------------------
 
@@ -433,7 +437,7 @@ class TunnelRegistry:
             agent.version = await agent.conn.teleport_version() or ""
             with contextlib.suppress(asyncssh.Error, OSError, asyncssh.ChannelOpenError):
                 chan = tssh.TeleportChannel(agent.conn, tssh.CHAN_DISCOVERY)
-                await chan.open(tssh.ChannelStream())
+                await chan.open(ChannelTransport())
                 body = {"proxies": [{"version": "v2", "metadata": {"name": self.proxy_name()}}]}
                 await chan.request(tssh.REQ_DISCOVERY, json.dumps(body).encode(), want_reply=False)
             log.info("agent %s (%s tunnel) heartbeats; version %s", agent.host_id, agent.conn_type,
@@ -471,7 +475,7 @@ class TunnelRegistry:
         if hostname:
             agent.hostname = hostname
 
-    async def _to_auth(self, chan: tssh.TeleportChannel, stream: tssh.ChannelStream, payload: bytes,
+    async def _to_auth(self, chan: tssh.TeleportChannel, stream: ChannelTransport, payload: bytes,
                        peer: str) -> None:
         """An agent-opened ``teleport-transport``: ``srv.go`` ``handleTransportChannel``."""
         try:
@@ -493,21 +497,18 @@ class TunnelRegistry:
             chan.close()
             return
         loop = asyncio.get_running_loop()
-        splice = Splice()
         try:
             async with asyncio.timeout(IO_TIMEOUT):
-                await loop.create_connection(splice.protocol_b, link.addr.host, link.addr.port)
+                auth, _ = await loop.create_connection(Parked, link.addr.host, link.addr.port)
         except (OSError, TimeoutError) as exc:
             log.error("Failed to dial auth error=%r", str(exc))
             chan.write_stderr(b"failed to dial auth server")
             chan.reply(False)
             chan.close()
-            splice.close()
             return
         chan.reply(True)
-        sock = await tssh.attach_socket(stream)
-        await loop.connect_accepted_socket(splice.protocol_a, sock)
-        splice.attach()
+        stream.stderr.clear()
+        Pipe.join(stream, auth, name=f"agent {peer} → auth")
 
     async def _sweep(self) -> None:
         while True:
@@ -595,8 +596,9 @@ class TunnelRegistry:
                 break
         return agents, direct, f"node {req.address or req.server_id!r}"
 
-    async def dial(self, req: tw.DialRequest, timeout: float = 10.0, local_only: bool = False) -> socket.socket:
-        """A connected non-blocking socket spliced to the resource ``req`` names.
+    async def dial(self, req: tw.DialRequest, timeout: float = 10.0, local_only: bool = False) -> asyncio.Transport:
+        """A parked transport to the resource ``req`` names: a tunnel channel, TCP to a direct node,
+        or the stream to a peer proxy that holds the tunnel.
 
         Raises :class:`TunnelError` with a message for the client (unknown resource, agent
         offline, the agent's own refusal). Without a local tunnel for it, and unless
@@ -612,7 +614,7 @@ class TunnelRegistry:
             except TunnelError as peer_exc:
                 raise TunnelError(f"{exc}; through peer proxies: {peer_exc}") from None
 
-    async def _dial_local(self, req: tw.DialRequest, timeout: float) -> socket.socket:
+    async def _dial_local(self, req: tw.DialRequest, timeout: float) -> asyncio.Transport:
         if not self._host_keys:
             raise TunnelError("reverse tunnels need an Auth Service: this proxy runs without one")
         agents, direct, what = self._match(req)
@@ -641,15 +643,21 @@ class TunnelRegistry:
         if req.conn_type == tw.NODE:
             known += [n.hostname for n in self.direct.values()]
         hint = f" (known: {', '.join(sorted(set(known)))})" if known else " (no agent serves any right now)"
+        if req.conn_type == tw.DATABASE:
+            # lib/srv/db/proxyserver.go: trace.NotFound("database %q not found among registered
+            # databases in cluster %q") — Go's %q quotes; tpemu adds what is known.
+            name = req.name or req.address
+            raise TunnelError(f"database {json.dumps(name)} not found among registered databases in cluster "
+                              f"{json.dumps(self.cluster)}{hint}")
         raise TunnelError(f"{what} not found in cluster {self.cluster}: no connected agent serves it{hint}")
 
-    async def _dial_agent(self, agent: AgentConn, req: tw.DialRequest, timeout: float) -> socket.socket:
+    async def _dial_agent(self, agent: AgentConn, req: tw.DialRequest, timeout: float) -> asyncio.Transport:
         """``sshutils.ConnectProxyTransport``: a ``teleport-transport`` channel, one dial request."""
         if not req.server_id:
             req = dataclass_replace(req, server_id=f"{agent.host_id}.{self.cluster}")
         if not req.address:
             req = dataclass_replace(req, address=tw.LOCAL_NODE)
-        stream = tssh.ChannelStream()
+        stream = ChannelTransport()
         chan = tssh.TeleportChannel(agent.conn, TRANSPORT_LISTENER)
         try:
             async with asyncio.timeout(timeout):
@@ -667,17 +675,14 @@ class TunnelRegistry:
             text = await stream.stderr_text(timeout=2.0)
             raise TunnelError(text or f"failed connecting to {req.address} [{req.server_id}]")
         stream.stderr.clear()
-        return await tssh.attach_socket(stream)
+        return stream  # parked: what the agent sends is kept until the caller joins it
 
-    async def _dial_direct(self, node: DirectNode, timeout: float) -> socket.socket:
+    async def _dial_direct(self, node: DirectNode, timeout: float) -> asyncio.Transport:
         host, _, port = node.addr.rpartition(":")
         loop = asyncio.get_running_loop()
-        sock = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET)
-        sock.setblocking(False)
         try:
             async with asyncio.timeout(timeout):
-                await loop.sock_connect(sock, (host.strip("[]"), int(port)))
+                transport, _ = await loop.create_connection(Parked, host.strip("[]"), int(port))
         except (OSError, TimeoutError, ValueError) as exc:
-            sock.close()
             raise TunnelError(f"node {node.hostname} ({node.addr}) is unreachable: {exc or 'timed out'}") from None
-        return sock
+        return transport

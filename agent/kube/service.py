@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -33,7 +32,7 @@ from tpemu import identity as ident
 from tpemu.agent.kube import http as khttp
 from tpemu.agent.kube.api import EmulatedAPI, status_reply
 from tpemu.agent.kube.status import StatusError
-from tpemu.net.tls import accept_stream
+from tpemu.net.channel import open_streams
 from tpemu.wire import WireError
 from tpemu.wire.tunnel import MAX_FRAME, DialRequest, DialResponse, Resource, decode_frame
 
@@ -108,15 +107,16 @@ class KubeService:
             raise StatusError(404, f'kubernetes cluster "{name}" not found', "NotFound")
         return cluster
 
-    async def serve(self, sock: socket.socket, request: DialRequest) -> None:
-        """A connection through the reverse tunnel: plain HTTP, the identity in the dial request."""
+    async def serve(self, transport: asyncio.Transport, request: DialRequest) -> None:
+        """A connection through the reverse tunnel (its channel, a parked transport): plain HTTP,
+        the identity in the dial request."""
         try:
             identity = ident.Identity.from_json(request.identity or {})
         except ident.IdentityError as exc:
             log.warning("kube service: dial without a valid identity: %s", exc)
-            sock.close()
+            transport.close()
             return
-        reader, writer = await accept_stream(sock, None, timeout=10.0)
+        reader, writer = await open_streams(transport)
         await self.serve_http(reader, writer, identity, request.name or request.address,
                               request.client_src_addr)
 

@@ -16,7 +16,9 @@ import pytest
 from tests.helpers import alice, ssh_cluster
 from tpemu.client import ssh as ssh_mod
 from tpemu.net import conn_upgrade
-from tpemu.net.relay import PingStream
+from tpemu.net.channel import open_streams
+from tpemu.net.pipe import park_streams
+from tpemu.net.streams import PingTransport, Stream
 from tpemu.proxy.conn_upgrade import requested_types, select_upgrade
 from tpemu.testkit.cluster import CLUSTER
 from tpemu.wire import alpn, websocket
@@ -72,15 +74,16 @@ async def test_101_then_ssh_inside_and_404_for_unknown_types(tmp_path: Path, mon
         head, reader, writer = await _raw_upgrade(c.web.host, c.web.port, c.ca,
                                                   "Upgrade: alpn-ping\r\nX-Teleport-Upgrade: alpn-ping\r\n")
         assert head.startswith(b"HTTP/1.1 101 ")
-        stream = PingStream(reader, writer)
+        framed = PingTransport.wrap(park_streams(reader, writer))
+        stream = Stream(*await open_streams(framed))
         stream.write(b"SSH-2.0-probe\r\n")
         await stream.drain()
         got = await asyncio.wait_for(stream.read(), 10)
         assert got.startswith(b"SSH-2.0-")
         async with asyncio.timeout(10):  # the proxy pings an idle alpn-ping stream
-            while stream.decoder.pings == 0:
-                stream.decoder.feed(await reader.read(4096))
-        writer.close()
+            while framed.decoder.pings == 0:
+                await asyncio.sleep(0.05)
+        framed.close()
 
         # The client: forced by Teleport's environment variable, tpemu ssh goes through the upgrade.
         monkeypatch.setenv(conn_upgrade.ENV_VAR, "true")

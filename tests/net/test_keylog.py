@@ -54,3 +54,23 @@ async def test_every_tls_endpoint_logs_its_keys(tmp_path: Path, monkeypatch: pyt
         await pg.close()
         # the local tunnel (client side), the proxy (server side) and the agent's dial each log
         assert len(randoms(keylog) - conn_before) >= 1
+
+
+#: Files that may call ``ssl.SSLContext(...)`` directly, and why.
+RAW_CONTEXT_ALLOWED = {
+    "tpemu/net/tls.py": "new_context itself",
+    "tpemu/testing.py": "byte vectors for tests: a ClientHello written into memory, no endpoint",
+    "proxy/webcert.py": "checks that a key pair loads; the context never serves",
+}
+
+
+def test_no_tls_endpoint_bypasses_new_context() -> None:
+    # A source scan so that a TLS endpoint added later cannot skip SSLKEYLOGFILE silently.
+    root = Path(__file__).resolve().parents[2]
+    offenders = []
+    for folder in ("tpemu", "proxy", "agent", "auth"):
+        for path in sorted((root / folder).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            if "ssl.SSLContext(" in path.read_text(encoding="utf-8") and rel not in RAW_CONTEXT_ALLOWED:
+                offenders.append(rel)
+    assert offenders == [], "use tpemu.net.tls.new_context (SSLKEYLOGFILE) in: " + ", ".join(offenders)

@@ -27,7 +27,7 @@ from tpemu import authapi, pki
 from tpemu.client import profile as profile_mod
 from tpemu.client.db import auth_client
 from tpemu.config import Addr
-from tpemu.net.relay import Stream, relay
+from tpemu.net.pipe import Parked, Pipe, park_streams
 from tpemu.wire import alpn
 
 log = logging.getLogger(__name__)
@@ -166,12 +166,13 @@ async def run_tunnel(login: AppLogin, listen: Addr, ready: Callable[[Addr], None
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(15):
-                up_r, up_w = await asyncio.open_connection(proxy.host, proxy.port, ssl=ctx, server_hostname=server_name)
+                up, _ = await asyncio.get_running_loop().create_connection(
+                    Parked, proxy.host, proxy.port, ssl=ctx, server_hostname=server_name)
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             log.warning("app tunnel: cannot reach the proxy at %s: %s", proxy, exc)
             writer.close()
             return
-        await relay(Stream(reader, writer, "local"), Stream(up_r, up_w, "proxy"))
+        Pipe.join(park_streams(reader, writer), up, name="app tunnel")
 
     server = await asyncio.start_server(on_client, listen.host, listen.port)
     host, port = server.sockets[0].getsockname()[:2]

@@ -15,10 +15,12 @@ Follows gravitational/teleport ``api/client/alpn_conn_upgrade.go``:
   stream. The connection then carries the caller's own TLS (real ALPN/SNI, the cluster's CA).
 
 Theory of operation: the caller's TLS runs *inside* the load balancer's TLS, and for ``alpn-ping``
-inside ping framing too. Rather than stack transports, the upgraded stream is relayed to one end
-of a local socket pair and the caller gets the other end: an ordinary socket on which
-``loop.create_connection(sock=…, ssl=…)`` (or asyncssh) does its own TLS. The relay task lives
-as long as either side is open.
+inside ping framing too. uvloop runs TLS only on its own socket transports (``start_tls`` and
+``create_connection(ssl=…)`` refuse any other), so the upgraded stream (ping framing and WebSocket
+frames are :mod:`tpemu.net.streams` layers) is joined by a :class:`~tpemu.net.pipe.Pipe` to
+one end of a local socket pair and the caller gets the other end: an ordinary socket on which
+``loop.create_connection(sock=…, ssl=…)`` (or asyncssh) does its own TLS. This client-side TLS-in-TLS
+is the one place a socket pair remains; no task copies bytes.
 """
 
 from __future__ import annotations
@@ -33,10 +35,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from tpemu.net.dial import DialError, open_stream
+from tpemu.net.pipe import Parked, Pipe, park_streams
 from tpemu.net.proxyenv import ProxySettings
-from tpemu.net.relay import PingStream, Stream, relay
+from tpemu.net.streams import PingTransport, WebSocketTransport
 from tpemu.net.tls import new_context
-from tpemu.net.websocket_stream import WebSocketStream
 from tpemu.wire import alpn, websocket
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,6 @@ P = TypeVar("P", bound=asyncio.BaseProtocol)
 _TRUE = {"1", "t", "true", "y", "yes", "on"}
 _FALSE = {"0", "f", "false", "n", "no", "off"}
 _decided: dict[tuple[str, int], bool] = {}
-_relays: set[asyncio.Task[Any]] = set()
 
 
 class UpgradeError(DialError):
@@ -180,7 +181,7 @@ async def open_upgraded(host: str, port: int, *, ctx: ssl.SSLContext, ping: bool
                                f"with status code {status}. Please upgrade the server and try again.")
         raise UpgradeError(f"failed to switch Protocols {status}")
     headers = _headers(head)
-    outer: Stream
+    upgraded: asyncio.Transport = park_streams(reader, writer)
     if headers.get("upgrade", "").lower() == "websocket":
         # checkWebSocketUpgradeResponse
         if headers.get("sec-websocket-protocol") != kind:
@@ -190,18 +191,16 @@ async def open_upgraded(host: str, port: int, *, ctx: ssl.SSLContext, ping: bool
             writer.close()
             raise UpgradeError("WebSocket handshake failed: invalid Sec-WebSocket-Accept")
         log.debug("Performing ALPN WebSocket connection upgrade for %s.", target)
-        outer = WebSocketStream(reader, writer, "upgraded", client=True)
+        upgraded = WebSocketTransport.wrap(upgraded, client=True)
     else:
         log.debug("Performing ALPN legacy connection upgrade for %s.", target)
-        outer = PingStream(reader, writer, "upgraded") if ping else Stream(reader, writer, "upgraded")
+        if ping:
+            upgraded = PingTransport.wrap(upgraded)
     mine, theirs = socket.socketpair()
     mine.setblocking(False)
     theirs.setblocking(False)
-    inner_r, inner_w = await asyncio.open_connection(sock=mine, limit=256 * 1024)
-    # The one splice of this module (issue 13's Pipe replaces relay()).
-    task = asyncio.get_running_loop().create_task(relay(outer, Stream(inner_r, inner_w, "local")))
-    _relays.add(task)
-    task.add_done_callback(_relays.discard)
+    local, _ = await asyncio.get_running_loop().connect_accepted_socket(Parked, mine)
+    Pipe.join(upgraded, local)
     return theirs
 
 

@@ -150,7 +150,8 @@ class ProxyService:
         #: (the reverse-tunnel registry) when there is one.
         self.db_dialer: Dialer | None = None
         self.db = DatabaseProxy(lambda: self.contexts, self._find_db_dialer,
-                                handshake_timeout=max(10.0, ext.sniff_timeout))
+                                handshake_timeout=max(10.0, ext.sniff_timeout),
+                                mysql_server_version=cfg.proxy_service.mysql_server_version)
         #: Called with the StartupMessage of a Postgres connection that arrived as plain SSLRequest.
         self.on_postgres_startup: OnPostgres = self.db.on_postgres_startup
 

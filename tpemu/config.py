@@ -315,7 +315,8 @@ class ProxyService:
     #: The legacy single pair, appended to ``https_keypairs`` as Teleport does.
     https_key_file: str = ""
     https_cert_file: str = ""
-    mysql_server_version: object = _ignored()
+    #: The version the MySQL listener's greeting announces (default Teleport's ``8.0.0-Teleport``).
+    mysql_server_version: str = ""
     automatic_upgrades_channels: object = _ignored()
 
 
@@ -750,6 +751,9 @@ def _validate(cfg: Config) -> None:
         for name in ("key_file", "cert_file"):
             if not getattr(pair, name):
                 raise ConfigError(f"proxy_service.https_keypairs[{i}].{name}", "required (a PEM file path)")
+    version = cfg.proxy_service.mysql_server_version
+    if version and not re.fullmatch(r"[\x21-\x7e]{1,64}", version):
+        raise ConfigError("proxy_service.mysql_server_version", f"expected a version such as 8.0.36, got {version!r}")
     if bool(cfg.proxy_service.https_key_file) != bool(cfg.proxy_service.https_cert_file):
         raise ConfigError("proxy_service.https_key_file", "https_key_file and https_cert_file go together")
     for i, cidr in enumerate(ext.proxy_protocol_trusted_cidrs):

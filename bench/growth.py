@@ -42,8 +42,9 @@ ALPN = "teleport-postgres"
 #: under a loadgen process's descriptor limit).
 GROUP = 15_000
 DEFAULT_COUNTS = (1_000, 10_000, 50_000)
-#: Descriptors a proxy needs besides its connections (listeners, logs, the loop …).
-SPARE_FDS = 200
+#: Descriptors a proxy needs besides the held connections: the 64 concurrent new ones of the rate
+#: measurement (two each), listeners, logs, the loop. Too few and the rate measures EMFILE pauses.
+SPARE_FDS = 600
 
 
 def _group_sni(k: int) -> str:

@@ -398,9 +398,12 @@ class TpemuProxy:
     behaviour). ``web_certificate``: without ``https_keypairs``, ``cluster`` (default) presents the
     proxy's Auth-issued certificate on the web routes (tpemu's clients verify it with the cluster
     CA); ``self-signed`` makes and presents Teleport's self-signed ``webproxy_cert.pem``.
+    ``workers``: processes accepting on the same ports with ``SO_REUSEPORT``, every route served by
+    every one (:mod:`tpemu.proxy.workers`).
     """
 
     web_certificate: str = "cluster"
+    workers: int = 1
     sniff_timeout: Duration = Duration(5.0)
     max_client_hello: int = 16384
     max_pending: int = 4096
@@ -440,15 +443,16 @@ MOVED_PROXY_KEYS = {
 
 @dataclass(frozen=True)
 class KubernetesService:
-    """``kubernetes_service``: tpemu serves an emulated cluster named ``kube_cluster_name``
-    (``kubeconfig_file``, a real cluster's credentials, is not emulated yet)."""
+    """``kubernetes_service``: an emulated cluster named ``kube_cluster_name``, or, with
+    ``kubeconfig_file``, the real cluster of that kubeconfig's current context (forwarded with
+    Teleport's impersonation headers, :mod:`tpemu.agent.kube.remote`)."""
 
     enabled: bool = False
     listen_addr: Addr | None = _f(None, default_port=3026)
     public_addr: tuple[str, ...] = ()
     kube_cluster_name: str = ""
     labels: Mapping[str, str] = _f(factory=dict)
-    kubeconfig_file: object = _ignored()
+    kubeconfig_file: str = ""
     resources: object = _ignored()
     commands: object = _ignored()
 
@@ -764,5 +768,8 @@ def _validate(cfg: Config) -> None:
                               f"expected an address or network such as 10.0.0.0/8, got {cidr!r}") from None
     if ext.sniff_timeout <= 0:
         raise ConfigError("tpemu.proxy_service.sniff_timeout", "must be positive")
+    if not 1 <= ext.workers <= 64:
+        raise ConfigError("tpemu.proxy_service.workers", "must be between 1 and 64 (processes accepting on the "
+                          "same ports)")
     if not 1024 <= ext.max_client_hello <= 65536:
         raise ConfigError("tpemu.proxy_service.max_client_hello", "must be between 1024 and 65536 bytes")

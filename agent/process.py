@@ -226,6 +226,11 @@ class AgentProcess:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         else:
+            # The system's roots as Teleport's web client (api/client/webclient newWebClient: no
+            # RootCAs, so the system pool; SSL_CERT_FILE applies) — a load balancer's own public
+            # certificate in front of the proxy — plus the pinned cluster CA, which signs tpemu's
+            # default web certificate.
+            ctx.load_default_certs()
             ctx.load_verify_locations(cadata=ca_pem.decode())
         ctx.set_alpn_protocols([alpn.HTTP11])
         host = self.opts.proxy_server.host

@@ -268,8 +268,10 @@ class ProxyService:
 
         async def redirect(request: Request) -> Response:
             host = request.header("host")
-            if request.method in ("GET", "HEAD") and host:
-                location = f"https://{host}{request.target if request.target.startswith('/') else '/'}"
+            location = f"https://{host}{request.target if request.target.startswith('/') else '/'}"
+            # The Location header echoes client bytes: only visible ASCII may go back (a Host with
+            # byte 0xb0 once raised UnicodeEncodeError in h11, a traceback per request).
+            if request.method in ("GET", "HEAD") and host and all("!" <= c <= "~" for c in location):
                 log.info("%s: plain HTTP %s %s redirected to %s", acc.ctx, request.method, request.target, location)
                 return Response(301, b"", [("Location", location), ("Connection", "close")])
             log.info("%s: plain HTTP %s %s refused with 400", acc.ctx, request.method, request.target)

@@ -192,3 +192,13 @@ def test_backend_header_never_raises() -> None:
     mapped = pp.parse_proxy_header(pp.encode_for_backend("v2", v4, v6))
     assert mapped is not None and mapped.dst == v6 and mapped.src is not None
     assert ipaddress.IPv6Address(mapped.src[0]).ipv4_mapped == ipaddress.IPv4Address("10.0.0.1")
+
+
+async def test_plain_http_redirect_with_a_non_ascii_host_is_a_clean_400(proxy_factory: ProxyFactory,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    # Found by the network fuzzer (bench/reliability/netfuzz.py): a Host header byte 0xb0 made the
+    # redirect's Location header raise UnicodeEncodeError inside h11 (a traceback per request).
+    svc = await proxy_factory()
+    answer = await exchange(web_port(svc), b"GET / HTTP/1.1\r\nHost: h\xb0st\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert "Traceback" not in caplog.text and "handler failed" not in caplog.text

@@ -164,6 +164,8 @@ class AuthAPI:
         r("PUT", "/v1/users/{name}/password", admin, self._set_password)
         r("POST", "/v1/db/certs", frozenset({ident.ROLE_DB, ident.ROLE_ADMIN}), self._db_cert)
         r("POST", "/v1/hosts/certs", frozenset({ident.ROLE_INSTANCE}), self._host_certs)
+        r("POST", "/v1/apps/token", frozenset({ident.ROLE_APP, ident.ROLE_ADMIN}), self._app_token)
+        r("GET", "/v1/jwks", ANYONE, self._jwks)
         r("POST", "/v1/{kind}", frozenset(HOSTS), self._heartbeat)
         r("GET", "/v1/{kind}", ANY_CERT, self._list_servers)
         r("DELETE", "/v1/{kind}/{name}", admin, self._delete_server)
@@ -418,6 +420,12 @@ class AuthAPI:
         assert caller.identity is not None
         return Response.json(await self.server.generate_host_certs(caller.identity, caller.host_id,
                                                                    authapi.body_object(request.json())))
+
+    async def _app_token(self, request: Request, caller: Caller, p: dict[str, str]) -> Response:
+        return Response.json(await self.server.generate_app_token(authapi.body_object(request.json())))
+
+    async def _jwks(self, request: Request, caller: Caller, p: dict[str, str]) -> Response:
+        return Response.json((await self.server.jwt_key()).jwks())
 
     async def _heartbeat(self, request: Request, caller: Caller, p: dict[str, str]) -> Response:
         kind = p["kind"]

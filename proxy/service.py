@@ -20,7 +20,7 @@ import logging
 import socket
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tpemu.config import Addr, Config
 from tpemu.net.h2_server import GrpcStatus, serve_h2
@@ -43,6 +43,7 @@ from tpemu.wire import alpn
 from tpemu.wire.sniff import Protocol
 
 if TYPE_CHECKING:
+    from tpemu.proxy.app_proxy import AppProxy
     from tpemu.proxy.kube_proxy import KubeProxy
     from tpemu.proxy.peering import Peering
     from tpemu.proxy.ssh_proxy import SSHProxy
@@ -119,6 +120,8 @@ class ProxyService:
         self.ssh_proxy: SSHProxy | None = None
         #: The Kubernetes proxy (``RouteKind.KUBE``), started with the Auth Service link.
         self.kube: KubeProxy | None = None
+        #: Application access (HTTP apps by SNI, ``teleport-tcp``), started with the Auth Service link.
+        self.apps: AppProxy | None = None
         #: Proxy peering on ``peer_listen_addr`` (with an Auth Service only).
         self.peering: Peering | None = None
         self.tunnels = TunnelRegistry(self, heartbeat=cfg.auth_service.keep_alive_interval,
@@ -165,6 +168,14 @@ class ProxyService:
         for value in (*self.cfg.proxy_service.public_addr, *self.cfg.proxy_service.ssh_public_addr,
                       *self.cfg.proxy_service.tunnel_public_addr):
             names.append(Addr.parse(value, default_port=0).host)
+        # Applications live at <app>.<public address> (Teleport's default app public_addr), or at
+        # <app>.<cluster name> for a proxy reached by IP (TLS clients refuse *.localhost: one label).
+        hosts = [Addr.parse(v, default_port=0).host for v in self.cfg.proxy_service.public_addr]
+        names += [f"*.{h}" for h in (*hosts, self.cfg.auth_service.cluster_name)
+                  if "." in h and not h.replace(".", "").isdigit() and ":" not in h]
+        # tsh kube login's tls-server-name for a proxy with a host name (GetKubeTLSServerName).
+        names += [alpn.KUBE_SNI_PREFIX + h for h in hosts if h and h != "localhost" and not h.replace(".", "").isdigit()
+                  and ":" not in h]
         return names
 
     async def start(self) -> None:
@@ -216,9 +227,22 @@ class ProxyService:
         # Kubernetes access goes through the agents' reverse tunnels: with an Auth Service only.
         from tpemu.proxy.kube_proxy import KubeProxy
 
+        def direct() -> Any:
+            routes = self.auth_routes
+            return (routes.client(), self.tls_files) if routes is not None and routes.identity else None
+
         self.kube = KubeProxy(lambda: self.contexts, lambda: self.tunnels,
-                              handshake_timeout=max(10.0, self.cfg.proxy_service.sniff_timeout))
+                              handshake_timeout=max(10.0, self.cfg.proxy_service.sniff_timeout), direct=direct)
         self.set_handler(RouteKind.KUBE, self.kube.handle)
+        # Applications too: HTTP apps by SNI on the web listener, TCP apps by ALPN teleport-tcp.
+        from tpemu.proxy.app_proxy import AppProxy
+
+        routes = self.auth_routes
+        self.apps = AppProxy(lambda: self.contexts, lambda: self.tunnels,
+                             lambda: routes.client() if routes is not None and routes.identity else None,
+                             handshake_timeout=max(10.0, self.cfg.proxy_service.sniff_timeout))
+        self.set_handler(RouteKind.APP_TCP, self.apps.handle_tcp)
+        self.web.add("GET", "/.well-known/jwks.json", self.apps.jwks)
 
     async def close(self) -> None:
         if self.ssh_proxy is not None:
@@ -240,6 +264,11 @@ class ProxyService:
 
     async def _serve_web(self, acc: Accepted) -> None:
         assert self.contexts is not None
+        apps = self.apps
+        app = apps.app_of_sni(acc.hello.sni) if apps is not None and acc.hello is not None else None
+        if apps is not None and app is not None:
+            await apps.handle_http(acc, app)
+            return
         # Every name Teleport knows, in its order (Proxy.Serve sets NextProtos to SupportedProtocols).
         ctx = self.contexts.get(alpn.SUPPORTED_PROTOCOLS)
         try:

@@ -6,7 +6,7 @@ authorities (or a foreign one) and used for real on each endpoint:
 
 * **web** — ``GET /webapi/sites/<cluster>/nodes`` over the proxy's web TLS with the certificate;
 * **auth** — ``POST /v1/users/alice/certs`` (``GenerateUserCerts``) straight at the Auth API;
-* **tunnel** — an SSH host-based login on the reverse-tunnel listener with the SSH form;
+* **tunnel** — an SSH publickey login presenting the SSH form on the reverse-tunnel listener;
 * **db** — TLS with ALPN ``teleport-redis`` to the proxy, then a line that only the agent answers;
 * **ssh** — an SSH user login (``root``) on the proxy's SSH listener with the SSH form.
 
@@ -227,11 +227,11 @@ async def try_tunnel(cluster: Cluster, cred: Credential, folder: Path) -> bool:
     host_keys = [cred.ssh] if cred.ssh is not None else []
     try:
         async with asyncio.timeout(10):
-            conn = await asyncssh.connect(addr.host, addr.port, username=name, client_host_keys=host_keys,
-                                          client_host=name, client_username=name, client_keys=None,
+            # lib/reversetunnel/agent.go: ssh.PublicKeys(signer) with the host certificate.
+            conn = await asyncssh.connect(addr.host, addr.port, username=name, client_keys=host_keys,
                                           known_hosts=None, agent_path=None, password_auth=False,
-                                          kbdint_auth=False, gss_auth=False, public_key_auth=False,
-                                          host_based_auth=bool(host_keys))
+                                          kbdint_auth=False, gss_auth=False, host_based_auth=False,
+                                          public_key_auth=bool(host_keys))
     except (asyncssh.Error, OSError, TimeoutError):
         return False
     conn.close()

@@ -176,6 +176,14 @@ class TeleportSection:
     cache: object = _ignored()
     storage: Storage = _f(factory=Storage)
     pid_file: object = _ignored()
+    #: lib/config/fileconf.go ``Global``: TLS cipher suites and SSH algorithm lists; tpemu uses
+    #: Python's/OpenSSL's and asyncssh's own lists (reported as not emulated).
+    ciphersuites: object = _ignored()
+    kex_algos: object = _ignored()
+    mac_algos: object = _ignored()
+    ciphers: object = _ignored()
+    ca_signature_algo: object = _ignored()
+    limits: object = _ignored()
 
 
 @dataclass(frozen=True)
@@ -216,13 +224,22 @@ class AuthService:
     client_idle_timeout: object = _ignored()
     disconnect_expired_cert: object = _ignored()
     #: Reverse-tunnel heartbeat period and how many heartbeats may be missed before an agent is
-    #: dropped (Teleport's keys; Teleport's tunnel agents beat every 5 s, count max 3).
-    keep_alive_interval: Duration = Duration(5.0)
+    #: dropped. Teleport's defaults: ``lib/defaults`` ``KeepAliveInterval`` = 5 minutes and
+    #: ``KeepAliveCountMax`` = 3 (the cluster networking config; agents ping every interval,
+    #: ``lib/reversetunnel/agent.go``).
+    keep_alive_interval: Duration = Duration(300.0)
     keep_alive_count_max: int = 3
     routing_strategy: object = _ignored()
     tunnel_strategy: object = _ignored()
     proxy_ping_interval: object = _ignored()
     case_insensitive_routing: object = _ignored()
+    #: lib/config/fileconf.go ``Auth``: the Auth Service's own PROXY-protocol switch, idle and dial
+    #: timeouts, host-key checks at the proxy (accepted, not emulated).
+    proxy_protocol: object = _ignored()
+    web_idle_timeout: object = _ignored()
+    ssh_dial_timeout: object = _ignored()
+    session_control_timeout: object = _ignored()
+    proxy_checks_host_keys: object = _ignored()
 
 
 @dataclass(frozen=True)
@@ -306,6 +323,13 @@ class SSHService:
     permit_user_env: object = _ignored()
     disable_create_host_user: object = _ignored()
     ciphers: object = _ignored()
+    #: lib/config/fileconf.go ``SSH``: scp/sftp switch, TCP forwarding policy, restricted
+    #: sessions, BPF (accepted, not emulated).
+    ssh_file_copy: object = _ignored()
+    allow_tcp_forwarding: object = _ignored()
+    restricted_session: object = _ignored()
+    force_listen: object = _ignored()
+    bpf: object = _ignored()
 
 
 @dataclass(frozen=True)

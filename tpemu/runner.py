@@ -20,7 +20,7 @@ import sys
 from typing import Any
 
 from tpemu import TELEPORT_VERSION, __version__
-from tpemu.config import Addr, Config, Database, DBService
+from tpemu.config import Addr, App, AppService, Config, Database, DBService
 
 log = logging.getLogger("tpemu")
 
@@ -31,6 +31,11 @@ EMULATED_DATABASES = (Database(name="pg", protocol="postgres", description="emul
                       Database(name="mysql", protocol="mysql", description="emulated MySQL"),
                       Database(name="mongo", protocol="mongodb", description="emulated MongoDB"),
                       Database(name="redis", protocol="redis", description="emulated Redis"))
+
+
+#: The applications of the all-in-one cluster.
+EMULATED_APPS = (App(name="echo", uri="emulated-echo",
+                     description="emulated echo app (shows the request and its JWT)"),)
 
 
 class StartError(Exception):
@@ -71,6 +76,9 @@ def apply_start_flags(cfg: Config, args: argparse.Namespace, all_in_one: bool) -
                       if on)
     if "db" in roles and not cfg.db_service.databases:
         cfg = dataclasses.replace(cfg, db_service=DBService(enabled=True, databases=EMULATED_DATABASES))
+    if "app" in roles and not cfg.app_service.apps and not cfg.app_service.debug_app:
+        # The all-in-one cluster's applications: an emulated echo app (it shows the JWT Teleport adds).
+        cfg = dataclasses.replace(cfg, app_service=AppService(enabled=True, apps=EMULATED_APPS))
     agent_roles = [r for r in roles if r in AGENT_ROLES]
     if agent_roles and "proxy" not in roles and cfg.teleport.proxy_server is None and cfg.teleport.auth_server is None:
         raise StartError(f"the {' and '.join(agent_roles)} role(s) need a cluster to join: --proxy HOST:PORT "
@@ -266,7 +274,8 @@ def banner(cfg: Config, proxy: Any, all_in_one: bool, auth: Any = None, agent: A
     ]
     if auth is not None:
         lines += [
-            "    tpemu users add alice --logins root,alice --db-users alice --db-names postgres,app  # asks a password",
+            "    tpemu users add alice --logins root,alice --db-users alice --db-names postgres,app "
+            "--kube-groups system:masters  # asks a password",
             f"    tpemu login --proxy {web} --user alice --ca {ca}",
             "    tpemu status",
         ]
@@ -279,4 +288,9 @@ def banner(cfg: Config, proxy: Any, all_in_one: bool, auth: Any = None, agent: A
                 "    tpemu db ls",
                 "    tpemu db connect pg --db-user alice --db-name postgres",
             ]
+            resources = {o.resource.kind: o.resource.name for offers in agent.offers.values() for o in offers}
+            if "kube" in resources:
+                lines += [f"    tpemu kube login {resources['kube']} && kubectl get ns   # kubectl through the proxy"]
+            if "app" in resources:
+                lines += [f"    tpemu apps login {resources['app']}   # prints a curl command with the app certificate"]
     return "\n".join(lines)

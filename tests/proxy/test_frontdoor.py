@@ -154,12 +154,15 @@ async def test_postgres_sslrequest_gets_s_then_tls_then_error(proxy_factory: Pro
     assert data[:1] == b"E" and b"database access (postgres) is not available in this cluster" in data
 
 
-async def test_plaintext_postgres_startup_refused_in_postgres_protocol(proxy_factory: ProxyFactory) -> None:
+async def test_plaintext_postgres_startup_is_closed_as_teleport_closes_it(proxy_factory: ProxyFactory,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    # lib/srv/db/postgres/proxy.go handleStartup: "expected tls connection, got %T", no answer.
     svc = await proxy_factory()
     reader, writer = await asyncio.open_connection("127.0.0.1", web_port(svc))
     writer.write(pg.encode_startup({"user": "alice"}))
     data = await wait_closed(reader)
-    assert data[:1] == b"E" and b"C28000" in data and b"requires TLS" in data
+    assert data == b""
+    assert "expected tls connection, got a plain-text StartupMessage (user=alice)" in caplog.text
 
 
 async def test_garbage_refused_with_readable_log(proxy_factory: ProxyFactory, caplog: pytest.LogCaptureFixture) -> None:

@@ -25,7 +25,7 @@ run: $(STAMP)
 
 ## test: install tpemu and the real servers/clients the tests drive, then run every test
 test: $(STAMP) test-deps
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -rs $(ARGS)
 
 test-deps:
 	@tools/install-test-deps.sh

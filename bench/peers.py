@@ -262,9 +262,9 @@ def _plan_tpemu(loop: str, routes: Routes, listen: str, workdir: Path, data_dir:
         loop_version = "asyncio (selector event loop)"
     rules = []
     for i, (sni, port) in enumerate(routes.sni.items()):
-        rules.append(f'    - {{name: sni-{i}, sni: ["{sni}"], target: "{routes.backend(port)}"}}')
+        rules.append(f'      - {{name: sni-{i}, sni: ["{sni}"], target: "{routes.backend(port)}"}}')
     for i, (name, port) in enumerate(routes.alpn.items()):
-        rules.append(f'    - {{name: alpn-{i}, alpn: ["{name}"], target: "{routes.backend(port)}"}}')
+        rules.append(f'      - {{name: alpn-{i}, alpn: ["{name}"], target: "{routes.backend(port)}"}}')
     conf = workdir / "tpemu.yaml"
     conf.write_text(_fill("tpemu.yaml", {"DIR": str(data_dir), "LISTEN": listen, "RULES": "\n".join(rules)}),
                     encoding="utf-8")

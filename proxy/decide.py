@@ -53,7 +53,7 @@ class ListenerPolicy:
     ``None`` (unset, Teleport's default) — one header is accepted but not required, and the
     client's source port is set to 0 to mark the connection. A v2 ``LOCAL`` header is skipped in
     every mode (it counts as the one header). ``proxy_trusted`` is tpemu's extension
-    (``proxy_service.tpemu_proxy_protocol_trusted_cidrs``): when set, only peers inside these networks
+    (``tpemu.proxy_service.proxy_protocol_trusted_cidrs``): when set, only peers inside these networks
     (the load balancers) may send a header that names a client.
     """
 

@@ -4,8 +4,8 @@
 SSH, plain HTTP and Postgres startup packets. ``separate`` adds Teleport's per-service listeners:
 ``listen_addr`` (SSH, 3023) and ``tunnel_listen_addr`` (reverse tunnels, 3024) by default, and
 ``peer_listen_addr``, ``postgres_listen_addr``, ``mysql_listen_addr``, ``mongo_listen_addr``,
-``redis_listen_addr``, ``kube_listen_addr`` when set. Any listener set explicitly is opened in
-either mode.
+``kube_listen_addr`` (and tpemu's ``tpemu.proxy_service.redis_listen_addr``) when set. Any
+listener set explicitly is opened in either mode.
 
 Later services plug in with :meth:`ProxyService.set_handler`; a route with no handler is
 refused in the client's protocol with "… is not available in this cluster".
@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 
 from tpemu.config import Addr, Config
 from tpemu.net.h2_server import GrpcStatus, serve_h2
-from tpemu.net.http_server import Request, Response, serve_http
+from tpemu.net.http_server import serve_http
 from tpemu.net.sockets import format_addr
 from tpemu.net.tls import ContextCache, accept_stream, peer_certificate
 from tpemu.pki import TLSFiles, ensure_bootstrap_pki
-from tpemu.proxy import postgres_front
+from tpemu.proxy import postgres_front, webcert
 from tpemu.proxy.auth_routes import AuthLink, AuthRoutes
 from tpemu.proxy.conn_upgrade import ConnectionUpgrade
 from tpemu.proxy.db_proxy import DatabaseProxy, Dialer
@@ -60,7 +60,7 @@ def _fixed(kind: RouteKind, name: str, why: str, db: str | None = None, alpn_nam
 def listener_plan(cfg: Config) -> list[tuple[ListenerPolicy, Addr]]:
     """Which listeners to open for ``cfg``, each with its policy."""
     ps = cfg.proxy_service
-    trusted = tuple(ipaddress.ip_network(c, strict=False) for c in ps.tpemu_proxy_protocol_trusted_cidrs)
+    trusted = tuple(ipaddress.ip_network(c, strict=False) for c in cfg.tpemu.proxy_service.proxy_protocol_trusted_cidrs)
 
     def policy(kind: ListenerKind, accepts: set[Protocol] | frozenset[Protocol],
                fixed: dict[Protocol, Route] | None = None, server_first: Route | None = None) -> ListenerPolicy:
@@ -92,7 +92,7 @@ def listener_plan(cfg: Config) -> list[tuple[ListenerPolicy, Addr]]:
         plan.append((policy(ListenerKind.MYSQL, frozenset(), server_first=route),
                      ps.mysql_listen_addr))
     for kind, addr, db, name in ((ListenerKind.MONGO, ps.mongo_listen_addr, "mongodb", alpn.MONGODB),
-                                 (ListenerKind.REDIS, ps.redis_listen_addr, "redis", alpn.REDIS)):
+                                 (ListenerKind.REDIS, cfg.tpemu.proxy_service.redis_listen_addr, "redis", alpn.REDIS)):
         if addr is not None:
             route = _fixed(RouteKind.DATABASE, f"database/{db}", f"TLS on the {kind.value} listener", db, name)
             plan.append((policy(kind, {Protocol.TLS}, {Protocol.TLS: route}),
@@ -129,12 +129,14 @@ class ProxyService:
         self.data_dir = data_dir or cfg.data_dir()
         self.info = ProxyInfo(cfg)
         self.web = WebAPI(self.info)
-        self.table = RouteTable(cfg.proxy_service.passthrough)
+        ext = cfg.tpemu.proxy_service
+        self.table = RouteTable(ext.passthrough)
         self._tls_files = tls_files
         self.contexts: ContextCache | None = None
-        self.door = FrontDoor(self.table, self._dispatch, sniff_timeout=cfg.proxy_service.sniff_timeout,
-                              max_hello=cfg.proxy_service.max_client_hello,
-                              max_pending=cfg.proxy_service.max_pending)
+        #: What the web routes present when it is not the Auth-issued certificate (start()).
+        self.web_certs: webcert.WebCertificates | None = None
+        self.door = FrontDoor(self.table, self._dispatch, sniff_timeout=ext.sniff_timeout,
+                              max_hello=ext.max_client_hello, max_pending=ext.max_pending)
         #: ``/webapi/connectionupgrade``: streams tunnelled through an L7 load balancer re-enter the door.
         self.conn_upgrade = ConnectionUpgrade(self.door, listener_plan(cfg)[0][0])
         self.conn_upgrade.install(self.web)
@@ -148,7 +150,7 @@ class ProxyService:
         #: (the reverse-tunnel registry) when there is one.
         self.db_dialer: Dialer | None = None
         self.db = DatabaseProxy(lambda: self.contexts, self._find_db_dialer,
-                                handshake_timeout=max(10.0, cfg.proxy_service.sniff_timeout))
+                                handshake_timeout=max(10.0, ext.sniff_timeout))
         #: Called with the StartupMessage of a Postgres connection that arrived as plain SSLRequest.
         self.on_postgres_startup: OnPostgres = self.db.on_postgres_startup
 
@@ -197,6 +199,9 @@ class ProxyService:
                 ensure_bootstrap_pki, self.data_dir, self.cfg.auth_service.cluster_name, self.cert_names())
         self.contexts = ContextCache(self.tls_files.cert, self.tls_files.key,
                                      client_ca=self.tls_files.client_ca or self.tls_files.ca)
+        # https_keypairs, or Teleport's self-signed certificate; None: the Auth-issued one.
+        self.web_certs = await asyncio.to_thread(
+            webcert.for_config, self.cfg, self.data_dir, self.tls_files.client_ca or self.tls_files.ca)
         try:
             for policy, addr in listener_plan(self.cfg):
                 listener = await self.door.listen(policy, addr)
@@ -232,7 +237,7 @@ class ProxyService:
             return (routes.client(), self.tls_files) if routes is not None and routes.identity else None
 
         self.kube = KubeProxy(lambda: self.contexts, lambda: self.tunnels,
-                              handshake_timeout=max(10.0, self.cfg.proxy_service.sniff_timeout), direct=direct)
+                              handshake_timeout=max(10.0, self.cfg.tpemu.proxy_service.sniff_timeout), direct=direct)
         self.set_handler(RouteKind.KUBE, self.kube.handle)
         # Applications too: HTTP apps by SNI on the web listener, TCP apps by ALPN teleport-tcp.
         from tpemu.proxy.app_proxy import AppProxy
@@ -240,7 +245,7 @@ class ProxyService:
         routes = self.auth_routes
         self.apps = AppProxy(lambda: self.contexts, lambda: self.tunnels,
                              lambda: routes.client() if routes is not None and routes.identity else None,
-                             handshake_timeout=max(10.0, self.cfg.proxy_service.sniff_timeout))
+                             handshake_timeout=max(10.0, self.cfg.tpemu.proxy_service.sniff_timeout))
         self.set_handler(RouteKind.APP_TCP, self.apps.handle_tcp)
         self.web.add("GET", "/.well-known/jwks.json", self.apps.jwks)
 
@@ -269,10 +274,13 @@ class ProxyService:
         if apps is not None and app is not None:
             await apps.handle_http(acc, app)
             return
-        # Every name Teleport knows, in its order (Proxy.Serve sets NextProtos to SupportedProtocols).
-        ctx = self.contexts.get(alpn.SUPPORTED_PROTOCOLS)
+        # Every name Teleport knows, in its order (Proxy.Serve sets NextProtos to SupportedProtocols),
+        # with the web certificate (Teleport's WebTLSConfig: https_keypairs or self-signed).
+        sni = acc.hello.sni if acc.hello is not None else None
+        ctx = (self.web_certs.get(sni, alpn.SUPPORTED_PROTOCOLS) if self.web_certs is not None
+               else self.contexts.get(alpn.SUPPORTED_PROTOCOLS))
         try:
-            reader, writer = await accept_stream(acc.sock, ctx, timeout=self.cfg.proxy_service.sniff_timeout)
+            reader, writer = await accept_stream(acc.sock, ctx, timeout=self.cfg.tpemu.proxy_service.sniff_timeout)
         except (OSError, TimeoutError) as exc:
             log.info("%s: TLS handshake failed: %s", acc.ctx, exc)
             acc.sock.close()
@@ -289,25 +297,14 @@ class ProxyService:
         await serve_http(reader, writer, self.web, peer=format_addr(acc.peer), tls=tls_info)
 
     async def _serve_plain_http(self, acc: Accepted) -> None:
-        try:
-            reader, writer = await accept_stream(acc.sock, None, timeout=5)
-        except OSError:
-            acc.sock.close()
-            return
-
-        async def redirect(request: Request) -> Response:
-            host = request.header("host")
-            location = f"https://{host}{request.target if request.target.startswith('/') else '/'}"
-            # The Location header echoes client bytes: only visible ASCII may go back (a Host with
-            # byte 0xb0 once raised UnicodeEncodeError in h11, a traceback per request).
-            if request.method in ("GET", "HEAD") and host and all("!" <= c <= "~" for c in location):
-                log.info("%s: plain HTTP %s %s redirected to %s", acc.ctx, request.method, request.target, location)
-                return Response(301, b"", [("Location", location), ("Connection", "close")])
-            log.info("%s: plain HTTP %s %s refused with 400", acc.ctx, request.method, request.target)
-            return Response(400, b"Client sent an HTTP request to an HTTPS server.\n",
-                            [("Content-Type", "text/plain; charset=utf-8"), ("Connection", "close")])
-
-        await serve_http(reader, writer, redirect, peer=format_addr(acc.peer), read_timeout=10, max_requests=1)
+        # Teleport's multiplexer detects HTTP (lib/multiplexer/multiplexer.go detectProto) but
+        # registers no listener for it: detectAndForward logs "Detected an HTTP request. If this
+        # is for a health check, use an HTTPS request instead." and "Closing HTTP connection:
+        # HTTP listener is disabled." and closes the connection without a byte (the request is
+        # left unread, so Linux answers with a reset, as Go's Close does).
+        log.info("%s: Detected an HTTP request. If this is for a health check, use an HTTPS request instead. "
+                 "Closing HTTP connection: HTTP listener is disabled (as Teleport's multiplexer does)", acc.ctx)
+        acc.sock.close()
 
     def _find_db_dialer(self) -> Dialer | None:
         dialer: Dialer | None = self.db_dialer or getattr(self, "tunnels", None)

@@ -278,7 +278,7 @@ class SSHProxy:
                 contexts = self.proxy.contexts
                 assert contexts is not None
                 tunnel = _AcceptedTLS(acc.sock, contexts.get((alpn.PROXY_SSH,)),
-                                      self.proxy.cfg.proxy_service.sniff_timeout)
+                                      self.proxy.cfg.tpemu.proxy_service.sniff_timeout)
                 conn = await asyncssh.connect_reverse(tunnel=tunnel, **self._options(acc))
             else:
                 conn = await asyncssh.run_server(acc.sock, **self._options(acc))

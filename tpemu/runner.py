@@ -91,6 +91,7 @@ async def run(cfg: Config, roles: tuple[str, ...], all_in_one: bool) -> int:
     from tpemu.auth.backend import BackendError
     from tpemu.proxy.auth_routes import AuthLink, JoinError, auth_link_from_config
     from tpemu.proxy.service import ProxyService
+    from tpemu.proxy.webcert import WebCertError
 
     auth: Any = None
     proxy: ProxyService | None = None
@@ -139,7 +140,7 @@ async def run(cfg: Config, roles: tuple[str, ...], all_in_one: bool) -> int:
             await proxy.close()
             await shutdown()
             return 1
-        except JoinError as exc:
+        except (JoinError, WebCertError) as exc:
             print(f"tpemu: proxy: {exc}", file=sys.stderr)
             await proxy.close()
             await shutdown()
@@ -260,9 +261,9 @@ def banner(cfg: Config, proxy: Any, all_in_one: bool, auth: Any = None, agent: A
     missing = sorted(k.value for k in RouteKind if k not in proxy.handlers and k is not RouteKind.REJECT)
     lines.append(f"  serving:   {', '.join(served)}")
     lines.append(f"  answered 'not available in this cluster': {', '.join(missing)}")
-    if cfg.proxy_service.passthrough:
+    if cfg.tpemu.proxy_service.passthrough:
         lines.append("  pass-through rules:")
-        for rule in cfg.proxy_service.passthrough:
+        for rule in cfg.tpemu.proxy_service.passthrough:
             lines.append(f"    {rule.name or '-'}: {rule.protocol} alpn={list(rule.alpn)} sni={list(rule.sni)} → "
                          f"{rule.target}")
     lines += [

@@ -187,7 +187,8 @@ def test_listener_plans() -> None:
     separate = listener_plan(from_dict({
         "auth_service": {"proxy_listener_mode": "separate"},
         "proxy_service": {"postgres_listen_addr": ":5432", "mysql_listen_addr": "127.0.0.1:3036",
-                          "mongo_listen_addr": ":27017", "redis_listen_addr": ":6379", "peer_listen_addr": ":3021"}}))
+                          "mongo_listen_addr": ":27017", "peer_listen_addr": ":3021"},
+        "tpemu": {"proxy_service": {"redis_listen_addr": ":6379"}}}))
     kinds = {p.kind: (p, a) for p, a in separate}
     assert set(kinds) == {ListenerKind.WEB, ListenerKind.SSH, ListenerKind.TUNNEL, ListenerKind.PEER,
                           ListenerKind.POSTGRES, ListenerKind.MYSQL, ListenerKind.MONGO, ListenerKind.REDIS}

@@ -66,9 +66,11 @@ auth_service: {{enabled: no}}
 ssh_service: {{enabled: no}}
 proxy_service:
   web_listen_addr: "127.0.0.1:{self.port}"
-  max_pending: {max_pending}
-  sniff_timeout: {sniff_timeout}
-  passthrough: [{{name: echo, protocol: ssh, target: "127.0.0.1:{self.echo_port}"}}]
+tpemu:
+  proxy_service:
+    max_pending: {max_pending}
+    sniff_timeout: {sniff_timeout}
+    passthrough: [{{name: echo, protocol: ssh, target: "127.0.0.1:{self.echo_port}"}}]
 """)
         self.log_path = folder / "server.log"
         self.procs: list[subprocess.Popen[bytes]] = []

@@ -104,11 +104,12 @@ class Server:
     def __init__(self, folder: Path, proxy_protocol_mode: str = "", sniff_timeout: str = "5s") -> None:
         self.folder = folder
         self.port = free_port()
-        pp = f"proxy_protocol: {proxy_protocol_mode}, " if proxy_protocol_mode else ""
+        pp = f", proxy_protocol: {proxy_protocol_mode}" if proxy_protocol_mode else ""
         self.cfg = folder / "tpemu.yaml"
         self.cfg.write_text(f"""teleport: {{data_dir: {folder / 'data'}, log: {{severity: WARNING}}}}
 auth_service: {{listen_addr: "127.0.0.1:0"}}
-proxy_service: {{web_listen_addr: "127.0.0.1:{self.port}", {pp}sniff_timeout: {sniff_timeout}}}
+proxy_service: {{web_listen_addr: "127.0.0.1:{self.port}"{pp}}}
+tpemu: {{proxy_service: {{sniff_timeout: {sniff_timeout}}}}}
 db_service:
   enabled: yes
   databases: [{{name: pg, protocol: postgres, uri: emulated}}, {{name: cache, protocol: redis, uri: emulated}}]

@@ -205,6 +205,9 @@ async def test_plain_http_with_a_non_ascii_host_is_closed_without_a_traceback(pr
     # front door now does what Teleport's multiplexer does with HTTP (closes it unanswered); the
     # fuzzer's vector stays here.
     svc = await proxy_factory()
-    answer = await exchange(web_port(svc), b"GET / HTTP/1.1\r\nHost: h\xb0st\r\n\r\n")
+    try:  # unread request bytes: Linux answers the close with a reset, as for Go's Close
+        answer = await exchange(web_port(svc), b"GET / HTTP/1.1\r\nHost: h\xb0st\r\n\r\n")
+    except ConnectionResetError:
+        answer = b""
     assert answer == b""
     assert "Traceback" not in caplog.text and "handler failed" not in caplog.text

@@ -48,7 +48,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import ssl
 import tempfile
 import time
@@ -66,6 +65,7 @@ from tpemu.agent.backends.redis import RedisBackend
 from tpemu.config import Addr, Database
 from tpemu.net.channel import open_streams
 from tpemu.net.db_refusal import Refusal, refuse
+from tpemu.net.memory import transport_pair
 from tpemu.net.pipe import Pipe, park_streams
 from tpemu.net.streams import Stream
 from tpemu.wire import WireError
@@ -152,15 +152,6 @@ class _Served:
     @property
     def tls_mode(self) -> str:
         return self.db.tls.mode or "verify-full"
-
-
-async def _streams(sock: socket.socket) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Streams over a connected socket."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=64 * 1024, loop=loop)
-    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-    transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
-    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
 def _join(client: Stream, backend: Stream, first: bytes = b"") -> Pipe:
@@ -386,15 +377,14 @@ class DatabaseService:
         backend_task: asyncio.Task[None] | None = None
         try:
             if served.backend is not None:
-                mine, theirs = socket.socketpair()
-                mine.setblocking(False)
-                theirs.setblocking(False)
-                b_reader, b_writer = await _streams(theirs)
+                # The emulated server in this process: a transport pair in memory, no socketpair.
+                mine, theirs = transport_pair("emulated-mysql")
+                b_reader, b_writer = await open_streams(theirs)
                 session = self._session(identity, response.username, response.database, request)
                 backend_task = asyncio.ensure_future(served.backend.handle(b_reader, b_writer, session))
                 self._tasks.add(backend_task)
                 backend_task.add_done_callback(self._tasks.discard)
-                r, w = await _streams(mine)
+                r, w = await open_streams(mine)
                 backend = Stream(r, w, "backend")
                 ctx = None
             else:

@@ -30,6 +30,7 @@ from tpemu.auth import authority as authority_mod
 from tpemu.auth.authority import CAType, CertAuthority
 from tpemu.auth.backend import Backend, NotFound
 from tpemu.auth.jwt_key import JWTKey, ensure_jwt_key
+from tpemu.auth.roles import Roles, check_access
 from tpemu.auth.tokens import ProvisionToken, TokenStore, mask, parse_static_tokens
 from tpemu.auth.users import User, UserStore
 
@@ -74,6 +75,7 @@ class AuthServer:
         self.clock = clock
         self.tokens = TokenStore(backend, parse_static_tokens(static_tokens), clock)
         self.users = UserStore(backend, clock)
+        self.roles = Roles(backend)
         self.cas: dict[CAType, CertAuthority] = {}
         self._jwt: JWTKey | None = None
         self._jwt_lock = asyncio.Lock()
@@ -301,6 +303,9 @@ class AuthServer:
                                    authapi.field_str(app_body, "cluster_name", max_len=256) or self.cluster_name,
                                    authapi.field_str(app_body, "name", required=True, max_len=256))
             usage = (ident.USAGE_APPS_ONLY,)
+            await self._check_resource(user.roles, "app_servers", app.name)
+        if kube_cluster:
+            await self._check_resource(user.roles, "kube_servers", kube_cluster)
         cap = caller.expires.timestamp() if caller.expires is not None and caller.username == username else None
         issued = await self.generate_user_certs(user, ssh_public, tls_pem, ttl, route, usage, cap, kube_cluster,
                                                 app)
@@ -310,6 +315,27 @@ class AuthServer:
                  authapi.rfc3339(issued.identity.expires))
         return {"ssh": authapi.b64(issued.ssh), "tls": authapi.b64(issued.tls),
                 "tls_ca_certs": [authapi.b64(self.ca(CAType.HOST).tls_cert_pem)]}
+
+    async def _check_resource(self, role_names: Iterable[str], kind: str, name: str) -> None:
+        """Refuse a certificate for an app / Kubernetes cluster the user's roles do not allow
+        (Teleport's ``lib/services/role.go`` ``RoleSet.checkAccess`` with the app / kube cluster
+        label matchers, done when the session is created: ``lib/auth`` ``CreateAppSession`` and
+        ``generateUserCerts``' kube cluster check). The labels are those the agents announce."""
+        what = "application" if kind == "app_servers" else "kubernetes cluster"
+        labels: dict[str, str] | None = None
+        for item in await self.list_servers(kind):
+            inner = (item.get("spec") or {}).get("app") if kind == "app_servers" else item
+            meta = (inner or {}).get("metadata") or {}
+            if meta.get("name") == name:
+                labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+                break
+        if labels is None:
+            raise authapi.NotFound(f"{what} {name!r} not found")
+        reason = check_access(await self.roles.resolve(role_names),
+                              "app_labels" if kind == "app_servers" else "kubernetes_labels", labels)
+        if reason:
+            log.warning("certificate for %s %r refused: %s", what, name, reason)
+            raise authapi.AccessDenied(f"access to {what} {name!r} denied: {reason}")
 
     async def sign_database_cert(self, body: dict[str, Any]) -> dict[str, Any]:
         """``GenerateDatabaseCert``: a certificate, signed by the database CA, for a database server."""

@@ -72,8 +72,12 @@ MYSQL_CAPABILITIES = (
     | my.CLIENT_MULTI_STATEMENTS | my.CLIENT_MULTI_RESULTS | my.CLIENT_PS_MULTI_RESULTS | my.CLIENT_PLUGIN_AUTH
     | my.CLIENT_CONNECT_ATTRS | my.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA | my.CLIENT_DEPRECATE_EOF
 )
-#: The version the proxy's greeting announces unless the ALPN carries one (``teleport-mysql-<v>``).
-MYSQL_SERVER_VERSION = "8.0.36-tpemu"
+#: The version the proxy's greeting announces unless the ALPN carries one (``teleport-mysql-<v>``)
+#: or ``proxy_service.mysql_server_version`` is set: Teleport's (lib/srv/db/mysql/proxy.go
+#: ``serverVersion``; lib/srv/db/proxyserver.go ``MySQLProxy`` passes ``MySQLServerVersion``).
+MYSQL_SERVER_VERSION = "8.0.0-Teleport"
+#: What Teleport's MySQL proxy answers a client that did not upgrade to TLS (performHandshake).
+MYSQL_PLAIN_REFUSAL = "expected TLS connection, got: *net.TCPConn"
 _NONCE_ALPHABET = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 
@@ -149,8 +153,10 @@ class DatabaseProxy:
     """Serves ``RouteKind.DATABASE`` connections of one proxy."""
 
     def __init__(self, contexts: Callable[[], ContextCache | None], dialer: Callable[[], Dialer | None],
-                 handshake_timeout: float = 10.0, dial_timeout: float = 10.0) -> None:
+                 handshake_timeout: float = 10.0, dial_timeout: float = 10.0,
+                 mysql_server_version: str = "") -> None:
         self._contexts = contexts
+        self.mysql_server_version = mysql_server_version or MYSQL_SERVER_VERSION
         self._dialer = dialer
         self.handshake_timeout = handshake_timeout
         self.dial_timeout = dial_timeout
@@ -282,7 +288,7 @@ class DatabaseProxy:
         loop = asyncio.get_running_loop()
         sock = acc.sock
         nonce = bytes(secrets.choice(_NONCE_ALPHABET) for _ in range(my.NONCE_LENGTH))
-        greeting = my.encode_handshake_v10(MYSQL_SERVER_VERSION, next(self._mysql_ids), nonce,
+        greeting = my.encode_handshake_v10(self.mysql_server_version, next(self._mysql_ids), nonce,
                                            MYSQL_CAPABILITIES | my.CLIENT_SSL, my.NATIVE_PASSWORD)
         try:
             async with asyncio.timeout(self.handshake_timeout):
@@ -296,12 +302,16 @@ class DatabaseProxy:
             close_with_answer(sock)
             return
         if not isinstance(first, my.SSLRequest):
+            # Teleport's MySQL proxy (lib/srv/db/mysql/proxy.go performHandshake) finds no TLS
+            # connection after ReadHandshakeResponse and answers through go-mysql's WriteError:
+            # ER_UNKNOWN_ERROR (1105, HY000) "expected TLS connection, got: *net.TCPConn". tpemu's
+            # hint goes to the log only.
             self.stats["denied"] += 1
-            self.limiter.warning(log, "mysql-plain", "%s: MySQL client %r without TLS refused", acc.ctx,
-                                 first.username)
+            self.limiter.warning(log, "mysql-plain", "%s: MySQL client %r without TLS refused (it needs TLS with "
+                                 "the client certificate from 'tpemu db login': --ssl-cert/--ssl-key, or tpemu "
+                                 "proxy db --tunnel)", acc.ctx, first.username)
             close_with_answer(sock, my.encode_packet(head[3] + 1, my.encode_err_payload(
-                my.ER_ACCESS_DENIED, "tpemu requires TLS with the client certificate from 'tpemu db login' "
-                "(use --ssl-cert/--ssl-key, or tpemu proxy db --tunnel)", "28000")))
+                my.ER_UNKNOWN_ERROR, MYSQL_PLAIN_REFUSAL, "HY000")))
             return
         try:
             reader, writer = await accept_stream_with_alerts(sock, self.context(()), self.handshake_timeout)
@@ -322,7 +332,7 @@ class DatabaseProxy:
                     version = alpn_names.mysql_server_version(acc.route.alpn or "")
                     nonce = bytes(secrets.choice(_NONCE_ALPHABET) for _ in range(my.NONCE_LENGTH))
                     client.stream.write(my.encode_packet(0, my.encode_handshake_v10(
-                        version or MYSQL_SERVER_VERSION, next(self._mysql_ids), nonce, MYSQL_CAPABILITIES,
+                        version or self.mysql_server_version, next(self._mysql_ids), nonce, MYSQL_CAPABILITIES,
                         my.NATIVE_PASSWORD)))
                     await client.stream.drain()
                 head = await src.readexactly(4)

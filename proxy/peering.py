@@ -43,7 +43,6 @@ from tpemu.logs import RateLimiter
 from tpemu.net.pipe import Pipe, park_streams
 from tpemu.net.tls import accept_stream
 from tpemu.proxy.frontdoor import Accepted
-from tpemu.proxy.route import RouteKind
 from tpemu.wire import tunnel as tw
 
 if TYPE_CHECKING:
@@ -110,7 +109,6 @@ class Peering:
         client.load_verify_locations(cafile=str(host_ca))
         client.check_hostname = False  # the peer is checked by its identity (validatePeer), below
         self._server_ctx, self._client_ctx = server, client
-        self.proxy.set_handler(RouteKind.PEER, self.serve)
         self.proxy.tunnels.peer_dial = self.dial
 
     # -- server: a peer asks us to dial one of our tunnels ---------------------------------------

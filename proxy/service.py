@@ -14,7 +14,6 @@ refused in the client's protocol with "… is not available in this cluster".
 from __future__ import annotations
 
 import asyncio
-import functools
 import ipaddress
 import logging
 import socket
@@ -135,22 +134,24 @@ class ProxyService:
         self.contexts: ContextCache | None = None
         #: What the web routes present when it is not the Auth-issued certificate (start()).
         self.web_certs: webcert.WebCertificates | None = None
+        #: Workers (:mod:`tpemu.proxy.workers`): every listener bound with SO_REUSEPORT, and a
+        #: child worker binds the addresses worker 0 got (a ``:0`` in the config became a port).
+        self.reuse_port = ext.workers > 1
+        self.listen_override: dict[ListenerKind, Addr] = {}
         self.door = FrontDoor(self.table, self._dispatch, sniff_timeout=ext.sniff_timeout,
                               max_hello=ext.max_client_hello, max_pending=ext.max_pending)
         #: ``/webapi/connectionupgrade``: streams tunnelled through an L7 load balancer re-enter the door.
         self.conn_upgrade = ConnectionUpgrade(self.door, listener_plan(cfg)[0][0])
         self.conn_upgrade.install(self.web)
-        self.handlers: dict[RouteKind, Handler] = {
-            RouteKind.PASSTHROUGH: functools.partial(splice_to_target, stats=self.door.stats),
-            RouteKind.WEB: self._serve_web,
-            RouteKind.WEB_PLAIN_HTTP: self._serve_plain_http,
-            RouteKind.DATABASE: self._serve_database,
-        }
+        #: Handlers registered with :meth:`set_handler` (services outside this module); the
+        #: built-in wiring is :meth:`_dispatch`.
+        self.extra_handlers: dict[RouteKind, Handler] = {}
         #: The database proxy; it reaches agents through :attr:`db_dialer`, else ``self.tunnels``
         #: (the reverse-tunnel registry) when there is one.
         self.db_dialer: Dialer | None = None
         self.db = DatabaseProxy(lambda: self.contexts, self._find_db_dialer,
-                                handshake_timeout=max(10.0, ext.sniff_timeout))
+                                handshake_timeout=max(10.0, ext.sniff_timeout),
+                                mysql_server_version=cfg.proxy_service.mysql_server_version)
         #: Called with the StartupMessage of a Postgres connection that arrived as plain SSLRequest.
         self.on_postgres_startup: OnPostgres = self.db.on_postgres_startup
 
@@ -160,8 +161,9 @@ class ProxyService:
         return self._tls_files
 
     def set_handler(self, kind: RouteKind, handler: Handler) -> None:
-        """Serve ``kind`` with ``handler`` (a service that runs in this cluster)."""
-        self.handlers[kind] = handler
+        """Serve ``kind`` with ``handler``: for a service outside this module (a test, a plug-in);
+        it takes precedence over the built-in wiring of :meth:`_dispatch`."""
+        self.extra_handlers[kind] = handler
 
     def cert_names(self) -> list[str]:
         names = [socket.gethostname()]
@@ -204,7 +206,8 @@ class ProxyService:
             webcert.for_config, self.cfg, self.data_dir, self.tls_files.client_ca or self.tls_files.ca)
         try:
             for policy, addr in listener_plan(self.cfg):
-                listener = await self.door.listen(policy, addr)
+                listener = await self.door.listen(policy, self.listen_override.get(policy.kind, addr),
+                                                  reuse_port=self.reuse_port)
                 self.info.bound[policy.kind] = listener.addr
                 log.info("proxy %s listener on %s (accepts: %s%s)", policy.kind.value, listener.addr,
                          ", ".join(sorted(p.value for p in policy.accepts)) or "server speaks first",
@@ -238,7 +241,6 @@ class ProxyService:
 
         self.kube = KubeProxy(lambda: self.contexts, lambda: self.tunnels,
                               handshake_timeout=max(10.0, self.cfg.tpemu.proxy_service.sniff_timeout), direct=direct)
-        self.set_handler(RouteKind.KUBE, self.kube.handle)
         # Applications too: HTTP apps by SNI on the web listener, TCP apps by ALPN teleport-tcp.
         from tpemu.proxy.app_proxy import AppProxy
 
@@ -246,7 +248,6 @@ class ProxyService:
         self.apps = AppProxy(lambda: self.contexts, lambda: self.tunnels,
                              lambda: routes.client() if routes is not None and routes.identity else None,
                              handshake_timeout=max(10.0, self.cfg.tpemu.proxy_service.sniff_timeout))
-        self.set_handler(RouteKind.APP_TCP, self.apps.handle_tcp)
         self.web.add("GET", "/.well-known/jwks.json", self.apps.jwks)
 
     async def close(self) -> None:
@@ -258,11 +259,52 @@ class ProxyService:
         await self.door.close()
 
     def _dispatch(self, acc: Accepted) -> Awaitable[None]:
-        # Not a coroutine itself: it returns the handler's, one frame less per connection.
-        handler = self.handlers.get(acc.route.kind)
-        if handler is None:
-            return refuse_unavailable(acc, lambda: self.contexts)
-        return handler(acc)
+        """The proxy's wiring, in one place: route kind → the handler that serves it.
+
+        A kind whose service is not running in this cluster (no Auth Service: no SSH, tunnels,
+        kube, apps; no ``peer_listen_addr``) is answered "not available" in the client's
+        protocol. Not a coroutine itself: it returns the handler's, one frame less per connection.
+        """
+        kind = acc.route.kind
+        if self.extra_handlers:
+            extra = self.extra_handlers.get(kind)
+            if extra is not None:
+                return extra(acc)
+        match kind:
+            case RouteKind.PASSTHROUGH:
+                return splice_to_target(acc, stats=self.door.stats)
+            case RouteKind.WEB:
+                return self._serve_web(acc)
+            case RouteKind.DATABASE:
+                return self._serve_database(acc)
+            case RouteKind.SSH_PROXY if self.ssh_proxy is not None:
+                return self.ssh_proxy.handle(acc)
+            case RouteKind.REVERSE_TUNNEL if self.tunnels.installed:
+                return self.tunnels.serve(acc)
+            case RouteKind.KUBE if self.kube is not None:
+                return self.kube.handle(acc)
+            case RouteKind.APP_TCP if self.apps is not None:
+                return self.apps.handle_tcp(acc)
+            case RouteKind.AUTH if self.auth_routes is not None and self.auth_routes.installed:
+                return self.auth_routes.forward_auth(acc)
+            case RouteKind.PEER if self.peering is not None:
+                return self.peering.serve(acc)
+            case RouteKind.WEB_PLAIN_HTTP:
+                return self._serve_plain_http(acc)
+        return refuse_unavailable(acc, lambda: self.contexts)
+
+    def served(self) -> set[RouteKind]:
+        """The route kinds :meth:`_dispatch` gives a handler now (for the banner)."""
+        out = {RouteKind.PASSTHROUGH, RouteKind.WEB, RouteKind.DATABASE, RouteKind.WEB_PLAIN_HTTP,
+               *self.extra_handlers}
+        for kind, on in ((RouteKind.SSH_PROXY, self.ssh_proxy is not None),
+                         (RouteKind.REVERSE_TUNNEL, self.tunnels.installed), (RouteKind.KUBE, self.kube is not None),
+                         (RouteKind.APP_TCP, self.apps is not None),
+                         (RouteKind.AUTH, self.auth_routes is not None and self.auth_routes.installed),
+                         (RouteKind.PEER, self.peering is not None)):
+            if on:
+                out.add(kind)
+        return out
 
     # -- built-in handlers -----------------------------------------------------------------
 

@@ -48,7 +48,6 @@ from tpemu.net.http_server import Request, Response
 from tpemu.net.pipe import Pipe
 from tpemu.net.sockets import format_addr
 from tpemu.proxy.frontdoor import Accepted
-from tpemu.proxy.route import RouteKind
 from tpemu.proxy.tunnels import TunnelError
 from tpemu.wire import alpn
 from tpemu.wire.sniff import Protocol as Sniffed
@@ -175,9 +174,10 @@ class NodeLookupError(Exception):
 
 
 class NodeDirectory:
-    """The cluster's nodes, from the Auth Service's ``/v1/nodes`` (cached for a second)."""
+    """The cluster's nodes, from the Auth Service's ``/v1/nodes`` (cached for a second);
+    ``fetch(fresh)`` answers like ``/v1/nodes`` (the tunnel registry's inventory)."""
 
-    def __init__(self, fetch: Callable[[], Awaitable[Any]], ttl: float = NODE_CACHE_TTL) -> None:
+    def __init__(self, fetch: Callable[[bool], Awaitable[Any]], ttl: float = NODE_CACHE_TTL) -> None:
         self.fetch = fetch
         self.ttl = ttl
         self._nodes: list[NodeRecord] = []
@@ -187,7 +187,7 @@ class NodeDirectory:
     async def nodes(self, fresh: bool = False) -> list[NodeRecord]:
         async with self._lock:
             if fresh or time.monotonic() - self._at > self.ttl:
-                answer = await self.fetch()
+                answer = await self.fetch(fresh)
                 items = answer.get("items") if isinstance(answer, dict) else None
                 self._nodes = [n for n in map(NodeRecord.from_resource, items or []) if n is not None]
                 self._at = time.monotonic()
@@ -240,11 +240,11 @@ class SSHProxy:
         self.host_cert = asyncssh.import_certificate(identity.ssh_cert)
         keys = await authclient.fetch_user_ca_ssh_keys(routes.client())
         self.user_cas = [asyncssh.import_public_key(k) for k in keys]
-        self.directory = NodeDirectory(lambda: routes.client().call("GET", "/v1/nodes"))
+        # The registry's inventory (the one the dial uses too), not a second /v1/nodes cache.
+        self.directory = NodeDirectory(self.proxy.tunnels.node_inventory)
 
     def install(self) -> None:
-        """Serve the SSH route and the node list web endpoint."""
-        self.proxy.set_handler(RouteKind.SSH_PROXY, self.handle)
+        """Serve the node list web endpoint (the proxy routes SSH here once it is its ``ssh_proxy``)."""
         self.proxy.web.add("GET", "/webapi/sites/", self._web_nodes)
 
     async def close(self) -> None:
@@ -349,7 +349,8 @@ class SSHProxy:
         if self.directory is None:
             return Response.error(503, "the SSH proxy is not started")
         try:
-            nodes = await self.directory.nodes()
+            # A listing is rare and must show a node that has just joined: asked fresh.
+            nodes = await self.directory.nodes(fresh=True)
         except authapi.AuthAPIError as exc:
             return Response.error(502, f"cannot list the cluster's nodes: {exc.message}")
         items = [n.web(self.cluster) for n in sorted(nodes, key=lambda n: (n.hostname, n.host_id))]

@@ -61,6 +61,8 @@ proxy_service:
     ("proxy_service: {proxy_protocol: maybe}", "proxy_service.proxy_protocol", "expected yes/no"),
     ("auth_service: {proxy_listener_mode: both}", "auth_service.proxy_listener_mode", "multiplex or separate"),
     ("tpemu: {proxy_service: {sniff_timeout: 5 minutes}}", "tpemu.proxy_service.sniff_timeout", "bad duration"),
+    ("tpemu: {proxy_service: {workers: 0}}", "tpemu.proxy_service.workers", "between 1 and 64"),
+    ("tpemu: {proxy_service: {workers: 65}}", "tpemu.proxy_service.workers", "between 1 and 64"),
     ("tpemu: {proxy_service: {passthrough: [{name: a}]}}", "tpemu.proxy_service.passthrough[0].target", "required"),
     ("tpemu: {proxy_service: {passthrough: [{target: ':1'}]}}", "tpemu.proxy_service.passthrough[0]",
      "needs alpn and/or sni"),

@@ -315,7 +315,8 @@ class ProxyService:
     #: The legacy single pair, appended to ``https_keypairs`` as Teleport does.
     https_key_file: str = ""
     https_cert_file: str = ""
-    mysql_server_version: object = _ignored()
+    #: The version the MySQL listener's greeting announces (default Teleport's ``8.0.0-Teleport``).
+    mysql_server_version: str = ""
     automatic_upgrades_channels: object = _ignored()
 
 
@@ -397,9 +398,12 @@ class TpemuProxy:
     behaviour). ``web_certificate``: without ``https_keypairs``, ``cluster`` (default) presents the
     proxy's Auth-issued certificate on the web routes (tpemu's clients verify it with the cluster
     CA); ``self-signed`` makes and presents Teleport's self-signed ``webproxy_cert.pem``.
+    ``workers``: processes accepting on the same ports with ``SO_REUSEPORT``, every route served by
+    every one (:mod:`tpemu.proxy.workers`).
     """
 
     web_certificate: str = "cluster"
+    workers: int = 1
     sniff_timeout: Duration = Duration(5.0)
     max_client_hello: int = 16384
     max_pending: int = 4096
@@ -439,15 +443,16 @@ MOVED_PROXY_KEYS = {
 
 @dataclass(frozen=True)
 class KubernetesService:
-    """``kubernetes_service``: tpemu serves an emulated cluster named ``kube_cluster_name``
-    (``kubeconfig_file``, a real cluster's credentials, is not emulated yet)."""
+    """``kubernetes_service``: an emulated cluster named ``kube_cluster_name``, or, with
+    ``kubeconfig_file``, the real cluster of that kubeconfig's current context (forwarded with
+    Teleport's impersonation headers, :mod:`tpemu.agent.kube.remote`)."""
 
     enabled: bool = False
     listen_addr: Addr | None = _f(None, default_port=3026)
     public_addr: tuple[str, ...] = ()
     kube_cluster_name: str = ""
     labels: Mapping[str, str] = _f(factory=dict)
-    kubeconfig_file: object = _ignored()
+    kubeconfig_file: str = ""
     resources: object = _ignored()
     commands: object = _ignored()
 
@@ -750,6 +755,9 @@ def _validate(cfg: Config) -> None:
         for name in ("key_file", "cert_file"):
             if not getattr(pair, name):
                 raise ConfigError(f"proxy_service.https_keypairs[{i}].{name}", "required (a PEM file path)")
+    version = cfg.proxy_service.mysql_server_version
+    if version and not re.fullmatch(r"[\x21-\x7e]{1,64}", version):
+        raise ConfigError("proxy_service.mysql_server_version", f"expected a version such as 8.0.36, got {version!r}")
     if bool(cfg.proxy_service.https_key_file) != bool(cfg.proxy_service.https_cert_file):
         raise ConfigError("proxy_service.https_key_file", "https_key_file and https_cert_file go together")
     for i, cidr in enumerate(ext.proxy_protocol_trusted_cidrs):
@@ -760,5 +768,8 @@ def _validate(cfg: Config) -> None:
                               f"expected an address or network such as 10.0.0.0/8, got {cidr!r}") from None
     if ext.sniff_timeout <= 0:
         raise ConfigError("tpemu.proxy_service.sniff_timeout", "must be positive")
+    if not 1 <= ext.workers <= 64:
+        raise ConfigError("tpemu.proxy_service.workers", "must be between 1 and 64 (processes accepting on the "
+                          "same ports)")
     if not 1024 <= ext.max_client_hello <= 65536:
         raise ConfigError("tpemu.proxy_service.max_client_hello", "must be between 1024 and 65536 bytes")

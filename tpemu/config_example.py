@@ -89,6 +89,7 @@ tpemu:
     sniff_timeout: 5s
     max_client_hello: 16384
     max_pending: 4096
+    # workers: 2    # proxy processes on the same ports (SO_REUSEPORT), every route from each
     # redis_listen_addr: 127.0.0.1:6379    # Teleport has no Redis listener
     # Only these networks (your load balancers) may send a PROXY header; empty = any peer.
     # proxy_protocol_trusted_cidrs: ["10.0.0.0/8"]

@@ -26,10 +26,12 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tpemu import identity as ident
 from tpemu.agent.kube import http as khttp
+from tpemu.agent.kube import remote
 from tpemu.agent.kube.api import EmulatedAPI, status_reply
 from tpemu.agent.kube.status import StatusError
 from tpemu.net.channel import open_streams
@@ -47,6 +49,8 @@ NO_ACCESS = ("Your user's Teleport role does not allow Kubernetes access. Please
              "ensure your role has appropriate kubernetes_groups and kubernetes_users set.")
 AUTHENTICATED = "system:authenticated"
 _IMPERSONATION = ("impersonate-user", "impersonate-group", "impersonate-uid")
+#: What serves a cluster's requests: the emulated API, or a real cluster's (kubeconfig_file).
+Cluster = EmulatedAPI | remote.RemoteAPI
 
 
 def principals(identity: ident.Identity, request: khttp.Request) -> tuple[str, tuple[str, ...]]:
@@ -84,15 +88,17 @@ def principals(identity: ident.Identity, request: khttp.Request) -> tuple[str, t
 class KubeService:
     """Serves the kube clusters of one agent (one emulated cluster per name)."""
 
-    def __init__(self, clusters: Sequence[EmulatedAPI], labels: dict[str, str] | None = None) -> None:
+    def __init__(self, clusters: Sequence[Cluster], labels: dict[str, str] | None = None,
+                 real: bool = False) -> None:
         self.clusters = {c.name: c for c in clusters}
         self.labels = labels or {}
+        self.description = "Kubernetes cluster (kubeconfig)" if real else "emulated Kubernetes API"
         self._tls: ssl.SSLContext | None = None
         self._listener: asyncio.Server | None = None
 
     def resources(self) -> tuple[Resource, ...]:
         return tuple(Resource(KUBE, name, dict(self.labels), protocol="kubernetes",
-                              description="emulated Kubernetes API") for name in self.clusters)
+                              description=self.description) for name in self.clusters)
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -100,7 +106,7 @@ class KubeService:
         for cluster in self.clusters.values():
             cluster.close()
 
-    def _cluster(self, name: str) -> EmulatedAPI:
+    def _cluster(self, name: str) -> Cluster:
         cluster = self.clusters.get(name) or (next(iter(self.clusters.values())) if not name and
                                               len(self.clusters) == 1 else None)
         if cluster is None:
@@ -191,10 +197,21 @@ async def make_offers(ctx: AgentContext) -> list[Offer]:
 
     ks = ctx.cfg.kubernetes_service
     name = ks.kube_cluster_name or DEFAULT_CLUSTER
-    cluster = EmulatedAPI(name, ctx.data_dir, node_name=ctx.nodename)
-    service = KubeService([cluster], dict(ks.labels))
-    log.info("kubernetes service: cluster %s (emulated Kubernetes API, objects in %s)", name,
-             ctx.data_dir / "kube" / f"{name}.sqlite")
+    cluster: Cluster
+    if ks.kubeconfig_file:
+        # A real cluster: the kubeconfig's current context (lib/kube/proxy/kube_creds.go).
+        try:
+            upstream = remote.load_kubeconfig(Path(ks.kubeconfig_file))
+        except remote.KubeconfigError as exc:
+            raise ValueError(f"kubernetes_service.kubeconfig_file: {exc}") from None
+        cluster = remote.RemoteAPI(name, upstream)
+        log.info("kubernetes service: cluster %s → %s:%d (kubeconfig %s)", name, upstream.host, upstream.port,
+                 ks.kubeconfig_file)
+    else:
+        cluster = EmulatedAPI(name, ctx.data_dir, node_name=ctx.nodename)
+        log.info("kubernetes service: cluster %s (emulated Kubernetes API, objects in %s)", name,
+                 ctx.data_dir / "kube" / f"{name}.sqlite")
+    service = KubeService([cluster], dict(ks.labels), real=bool(ks.kubeconfig_file))
     return [Offer(r, service) for r in service.resources()]
 
 

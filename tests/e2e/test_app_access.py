@@ -111,3 +111,38 @@ async def test_tcp_app_through_a_local_tunnel(tmp_path: Path) -> None:
             await tunnel.wait()
         await kube_env.stop(env)
         backend.close()
+
+
+async def test_roles_app_labels_decide_which_app_certificates_are_issued(tmp_path: Path) -> None:
+    """A role allowing only ``env: dev`` apps: ``tpemu apps login`` gets a certificate for the dev
+    app, Auth refuses one for the prod app (Teleport's app_labels check, ``lib/services/role.go``),
+    and the dev certificate does not open the prod app at the proxy."""
+    curl = need("curl")
+    env = await kube_env.start(tmp_path, apps=True, users={"dave": {"roles": ["dev-apps"]}, "erin": {
+        "roles": ["access", "no-prod"]}}, app_list=[
+        {"name": "echo", "uri": "emulated-echo", "labels": {"env": "dev"}},
+        {"name": "prod", "uri": "emulated-echo", "labels": {"env": "prod"}}])
+    try:
+        admin = kube_env.admin_client(env.data)
+        await admin.call("PUT", "/v1/roles/dev-apps", {"kind": "role", "metadata": {"name": "dev-apps"},
+                                                       "spec": {"allow": {"app_labels": {"env": "dev"}}}})
+        await admin.call("PUT", "/v1/roles/no-prod", {"kind": "role", "metadata": {"name": "no-prod"},
+                                                      "spec": {"deny": {"app_labels": {"env": ["prod"]}}}})
+        code, out, err = await env.run("dave", "tpemu", "apps", "login", "echo")
+        assert code == 0, err
+        command = out.strip().splitlines()[-1].split()
+        code, out, err = await env.run("dave", "tpemu", "apps", "login", "prod")
+        assert code != 0 and "access to application 'prod' denied" in out + err, (out, err)
+        code, out, err = await env.run("erin", "tpemu", "apps", "login", "prod")
+        assert code != 0 and "denied by role 'no-prod'" in out + err, (out, err)
+        code, out, err = await env.run("erin", "tpemu", "apps", "login", "echo")
+        assert code == 0, err
+        prod_url = command[-1].replace("https://echo.", "https://prod.")
+        prod_args = [a.replace("echo.", "prod.") if command[i].startswith("--resolve") or a.startswith("echo.")
+                     else a for i, a in enumerate(command[1:-1])]
+        code, out, err = await env.run("dave", curl, "-sS", "-w", "%{http_code}", *prod_args, prod_url)
+        assert out.endswith("403") and "not 'prod'" in out, (out, err)
+        code, out, err = await env.run("dave", curl, "-sS", *command[1:])
+        assert code == 0 and json.loads(out)["app"] == "echo", (out, err)
+    finally:
+        await kube_env.stop(env)

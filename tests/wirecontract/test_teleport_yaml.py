@@ -142,7 +142,7 @@ def test_teleport_keys_load_and_are_reported_as_not_emulated() -> None:
     ignored = config.ignored_keys(yaml.safe_load(TELEPORT_YAML))
     for key in ("teleport.ciphersuites", "teleport.kex_algos", "teleport.mac_algos", "teleport.ciphers",
                 "teleport.ca_signature_algo", "teleport.connection_limits", "auth_service.proxy_protocol",
-                "auth_service.ca_key_params", "ssh_service.ssh_file_copy", "proxy_service.mysql_server_version",
+                "auth_service.ca_key_params", "ssh_service.ssh_file_copy",
                 "proxy_service.https_keypairs_reload_interval", "metrics_service"):
         assert key in ignored, key
 

@@ -132,8 +132,16 @@ class ChannelTransport(asyncio.Transport, asyncssh.SSHTCPSession[bytes]):
         self.chan.pause_reading()
 
     def resume_reading(self) -> None:
-        self._reading = True
-        self.chan.resume_reading()
+        # asyncssh delivers its receive buffer synchronously on resume; a socket transport does so
+        # from the loop. Do as the socket: hand_over resumes, *then* replays what the Parked state
+        # kept, and those bytes come first (a synchronous resume put later bytes before them).
+        if not self._reading:
+            self._reading = True
+            asyncio.get_running_loop().call_soon(self._resume)
+
+    def _resume(self) -> None:
+        if self._reading and self.chan is not None and not self._closing:
+            self.chan.resume_reading()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.chan.write(data)

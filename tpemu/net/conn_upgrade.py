@@ -38,6 +38,7 @@ from tpemu.net.dial import DialError, open_stream
 from tpemu.net.pipe import Parked, Pipe, park_streams
 from tpemu.net.proxyenv import ProxySettings
 from tpemu.net.streams import PingTransport, WebSocketTransport
+from tpemu.net.tls import reused_context
 from tpemu.wire import alpn, websocket
 
 log = logging.getLogger(__name__)
@@ -81,12 +82,16 @@ def required_by_env(addr: str, value: str) -> bool:
 
 def outer_context(cafile: str | None = None) -> ssl.SSLContext:
     """TLS toward a load balancer: the system's roots (``SSL_CERT_FILE`` applies) plus, when
-    given, the cluster's CA (the proxy itself may answer)."""
-    ctx = ssl.create_default_context()
-    if cafile:
-        ctx.load_verify_locations(cafile=cafile)
-    ctx.set_alpn_protocols([alpn.HTTP11])
-    return ctx
+    given, the cluster's CA (the proxy itself may answer). Built once per process and CA file."""
+
+    def build() -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        if cafile:
+            ctx.load_verify_locations(cafile=cafile)
+        ctx.set_alpn_protocols([alpn.HTTP11])
+        return ctx
+
+    return reused_context("upgrade-outer", build, cafile)
 
 
 def outer_context_from(ctx: ssl.SSLContext) -> ssl.SSLContext:

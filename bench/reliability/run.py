@@ -36,7 +36,7 @@ def wirefuzz(runs: int) -> dict[str, Any]:
     for line in out.splitlines():
         if line.startswith("stat::"):
             key, _, value = line[len("stat::"):].partition(":")
-            stats[key] = value.strip()
+            stats[key] = json.loads(value) if key == "per_parser" else value.strip()
     final = [line for line in out.splitlines() if "DONE" in line and "cov:" in line]
     return {"runs": runs, "exit_code": proc.returncode, "seconds": round(time.monotonic() - t0, 1),
             "crash": "ERROR" in out and "libFuzzer" in out, "final": final[-1] if final else "",

@@ -15,16 +15,33 @@ coverage-guided — said in the output).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
 import time
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tpemu import testing
-from tpemu.wire import bson, http, mongo, mysql, ping, postgres, proxy_protocol, resp, scram, sniff, ssh, tls, tunnel
+from tpemu.wire import (
+    bson,
+    http,
+    mongo,
+    mysql,
+    ping,
+    postgres,
+    proxy_protocol,
+    resp,
+    scram,
+    sniff,
+    ssh,
+    tls,
+    tunnel,
+    websocket,
+)
 from tpemu.wire.errors import WireError
 
 
@@ -62,6 +79,29 @@ def _scram(b: bytes) -> object:
     return scram.parse_client_final(b)
 
 
+def _split(b: bytes) -> tuple[bytes, bytes]:
+    # The streaming decoders get the input in two writes, cut where its first byte says: a
+    # frame split across reads is the case they exist for.
+    cut = b[0] % (len(b) + 1) if b else 0
+    return b[:cut], b[cut:]
+
+
+def _websocket(b: bytes) -> object:
+    decoder = websocket.FrameDecoder(require_mask=True)
+    head, tail = _split(b)
+    return decoder.feed(head) + decoder.feed(tail)
+
+
+def _resp_stream(b: bytes) -> object:
+    reader = resp.CommandReader()
+    commands = []
+    for part in _split(b):
+        reader.feed(part)
+        while (command := reader.next_command()) is not None:
+            commands.append(command)
+    return commands
+
+
 #: Every parser, by the selector byte's value modulo their number.
 PARSERS: list[tuple[str, Callable[[bytes], Any]]] = [
     ("tls.parse_client_hello", tls.parse_client_hello),
@@ -78,13 +118,25 @@ PARSERS: list[tuple[str, Callable[[bytes], Any]]] = [
     ("tunnel.decode_frame", tunnel.decode_frame),
     ("ping.PingDecoder.feed", _ping),
     ("scram.parse_client_*", _scram),
+    ("websocket.FrameDecoder.feed", _websocket),
+    ("tunnel.parse_dial_payload", tunnel.parse_dial_payload),
+    ("resp.CommandReader", _resp_stream),
 ]
 
 COUNTS = [0] * len(PARSERS)
+CALLS = [0]
+LAST_RUN = 0  # the atheris run's -runs: print the per-parser counts on that input
+
+
+def per_parser() -> dict[str, int]:
+    return {n: c for (n, _), c in zip(PARSERS, COUNTS, strict=True)}
 
 
 def one_input(data: bytes) -> None:
     """The fuzz target: anything but a value, ``None`` or ``WireError`` propagates (a finding)."""
+    CALLS[0] += 1
+    if CALLS[0] == LAST_RUN:
+        print("stat::per_parser: " + json.dumps(per_parser()), flush=True)
     if not data:
         return
     i = data[0] % len(PARSERS)
@@ -109,7 +161,10 @@ def seeds() -> list[bytes]:
             bytes([8]) + bson.encode({"a": 1, "b": [1, "x", {"c": None}]}),
             bytes([9]) + b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n", bytes([10]) + b"$5\r\nhello\r\n",
             bytes([11]) + b'\x00\x00\x00\x0b{"type":"x"}', bytes([12]) + ping.encode_frame(b"abc"),
-            bytes([13]) + b"n,,n=alice,r=abcdefgh"]
+            bytes([13]) + b"n,,n=alice,r=abcdefgh",
+            bytes([14]) + b"\x07\x81\x85\x01\x02\x03\x04ignor",  # a masked text frame "hello"
+            bytes([15]) + b'{"address":"node:3022","server_id":"n1.c","conn_type":"node"}',
+            bytes([16]) + b"\x05*1\r\n$4\r\nPING\r\nPING\r\n"]
 
 
 def run_atheris(runs: int, corpus: Path, max_len: int = 4096) -> dict[str, Any]:
@@ -120,12 +175,25 @@ def run_atheris(runs: int, corpus: Path, max_len: int = 4096) -> dict[str, Any]:
         (corpus / f"seed{i}").write_bytes(seed)
     argv = [sys.argv[0], f"-runs={runs}", f"-max_len={max_len}", "-print_final_stats=1", str(corpus)]
     start = time.monotonic()
-    # Coverage feedback from every tpemu.wire function (already imported: instrument their code).
+    # Coverage feedback from every tpemu.wire function and method (already imported: instrument
+    # their code; the decoders' methods too, e.g. PingDecoder.feed).
+    instrumented = 0
     for mod in list(sys.modules.values()):
         if getattr(mod, "__name__", "").startswith("tpemu.wire"):
             for attr in list(vars(mod).values()):
-                if getattr(attr, "__module__", "") == mod.__name__ and hasattr(attr, "__code__"):
-                    atheris.instrument_func(attr)
+                if getattr(attr, "__module__", "") != mod.__name__:
+                    continue
+                members = [attr] if isinstance(attr, types.FunctionType) else []
+                if isinstance(attr, type):
+                    members += [m for m in vars(attr).values() if isinstance(m, types.FunctionType)]
+                for fn in members:
+                    atheris.instrument_func(fn)  # patches fn.__code__ in place
+                    instrumented += 1
+    # libFuzzer ends the process itself (C exit, no Python atexit) after -runs: the per-parser
+    # counts are printed by the target on its last input, in libFuzzer's stat:: form for run.py.
+    global LAST_RUN
+    LAST_RUN = runs
+    print(f"stat::instrumented_functions: {instrumented}", flush=True)
     atheris.Setup(argv, one_input)
     try:
         atheris.Fuzz()
@@ -133,7 +201,7 @@ def run_atheris(runs: int, corpus: Path, max_len: int = 4096) -> dict[str, Any]:
         pass
     return {"engine": "atheris (libFuzzer, coverage-guided)", "runs": runs,
             "seconds": round(time.monotonic() - start, 1),
-            "per_parser": {n: c for (n, _), c in zip(PARSERS, COUNTS, strict=True)}}
+            "per_parser": per_parser()}
 
 
 def run_hypothesis(runs: int) -> dict[str, Any]:
@@ -151,7 +219,7 @@ def run_hypothesis(runs: int) -> dict[str, Any]:
     target()
     return {"engine": "hypothesis (random with seeds; not coverage-guided)", "runs": runs,
             "seconds": round(time.monotonic() - start, 1),
-            "per_parser": {n: c for (n, _), c in zip(PARSERS, COUNTS, strict=True)}}
+            "per_parser": per_parser()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,8 +240,6 @@ def main(argv: list[str] | None = None) -> int:
             corpus = Path(args.corpus or tempfile.mkdtemp(prefix="tpemu-wirefuzz-"))
             sys.argv = sys.argv[:1]
             result = run_atheris(args.runs, corpus)
-    import json
-
     print(json.dumps(result))
     return 0
 

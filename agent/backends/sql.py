@@ -38,6 +38,8 @@ from datetime import UTC, date, datetime
 from decimal import Decimal, DivisionByZero, InvalidOperation
 from typing import TypeAlias
 
+from tpemu.errors import PeerFault
+
 Value: TypeAlias = bool | int | float | Decimal | str | datetime | date | None
 
 
@@ -108,7 +110,7 @@ class ErrorKind(enum.Enum):
         return self.value[2]
 
 
-class SqlError(Exception):
+class SqlError(PeerFault):
     """A statement failed; ``kind`` gives each protocol its error code."""
 
     def __init__(self, kind: ErrorKind, message: str) -> None:

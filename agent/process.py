@@ -45,6 +45,7 @@ from tpemu.agent.tunnel import Offer, TunnelAgent, TunnelTarget
 from tpemu.config import Addr, Config
 from tpemu.net.pipe import Parked
 from tpemu.net.proxyenv import ProxySettings
+from tpemu.net.tls import new_context
 from tpemu.wire import alpn
 from tpemu.wire import tunnel as tw
 
@@ -264,7 +265,7 @@ class AgentProcess:
 
     def _web_client(self, ca_pem: bytes | None) -> authclient.AuthClient:
         assert self.opts.proxy_server is not None
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx = new_context(ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         if ca_pem is None:
             ctx.check_hostname = False
@@ -376,7 +377,7 @@ class AgentProcess:
             return
         service: Any = offers[0].service
         ctx = self.contexts["kube"]
-        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls = new_context(ssl.PROTOCOL_TLS_SERVER)
         tls.minimum_version = ssl.TLSVersion.TLSv1_2
         tls.load_cert_chain(ctx.files.cert, ctx.files.key)
         tls.load_verify_locations(cafile=str(ctx.files.ca))  # the host CA: the proxy's certificate

@@ -49,6 +49,7 @@ from tpemu.net import teleport_ssh as tssh
 from tpemu.net.channel import ChannelTransport
 from tpemu.net.dial import DialError, SSHTunnel
 from tpemu.net.proxyenv import ProxySettings
+from tpemu.net.tls import new_context
 from tpemu.wire import alpn
 from tpemu.wire import tunnel as tw
 from tpemu.wire.errors import WireError
@@ -163,7 +164,7 @@ class TunnelAgent:
                     self.target = self.resolve()
 
     def _ssl_context(self) -> ssl.SSLContext:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx = new_context(ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_verify_locations(cadata=self.identity.ca_pems.decode())
         ctx.set_alpn_protocols([alpn.REVERSE_TUNNEL_V2, alpn.REVERSE_TUNNEL])

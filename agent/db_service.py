@@ -237,6 +237,13 @@ class DatabaseService:
         served = self._served.get(name)
         return served.engine if served is not None else None
 
+    def reset(self) -> None:
+        """Empty every emulated backend (fresh ones); real servers are left alone. For
+        ``tpemu.Cluster.reset()`` between tests: connections already open keep their old backend."""
+        for served in self._served.values():
+            if served.backend is not None:
+                served.backend = _new_backend(served.db.protocol)
+
     def resources(self) -> tuple[Resource, ...]:
         """What this service announces in the tunnel heartbeat (``kind: db``)."""
         return tuple(Resource("db", s.db.name, dict(s.db.static_labels), s.db.protocol, s.db.description,

@@ -49,7 +49,10 @@ from tpemu.wire import tunnel as tw
 
 log = logging.getLogger(__name__)
 
-ROLES = {"node": ident.ROLE_NODE, "db": ident.ROLE_DB}
+ROLES = {"node": ident.ROLE_NODE, "db": ident.ROLE_DB, "kube": ident.ROLE_KUBE, "app": ident.ROLE_APP}
+#: Presence kind (Auth API path) per resource kind, and the agent role that announces it.
+_PRESENCE = {tw.NODE: ("nodes", "node"), tw.DATABASE: ("db_servers", "db"), "kube": ("kube_servers", "kube"),
+             "app": ("app_servers", "app")}
 #: The seed's words ("Direct connections to agents").
 DIRECT_JOIN_REFUSED = ("Direct Auth Service joining is only supported for Teleport Agents running the Teleport SSH "
                        "Service, Kubernetes Service, and Windows Desktop Service. Using Auth Service joining to "
@@ -118,9 +121,15 @@ class AgentProcess:
         opts = self.opts
         unknown = [r for r in opts.roles if r not in ROLES]
         if unknown or not opts.roles:
-            raise AgentError(f"unknown agent role(s) {', '.join(unknown) or '(none)'}: use node and/or db")
+            raise AgentError(f"unknown agent role(s) {', '.join(unknown) or '(none)'}: use node, db, kube, app")
         if opts.proxy_server is None and opts.auth_server is None:
             raise AgentError("an agent needs teleport.proxy_server (--proxy) or teleport.auth_server (--auth-server)")
+        if not self.via_proxy and "app" in opts.roles:
+            raise AgentError(f"the Application Service cannot join the Auth Service directly: {DIRECT_JOIN_REFUSED} "
+                             "(join through the proxy with --proxy)")
+        if not self.via_proxy and "kube" in opts.roles:
+            raise AgentError("this emulation serves the Kubernetes Service through the proxy only (join with "
+                             "--proxy); its direct listener (kubernetes_service.listen_addr) is not emulated yet")
         if not self.via_proxy and "db" in opts.roles:
             raise AgentError(f"the Database Service cannot join the Auth Service directly: {DIRECT_JOIN_REFUSED} "
                              "(join through the proxy with --proxy)")
@@ -325,6 +334,8 @@ class AgentProcess:
                         "metadata": {"name": ctx.identity.host_id, "labels": r.labels},
                         "spec": {"hostname": self.nodename, "addr": str(self.direct_addr) if self.direct_addr else "",
                                  "use_tunnel": self.via_proxy, "version": TELEPORT_VERSION}}))
+                elif r.kind in ("kube", "app"):
+                    out.append((_PRESENCE[r.kind][0], self._hosted(ctx, r)))
                 elif r.kind == tw.DATABASE:
                     out.append(("db_servers", {
                         "kind": "db_server", "version": "v3",
@@ -336,12 +347,21 @@ class AgentProcess:
                                               "spec": {"protocol": r.protocol, "uri": r.addr or "emulated"}}}}))
         return out
 
+    def _hosted(self, ctx: AgentContext, r: tw.Resource) -> dict[str, Any]:
+        """A ``kube_server`` (``spec.cluster``) or ``app_server`` (``spec.app``) resource."""
+        inner: dict[str, Any] = {"metadata": {"name": r.name, "description": r.description, "labels": r.labels},
+                                 "spec": {"uri": r.addr, "protocol": r.protocol} if r.kind == "app" else {}}
+        return {"kind": "kube_server" if r.kind == "kube" else "app_server", "version": "v3",
+                "metadata": {"name": r.name, "labels": r.labels},
+                "spec": {"host_id": ctx.identity.host_id, "hostname": self.nodename, "version": TELEPORT_VERSION,
+                         ("app" if r.kind == "app" else "cluster"): inner}}
+
     async def _presence(self) -> None:
         ttl_ns = int(self.heartbeat * 3 * 1e9)
         failing = False
         while True:
             for kind, resource in self._resources():
-                role = "node" if kind == "nodes" else "db"
+                role = next(v[1] for v in _PRESENCE.values() if v[0] == kind)
                 try:
                     await self.contexts[role].auth.call("POST", f"/v1/{kind}", {**resource, "ttl": ttl_ns})
                     if failing:

@@ -14,7 +14,8 @@ from typing import cast
 from tpemu.agent.process import AgentContext, AgentError, ServiceMaker
 from tpemu.agent.tunnel import Offer
 
-_MODULES = {"node": ("ssh_service", "SSH service"), "db": ("db_service", "Database Service")}
+_MODULES = {"node": ("ssh_service", "SSH service"), "db": ("db_service", "Database Service"),
+            "kube": ("kube.service", "Kubernetes Service"), "app": ("app_service", "Application Service")}
 
 
 def _maker(role: str) -> ServiceMaker:

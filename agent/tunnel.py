@@ -224,12 +224,13 @@ class TunnelAgent:
             sock.close()
 
     def _find(self, request: tw.DialRequest) -> tuple[Offer | None, str]:
-        if request.conn_type == tw.DATABASE:
+        if request.conn_type in (tw.DATABASE, "kube", "app"):
             name = request.name or request.address
             for offer in self.offers:
-                if offer.resource.kind == tw.DATABASE and offer.resource.name == name:
+                if offer.resource.kind == request.conn_type and offer.resource.name == name:
                     return offer, ""
-            return None, f"this agent ({self.hostname}) does not serve database {name!r}"
+            what = {tw.DATABASE: "database", "kube": "kubernetes cluster", "app": "app"}[request.conn_type]
+            return None, f"this agent ({self.hostname}) does not serve {what} {name!r}"
         wanted = {request.address.rsplit(":", 1)[0] if request.address else "", request.server_id}
         wanted.discard("")
         for offer in self.offers:

@@ -65,6 +65,9 @@ MAX_CONNECTIONS = 2048
 
 NOBODY = "nobody"
 USER = "user"
+#: A verified certificate restricted to a usage (``usage:db`` …): refused on every Auth API call.
+RESTRICTED = "restricted"
+INVALID_USAGE = "access denied: invalid client certificate"
 HOSTS = frozenset(ident.SYSTEM_ROLES)
 ANY_CERT = frozenset({USER, *HOSTS})
 ANYONE = frozenset({NOBODY, *ANY_CERT})
@@ -92,6 +95,11 @@ def caller_from_cert(der: bytes | None, server: AuthServer) -> Caller:
         return Caller(NOBODY)
     cert = x509.load_der_x509_certificate(der)
     identity = ident.from_certificate(cert)
+    if identity.usage:
+        # lib/auth/middleware.go ``Middleware.GetUser``: "If there is any restriction on the
+        # certificate usage reject the API server request" (the Auth API accepts no usage), so a
+        # database-only certificate cannot re-issue itself full credentials.
+        return Caller(RESTRICTED, identity)
     host_ca = server.ca(CAType.HOST).tls_cert
     try:
         pki.verify_issued_by(cert, [host_ca])
@@ -253,6 +261,10 @@ class AuthAPI:
             if method != request.method:
                 continue
             try:
+                if caller.kind == RESTRICTED:
+                    assert caller.identity is not None
+                    raise authapi.AccessDenied(f"{INVALID_USAGE} (a certificate restricted to "
+                                               f"{', '.join(caller.identity.usage)} cannot call the Auth API)")
                 if caller.kind not in allowed:
                     raise authapi.AccessDenied(_denied(caller, allowed))
                 return await handler(request, caller, params)
@@ -374,8 +386,9 @@ class AuthAPI:
         if caller.kind not in (role, ident.ROLE_ADMIN):
             raise authapi.AccessDenied(f"{caller.name} cannot announce {kind} (needs role {role})")
         if caller.kind != ident.ROLE_ADMIN:
-            part = body.get("spec") if kind == "db_servers" else body.get("metadata")
-            owner = part.get("host_id" if kind == "db_servers" else "name") if isinstance(part, dict) else None
+            hosted = kind in ("db_servers", "kube_servers", "app_servers")
+            part = body.get("spec") if hosted else body.get("metadata")
+            owner = part.get("host_id" if hosted else "name") if isinstance(part, dict) else None
             if owner != caller.host_id:
                 raise authapi.AccessDenied(f"{caller.name} can only announce itself (host id {caller.host_id})")
         ttl = authapi.duration_ns(body, "ttl", authapi.SERVER_ANNOUNCE_TTL)

@@ -10,6 +10,8 @@ on one dedicated thread, in the order they were made; the event loop only waits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +66,13 @@ class SQLiteBackend(Backend):
 
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # The file holds the CAs' private keys: 0600 from its first byte (sqlite3 would create it
+        # with the umask, 0644), and tightened if an older tpemu left it wider. SQLite gives its
+        # -wal and -shm files the database file's mode.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(f"{self.path}{suffix}", 0o600)
         db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self._sync}")

@@ -42,8 +42,13 @@ PRESENCE = {
     "proxies": ("/proxies/", "proxy", ident.ROLE_PROXY),
     "db_servers": ("/databaseServers/default/", "db_server", ident.ROLE_DB),
     "auth_servers": ("/authservers/", "auth_server", ident.ROLE_AUTH),
+    "kube_servers": ("/kubeServers/", "kube_server", ident.ROLE_KUBE),
+    "app_servers": ("/appServers/default/", "app_server", ident.ROLE_APP),
 }
 
+
+#: Presence kinds whose owner is ``spec.host_id`` (the resource is named after what it serves).
+_HOSTED = frozenset({"db_servers", "kube_servers", "app_servers"})
 
 NO_ROUTE = ident.RouteToDatabase()
 
@@ -144,18 +149,19 @@ class AuthServer:
 
     def _user_identity(self, user: User, not_after: dt.datetime,
                        route: ident.RouteToDatabase = NO_ROUTE,
-                       usage: tuple[str, ...] = ()) -> ident.Identity:
+                       usage: tuple[str, ...] = (), kube_cluster: str = "") -> ident.Identity:
         return ident.Identity(
             username=user.name, groups=user.roles, usage=usage, principals=user.trait("logins"),
             route_to_cluster=self.cluster_name, traits=user.traits, teleport_cluster=self.cluster_name,
             kubernetes_users=user.trait("kubernetes_users"), kubernetes_groups=user.trait("kubernetes_groups"),
-            route_to_database=route, database_names=user.trait("db_names"), database_users=user.trait("db_users"),
+            kubernetes_cluster=kube_cluster, route_to_database=route, database_names=user.trait("db_names"),
+            database_users=user.trait("db_users"),
             expires=not_after)
 
     def _issue_user(self, user: User, ssh_public: bytes, tls_public: object, not_after: dt.datetime,
-                    route: ident.RouteToDatabase, usage: tuple[str, ...]) -> IssuedUserCerts:
+                    route: ident.RouteToDatabase, usage: tuple[str, ...], kube_cluster: str = "") -> IssuedUserCerts:
         ca = self.ca(CAType.USER)
-        identity = self._user_identity(user, not_after, route, usage)
+        identity = self._user_identity(user, not_after, route, usage, kube_cluster)
         now = self._now()
         tls = pki.cert_pem(authority_mod.issue_user_tls(ca, tls_public, identity, not_after, now)) \
             if tls_public is not None else b""
@@ -167,7 +173,8 @@ class AuthServer:
 
     async def generate_user_certs(self, user: User, ssh_public: bytes, tls_pem: bytes, ttl: float,
                                   route: ident.RouteToDatabase = NO_ROUTE,
-                                  usage: tuple[str, ...] = (), not_after_cap: float | None = None) -> IssuedUserCerts:
+                                  usage: tuple[str, ...] = (), not_after_cap: float | None = None,
+                                  kube_cluster: str = "") -> IssuedUserCerts:
         """Certificates for ``user``; TTL capped at :data:`~tpemu.authapi.MAX_CERT_TTL` (and at
         ``not_after_cap``: a re-issue never outlives the certificate that asked for it)."""
         if not ssh_public and not tls_pem:
@@ -183,7 +190,8 @@ class AuthServer:
             end = min(end, not_after_cap)
         not_after = dt.datetime.fromtimestamp(int(end), dt.UTC)
         try:
-            return await asyncio.to_thread(self._issue_user, user, ssh_public, tls_public, not_after, route, usage)
+            return await asyncio.to_thread(self._issue_user, user, ssh_public, tls_public, not_after, route, usage,
+                                           kube_cluster)
         except ValueError as exc:
             raise authapi.BadParameter(str(exc)) from None
 
@@ -220,10 +228,13 @@ class AuthServer:
         if usage_text not in ("", "all", "database"):
             raise authapi.BadParameter(f"usage must be all or database, got {usage_text!r}")
         usage = (ident.USAGE_DATABASE_ONLY,) if usage_text == "database" or (route and usage_text != "all") else ()
+        # UserCertsRequest.KubernetesCluster (tsh kube login): the cluster the certificate routes to.
+        kube_cluster = authapi.field_str(body, "kubernetes_cluster", max_len=256)
         cap = caller.expires.timestamp() if caller.expires is not None and caller.username == username else None
-        issued = await self.generate_user_certs(user, ssh_public, tls_pem, ttl, route, usage, cap)
-        log.info("certificates re-issued for %s by %s%s, valid until %s", username, caller.username,
+        issued = await self.generate_user_certs(user, ssh_public, tls_pem, ttl, route, usage, cap, kube_cluster)
+        log.info("certificates re-issued for %s by %s%s%s, valid until %s", username, caller.username,
                  f" (database {route.service_name} as {route.username or '-'})" if route else "",
+                 f" (kubernetes cluster {kube_cluster})" if kube_cluster else "",
                  authapi.rfc3339(issued.identity.expires))
         return {"ssh": authapi.b64(issued.ssh), "tls": authapi.b64(issued.tls),
                 "tls_ca_certs": [authapi.b64(self.ca(CAType.HOST).tls_cert_pem)]}
@@ -273,7 +284,7 @@ class AuthServer:
         if not _RESOURCE_NAME.fullmatch(name):
             raise authapi.BadParameter(f"invalid resource name {name[:64]!r}")
         key = prefix + name
-        if kind == "db_servers":
+        if kind in _HOSTED:
             host_id = authapi.field_str(authapi.body_object(resource.get("spec") or {}), "host_id", required=True)
             if not _HOST_ID.fullmatch(host_id):
                 raise authapi.BadParameter(f"invalid host_id {host_id[:64]!r}")

@@ -215,8 +215,11 @@ class AuthRoutes:
     async def _heartbeat_loop(self) -> None:
         from tpemu.proxy.decide import ListenerKind
 
-        for _ in range(100):  # announce the address the web listener really bound
-            if ListenerKind.WEB in self.proxy.info.bound:
+        wanted = {ListenerKind.WEB}
+        if self.proxy.cfg.proxy_service.peer_listen_addr is not None:
+            wanted.add(ListenerKind.PEER)
+        for _ in range(100):  # announce the addresses the listeners really bound
+            if wanted <= self.proxy.info.bound.keys():
                 break
             await asyncio.sleep(0.05)
         while True:
@@ -227,12 +230,17 @@ class AuthRoutes:
             await asyncio.sleep(HEARTBEAT_INTERVAL)
 
     async def _announce(self) -> None:
+        from tpemu.proxy.decide import ListenerKind
+
         assert self.identity is not None
         info = self.proxy.info
         hostname = self.proxy.cfg.teleport.nodename or socket.gethostname()
-        resource = {"kind": "proxy", "version": "v2", "metadata": {"name": self.identity.host_id},
-                    "spec": {"addr": info.web_addr(), "hostname": hostname,
-                             "public_addr": info.public_addr() or info.web_addr(), "version": "tpemu"}}
+        spec = {"addr": info.web_addr(), "hostname": hostname, "public_addr": info.public_addr() or info.web_addr(),
+                "version": "tpemu"}
+        peer = info.bound.get(ListenerKind.PEER)
+        if peer is not None:  # ProxySpecV2.peer_addr: where peers reach this proxy (proxy peering)
+            spec["peer_addr"] = str(peer)
+        resource = {"kind": "proxy", "version": "v2", "metadata": {"name": self.identity.host_id}, "spec": spec}
         await self.client().call("POST", "/v1/proxies", resource)
 
     async def close(self) -> None:

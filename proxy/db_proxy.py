@@ -204,7 +204,9 @@ class DatabaseProxy:
     # -- TLS ------------------------------------------------------------------------------------------
 
     async def _accept_tls(self, acc: Accepted) -> _Client | None:
-        alpn = acc.route.alpn
+        # Keyed by the validated name, never by the client's bytes (one context per MySQL
+        # version string would let any client grow this cache without bound).
+        alpn = alpn_names.negotiated_name(acc.route.alpn) if acc.route.alpn else None
         ctx = self.context((alpn,) if alpn else ())
         try:
             reader, writer = await accept_stream(acc.sock, ctx, self.handshake_timeout)
@@ -308,10 +310,7 @@ class DatabaseProxy:
         try:
             async with asyncio.timeout(self.handshake_timeout):
                 if not tls_upgrade:
-                    version = MYSQL_SERVER_VERSION
-                    alpn = acc.route.alpn or ""
-                    if alpn.startswith(alpn_names.MYSQL_VERSION_PREFIX):
-                        version = alpn[len(alpn_names.MYSQL_VERSION_PREFIX):].removesuffix(alpn_names.PING_SUFFIX)
+                    version = alpn_names.mysql_server_version(acc.route.alpn or "")
                     nonce = bytes(secrets.choice(_NONCE_ALPHABET) for _ in range(my.NONCE_LENGTH))
                     client.stream.write(my.encode_packet(0, my.encode_handshake_v10(
                         version or MYSQL_SERVER_VERSION, next(self._mysql_ids), nonce, MYSQL_CAPABILITIES,

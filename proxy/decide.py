@@ -13,6 +13,7 @@ captured prefix, so what it explains is exactly what the router does. Outcomes:
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import NamedTuple
@@ -44,14 +45,24 @@ class ListenerPolicy:
 
     ``fixed`` maps a protocol to a route that ignores the route table (the Mongo listener sends
     every TLS connection to the Mongo database route); ``server_first`` routes at once without
-    reading (MySQL: the server speaks first); ``proxy_protocol`` allows one PROXY header.
+    reading (MySQL: the server speaks first).
+
+    ``proxy_protocol`` is Teleport's tri-state ``PROXYProtocolMode`` (``lib/multiplexer/multiplexer.go``):
+    ``True`` (``on``) — one unsigned PROXY header is accepted and *required* (except on
+    self-connections, checked by the front door); ``False`` (``off``) — a header is refused;
+    ``None`` (unset, Teleport's default) — one header is accepted but not required, and the
+    client's source port is set to 0 to mark the connection. A v2 ``LOCAL`` header is skipped in
+    every mode (it counts as the one header). ``proxy_trusted`` is tpemu's extension
+    (``proxy_service.tpemu_proxy_protocol_trusted_cidrs``): when set, only peers inside these networks
+    (the load balancers) may send a header that names a client.
     """
 
     kind: ListenerKind
     accepts: frozenset[Protocol]
     fixed: dict[Protocol, Route] = field(default_factory=dict)
     server_first: Route | None = None
-    proxy_protocol: bool = False
+    proxy_protocol: bool | None = False
+    proxy_trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     tls_ok: bool = field(init=False, default=False)
     tls_route: Route | None = field(init=False, default=None)
 
@@ -155,7 +166,21 @@ def classify(prefix: bytes | bytearray | memoryview, policy: ListenerPolicy, tab
             return Refused("unknown-alpn", route.why, proto, tls.encode_alert(tls.ALERT_NO_APPLICATION_PROTOCOL), hello)
         return Routed(proto, route, hello)
     if proto in _PROXY:
-        if not policy.proxy_protocol:
+        if policy.proxy_protocol is False:
+            if proto is Protocol.PROXY_V2:
+                # Teleport skips a v2 LOCAL header (a load balancer's health check) in every mode,
+                # "off" included (``Mux.detect``: ``ReadProxyLineV2`` returns nil → continue).
+                try:
+                    local = proxy_protocol.parse_proxy_header(prefix)
+                except WireError as exc:
+                    return Refused("bad-proxy-header", f"bad PROXY protocol header: {exc}", proto)
+                if local is None:
+                    return NeedMore(len(prefix))
+                if local.command is proxy_protocol.Command.LOCAL:
+                    if proxy_seen:
+                        return Refused("proxy-protocol-twice", "a second PROXY protocol header on one connection",
+                                       proto)
+                    return ProxyHeaderSeen(local)
             return Refused("proxy-protocol-off",
                            f"PROXY protocol {'v1' if proto is Protocol.PROXY_V1 else 'v2'} header received but "
                            f"proxy_protocol is off for the {policy.kind.value} listener (turn it on only "

@@ -37,7 +37,8 @@ def explain(data: bytes, cfg: Config, listener: str = "web", force_proxy_protoco
     table = RouteTable(cfg.proxy_service.passthrough)
     accepts = ", ".join(sorted(p.value for p in policy.accepts)) or "server speaks first"
     lines = [f"input:    {len(data)} bytes: {data[:16].hex(' ')}{' …' if len(data) > 16 else ''}",
-             f"listener: {kind.value} (accepts {accepts}; PROXY protocol {'on' if policy.proxy_protocol else 'off'})"]
+             f"listener: {kind.value} (accepts {accepts}; PROXY protocol "
+             f"{ {True: 'on', False: 'off', None: 'unset'}[policy.proxy_protocol] })"]
     if policy.server_first is not None and not policy.proxy_protocol:
         lines.append(f"route:    {policy.server_first.name}: {policy.server_first.why} (the server speaks first; "
                      "nothing is read)")

@@ -17,13 +17,16 @@ keeps), and :func:`tpemu.proxy.decide.classify` says what to do:
 
 A deadline (``sniff_timeout``) bounds the whole detection, a cap (``max_client_hello``) its
 size, and ``max_pending`` the number of connections still being sniffed, so slow or hostile
-clients cannot delay the others or exhaust memory.
+clients cannot delay the others or exhaust memory. At the cap a new connection is still taken:
+the connection that has waited longest for its bytes is closed to make room (slowloris clients
+shed each other, not the newcomers).
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import socket
 from collections import Counter
@@ -44,6 +47,13 @@ log = logging.getLogger(__name__)
 
 #: Connections accepted per readiness event before yielding to the loop.
 ACCEPT_BATCH = 64
+#: Teleport's ``missingProxyLineError`` and ``unexpectedPROXYLineError`` (lib/multiplexer/multiplexer.go).
+MISSING_PROXY_LINE = ("connection from {0} rejected because PROXY protocol is enabled (proxy_protocol: on) for the "
+                      "{1} listener but the required PROXY protocol line wasn't received; only enable it if tpemu "
+                      "runs behind an L4 load balancer that sends one")
+UNEXPECTED_PROXY_LINE = ("received an unexpected PROXY protocol line (proxy_protocol is unset): the connection is "
+                         "allowed with its source port set to 0; set proxy_protocol: on behind a load balancer that "
+                         "sends PROXY headers, or off otherwise")
 #: Wake-ups without new bytes before falling back to a timer (a guard, SO_RCVLOWAT should hold).
 MAX_STALLS = 8
 
@@ -120,6 +130,9 @@ class FrontDoor:
         self.view = memoryview(self.buf)
         self.stats = Stats()
         self.listeners: list[Listener] = []
+        #: Connections still being sniffed that had to wait for bytes, oldest first (dicts keep
+        #: insertion order): the ones shed when ``max_pending`` is reached.
+        self.waiting: dict[int, _Sniffer] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.limiter = RateLimiter()
         self._next_id = 0
@@ -172,7 +185,7 @@ class FrontDoor:
                     self._pause_accept(listener, 0.1)
                 return
             stats.accepted += 1
-            if stats.pending >= self.max_pending:
+            if stats.pending >= self.max_pending and not self._shed_oldest():
                 stats.refused["too-many-pending"] += 1
                 self.limiter.warning(log, "pending", "peer=%s refused: %d connections are already being sniffed "
                                      "(proxy_service.max_pending)", format_addr(addr), stats.pending)
@@ -182,6 +195,35 @@ class FrontDoor:
             sock.setblocking(False)
             self._next_id += 1
             _Sniffer(self, listener, sock, sockaddr(addr), self._next_id).start()
+
+    def _shed_oldest(self) -> bool:
+        """Make room for a new connection by closing the one that has waited longest for its
+        first bytes. At accept nothing tells a slowloris client from a good one; time does: a good
+        client's hello arrives within a round trip, so the oldest waiting connection is the likeliest
+        to be hostile, and a flood of slow clients ends up shedding itself rather than new arrivals."""
+        victim = next(iter(self.waiting.values()), None)
+        if victim is None:
+            return False
+        victim._refuse(Refused("shed-oldest", f"closed to make room: {self.stats.pending} connections were being "
+                               f"sniffed (proxy_service.max_pending) and this one had waited longest "
+                               f"({victim.seen} bytes received)"), victim.seen)
+        return True
+
+    def adopt(self, sock: socket.socket, peer: tuple[str, int], policy: ListenerPolicy, origin: str) -> int:
+        """Sniff and route ``sock`` as if it had been accepted on a listener with ``policy``.
+
+        For streams that arrive inside another connection: the ALPN connection upgrade
+        (``/webapi/connectionupgrade``, :mod:`tpemu.proxy.conn_upgrade`) hands over one end of
+        a socket pair whose other end carries the upgraded bytes. ``origin`` names it in logs.
+        Returns the connection id.
+        """
+        assert self._loop is not None, "listen() first"
+        sock.setblocking(False)
+        self.stats.accepted += 1
+        self._next_id += 1
+        log.debug("conn=%d peer=%s adopted from %s", self._next_id, format_addr(peer), origin)
+        _Sniffer(self, Listener(policy, sock, Addr(origin, 0)), sock, peer, self._next_id).start()
+        return self._next_id
 
     def _pause_accept(self, listener: Listener, delay: float) -> None:
         assert self._loop is not None
@@ -232,7 +274,7 @@ class _Sniffer:
     """One connection from accept until it is routed or refused."""
 
     __slots__ = ("armed", "conn_id", "door", "fd", "header", "listener", "loop", "lowat", "peer", "seen",
-                 "sock", "socket_peer", "stalls", "timer")
+                 "sock", "socket_peer", "stalls", "timer", "waiting")
 
     def __init__(self, door: FrontDoor, listener: Listener, sock: socket.socket,
                  peer: tuple[str, int], conn_id: int) -> None:
@@ -250,6 +292,7 @@ class _Sniffer:
         self.seen = 0
         self.stalls = 0
         self.header: ProxyHeader | None = None
+        self.waiting = False
 
     def start(self) -> None:
         self.door.stats.pending += 1
@@ -268,6 +311,8 @@ class _Sniffer:
                 # The deadline starts when the first wait does: most connections are decided
                 # on their first peek and never need a timer or a reader.
                 self.timer = self.loop.call_later(self.door.sniff_timeout, self._on_timeout)
+                self.door.waiting[self.conn_id] = self
+                self.waiting = True
             self.loop.add_reader(self.fd, self._on_readable)
             self.armed = True
 
@@ -303,6 +348,10 @@ class _Sniffer:
             self.lowat = True
             self._arm()
         elif isinstance(outcome, Routed):
+            if self.header is None and self.listener.policy.proxy_protocol and not self._self_connection():
+                self._refuse(Refused("proxy-protocol-missing", MISSING_PROXY_LINE.format(
+                    format_addr(self.socket_peer), self.listener.kind.value), outcome.protocol), n)
+                return
             self._route(outcome, outcome.route)
         elif isinstance(outcome, ProxyHeaderSeen):
             self._consume_proxy_header(outcome.header)
@@ -335,7 +384,35 @@ class _Sniffer:
                 Protocol.SSH: "the SSH identification line", Protocol.HTTP: "the HTTP request line",
                 Protocol.POSTGRES: "the Postgres startup packet"}[proto]
 
+    def _self_connection(self) -> bool:
+        # Teleport's ``Mux.isSelfConnection``: a connection whose source host is the listener's own
+        # host did not come through the load balancer (the proxy calling itself), so "on" does not
+        # require a header from it. A stream adopted from inside another connection (the ALPN
+        # connection upgrade) was checked when that connection arrived (``unwrapMuxConn``).
+        if self.listener.sock is self.sock:
+            return True
+        try:
+            local = sockaddr(self.sock.getsockname())
+        except OSError:
+            return False
+        return local[0] == self.socket_peer[0]
+
+    def _untrusted_header(self, header: ProxyHeader) -> bool:
+        trusted = self.listener.policy.proxy_trusted
+        if not trusted or header.command is Command.LOCAL:
+            return False
+        try:
+            ip = ipaddress.ip_address(self.socket_peer[0])
+        except ValueError:
+            return True
+        return not any(ip in net for net in trusted)
+
     def _consume_proxy_header(self, header: ProxyHeader) -> None:
+        if self._untrusted_header(header):
+            self._refuse(Refused("proxy-protocol-untrusted", f"PROXY v{header.version} header from "
+                                 f"{self.socket_peer[0]}, which is not a trusted load balancer "
+                                 "(proxy_service.tpemu_proxy_protocol_trusted_cidrs)"), self.seen)
+            return
         try:
             got = self.sock.recv(header.length)
         except OSError as exc:
@@ -347,6 +424,12 @@ class _Sniffer:
         self.header = header
         if header.command is Command.PROXY and header.src is not None:
             self.peer = header.src
+            if self.listener.policy.proxy_protocol is None:
+                # Teleport's unspecified mode: allowed, but marked with source port 0 (so that IP
+                # pinning can refuse it) and reported as a likely misconfiguration.
+                self.peer = (header.src[0], 0)
+                self.door.limiter.warning(log, "pp-unexpected", "conn=%d peer=%s: %s", self.conn_id,
+                                          format_addr(self.socket_peer), UNEXPECTED_PROXY_LINE)
         log.debug("conn=%d peer=%s PROXY v%d header: %s client %s → %s", self.conn_id,
                   format_addr(self.socket_peer), header.version, header.family.value,
                   format_addr(header.src) if header.src else "-", format_addr(header.dst) if header.dst else "-")
@@ -371,6 +454,9 @@ class _Sniffer:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.waiting:
+            self.waiting = False
+            del self.door.waiting[self.conn_id]
         self.door.stats.pending -= 1
 
     def _route(self, outcome: Routed | None, route: Route) -> None:

@@ -51,6 +51,11 @@ async def splice_to_target(acc: Accepted, connect_timeout: float = 10.0, stats: 
         log.debug("%s: closed; %d bytes client→backend, %d bytes backend→client", acc.ctx,
                   splice.bytes_a_to_b, splice.bytes_b_to_a)
 
+    # The header is built before the dial: nothing about the client can fail once a backend
+    # socket exists (an IPv6 client on an IPv4 listener once raised here and leaked the socket).
+    header = b""
+    if route.send_proxy:
+        header = proxy_protocol.encode_for_backend(route.send_proxy, acc.peer, acc.local_addr())
     splice = Splice(on_close)
     expiry = _Expiry(asyncio.current_task())
     timer = loop.call_later(connect_timeout, expiry)
@@ -74,10 +79,6 @@ async def splice_to_target(acc: Accepted, connect_timeout: float = 10.0, stats: 
         splice.close()
         close_with_answer(acc.sock)
         return
-    header = b""
-    if route.send_proxy:
-        encode = proxy_protocol.encode_v1 if route.send_proxy == "v1" else proxy_protocol.encode_v2
-        header = encode(acc.peer, acc.local_addr())
     try:
         await loop.connect_accepted_socket(splice.protocol_a, acc.sock)
     except OSError as exc:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable
@@ -28,6 +29,7 @@ from tpemu.net.tls import ContextCache, accept_stream, peer_certificate
 from tpemu.pki import TLSFiles, ensure_bootstrap_pki
 from tpemu.proxy import postgres_front
 from tpemu.proxy.auth_routes import AuthLink, AuthRoutes
+from tpemu.proxy.conn_upgrade import ConnectionUpgrade
 from tpemu.proxy.db_proxy import DatabaseProxy, Dialer
 from tpemu.proxy.decide import ListenerKind, ListenerPolicy
 from tpemu.proxy.frontdoor import Accepted, FrontDoor, Handler
@@ -40,6 +42,8 @@ from tpemu.wire import alpn
 from tpemu.wire.sniff import Protocol
 
 if TYPE_CHECKING:
+    from tpemu.proxy.kube_proxy import KubeProxy
+    from tpemu.proxy.peering import Peering
     from tpemu.proxy.ssh_proxy import SSHProxy
 
 log = logging.getLogger(__name__)
@@ -54,20 +58,24 @@ def _fixed(kind: RouteKind, name: str, why: str, db: str | None = None, alpn_nam
 def listener_plan(cfg: Config) -> list[tuple[ListenerPolicy, Addr]]:
     """Which listeners to open for ``cfg``, each with its policy."""
     ps = cfg.proxy_service
-    pp = ps.proxy_protocol
+    trusted = tuple(ipaddress.ip_network(c, strict=False) for c in ps.tpemu_proxy_protocol_trusted_cidrs)
+
+    def policy(kind: ListenerKind, accepts: set[Protocol] | frozenset[Protocol],
+               fixed: dict[Protocol, Route] | None = None, server_first: Route | None = None) -> ListenerPolicy:
+        return ListenerPolicy(kind, frozenset(accepts), fixed or {}, server_first, ps.proxy_protocol, trusted)
+
     plan: list[tuple[ListenerPolicy, Addr]] = []
     web_accepts = set(_ALL_PLAIN) if cfg.multiplex else {Protocol.TLS, Protocol.HTTP, Protocol.POSTGRES}
     if ps.postgres_listen_addr is not None and not cfg.multiplex:
         web_accepts.discard(Protocol.POSTGRES)
-    plan.append((ListenerPolicy(ListenerKind.WEB, frozenset(web_accepts), proxy_protocol=pp), ps.web_listen_addr))
+    plan.append((policy(ListenerKind.WEB, web_accepts), ps.web_listen_addr))
     ssh_addr = ps.listen_addr or (None if cfg.multiplex else Addr("127.0.0.1", 3023))
     tunnel_addr = ps.tunnel_listen_addr or (None if cfg.multiplex else Addr("127.0.0.1", 3024))
     if ssh_addr is not None:
-        plan.append((ListenerPolicy(ListenerKind.SSH, frozenset({Protocol.SSH}), proxy_protocol=pp), ssh_addr))
+        plan.append((policy(ListenerKind.SSH, {Protocol.SSH}), ssh_addr))
     if tunnel_addr is not None:
         route = _fixed(RouteKind.REVERSE_TUNNEL, "reverse-tunnel", "SSH on the tunnel listener")
-        plan.append((ListenerPolicy(ListenerKind.TUNNEL, frozenset({Protocol.SSH}), {Protocol.SSH: route},
-                                    proxy_protocol=pp), tunnel_addr))
+        plan.append((policy(ListenerKind.TUNNEL, {Protocol.SSH}, {Protocol.SSH: route}), tunnel_addr))
     if ps.peer_listen_addr is not None:
         route = _fixed(RouteKind.PEER, "peer", "TLS on the peer listener")
         plan.append((ListenerPolicy(ListenerKind.PEER, frozenset({Protocol.TLS}), {Protocol.TLS: route}),
@@ -75,17 +83,17 @@ def listener_plan(cfg: Config) -> list[tuple[ListenerPolicy, Addr]]:
     if ps.postgres_listen_addr is not None:
         route = _fixed(RouteKind.DATABASE, "database/postgres", "TLS on the Postgres listener", "postgres",
                        alpn.POSTGRESQL_NATIVE)
-        plan.append((ListenerPolicy(ListenerKind.POSTGRES, frozenset({Protocol.POSTGRES, Protocol.TLS}),
-                                    {Protocol.TLS: route}, proxy_protocol=pp), ps.postgres_listen_addr))
+        plan.append((policy(ListenerKind.POSTGRES, {Protocol.POSTGRES, Protocol.TLS}, {Protocol.TLS: route}),
+                     ps.postgres_listen_addr))
     if ps.mysql_listen_addr is not None:
         route = _fixed(RouteKind.DATABASE, "database/mysql", "connection on the MySQL listener", "mysql")
-        plan.append((ListenerPolicy(ListenerKind.MYSQL, frozenset(), server_first=route, proxy_protocol=pp),
+        plan.append((policy(ListenerKind.MYSQL, frozenset(), server_first=route),
                      ps.mysql_listen_addr))
     for kind, addr, db, name in ((ListenerKind.MONGO, ps.mongo_listen_addr, "mongodb", alpn.MONGODB),
                                  (ListenerKind.REDIS, ps.redis_listen_addr, "redis", alpn.REDIS)):
         if addr is not None:
             route = _fixed(RouteKind.DATABASE, f"database/{db}", f"TLS on the {kind.value} listener", db, name)
-            plan.append((ListenerPolicy(kind, frozenset({Protocol.TLS}), {Protocol.TLS: route}, proxy_protocol=pp),
+            plan.append((policy(kind, {Protocol.TLS}, {Protocol.TLS: route}),
                          addr))
     if ps.kube_listen_addr is not None:
         route = _fixed(RouteKind.KUBE, "kube", "TLS on the Kubernetes listener")
@@ -108,6 +116,10 @@ class ProxyService:
         self.auth_routes: AuthRoutes | None = None
         #: The SSH proxy (``RouteKind.SSH_PROXY``), started with the Auth Service link.
         self.ssh_proxy: SSHProxy | None = None
+        #: The Kubernetes proxy (``RouteKind.KUBE``), started with the Auth Service link.
+        self.kube: KubeProxy | None = None
+        #: Proxy peering on ``peer_listen_addr`` (with an Auth Service only).
+        self.peering: Peering | None = None
         self.tunnels = TunnelRegistry(self, heartbeat=cfg.auth_service.keep_alive_interval,
                                       missed=cfg.auth_service.keep_alive_count_max)
         self.data_dir = data_dir or cfg.data_dir()
@@ -119,6 +131,9 @@ class ProxyService:
         self.door = FrontDoor(self.table, self._dispatch, sniff_timeout=cfg.proxy_service.sniff_timeout,
                               max_hello=cfg.proxy_service.max_client_hello,
                               max_pending=cfg.proxy_service.max_pending)
+        #: ``/webapi/connectionupgrade``: streams tunnelled through an L7 load balancer re-enter the door.
+        self.conn_upgrade = ConnectionUpgrade(self.door, listener_plan(cfg)[0][0])
+        self.conn_upgrade.install(self.web)
         self.handlers: dict[RouteKind, Handler] = {
             RouteKind.PASSTHROUGH: functools.partial(splice_to_target, stats=self.door.stats),
             RouteKind.WEB: self._serve_web,
@@ -158,7 +173,13 @@ class ProxyService:
             self._tls_files = await self.auth_routes.start()  # raises JoinError
             self.auth_routes.install()
             self.tunnels.install()
+            if self.cfg.proxy_service.peer_listen_addr is not None:
+                from tpemu.proxy.peering import Peering
+
+                self.peering = Peering(self)
+                self.peering.install()
             await self._start_ssh_proxy()
+            self._start_kube_proxy()
         if self._tls_files is None:
             self._tls_files = await asyncio.to_thread(
                 ensure_bootstrap_pki, self.data_dir, self.cfg.auth_service.cluster_name, self.cert_names())
@@ -170,7 +191,8 @@ class ProxyService:
                 self.info.bound[policy.kind] = listener.addr
                 log.info("proxy %s listener on %s (accepts: %s%s)", policy.kind.value, listener.addr,
                          ", ".join(sorted(p.value for p in policy.accepts)) or "server speaks first",
-                         ", PROXY protocol" if policy.proxy_protocol else "")
+                         {True: ", PROXY protocol required", None: ", PROXY protocol allowed"}.get(
+                             policy.proxy_protocol, ""))
         except OSError:
             await self.close()
             raise
@@ -188,6 +210,14 @@ class ProxyService:
             return
         ssh_proxy.install()
         self.ssh_proxy = ssh_proxy
+
+    def _start_kube_proxy(self) -> None:
+        # Kubernetes access goes through the agents' reverse tunnels: with an Auth Service only.
+        from tpemu.proxy.kube_proxy import KubeProxy
+
+        self.kube = KubeProxy(lambda: self.contexts, lambda: self.tunnels,
+                              handshake_timeout=max(10.0, self.cfg.proxy_service.sniff_timeout))
+        self.set_handler(RouteKind.KUBE, self.kube.handle)
 
     async def close(self) -> None:
         if self.ssh_proxy is not None:

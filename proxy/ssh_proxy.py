@@ -317,8 +317,8 @@ class SSHProxy:
     # -- web ---------------------------------------------------------------------------------------
 
     async def _web_nodes(self, request: Request) -> Response:
-        parts = request.path.split("/")  # ['', 'webapi', 'sites', cluster, 'nodes']
-        if len(parts) != 5 or parts[4] != "nodes":
+        parts = request.path.split("/")  # ['', 'webapi', 'sites', cluster, 'nodes' | 'databases']
+        if len(parts) != 5 or parts[4] not in ("nodes", "databases"):
             return Response.error(404, f"{request.path} not found")
         cluster = parts[3]
         der = request.tls.get("peer_cert")
@@ -330,8 +330,15 @@ class SSHProxy:
             return Response.error(403, f"access denied: {exc}")
         if who.is_system(ident.ROLE_PROXY) or not who.username:
             return Response.error(403, "access denied: a user certificate is needed")
+        if who.usage:
+            # lib/auth/middleware.go ``GetUser``: a usage-restricted certificate (``usage:db``) is
+            # good for its usage only.
+            return Response.error(403, "access denied: invalid client certificate (restricted to "
+                                  f"{', '.join(who.usage)})")
         if cluster not in (self.cluster, "-current-"):
             return Response.error(404, f"cluster {cluster!r} not found")
+        if parts[4] == "databases":
+            return await self._web_databases()
         if self.directory is None:
             return Response.error(503, "the SSH proxy is not started")
         try:
@@ -339,10 +346,43 @@ class SSHProxy:
         except authapi.AuthAPIError as exc:
             return Response.error(502, f"cannot list the cluster's nodes: {exc.message}")
         items = [n.web(self.cluster) for n in sorted(nodes, key=lambda n: (n.hostname, n.host_id))]
+        # The Auth Service's inventory lags a dead agent by its announce TTL; this proxy knows at
+        # once when a tunnel is gone, so a tunnelled node is marked as its tunnel stands now.
+        tunnelled = {a.host_id for a, _ in self.proxy.tunnels.resources("node") if a.transport_ready} \
+            if self.proxy.tunnels is not None else set()
+        for item in items:
+            if item.get("tunnel"):
+                item["connected"] = item["id"] in tunnelled
         logins = [p for p in who.principals if not p.startswith("-")]
         for item in items:
             item["sshLogins"] = logins
         return Response.json({"items": items, "startKey": "", "totalCount": len(items)})
+
+
+    async def _web_databases(self) -> Response:
+        """The Auth Service's ``db_server`` resources, each with ``status.connected``: whether this
+        proxy has a live tunnel from that agent serving that database (tpemu's addition)."""
+        routes = self.proxy.auth_routes
+        if routes is None or routes.identity is None:
+            return Response.error(503, "this proxy runs without an Auth Service")
+        try:
+            answer = await routes.client().call("GET", "/v1/db_servers")
+        except authapi.AuthAPIError as exc:
+            return Response.error(502, f"cannot list the cluster's databases: {exc.message}")
+        live = {(a.host_id, r.name) for a, r in self.proxy.tunnels.resources("db") if a.transport_ready} \
+            if self.proxy.tunnels is not None else set()
+        items = answer.get("items") if isinstance(answer, dict) else None
+        out = []
+        for item in items if isinstance(items, list) else []:
+            if not isinstance(item, dict):
+                continue
+            spec: dict[str, Any] = item["spec"] if isinstance(item.get("spec"), dict) else {}
+            db: dict[str, Any] = spec["database"] if isinstance(spec.get("database"), dict) else {}
+            meta: dict[str, Any] = db["metadata"] if isinstance(db.get("metadata"), dict) else {}
+            status = dict(item["status"]) if isinstance(item.get("status"), dict) else {}
+            status["connected"] = (str(spec.get("host_id") or ""), str(meta.get("name") or "")) in live
+            out.append({**item, "status": status})
+        return Response.json({"items": out})
 
 
 class DialFailed(Exception):

@@ -31,18 +31,21 @@ on the pseudo-listener — the names, fields and special addresses are Teleport'
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import socket
 import ssl
+import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 import asyncssh
 
-from tpemu import authapi
+from tpemu import authapi, sshcert
+from tpemu import identity as ident
 from tpemu.logs import RateLimiter
 from tpemu.net.channel_bridge import FramedChannel
 from tpemu.net.sockets import close_with_answer, format_addr
@@ -65,6 +68,17 @@ DEFAULT_HEARTBEAT = 5.0
 DEFAULT_MISSED = 3
 LOGIN_TIMEOUT = 10.0
 DIRECT_POLL = 5.0
+
+
+def _host_cert_role(key_data: bytes) -> str:
+    """The ``x-teleport-role`` extension of an SSH host certificate blob, or ``""``."""
+    # The blob starts with its own type name (RFC 4253 §6.6 string): rebuild the certificate line.
+    n = int.from_bytes(key_data[:4], "big")
+    line = key_data[4:4 + n] + b" " + base64.b64encode(key_data)
+    try:
+        return sshcert.certificate_info(line).extensions.get(ident.SSH_EXT_HOST_ROLE, "")
+    except (ValueError, asyncssh.KeyImportError, IndexError, UnicodeDecodeError, struct.error):
+        return ""
 
 
 class TunnelError(Exception):
@@ -121,15 +135,34 @@ class _TransportListener(asyncssh.SSHListener):
         return None
 
 
+#: What a tunnel may carry, by the system role in its host certificate (``x-teleport-role``).
+#: Teleport's ``lib/reversetunnel/srv.go`` ``handleNewChan`` maps the role to one tunnel type
+#: (Node → NodeTunnel, Db → DatabaseTunnel …) and ``localsite.go`` dials a resource only over a
+#: connection of that type (``getRemoteConn``: key ``{hostID, connType}``).
+ROLE_SERVES: dict[str, frozenset[str]] = {"Node": frozenset({tw.NODE}), "Db": frozenset({tw.DATABASE})}
+
+
 class _TunnelServer(asyncssh.SSHServer):
     def __init__(self, registry: TunnelRegistry, peer: str) -> None:
         self.registry = registry
         self.peer = peer
         self.conn: asyncssh.SSHServerConnection | None = None
         self.agent: AgentConn | None = None
+        #: The system role of the host certificate the agent authenticated with.
+        self.role = ""
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
+        # asyncssh checks the host certificate (CA, principals, validity) but hands the owner only
+        # the host name; the role lives in the certificate's ``x-teleport-role`` extension, so the
+        # certificate blob is read on its way to that check.
+        validate = conn.validate_host_based_auth
+
+        async def validate_and_keep_role(username: str, key_data: bytes, *args: Any) -> bool:
+            self.role = _host_cert_role(key_data)
+            return bool(await validate(username, key_data, *args))
+
+        conn.validate_host_based_auth = validate_and_keep_role  # type: ignore[method-assign,assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.agent is not None:
@@ -164,8 +197,13 @@ class _TunnelServer(asyncssh.SSHServer):
                         self.peer, username, client_host)
             return False
         host_id = client_host[: -len(cluster) - 1]
+        if self.role not in ROLE_SERVES:
+            # ``handleNewChan``: "Unsupported role attempting to connect".
+            _limiter.warning(log, "tunnel-role", "tunnel from %s refused: host %s has role %r, which cannot serve "
+                             "resources over a reverse tunnel (Node or Db)", self.peer, client_host, self.role or "-")
+            return False
         assert self.conn is not None
-        self.agent = self.registry._register(host_id, self.peer, self.conn)
+        self.agent = self.registry._register(host_id, self.peer, self.conn, self.role)
         return True
 
     def server_requested(self, listen_host: str, listen_port: int) -> asyncssh.SSHListener | bool:
@@ -215,6 +253,8 @@ class TunnelRegistry:
         self._tasks: list[asyncio.Task[None]] = []
         self._host_keys: list[tuple[asyncssh.SSHKey, asyncssh.SSHCertificate]] = []
         self._known_agents: Any = None
+        #: Proxy peering (:mod:`tpemu.proxy.peering`): dials a tunnel held by another proxy.
+        self.peer_dial: Callable[[tw.DialRequest, float], Awaitable[socket.socket]] | None = None
 
     # -- setup -------------------------------------------------------------------------------------
 
@@ -264,6 +304,11 @@ class TunnelRegistry:
         except asyncssh.PermissionDenied as exc:
             _limiter.warning(log, "tunnel-auth", "%s: reverse tunnel refused: %s (the agent's host certificate "
                              "must be signed by this cluster's host CA)", acc.ctx, exc.reason)
+        except asyncssh.ConnectionLost:
+            # Closed right after TLS: tsh's probe for a layer-7 load balancer (IsALPNConnUpgradeRequired
+            # dials with ALPN teleport-reversetunnel and hangs up), not a failing agent.
+            log.debug("%s: closed before the SSH exchange (an ALPN probe)", acc.ctx)
+            close_with_answer(acc.sock)
         except (asyncssh.Error, OSError, TimeoutError, ValueError) as exc:
             # ValueError covers asyncssh's PacketDecodeError: a peer that does not speak SSH.
             reason = exc.reason if isinstance(exc, asyncssh.Error) else (str(exc) or type(exc).__name__)
@@ -271,19 +316,18 @@ class TunnelRegistry:
                              acc.ctx, reason)
             close_with_answer(acc.sock)
 
-    def _register(self, host_id: str, peer: str, conn: asyncssh.SSHServerConnection) -> AgentConn:
-        # The role is the certificate's system role, which asyncssh does not expose for host-based
-        # logins: the heartbeat's resources say what the tunnel serves; the key tells tunnels of
-        # one host's services apart (Teleport runs one tunnel per service, so does tpemu).
-        role = f"tunnel{id(conn)}"
+    def _register(self, host_id: str, peer: str, conn: asyncssh.SSHServerConnection, role: str) -> AgentConn:
+        # ``role`` is the host certificate's system role; the key tells tunnels of one host's
+        # services apart (Teleport runs one tunnel per service, so does tpemu).
         agent = AgentConn(host_id, role, peer, conn)
-        self.agents[(host_id, role)] = agent
+        self.agents[(host_id, f"{role}/tunnel{id(conn)}")] = agent
         log.info("reverse tunnel from %s authenticated as host %s.%s", peer, host_id, self.cluster)
         return agent
 
     def _lost(self, agent: AgentConn, exc: Exception | None) -> None:
-        if self.agents.get((agent.host_id, agent.role)) is agent:
-            del self.agents[(agent.host_id, agent.role)]
+        key = (agent.host_id, f"{agent.role}/tunnel{id(agent.conn)}")
+        if self.agents.get(key) is agent:
+            del self.agents[key]
             what = ", ".join(f"{r.kind} {r.name}" for r in agent.resources) or "nothing announced"
             log.info("reverse tunnel from host %s (%s) closed%s; %s no longer reachable", agent.host_id,
                      agent.hostname or "-", f": {exc}" if exc else "", what)
@@ -308,6 +352,13 @@ class TunnelRegistry:
                     hb = tw.Heartbeat.from_json(obj)
                     if hb.host_id != agent.host_id:
                         raise tw.TunnelProtocolError(f"heartbeat names host {hb.host_id}, tunnel is {agent.host_id}")
+                    allowed = ROLE_SERVES.get(agent.role, frozenset())
+                    foreign = [r for r in hb.resources if r.kind not in allowed]
+                    if foreign:
+                        raise tw.TunnelProtocolError(
+                            f"host {agent.host_id} with role {agent.role} announced "
+                            + ", ".join(f"{r.kind} {r.name!r}" for r in foreign)
+                            + f" (its certificate lets it serve only {', '.join(sorted(allowed)) or 'nothing'})")
                     first = not agent.resources and hb.resources
                     agent.hostname, agent.version, agent.resources = hb.hostname, hb.version, hb.resources
                     agent.last_heartbeat = time.monotonic()
@@ -362,15 +413,19 @@ class TunnelRegistry:
     # -- finding and dialing ---------------------------------------------------------------------------
 
     def resources(self, kind: str | None = None) -> list[tuple[AgentConn, tw.Resource]]:
-        return [(a, r) for a in self.agents.values() for r in a.resources if kind is None or r.kind == kind]
+        # Checked again here, at every lookup and so on every dial: a tunnel only ever offers what
+        # its certificate's role may serve (``localsite.go`` ``getRemoteConn`` keys by conn type).
+        return [(a, r) for a in self.agents.values() for r in a.resources
+                if (kind is None or r.kind == kind) and r.kind in ROLE_SERVES.get(a.role, ())]
 
     def _match(self, req: tw.DialRequest) -> tuple[list[AgentConn], DirectNode | None, str]:
         """Agents that serve what ``req`` asks for, a direct node, and a description for errors."""
         want_host = req.server_id.removesuffix("." + self.cluster) if req.server_id else ""
-        if req.conn_type == tw.DATABASE:
+        if req.conn_type in (tw.DATABASE, "kube", "app"):
             name = req.name or req.address
-            agents = [a for a, r in self.resources(tw.DATABASE) if r.name == name]
-            return agents, None, f"database {name!r}"
+            agents = [a for a, r in self.resources(req.conn_type) if r.name == name]
+            what = {tw.DATABASE: "database", "kube": "kubernetes cluster", "app": "app"}[req.conn_type]
+            return agents, None, f"{what} {name!r}"
         target = req.address.rsplit(":", 1)[0] if req.address and not req.address.startswith("@") else ""
         agents = []
         for agent, res in self.resources(tw.NODE):
@@ -387,12 +442,24 @@ class TunnelRegistry:
                 break
         return agents, direct, f"node {req.address or req.server_id!r}"
 
-    async def dial(self, req: tw.DialRequest, timeout: float = 10.0) -> socket.socket:
+    async def dial(self, req: tw.DialRequest, timeout: float = 10.0, local_only: bool = False) -> socket.socket:
         """A connected non-blocking socket spliced to the resource ``req`` names.
 
         Raises :class:`TunnelError` with a message for the client (unknown resource, agent
-        offline, the agent's own refusal).
+        offline, the agent's own refusal). Without a local tunnel for it, and unless
+        ``local_only`` (a peer asking), proxy peering (:attr:`peer_dial`) is tried.
         """
+        try:
+            return await self._dial_local(req, timeout)
+        except TunnelError as exc:
+            if self.peer_dial is None or local_only:
+                raise
+            try:
+                return await self.peer_dial(req, timeout)
+            except TunnelError as peer_exc:
+                raise TunnelError(f"{exc}; through peer proxies: {peer_exc}") from None
+
+    async def _dial_local(self, req: tw.DialRequest, timeout: float) -> socket.socket:
         if not self._host_keys:
             raise TunnelError("reverse tunnels need an Auth Service: this proxy runs without one")
         agents, direct, what = self._match(req)

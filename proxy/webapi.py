@@ -70,6 +70,8 @@ def proxy_settings(info: ProxyInfo) -> dict[str, Any]:
         # TLS routing: every protocol is reached through the web address.
         ssh = {"listen_addr": web, "tunnel_listen_addr": web, "web_listen_addr": web}
         db = {"postgres_listen_addr": web, "mysql_listen_addr": web}
+        # The Kubernetes proxy is on the web port too (SNI kube-teleport-proxy-alpn.*).
+        kube = {"enabled": True, "listen_addr": web}
     else:
         ssh = {"listen_addr": info._addr(ListenerKind.SSH), "tunnel_listen_addr": info._addr(ListenerKind.TUNNEL),
                "web_listen_addr": web}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -68,3 +69,12 @@ async def wait_closed(reader: asyncio.StreamReader, timeout: float = 5.0) -> byt
         while chunk := await reader.read(65536):
             out += chunk
     return bytes(out)
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    """Poll ``condition`` until it holds (a deadline, never a fixed sleep waiting for someone else)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout:g}s")
+        await asyncio.sleep(0.01)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, TypeVar
+
+from tpemu.testkit import Cluster, User
 
 T = TypeVar("T")
 
@@ -24,3 +28,16 @@ def feed_three_ways(parse: Callable[[bytes], T | None], data: bytes, *,
             got = parse(data + extra)
             assert (same or (lambda a, b: a == b))(got, whole), f"trailing {extra!r} changed the result"
     return whole
+
+
+@contextlib.asynccontextmanager
+async def ssh_cluster(tmp: Path, **options: Any) -> AsyncIterator[Cluster]:
+    """A :class:`tpemu.Cluster` with SSH nodes only (``nodes=``, default node1) and alice (logins
+    root and alice) logged in: what the SSH suites share."""
+    async with Cluster(tmp, databases=(), **options) as c:
+        await c.user("alice", logins=("root", "alice"))
+        yield c
+
+
+def alice(c: Cluster) -> User:
+    return c.users["alice"]

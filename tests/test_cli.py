@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,8 +38,9 @@ def test_inspect_tls(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_inspect_proxy_header_then_postgres(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     data = proxy_protocol.encode_v2(("192.0.2.1", 1234), ("127.0.0.1", 3080)) + postgres.SSL_REQUEST
+    # Unset proxy_protocol (Teleport's default): one header is accepted (lib/multiplexer, unspecified mode).
     code, out, _ = run(capsys, "inspect", data.hex())
-    assert code == 2 and "proxy_protocol is off" in out
+    assert code == 0 and "PROXY protocol unset" in out and "PROXY v2 header (28 bytes, consumed)" in out
     code, out, _ = run(capsys, "inspect", "--proxy-protocol", data.hex())
     assert code == 0 and "PROXY v2 header (28 bytes, consumed): PROXY TCP4 client 192.0.2.1:1234" in out
     assert "route:    database/postgres" in out
@@ -71,3 +74,34 @@ def test_config_error_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: 
     assert code == 2 and err.startswith("tpemu: config error: proxy_service.web_listen_adr: unknown key")
     code, _, err = run(capsys, "inspect", "zz")
     assert code == 2 and "not hex" in err
+
+
+def _subcommands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[
+        tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield (*path, name), child
+                yield from _subcommands(child, (*path, name))
+
+
+def test_every_command_has_examples_and_every_positional_help() -> None:
+    top = cli.build_parser()
+    assert top.epilog and "examples:" in top.epilog
+    commands = dict(_subcommands(top))
+    assert {"start", "configure", "ping", "inspect", "tokens", "users", "login", "ssh", "db", "proxy",
+            ("db", "connect"), ("proxy", "db")} <= {k[0] if len(k) == 1 else k for k in commands}
+    for path, parser in [((), top), *commands.items()]:
+        if path != ("bench",):  # bench hands --help to bench/run.py's own parser
+            assert parser.epilog and parser.epilog.startswith("examples:\n  "), f"tpemu {' '.join(path)}: no examples"
+        for action in parser._actions:
+            if not action.option_strings:
+                assert action.help, f"tpemu {' '.join(path)}: positional {action.dest} has no help"
+
+
+def test_help_shows_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["db", "connect", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:\n  tpemu db connect pg" in out and "the database's name" in out

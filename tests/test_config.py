@@ -98,5 +98,5 @@ def test_durations() -> None:
 def test_ignored_keys_reported() -> None:
     import yaml
 
-    raw = yaml.safe_load("proxy_service: {acme: {}, web_listen_addr: ':1'}\nkubernetes_service: {}")
-    assert config.ignored_keys(raw) == ["proxy_service.acme", "kubernetes_service"]
+    raw = yaml.safe_load("proxy_service: {acme: {}, web_listen_addr: ':1'}\nwindows_desktop_service: {}")
+    assert config.ignored_keys(raw) == ["proxy_service.acme", "windows_desktop_service"]

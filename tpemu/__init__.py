@@ -29,3 +29,12 @@ def _map_service_folders_in_checkout() -> None:
 
 
 _map_service_folders_in_checkout()
+
+
+def __getattr__(name: str) -> object:
+    # ``tpemu.Cluster`` / ``tpemu.SyncCluster`` without importing every service on ``import tpemu``.
+    if name in ("Cluster", "SyncCluster"):
+        from tpemu import testkit
+
+        return getattr(testkit, name)
+    raise AttributeError(f"module 'tpemu' has no attribute {name!r}")

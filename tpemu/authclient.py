@@ -34,6 +34,7 @@ from cryptography import x509
 from tpemu import authapi, pki
 from tpemu import identity as ident
 from tpemu.config import Addr
+from tpemu.net import cert_probe, conn_upgrade, go_tls_errors
 from tpemu.net.dial import DialError, open_stream
 from tpemu.net.proxyenv import ProxySettings
 from tpemu.wire import alpn
@@ -67,12 +68,15 @@ class AuthClient:
     """A client of one Auth API address (directly, or through the proxy with ALPN ``teleport-auth@``)."""
 
     def __init__(self, addr: Addr, ctx: ssl.SSLContext, server_hostname: str | None,
-                 timeout: float = TIMEOUT, what: str = "the Auth Service", proxy: ProxySettings | None = None) -> None:
+                 timeout: float = TIMEOUT, what: str = "the Auth Service", proxy: ProxySettings | None = None,
+                 via_proxy: bool = False) -> None:
         self.addr = addr
         self.ctx = ctx
         self.server_hostname = server_hostname
         self.timeout = timeout
         self.what = what
+        #: Through the proxy's TLS routing (ALPN ``teleport-auth@``): the connection upgrade applies.
+        self.via_proxy = via_proxy
         #: HTTPS_PROXY/NO_PROXY settings: agents reach the proxy through an HTTP CONNECT proxy too.
         self.proxy = proxy
 
@@ -92,9 +96,13 @@ class AuthClient:
             raise ValueError("a CA to trust is needed")
         if files is not None:
             ctx.load_cert_chain(files.cert, files.key)
-        ctx.set_alpn_protocols([alpn.AUTH] if via_proxy else [alpn.AUTH, alpn.HTTP11])
+        # http/1.1 after teleport-auth@ in both cases, as Go's gRPC appends h2 to Teleport's list:
+        # the proxy routes on the first name it knows, and a layer-7 load balancer in front of it
+        # negotiates http/1.1 with its own certificate (the seed's "certificate is valid for …").
+        ctx.set_alpn_protocols([alpn.AUTH, alpn.HTTP11])
         return cls(addr, ctx, ident.cluster_sni(cluster_name),
-                   what="the Auth Service (through the proxy)" if via_proxy else "the Auth Service")
+                   what="the Auth Service (through the proxy)" if via_proxy else "the Auth Service",
+                   via_proxy=via_proxy)
 
     @classmethod
     def insecure(cls, addr: Addr, what: str = "the Auth Service") -> AuthClient:
@@ -117,7 +125,13 @@ class AuthClient:
     async def _call(self, method: str, path: str, body: Any, raw: bool = False) -> Any:
         data = b"" if body is None else json.dumps(body).encode()
         try:
-            if self.proxy is not None and self.proxy.proxy_for(self.addr.host, self.addr.port) is not None:
+            if self.via_proxy and await conn_upgrade.upgrade_required(
+                    self.addr.host, self.addr.port, conn_upgrade.outer_context_from(self.ctx), proxy=self.proxy):
+                # Behind a layer-7 load balancer: ALPN teleport-auth@ inside the connection upgrade.
+                reader, writer = await conn_upgrade.open_stream_upgraded(
+                    self.addr.host, self.addr.port, outer=conn_upgrade.outer_context_from(self.ctx), inner=self.ctx,
+                    server_hostname=self.server_hostname or self.addr.host, ping=False, proxy=self.proxy)
+            elif self.proxy is not None and self.proxy.proxy_for(self.addr.host, self.addr.port) is not None:
                 reader, writer = await open_stream(self.addr.host, self.addr.port, ssl_context=self.ctx,
                                                    server_hostname=self.server_hostname, proxy=self.proxy)
             else:
@@ -126,8 +140,11 @@ class AuthClient:
         except DialError as exc:
             raise authapi.Unavailable(f"cannot reach {self.what} at {self.addr}: {exc}") from None
         except ssl.SSLCertVerificationError as exc:
+            # Teleport's words (Go's crypto/x509 + gRPC), as its troubleshooting guide quotes them.
+            text = await cert_probe.explain(self.addr.host, self.addr.port, self.ctx, self.server_hostname,
+                                            proxy=self.proxy, fallback=exc.verify_message)
             raise ServerCertUntrusted(f"cannot verify the certificate of {self.what} at {self.addr}: "
-                                      f"{exc.verify_message}") from None
+                                      f"{go_tls_errors.GRPC_PREFIX}{text}") from None
         except ssl.SSLError as exc:
             msg = _alert_message(exc)
             if msg:

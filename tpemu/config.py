@@ -13,6 +13,7 @@ unless the host is written out.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import types
@@ -262,7 +263,12 @@ class ProxyService:
     redis_listen_addr: Addr | None = _f(None, default_port=6379)
     kube_listen_addr: Addr | None = _f(None, default_port=3026)
     kube_public_addr: tuple[str, ...] = ()
-    proxy_protocol: bool = False
+    #: Teleport's tri-state: ``on`` (a PROXY header is required), ``off`` (refused), unset (one
+    #: header accepted, source port marked 0: ``lib/multiplexer`` ``PROXYProtocolUnspecified``).
+    proxy_protocol: bool | None = None
+    #: tpemu: only these networks (the load balancers) may send a PROXY header naming a client;
+    #: empty = any peer (Teleport's behaviour).
+    tpemu_proxy_protocol_trusted_cidrs: tuple[str, ...] = ()
     trust_x_forwarded_for: bool = False
     #: tpemu: the deadline and size cap for first-bytes detection.
     sniff_timeout: Duration = Duration(5.0)
@@ -339,6 +345,42 @@ class DBService:
 
 
 @dataclass(frozen=True)
+class KubernetesService:
+    """``kubernetes_service``: tpemu serves an emulated cluster named ``kube_cluster_name``
+    (``kubeconfig_file``, a real cluster's credentials, is not emulated yet)."""
+
+    enabled: bool = False
+    listen_addr: Addr | None = _f(None, default_port=3026)
+    public_addr: tuple[str, ...] = ()
+    kube_cluster_name: str = ""
+    labels: Mapping[str, str] = _f(factory=dict)
+    kubeconfig_file: object = _ignored()
+    resources: object = _ignored()
+
+
+@dataclass(frozen=True)
+class App:
+    name: str = ""
+    #: ``http://host:port``, ``https://…``, ``tcp://host:port``, or ``emulated-echo`` (tpemu's echo app).
+    uri: str = ""
+    public_addr: str = ""
+    description: str = ""
+    labels: Mapping[str, str] = _f(factory=dict)
+    insecure_skip_verify: bool = False
+    rewrite: object = _ignored()
+    commands: object = _ignored()
+
+
+@dataclass(frozen=True)
+class AppService:
+    enabled: bool = False
+    apps: tuple[App, ...] = ()
+    #: Teleport's ``debug_app``: a ``dumper`` app that shows each request it gets.
+    debug_app: bool = False
+    resources: object = _ignored()
+
+
+@dataclass(frozen=True)
 class Config:
     version: str = "v3"
     teleport: TeleportSection = _f(factory=TeleportSection)
@@ -346,8 +388,8 @@ class Config:
     proxy_service: ProxyService = _f(factory=ProxyService)
     ssh_service: SSHService = _f(factory=SSHService)
     db_service: DBService = _f(factory=DBService)
-    app_service: object = _ignored()
-    kubernetes_service: object = _ignored()
+    app_service: AppService = _f(factory=AppService)
+    kubernetes_service: KubernetesService = _f(factory=KubernetesService)
     windows_desktop_service: object = _ignored()
     discovery_service: object = _ignored()
     jamf_service: object = _ignored()
@@ -555,6 +597,12 @@ def _validate(cfg: Config) -> None:
         roles, sep, value = entry.partition(":")
         if not sep or not value or not roles:
             raise ConfigError(f"auth_service.tokens[{i}]", "expected 'role[,role…]:token' (e.g. 'node,db:secret')")
+    for i, cidr in enumerate(cfg.proxy_service.tpemu_proxy_protocol_trusted_cidrs):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"proxy_service.tpemu_proxy_protocol_trusted_cidrs[{i}]",
+                              f"expected an address or network such as 10.0.0.0/8, got {cidr!r}") from None
     if cfg.proxy_service.sniff_timeout <= 0:
         raise ConfigError("proxy_service.sniff_timeout", "must be positive")
     if not 1024 <= cfg.proxy_service.max_client_hello <= 65536:

@@ -143,6 +143,7 @@ def write_private(path: Path, data: bytes) -> None:
     """Write a secret atomically with mode 0600 (OpenSSH and libpq refuse wider modes)."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # O_CREAT's mode does not apply to a leftover file from an interrupted write
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)

@@ -24,7 +24,8 @@ from tpemu.config import Addr, Config, Database, DBService
 
 log = logging.getLogger("tpemu")
 
-ALL_ROLES = ("auth", "proxy", "node", "db")
+ALL_ROLES = ("auth", "proxy", "node", "db", "kube", "app")
+AGENT_ROLES = ("node", "db", "kube", "app")
 #: The databases of the all-in-one cluster.
 EMULATED_DATABASES = (Database(name="pg", protocol="postgres", description="embedded PostgreSQL"),
                       Database(name="mysql", protocol="mysql", description="embedded MySQL (MariaDB)"),
@@ -63,11 +64,14 @@ def apply_start_flags(cfg: Config, args: argparse.Namespace, all_in_one: bool) -
     else:
         roles = tuple(r for r, on in (("auth", cfg.auth_service.enabled), ("proxy", cfg.proxy_service.enabled),
                                       ("node", cfg.ssh_service.enabled and _built("ssh_service")),
-                                      ("db", (cfg.db_service.enabled or all_in_one) and _built("db_service")))
+                                      ("db", (cfg.db_service.enabled or all_in_one) and _built("db_service")),
+                                      ("kube", (cfg.kubernetes_service.enabled or all_in_one)
+                                       and _built("kube.service")),
+                                      ("app", (cfg.app_service.enabled or all_in_one) and _built("app_service")))
                       if on)
     if "db" in roles and not cfg.db_service.databases:
         cfg = dataclasses.replace(cfg, db_service=DBService(enabled=True, databases=EMULATED_DATABASES))
-    agent_roles = [r for r in roles if r in ("node", "db")]
+    agent_roles = [r for r in roles if r in AGENT_ROLES]
     if agent_roles and "proxy" not in roles and cfg.teleport.proxy_server is None and cfg.teleport.auth_server is None:
         raise StartError(f"the {' and '.join(agent_roles)} role(s) need a cluster to join: --proxy HOST:PORT "
                          "(teleport.proxy_server) or, for node only, --auth-server HOST:PORT")
@@ -133,7 +137,7 @@ async def run(cfg: Config, roles: tuple[str, ...], all_in_one: bool) -> int:
             await shutdown()
             return 1
         stack.append(proxy)
-    agent_roles = tuple(r for r in roles if r in ("node", "db"))
+    agent_roles = tuple(r for r in roles if r in AGENT_ROLES)
     if agent_roles:
         from tpemu.agent.process import AgentError, AgentOptions, AgentProcess
         from tpemu.agent.services import MAKERS

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from tests.agent.test_tunnel import Echo, roundtrip, wait_for
-from tests.cluster import running_cluster
 from tpemu import config
 from tpemu.agent.process import AgentContext, AgentError, AgentOptions, AgentProcess
 from tpemu.agent.tunnel import Offer
 from tpemu.proxy.tunnels import TunnelError
+from tpemu.testkit import Cluster
 from tpemu.wire import tunnel as tw
 
 
@@ -34,7 +34,8 @@ def makers(echo_node: Echo, echo_db: Echo):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("separate", [False, True], ids=["tls-routing", "tunnel-port"])
 async def test_join_through_proxy_and_reach_both_services(tmp_path: Path, separate: bool) -> None:
-    async with running_cluster(tmp_path / "cluster", separate=separate) as cluster:
+    mode = "separate" if separate else "multiplex"
+    async with Cluster(tmp_path / "cluster", nodes=(), databases=(), mode=mode) as cluster:
         token = await cluster.token("Node", "Db")
         opts = AgentOptions(("node", "db"), proxy_server=cluster.web, token=token, ca_pins=(cluster.auth.ca_pin,),
                             nodename="agent1")
@@ -71,7 +72,7 @@ async def test_join_through_proxy_and_reach_both_services(tmp_path: Path, separa
 
 
 async def test_direct_join_node_listens_and_db_is_refused(tmp_path: Path) -> None:
-    async with running_cluster(tmp_path / "cluster") as cluster:
+    async with Cluster(tmp_path / "cluster", nodes=(), databases=()) as cluster:
         assert cluster.auth.addr is not None
         token = await cluster.token("Node", "Db")
         with pytest.raises(AgentError, match="Direct Auth Service joining is only supported for Teleport Agents "
@@ -97,7 +98,7 @@ async def test_direct_join_node_listens_and_db_is_refused(tmp_path: Path) -> Non
 
 
 async def test_bad_tokens_are_refused_specifically(tmp_path: Path) -> None:
-    async with running_cluster(tmp_path / "cluster") as cluster:
+    async with Cluster(tmp_path / "cluster", nodes=(), databases=()) as cluster:
         opts = AgentOptions(("node",), proxy_server=cluster.web, token="not-a-token")
         with pytest.raises(AgentError, match="joining the cluster at .* failed: .*token"):
             await AgentProcess(agent_config(tmp_path / "a"), opts, makers(Echo("s"), Echo("d"))).start()

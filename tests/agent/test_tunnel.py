@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import Cluster, cluster_config, running_cluster
 from tpemu import authclient, config, pki
 from tpemu.agent.tunnel import Offer, TunnelAgent, TunnelTarget
 from tpemu.proxy.auth_routes import AuthLink
 from tpemu.proxy.decide import ListenerKind
 from tpemu.proxy.service import ProxyService
 from tpemu.proxy.tunnels import TunnelError
+from tpemu.testkit import Cluster
 from tpemu.wire import tunnel as tw
 
 
@@ -69,7 +69,7 @@ async def wait_for(cond, timeout: float = 10.0) -> None:  # type: ignore[no-unty
 
 @pytest.mark.parametrize("separate", [False, True], ids=["tls-routing", "tunnel-port"])
 async def test_agent_tunnel_dial_and_refusals(tmp_path: Path, separate: bool) -> None:
-    async with running_cluster(tmp_path, separate=separate) as cluster:
+    async with Cluster(tmp_path, nodes=(), databases=(), mode="separate" if separate else "multiplex") as cluster:
         identity = await join(cluster, "Node", "node1")
         echo = Echo("node1")
         agent = agent_for(cluster, identity, echo, "node1", tls=not separate)
@@ -91,8 +91,8 @@ async def test_agent_tunnel_dial_and_refusals(tmp_path: Path, separate: bool) ->
 
 async def test_forged_host_cert_and_garbage_are_refused_while_others_work(tmp_path: Path,
                                                                           caplog: pytest.LogCaptureFixture) -> None:
-    async with running_cluster(tmp_path / "a", separate=True) as cluster, \
-            running_cluster(tmp_path / "b") as other:
+    async with Cluster(tmp_path / "a", nodes=(), databases=(), mode="separate") as cluster, \
+            Cluster(tmp_path / "b", nodes=(), databases=()) as other:
         good = agent_for(cluster, await join(cluster), Echo("good"), "good", tls=False)
         good.start()
         await asyncio.wait_for(good.state.connected.wait(), 10)
@@ -155,7 +155,7 @@ class Relay:
 
 async def test_frozen_agent_is_dropped_after_missed_heartbeats(tmp_path: Path,
                                                              caplog: pytest.LogCaptureFixture) -> None:
-    async with running_cluster(tmp_path, separate=True) as cluster:
+    async with Cluster(tmp_path, nodes=(), databases=(), mode="separate") as cluster:
         relay = Relay(("127.0.0.1", cluster.listener(ListenerKind.TUNNEL).port))
         port = await relay.start()
         identity = await join(cluster)
@@ -181,7 +181,7 @@ async def test_frozen_agent_is_dropped_after_missed_heartbeats(tmp_path: Path,
 
 
 async def test_proxy_restart_agent_reconnects_within_backoff(tmp_path: Path) -> None:
-    async with running_cluster(tmp_path) as cluster:
+    async with Cluster(tmp_path, nodes=(), databases=()) as cluster:
         identity = await join(cluster)
         web = cluster.web
         agent = TunnelAgent(identity, TunnelTarget(web, True), [Offer(tw.Resource("node", "n1"), Echo("n1"))],
@@ -191,7 +191,8 @@ async def test_proxy_restart_agent_reconnects_within_backoff(tmp_path: Path) -> 
         await cluster.proxy.close()
         await wait_for(lambda: not agent.state.connected.is_set(), 5)
         await asyncio.sleep(1.5)  # the agent retries against a closed port meanwhile
-        cfg = cluster_config(tmp_path, proxy_port=web.port)
+        cfg = config.from_dict({"teleport": {"data_dir": str(cluster.data_dir)},
+                                "proxy_service": {"web_listen_addr": f"127.0.0.1:{web.port}"}})
         proxy = ProxyService(cfg, auth=AuthLink(cluster.auth.addr, ca_pins=(cluster.auth.ca_pin,)))  # type: ignore[arg-type]
         await proxy.start()
         try:

@@ -6,15 +6,19 @@ found they can: TLS with ALPN and the client certificate, or Postgres' SSLReques
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from typing import Any
 
 import pytest
 
-from tests.db.conftest import DBCluster
+from tests.db.conftest import client_ctx, db_cluster, plain_cert, route_cert
 from tpemu.proxy.decide import ListenerKind
+from tpemu.testkit import Cluster
+from tpemu.testkit.cluster import wait_for
 from tpemu.wire import mysql as my
 from tpemu.wire import ping
+from tpemu.wire.tunnel import DialRequest
 
 
 class SNIContext(ssl.SSLContext):
@@ -27,10 +31,10 @@ class SNIContext(ssl.SSLContext):
         return super().wrap_bio(incoming, outgoing, server_side, self.sni or server_hostname, session)
 
 
-def sni_ctx(c: DBCluster, cert: Any, alpn: list[str], sni: str = "localhost") -> SNIContext:
+def sni_ctx(c: Cluster, cert: Any, alpn: list[str], sni: str = "localhost") -> SNIContext:
     ctx = SNIContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.sni = sni
-    ctx.load_verify_locations(str(c.ca_path))
+    ctx.load_verify_locations(str(c.ca))
     ctx.check_hostname = False
     if cert is not None:
         ctx.load_cert_chain(cert[0], cert[1])
@@ -38,12 +42,22 @@ def sni_ctx(c: DBCluster, cert: Any, alpn: list[str], sni: str = "localhost") ->
     return ctx
 
 
-async def test_asyncpg_direct_alpn_and_sslrequest(dbc: DBCluster) -> None:
+async def test_asyncpg_direct_alpn_and_sslrequest(dbc: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncpg
 
-    cert = dbc.route_cert("pg", "pg", "postgres", db_name="app")
+    service = dbc.db_service()
+    requests: list[DialRequest] = []
+    serve = service.serve
+
+    async def recording(sock: socket.socket, request: DialRequest) -> None:
+        requests.append(request)  # what the agent received through the tunnel
+        await serve(sock, request)
+
+    monkeypatch.setattr(service, "serve", recording)
+
+    cert = await route_cert(dbc, "pg", db_name="app")
     ctx = sni_ctx(dbc, cert, ["teleport-postgres"])
-    conn = await asyncpg.connect(host="127.0.0.1", port=dbc.port, user="alice", database="app", ssl=ctx,
+    conn = await asyncpg.connect(host="127.0.0.1", port=dbc.web.port, user="alice", database="app", ssl=ctx,
                                  direct_tls=True, timeout=10)
     try:
         await conn.execute("create table t (id int, name text)")
@@ -53,45 +67,46 @@ async def test_asyncpg_direct_alpn_and_sslrequest(dbc: DBCluster) -> None:
     finally:
         await conn.close()
     # the SSLRequest path on the same port (asyncpg without direct_tls), same emulated store
-    conn = await asyncpg.connect(host="127.0.0.1", port=dbc.port, user="alice", database="app", ssl=ctx, timeout=10)
+    conn = await asyncpg.connect(host="127.0.0.1", port=dbc.web.port, user="alice", database="app", ssl=ctx, timeout=10)
     try:
         assert await conn.fetchval("select name from t where id = 1") == "one"
     finally:
         await conn.close()
-    req = dbc.dialer.requests[-1]
+    req = requests[-1]
     assert (req.conn_type, req.name) == ("db", "pg")
     assert req.identity is not None and req.identity["route_to_database"] == {
         "service_name": "pg", "protocol": "postgres", "username": "alice", "database": "app"}
-    assert dbc.service.stats["served"] == 2
+    assert dbc.db_service().stats["served"] == 2
 
 
-async def test_postgres_refusals_in_protocol(dbc: DBCluster) -> None:
+async def test_postgres_refusals_in_protocol(dbc: Cluster) -> None:
     import asyncpg
 
-    cert = dbc.route_cert("pg", "pg", "postgres", db_name="app")
+    cert = await route_cert(dbc, "pg", db_name="app")
     ctx = sni_ctx(dbc, cert, ["teleport-postgres"])
     with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError, match="access to db denied.*'bob'"):
-        await asyncpg.connect(host="127.0.0.1", port=dbc.port, user="bob", database="app", ssl=ctx, direct_tls=True)
+        await asyncpg.connect(host="127.0.0.1", port=dbc.web.port, user="bob", database="app", ssl=ctx, direct_tls=True)
     with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError, match="database name 'other'"):
-        await asyncpg.connect(host="127.0.0.1", port=dbc.port, user="alice", database="other", ssl=ctx,
+        await asyncpg.connect(host="127.0.0.1", port=dbc.web.port, user="alice", database="other", ssl=ctx,
                               direct_tls=True)
     nocert = sni_ctx(dbc, None, ["teleport-postgres"])
     with pytest.raises(asyncpg.InvalidAuthorizationSpecificationError, match="client certificate is required"):
-        await asyncpg.connect(host="127.0.0.1", port=dbc.port, user="alice", database="app", ssl=nocert,
+        await asyncpg.connect(host="127.0.0.1", port=dbc.web.port, user="alice", database="app", ssl=nocert,
                               direct_tls=True)
-    dbc.dialer.offline.add("pg")
-    with pytest.raises(asyncpg.ConnectionFailureError, match='database "pg" is unavailable: .*offline'):
-        await asyncpg.connect(host="127.0.0.1", port=dbc.port, user="alice", database="app", ssl=ctx,
+    await dbc.agents["db"].close()  # the Database Service goes away: the proxy says so, in protocol
+    await wait_for(lambda: not dbc.databases(), what="the proxy to drop the database agent")
+    with pytest.raises(asyncpg.ConnectionFailureError,
+                       match='database "pg" is unavailable: database .pg. not found .*no connected agent serves it'):
+        await asyncpg.connect(host="127.0.0.1", port=dbc.web.port, user="alice", database="app", ssl=ctx,
                               direct_tls=True)
-    assert dbc.service.stats["denied"] == 2
 
 
-async def test_psycopg_sslrequest_with_sni_route(dbc: DBCluster) -> None:
+async def test_psycopg_sslrequest_with_sni_route(dbc: Cluster) -> None:
     import psycopg
 
-    cert, key = dbc.user_cert("plain")  # no route: the SNI names the database
-    dsn = (f"host=pg.localhost hostaddr=127.0.0.1 port={dbc.port} user=alice dbname=app sslmode=verify-ca "
-           f"sslrootcert={dbc.ca_path} sslcert={cert} sslkey={key}")
+    cert, key = plain_cert(dbc)  # no route: the SNI names the database
+    dsn = (f"host=pg.localhost hostaddr=127.0.0.1 port={dbc.web.port} user=alice dbname=app sslmode=verify-ca "
+           f"sslrootcert={dbc.ca} sslcert={cert} sslkey={key}")
 
     def run() -> Any:
         with psycopg.connect(dsn, connect_timeout=10) as conn:
@@ -103,16 +118,14 @@ async def test_psycopg_sslrequest_with_sni_route(dbc: DBCluster) -> None:
 async def test_pymysql_on_the_mysql_listener_and_alpn(tmp_path: Any) -> None:
     import pymysql
 
-    from tests.db.conftest import start_db_cluster
-
-    c = await start_db_cluster(tmp_path, mysql_listen_addr="127.0.0.1:0")
+    c = await db_cluster(tmp_path, mysql_listen_addr="127.0.0.1:0")
     try:
-        cert = c.route_cert("my", "my", "mysql", db_name="app")
-        ctx = c.client_ctx(cert)
+        cert = await route_cert(c, "my", db_name="app")
+        ctx = client_ctx(c, cert)
         ctx.check_hostname = False
 
         def listener() -> Any:
-            conn = pymysql.connect(host="127.0.0.1", port=c.listener(ListenerKind.MYSQL), user="alice", ssl=ctx,
+            conn = pymysql.connect(host="127.0.0.1", port=c.listener(ListenerKind.MYSQL).port, user="alice", ssl=ctx,
                                    connect_timeout=10)
             try:
                 with conn.cursor() as cur:
@@ -127,7 +140,7 @@ async def test_pymysql_on_the_mysql_listener_and_alpn(tmp_path: Any) -> None:
 
         # bob is not an allowed database user: the agent's ERR reaches the client
         def refused() -> Any:
-            return pymysql.connect(host="127.0.0.1", port=c.listener(ListenerKind.MYSQL), user="bob", ssl=ctx,
+            return pymysql.connect(host="127.0.0.1", port=c.listener(ListenerKind.MYSQL).port, user="bob", ssl=ctx,
                                    connect_timeout=10)
 
         with pytest.raises(pymysql.err.OperationalError) as err:
@@ -136,14 +149,14 @@ async def test_pymysql_on_the_mysql_listener_and_alpn(tmp_path: Any) -> None:
 
         # no client certificate (PyMySQL upgrades to TLS on its own when offered): refused with an ERR
         def nocert() -> Any:
-            return pymysql.connect(host="127.0.0.1", port=c.listener(ListenerKind.MYSQL), user="alice",
+            return pymysql.connect(host="127.0.0.1", port=c.listener(ListenerKind.MYSQL).port, user="alice",
                                    connect_timeout=10)
 
         with pytest.raises(pymysql.err.OperationalError, match="client certificate is required"):
             await asyncio.to_thread(nocert)
 
         # a plain-text HandshakeResponse41 (no SSLRequest) is refused with an ERR packet
-        reader, writer = await asyncio.open_connection("127.0.0.1", c.listener(ListenerKind.MYSQL))
+        reader, writer = await asyncio.open_connection("127.0.0.1", c.listener(ListenerKind.MYSQL).port)
         head = await reader.readexactly(4)
         greeting = my.parse_handshake_v10(await reader.readexactly(int.from_bytes(head[:3], "little")))
         assert greeting.capabilities & my.CLIENT_SSL and greeting.server_version == "8.0.36-tpemu"
@@ -154,17 +167,16 @@ async def test_pymysql_on_the_mysql_listener_and_alpn(tmp_path: Any) -> None:
         assert answer[3] == 2 and answer[4] == 0xFF and b"requires TLS" in answer
         writer.close()
     finally:
-        await c.proxy.close()
-        await c.service.close()
+        await c.close()
 
 
-async def test_redis_and_mongo_over_alpn(dbc: DBCluster) -> None:
+async def test_redis_and_mongo_over_alpn(dbc: Cluster) -> None:
     import redis.asyncio as aredis
 
-    cert = dbc.route_cert("cache", "cache", "redis")
-    ctx = dbc.client_ctx(cert, ["teleport-redis"])
+    cert = await route_cert(dbc, "cache")
+    ctx = client_ctx(dbc, cert, ["teleport-redis"])
     ctx.check_hostname = False
-    reader, writer = await asyncio.open_connection("127.0.0.1", dbc.port, ssl=ctx, server_hostname="localhost")
+    reader, writer = await asyncio.open_connection("127.0.0.1", dbc.web.port, ssl=ctx, server_hostname="localhost")
     writer.write(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n")
     await writer.drain()
     got = b""
@@ -175,10 +187,10 @@ async def test_redis_and_mongo_over_alpn(dbc: DBCluster) -> None:
     del aredis
 
     # the -ping form: framed payloads, and a refusal for a certificate without this db user
-    bad = dbc.route_cert("bad", "cache", "redis", db_user="root", db_users=("alice",))
-    ctx = dbc.client_ctx(bad, ["teleport-redis-ping"])
+    bad = await route_cert(dbc, "cache", db_user="root")  # alice may only be alice
+    ctx = client_ctx(dbc, bad, ["teleport-redis-ping"])
     ctx.check_hostname = False
-    reader, writer = await asyncio.open_connection("127.0.0.1", dbc.port, ssl=ctx, server_hostname="localhost")
+    reader, writer = await asyncio.open_connection("127.0.0.1", dbc.web.port, ssl=ctx, server_hostname="localhost")
     writer.write(ping.encode_frame(b"*1\r\n$4\r\nPING\r\n"))
     decoder = ping.PingDecoder()
     answer = b""
@@ -188,16 +200,16 @@ async def test_redis_and_mongo_over_alpn(dbc: DBCluster) -> None:
     assert answer.startswith(b"-ERR access to db denied") and b"'root'" in answer
 
 
-async def test_pymongo_over_alpn(dbc: DBCluster) -> None:
+async def test_pymongo_over_alpn(dbc: Cluster) -> None:
     import pymongo
 
-    cert = dbc.route_cert("mongo", "mongo", "mongodb", db_name="app")
-    pem = dbc.tmp / "mongo.pem"
+    cert = await route_cert(dbc, "mongo", db_name="app")
+    pem = dbc.root / "mongo.pem"
     pem.write_bytes(cert[0].read_bytes() + cert[1].read_bytes())
 
     def run() -> Any:
         client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-            "127.0.0.1", dbc.port, tls=True, tlsCAFile=str(dbc.ca_path), tlsCertificateKeyFile=str(pem),
+            "127.0.0.1", dbc.web.port, tls=True, tlsCAFile=str(dbc.ca), tlsCertificateKeyFile=str(pem),
             tlsAllowInvalidHostnames=True, directConnection=True, connect=False, serverSelectionTimeoutMS=5000)
         ctx = client.options.pool_options._ssl_context  # REAL_CLIENTS.md §2: the only way to set ALPN
         ctx.set_alpn_protocols(["teleport-mongodb"])
@@ -210,16 +222,16 @@ async def test_pymongo_over_alpn(dbc: DBCluster) -> None:
     assert await asyncio.to_thread(run) == {"_id": 1, "name": "one"}
 
 
-async def test_psycopg_direct_tls_with_alpn_postgresql(dbc: DBCluster) -> None:
+async def test_psycopg_direct_tls_with_alpn_postgresql(dbc: Cluster) -> None:
     """libpq >= 17 ``sslnegotiation=direct``: TLS from the first byte with ALPN ``postgresql``
     (psycopg's binary wheel bundles libpq 18), which the proxy must select."""
     import psycopg
 
     if psycopg.pq.version() < 170000:
         pytest.skip(f"libpq {psycopg.pq.version()} has no sslnegotiation=direct")
-    cert, key = dbc.route_cert("pgd", "pg", "postgres", db_name="app")
-    dsn = (f"host=localhost hostaddr=127.0.0.1 port={dbc.port} user=alice dbname=app sslmode=verify-full "
-           f"sslrootcert={dbc.ca_path} sslcert={cert} sslkey={key} sslnegotiation=direct")
+    cert, key = await route_cert(dbc, "pg", db_name="app")
+    dsn = (f"host=localhost hostaddr=127.0.0.1 port={dbc.web.port} user=alice dbname=app sslmode=verify-full "
+           f"sslrootcert={dbc.ca} sslcert={cert} sslkey={key} sslnegotiation=direct")
 
     def run() -> Any:
         with psycopg.connect(dsn, connect_timeout=10) as conn:
@@ -233,35 +245,33 @@ async def test_separate_listeners(tmp_path: Any) -> None:
     import asyncpg
     import pymongo
 
-    from tests.db.conftest import start_db_cluster
-
-    c = await start_db_cluster(tmp_path, postgres_listen_addr="127.0.0.1:0", mongo_listen_addr="127.0.0.1:0",
+    c = await db_cluster(tmp_path, postgres_listen_addr="127.0.0.1:0", mongo_listen_addr="127.0.0.1:0",
                                redis_listen_addr="127.0.0.1:0")
     try:
-        cert = c.route_cert("pg", "pg", "postgres", db_name="app")
+        cert = await route_cert(c, "pg", db_name="app")
         ctx = sni_ctx(c, cert, ["teleport-postgres"])
-        conn = await asyncpg.connect(host="127.0.0.1", port=c.listener(ListenerKind.POSTGRES), user="alice",
+        conn = await asyncpg.connect(host="127.0.0.1", port=c.listener(ListenerKind.POSTGRES).port, user="alice",
                                      database="app", ssl=ctx, timeout=10)
         try:
             assert await conn.fetchval("select 1 + 1") == 2
         finally:
             await conn.close()
 
-        rcert = c.route_cert("cache", "cache", "redis")
-        rctx = c.client_ctx(rcert)  # no ALPN at all: the Redis listener routes every TLS connection
+        rcert = await route_cert(c, "cache")
+        rctx = client_ctx(c, rcert)  # no ALPN at all: the Redis listener routes every TLS connection
         rctx.check_hostname = False
-        reader, writer = await asyncio.open_connection("127.0.0.1", c.listener(ListenerKind.REDIS), ssl=rctx)
+        reader, writer = await asyncio.open_connection("127.0.0.1", c.listener(ListenerKind.REDIS).port, ssl=rctx)
         writer.write(b"PING\r\n")
         assert await asyncio.wait_for(reader.readline(), 5) == b"+PONG\r\n"
         writer.close()
 
-        mcert = c.route_cert("mongo", "mongo", "mongodb", db_name="app")
+        mcert = await route_cert(c, "mongo", db_name="app")
         pem = tmp_path / "m.pem"
         pem.write_bytes(mcert[0].read_bytes() + mcert[1].read_bytes())
 
         def mongo() -> Any:
             client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
-                "127.0.0.1", c.listener(ListenerKind.MONGO), tls=True, tlsCAFile=str(c.ca_path),
+                "127.0.0.1", c.listener(ListenerKind.MONGO).port, tls=True, tlsCAFile=str(c.ca),
                 tlsCertificateKeyFile=str(pem), tlsAllowInvalidHostnames=True, directConnection=True,
                 serverSelectionTimeoutMS=5000)
             try:
@@ -271,5 +281,4 @@ async def test_separate_listeners(tmp_path: Any) -> None:
 
         assert (await asyncio.to_thread(mongo))["ok"] == 1.0
     finally:
-        await c.proxy.close()
-        await c.service.close()
+        await c.close()

@@ -141,12 +141,18 @@ db_service:
             res = psql_select(home, name, tmp_path)
             assert res.stdout.strip() == "42", res.stderr
 
-        # Kill an agent: its database goes after the heartbeat window; a client gets a clear error.
+        # Kill an agent: the proxy knows at once (its tunnel is gone) and db ls says "disconnected"
+        # until the Auth Service's inventory expires the announcement (issue 16: it was listed as
+        # alive for 14 s). With this cluster's 1 s heartbeats the announcement may already be gone.
         agents["pgb"].stop(signal.SIGKILL)
-        deadline = time.monotonic() + 15
-        while "pgb" in run("db", "ls", "--home", str(home)).stdout:
-            assert time.monotonic() < deadline, "pgb still listed after the heartbeat window"
-            time.sleep(0.5)
+        deadline = time.monotonic() + 5
+        while True:
+            lines = [line for line in run("db", "ls", "--home", str(home)).stdout.splitlines()
+                     if line.split()[:1] == ["pgb"]]
+            if not lines or "disconnected" in lines[0]:
+                break
+            assert time.monotonic() < deadline, f"pgb still listed as alive: {lines}"
+            time.sleep(0.2)
         res = psql_select(home, "pgb", tmp_path)
         assert res.returncode != 0 and "pgb" in res.stderr and ("not found" in res.stderr or "offline" in res.stderr), \
             res.stderr

@@ -19,12 +19,15 @@ from pathlib import Path
 import pytest
 
 from tests import realservers
-from tests.ssh.cluster import CLUSTER, SSHCluster, ssh_cluster, wait_for
+from tests.helpers import alice, ssh_cluster
 from tests.ssh.conftest import processes_with, wait_gone
+from tpemu.proxy.decide import ListenerKind
+from tpemu.testkit.cluster import CLUSTER, Cluster, wait_for
 
 pytestmark = pytest.mark.e2e
 
 TPEMU = str(Path(sys.executable).parent / "tpemu")
+
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -45,10 +48,10 @@ async def run(argv: list[str], env: dict[str, str] | None = None, stdin: bytes |
                                        err.decode(errors="replace"))
 
 
-async def write_config(c: SSHCluster) -> Path:
-    result = await run([TPEMU, "config", f"--home={c.home}"])
+async def write_config(c: Cluster) -> Path:
+    result = await run([TPEMU, "config", f"--home={alice(c).home}"])
     assert result.returncode == 0, result.stderr
-    path = c.tmp / "ssh_config"
+    path = c.root / "ssh_config"
     path.write_text(result.stdout)
     return path
 
@@ -58,7 +61,7 @@ async def test_openssh_runs_commands_on_nodes_through_the_proxy(tmp_path: Path) 
     async with ssh_cluster(tmp_path) as c:
         # `ssh -F <(tpemu config) …` as such cannot work: OpenSSH closes every inherited descriptor
         # above 2 before it reads -F, so /dev/fd/63 is gone. The same config through stdin works:
-        line = (f"{shlex.quote(TPEMU)} config --home={shlex.quote(str(c.home))} | "
+        line = (f"{shlex.quote(TPEMU)} config --home={shlex.quote(str(alice(c).home))} | "
                 f"{shlex.quote(ssh)} -F /dev/stdin -o BatchMode=yes alice@node1.{CLUSTER} uname -a")
         result = await run(["bash", "-c", line])
         assert result.returncode == 0, result.stderr
@@ -96,18 +99,18 @@ async def test_openssh_client_killed_mid_session_leaves_nothing_running(tmp_path
             os.killpg(proc.pid, signal.SIGKILL)  # ssh and its ProxyCommand vanish at once
             await proc.wait()
         await wait_gone(marker, timeout=8)
-        await wait_for(lambda: not c.service("node1")._sessions, 5, "the node's session to end")
+        await wait_for(lambda: not c.ssh_service("node1")._sessions, 5, "the node's session to end")
 
 
 @pytest.mark.parametrize("mode", ["multiplex", "separate"])
 async def test_tpemu_ssh_cli_direct_and_through_http_connect(tmp_path: Path, mode: str) -> None:
     async with ssh_cluster(tmp_path, mode=mode) as c:
-        home = f"--home={c.home}"
+        home = f"--home={alice(c).home}"
         result = await run([TPEMU, "ssh", home, "alice@node1", "echo $USER on $(hostname); exit 3"])
         assert result.returncode == 3 and result.stdout.startswith("alice on "), result.stderr
         result = await run([TPEMU, "ssh", home, "-l", "alice", f"node1.{CLUSTER}", "cat"], stdin=b"in\n")
         assert (result.returncode, result.stdout) == (0, "in\n")
-        target = c.web if mode == "multiplex" else c.ssh_listener
+        target = c.web if mode == "multiplex" else c.proxy.info.bound.get(ListenerKind.SSH)
         assert target is not None
         with realservers.tinyproxy(tmp_path) as proxy:
             env = clean_env(HTTPS_PROXY=proxy.url, TPEMU_PROXY_LOOPBACK="yes")
@@ -122,7 +125,7 @@ async def test_tpemu_ssh_cli_direct_and_through_http_connect(tmp_path: Path, mod
 
 async def test_tpemu_ssh_cli_errors(tmp_path: Path) -> None:
     async with ssh_cluster(tmp_path) as c:
-        home = f"--home={c.home}"
+        home = f"--home={alice(c).home}"
         result = await run([TPEMU, "ssh", home, "bob@node1", "true"])
         assert result.returncode == 1
         assert result.stderr.strip() == ("tpemu: access denied to bob connecting to node1: 'bob' is not one of "
@@ -136,7 +139,7 @@ async def test_tpemu_ssh_cli_errors(tmp_path: Path) -> None:
         from tpemu.auth import authority
         from tpemu.auth.authority import CAType
 
-        prof = c.profile()
+        prof = alice(c).profile
         import datetime as dt
 
         past = dt.datetime.now(dt.UTC) - dt.timedelta(hours=3)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import trustme
 
-from tests.conftest import ProxyFactory, base_config, wait_closed, web_port
+from tests.conftest import ProxyFactory, base_config, eventually, wait_closed, web_port
 from tpemu import testing
 from tpemu.proxy.decide import ListenerKind
 from tpemu.wire import postgres as pg
@@ -149,7 +149,7 @@ async def test_proxy_protocol_off_is_refused_on_is_used(proxy_factory: ProxyFact
                                                        caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     header = proxy_protocol.encode_v2(("192.0.2.7", 40000), ("127.0.0.1", 3080))
-    off = await proxy_factory()
+    off = await proxy_factory(proxy_protocol=False)
     reader, writer = await asyncio.open_connection("127.0.0.1", web_port(off))
     writer.write(header + b"SSH-2.0-x\r\n")
     assert await wait_closed(reader) == b""
@@ -333,12 +333,28 @@ async def test_idle_client_times_out_and_max_pending(proxy_factory: ProxyFactory
                                                      caplog: pytest.LogCaptureFixture) -> None:
     svc = await proxy_factory(sniff_timeout="500ms", max_pending=2)
     port = web_port(svc)
-    idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
-    assert await wait_closed(idle[2][0], 2) == b""  # the third is refused at once
-    for r, _ in idle[:2]:
-        assert await wait_closed(r, 2) == b""
-    await asyncio.sleep(0.05)
-    assert "no bytes within 0.5s" in caplog.text and svc.door.stats.refused["too-many-pending"] == 1
+    idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+    for r, _ in idle:
+        assert await wait_closed(r, 3) == b""
+    await eventually(lambda: "no bytes within 0.5s" in caplog.text, 2)
+    # At the cap, the connection that waited longest is shed, not the newcomer (issue 16: legitimate
+    # clients were reset while slowloris connections held every pending slot).
+    svc = await proxy_factory(sniff_timeout="5s", max_pending=2)
+    port = web_port(svc)
+    idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+    for _, w in idle:
+        w.write(b"\x16\x03\x01\x02\x00\x01")  # a slow client: accepted (TCP_DEFER_ACCEPT wakes on data), never finished
+    await eventually(lambda: len(svc.door.waiting) == 2, 3, "two slow clients pending")
+    oldest = next(iter(svc.door.waiting.values())).socket_peer
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert (await wait_closed(reader, 2)).startswith(b"HTTP/1.1 301")
+    assert svc.door.stats.refused["shed-oldest"] == 1 and svc.door.stats.refused["too-many-pending"] == 0
+    shed = next(r for r, w in idle if w.get_extra_info("sockname")[1] == oldest[1])
+    assert await wait_closed(shed, 1) == b""
+    assert len(svc.door.waiting) == 1
+    for _, w in idle:
+        w.close()
 
 
 async def test_separate_mode_listeners(proxy_factory: ProxyFactory, caplog: pytest.LogCaptureFixture) -> None:

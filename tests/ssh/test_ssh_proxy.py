@@ -10,16 +10,18 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from tests.ssh.cluster import CLUSTER, SSHCluster, ssh_cluster, wait_for
+from tests.helpers import alice, ssh_cluster
 from tpemu.auth import authority
 from tpemu.auth.authority import CAType
 from tpemu.client import ssh as ssh_mod
 from tpemu.client.ssh import ProxyRoute, SSHError
+from tpemu.proxy.decide import ListenerKind
+from tpemu.testkit.cluster import CLUSTER, Cluster, wait_for
 
 
-async def run_on(cluster: SSHCluster, target: str, command: str, route: ProxyRoute | None = None,
+async def run_on(cluster: Cluster, target: str, command: str, route: ProxyRoute | None = None,
                  check_login: bool = True) -> asyncssh.SSHCompletedProcess:
-    creds = ssh_mod.Credentials.load(cluster.profile())
+    creds = ssh_mod.Credentials.load(alice(cluster).profile)
     t = ssh_mod.parse_target(target, CLUSTER)
     if check_login:
         creds.check_login(t.login, t.host)
@@ -50,10 +52,11 @@ async def test_multiplex_tls_routing_and_plain_ssh_on_the_web_port(tmp_path: Pat
 
 async def test_separate_mode_listen_addr(tmp_path: Path) -> None:
     async with ssh_cluster(tmp_path, mode="separate") as c:
-        assert c.ssh_listener is not None
-        ping = await ssh_mod.web_get(c.profile(), "/webapi/ping")
+        assert c.proxy.info.bound.get(ListenerKind.SSH) is not None
+        ping = await ssh_mod.web_get(alice(c).profile, "/webapi/ping")
         route = ssh_mod.route_from_ping(ping, c.web)
-        assert route == ProxyRoute(c.ssh_listener.host, c.ssh_listener.port, tls=False)
+        ssh_listener = c.listener(ListenerKind.SSH)
+        assert route == ProxyRoute(ssh_listener.host, ssh_listener.port, tls=False)
         result = await run_on(c, "alice@node1", "uname -s")
         assert result.stdout == "Linux\n" and result.exit_status == 0
         assert c.proxy.door.stats.routed["ssh-proxy"] == 1
@@ -73,7 +76,7 @@ async def test_errors_are_specific(tmp_path: Path, caplog: pytest.LogCaptureFixt
         with pytest.raises(SSHError, match="access denied to bob connecting to node1 .the node refused"):
             await run_on(c, "bob@node1", "true", check_login=False)
         # A subsystem for another cluster, or malformed: the reason comes back on stderr, status 1.
-        creds = ssh_mod.Credentials.load(c.profile())
+        creds = ssh_mod.Credentials.load(alice(c).profile)
         proxy = await ssh_mod.connect_proxy(creds)
         async with proxy:
             for name, reason in (("proxy:node1:3022@elsewhere", "unknown cluster 'elsewhere'"),
@@ -105,7 +108,7 @@ async def test_direct_dial_node_and_proxy_jump(tmp_path: Path) -> None:
         # The node also listens on its own port (3022 in production): reachable without the proxy.
         addr = c.agents["direct1"].direct_addr
         assert addr is not None
-        creds = ssh_mod.Credentials.load(c.profile())
+        creds = ssh_mod.Credentials.load(alice(c).profile)
         async with asyncssh.connect(addr.host, addr.port, username="alice", client_keys=creds.client_keys(),
                                     known_hosts=([], creds.host_cas, []), agent_path=None, config=None) as conn:
             assert (await conn.run("echo straight")).stdout == "straight\n"
@@ -123,7 +126,7 @@ async def test_direct_dial_node_and_proxy_jump(tmp_path: Path) -> None:
 async def test_node_list_web_endpoint(tmp_path: Path) -> None:
     async with ssh_cluster(tmp_path) as c:
         await c.add_node("node2", labels={"env": "prod", "team": "db"})
-        prof = c.profile()
+        prof = alice(c).profile
         items = await ssh_mod.list_nodes(prof)
         by_name = {i["hostname"]: i for i in items}
         assert set(by_name) == {"node1", "node2"}
@@ -142,11 +145,20 @@ async def test_node_list_web_endpoint(tmp_path: Path) -> None:
         answer = await reader.read()
         writer.close()
         assert answer.startswith(b"HTTP/1.1 403") and b"needs a user certificate" in answer
+        # Issue 16: once node2's tunnel is gone the list says so at once (the Auth Service still
+        # lists it until its announcement expires).
+        assert node2["connected"] is True
+        await c.agents["node2"].close()
+        deadline = asyncio.get_running_loop().time() + 5
+        while not [i for i in await ssh_mod.list_nodes(prof) if i["hostname"] == "node2" and i["connected"] is False]:
+            assert asyncio.get_running_loop().time() < deadline, "node2 not marked disconnected"
+            await asyncio.sleep(0.05)
+        assert "disconnected" in ssh_mod.format_nodes(await ssh_mod.list_nodes(prof))
 
 
 async def test_expired_certificate(tmp_path: Path) -> None:
     async with ssh_cluster(tmp_path) as c:
-        prof = c.profile()
+        prof = alice(c).profile
         assert c.auth.server is not None
         user_ca = c.auth.server.ca(CAType.USER)
         past = dt.datetime.now(dt.UTC) - dt.timedelta(hours=3)

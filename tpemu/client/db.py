@@ -34,6 +34,7 @@ from urllib.parse import quote
 from tpemu import authapi, authclient, pki
 from tpemu.client import profile as profile_mod
 from tpemu.config import Addr
+from tpemu.net import conn_upgrade
 from tpemu.net.relay import Stream, relay
 from tpemu.wire import alpn
 
@@ -62,6 +63,8 @@ class DatabaseInfo:
     hosts: tuple[str, ...]
     #: The most recent heartbeat of the agents serving it (RFC 3339), from the Auth Service.
     last_heartbeat: str = ""
+    #: Whether the proxy has a live tunnel from an agent serving it (``None``: not known).
+    connected: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,19 @@ async def list_databases(prof: profile_mod.Profile) -> list[DatabaseInfo]:
         data = await auth_client(prof).call("GET", "/v1/db_servers")
     except authapi.AuthAPIError as exc:
         raise DBError(f"cannot list databases: {exc.message}") from None
+    # The proxy knows at once when an agent's tunnel is gone, where the Auth Service's inventory
+    # lags by the announce TTL (issue 16): ask it which (host, database) pairs are live. Best
+    # effort: behind an L7 load balancer the client certificate does not reach the proxy's web API.
+    from tpemu.client.ssh import SSHError, web_get
+
+    live: set[tuple[str, str]] | None = None
+    try:
+        marked = await web_get(prof, f"/webapi/sites/{prof.cluster}/databases", client_cert=True)
+        live = {(str(((i.get("spec") or {}).get("host_id")) or ""),
+                 str((((i.get("spec") or {}).get("database") or {}).get("metadata") or {}).get("name") or ""))
+                for i in marked.get("items", []) if (i.get("status") or {}).get("connected")}
+    except (SSHError, AttributeError, TypeError):
+        pass
     found: dict[str, DatabaseInfo] = {}
     for item in data.get("items", []) if isinstance(data, dict) else []:
         spec = item.get("spec") or {}
@@ -120,8 +136,12 @@ async def list_databases(prof: profile_mod.Profile) -> list[DatabaseInfo]:
         status = item.get("status")
         status = status if isinstance(status, dict) else {}
         beat = max(str(status.get("last_heartbeat") or ""), old.last_heartbeat if old else "")
+        connected = None if live is None else (str(spec.get("host_id") or ""), name) in live
+        if old is not None and old.connected is not None:
+            connected = bool(old.connected or connected)
         found[name] = DatabaseInfo(name, str(dspec.get("protocol", "")), str(dspec.get("uri", "")),
-                                   str(meta.get("description", "")), dict(meta.get("labels") or {}), hosts, beat)
+                                   str(meta.get("description", "")), dict(meta.get("labels") or {}), hosts, beat,
+                                   connected)
     return [found[k] for k in sorted(found)]
 
 
@@ -218,6 +238,11 @@ async def run_tunnel(login: DBLogin, listen: Addr, ready: Callable[[Addr], None]
     ctx = tunnel_context(login)
     proxy = login.proxy_addr
     active: set[asyncio.Task[Any]] = set()
+    outer = conn_upgrade.outer_context(login.ca_path)
+
+    async def upgrade_needed() -> bool:
+        # tsh's test dial, once per address (cached by conn_upgrade).
+        return await conn_upgrade.upgrade_required(proxy.host.strip("[]"), proxy.port, outer)
 
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -233,8 +258,13 @@ async def run_tunnel(login: DBLogin, listen: Addr, ready: Callable[[Addr], None]
         peer = writer.get_extra_info("peername")
         try:
             async with asyncio.timeout(15):
-                up_r, up_w = await asyncio.open_connection(proxy.host, proxy.port, ssl=ctx,
-                                                           server_hostname=proxy.host.strip("[]"))
+                if await upgrade_needed():
+                    # Behind a layer-7 load balancer: TLS with the database ALPN inside the upgrade.
+                    up_r, up_w = await conn_upgrade.open_stream_upgraded(
+                        proxy.host, proxy.port, outer=outer, inner=ctx, server_hostname=proxy.host.strip("[]"))
+                else:
+                    up_r, up_w = await asyncio.open_connection(proxy.host, proxy.port, ssl=ctx,
+                                                               server_hostname=proxy.host.strip("[]"))
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             log.warning("tunnel: cannot reach the proxy at %s for %s: %s", proxy, peer, exc)
             writer.close()

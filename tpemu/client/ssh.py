@@ -44,6 +44,7 @@ from tpemu import authapi, sshcert
 from tpemu.authclient import AuthClient
 from tpemu.client.profile import Profile
 from tpemu.config import Addr
+from tpemu.net import conn_upgrade
 from tpemu.net.dial import DialError, SSHTunnel, settings_from
 from tpemu.wire import alpn
 
@@ -195,6 +196,9 @@ def host_ca_keys(profile: Profile) -> list[Any]:
 
 def _web_context(profile: Profile, client_cert: bool) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(profile.ca_path))
+    # The system's roots too (SSL_CERT_FILE applies), as tsh: a load balancer in front of the
+    # proxy may present a publicly signed certificate for the web API.
+    ctx.load_default_certs()
     ctx.set_alpn_protocols([alpn.HTTP11])
     if client_cert:
         ctx.load_cert_chain(profile.tls_cert_path, profile.key_path)
@@ -263,7 +267,19 @@ async def connect_proxy(creds: Credentials, route: ProxyRoute | None = None,
     if route.tls:
         ctx = ssl.create_default_context(cafile=str(profile.ca_path))
         ctx.set_alpn_protocols([alpn.PROXY_SSH])
-    tunnel = SSHTunnel(route.host, route.port, ssl_context=ctx, server_hostname=route.host, timeout=timeout)
+    tunnel: SSHTunnel | conn_upgrade.UpgradedSSHTunnel = SSHTunnel(
+        route.host, route.port, ssl_context=ctx, server_hostname=route.host, timeout=timeout)
+    if ctx is not None:
+        # tsh's test dial: behind a layer-7 load balancer, go through /webapi/connectionupgrade.
+        outer = conn_upgrade.outer_context(str(profile.ca_path))
+        try:
+            upgrade = await conn_upgrade.upgrade_required(route.host, route.port, outer, proxy=settings_from())
+        except DialError:
+            upgrade = False
+        if upgrade:
+            tunnel = conn_upgrade.UpgradedSSHTunnel(route.host, route.port, outer=outer, inner=ctx,
+                                                    server_hostname=route.host, proxy=settings_from(),
+                                                    timeout=timeout)
     try:
         return await asyncssh.connect(
             route.host, route.port, tunnel=tunnel, username=creds.principals[0] if creds.principals else "-",
@@ -651,7 +667,8 @@ def format_nodes(items: list[dict[str, Any]], verbose: bool = False) -> str:
         row = [str(item.get("hostname", ""))]
         if verbose:
             row.append(str(item.get("id", "")))
-        rows.append([*row, addr, labels, heartbeat_age(str(item.get("lastHeartbeat") or ""))])
+        beat = "disconnected" if item.get("connected") is False else heartbeat_age(str(item.get("lastHeartbeat") or ""))
+        rows.append([*row, addr, labels, beat])
     head = ["Node Name", *(["Node ID"] if verbose else []), "Address", "Labels", "Last heartbeat"]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
     lines = [" ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip(),

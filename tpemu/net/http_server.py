@@ -72,11 +72,18 @@ class Request:
             raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
 
 
+#: Takes over a connection after a ``101 Switching Protocols`` answer: the reader, the writer,
+#: and the bytes the client sent after its request (already read off the socket).
+Upgrader = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes], Awaitable[None]]
+
+
 @dataclass
 class Response:
     status: int = 200
     body: bytes = b""
     headers: list[tuple[str, str]] = field(default_factory=list)
+    #: For a 101 answer: who owns the connection next (Go's ``http.Hijacker``).
+    upgrade: Upgrader | None = None
 
     @classmethod
     def json(cls, obj: Any, status: int = 200) -> Response:
@@ -123,6 +130,10 @@ async def serve_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
             except Exception:
                 log.exception("handler for %s %s failed", request.method, request.path)
                 response = Response.error(500, "internal error in tpemu (see the proxy log)")
+            if response.upgrade is not None:
+                await _switch(conn, writer, response)
+                await response.upgrade(reader, writer, conn.trailing_data[0])
+                return
             await _send(conn, writer, response, server_header)
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                 return
@@ -179,4 +190,14 @@ async def _send(conn: h11.Connection, writer: asyncio.StreamWriter, response: Re
         data = (data or b"") + (conn.send(h11.Data(data=response.body)) or b"")
     data = (data or b"") + (conn.send(h11.EndOfMessage()) or b"")
     writer.write(data)
+    await writer.drain()
+
+
+async def _switch(conn: h11.Connection, writer: asyncio.StreamWriter, response: Response) -> None:
+    # Written by hand, not through h11: h11 only switches when the request carried ``Upgrade``,
+    # and a load balancer may have removed that header (Teleport sends ``X-Teleport-Upgrade``
+    # as well for that reason: lib/web/conn_upgrade.go, writeUpgradeResponse).
+    lines = [b"HTTP/1.1 101 Switching Protocols"]
+    lines += [f"{k}: {v}".encode("latin-1") for k, v in response.headers]
+    writer.write(b"\r\n".join(lines) + b"\r\n\r\n")
     await writer.drain()

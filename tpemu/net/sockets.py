@@ -9,6 +9,7 @@ so a router waiting for the rest of a ClientHello sleeps instead of waking for e
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 import struct
 
@@ -26,6 +27,14 @@ def set_rcvlowat(sock: socket.socket, nbytes: int) -> None:
 
 def peer_closed(sock: socket.socket) -> bool:
     """Whether the peer has sent FIN (TCP state CLOSE_WAIT) or the socket is gone."""
+    if sock.family == socket.AF_UNIX:
+        # A socket pair (an upgraded stream handed to the front door): poll for RDHUP.
+        try:
+            poller = select.poll()
+            poller.register(sock.fileno(), select.POLLRDHUP)
+            return any(ev & (select.POLLRDHUP | select.POLLHUP | select.POLLERR) for _, ev in poller.poll(0))
+        except (OSError, ValueError):
+            return True
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 8)
     except OSError:

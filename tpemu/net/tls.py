@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,19 +51,33 @@ def client_context(ca: Path | None = None, cert: Path | None = None, key: Path |
 
 
 class ContextCache:
-    """Server contexts for one certificate, one per ALPN offer (built on first use)."""
+    """Server contexts for one certificate, one per ALPN offer (built on first use).
 
-    def __init__(self, cert: Path, key: Path, client_ca: Path | None = None) -> None:
+    Callers key it by names the router validated, never by raw client bytes; as a second line of
+    defence it holds at most ``max_size`` contexts (least recently used dropped first), so no
+    sequence of ClientHellos can grow it without bound (each context costs ~25 KB).
+    """
+
+    def __init__(self, cert: Path, key: Path, client_ca: Path | None = None, max_size: int = 64) -> None:
         self.cert, self.key, self.client_ca = cert, key, client_ca
-        self._cache: dict[tuple[tuple[str, ...], bool], ssl.SSLContext] = {}
+        self.max_size = max_size
+        self._cache: OrderedDict[tuple[tuple[str, ...], bool], ssl.SSLContext] = OrderedDict()
 
     def get(self, alpn: Sequence[str] = (), verify_client: bool = False) -> ssl.SSLContext:
         k = (tuple(alpn), verify_client)
-        ctx = self._cache.get(k)
+        cache = self._cache
+        ctx = cache.get(k)
         if ctx is None:
             ctx = server_context(self.cert, self.key, alpn, self.client_ca, verify_client)
-            self._cache[k] = ctx
+            cache[k] = ctx
+            if len(cache) > self.max_size:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(k)
         return ctx
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
 
 async def accept_stream(sock: socket.socket, ctx: ssl.SSLContext | None, timeout: float,

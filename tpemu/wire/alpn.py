@@ -6,6 +6,7 @@ Source: gravitational/teleport ``lib/srv/alpnproxy/common/protocols.go`` (protoc
 :data:`ALPN_SERVICES`; nothing else spells these strings.
 """
 
+import binascii
 from dataclasses import dataclass
 from enum import Enum
 
@@ -122,13 +123,62 @@ def _build() -> dict[str, AlpnService]:
 ALPN_SERVICES: dict[str, AlpnService] = _build()
 
 
+#: Teleport reads at most this much of a ``teleport-mysql-<version>`` name
+#: (``lib/srv/alpnproxy/proxy.go`` ``ExtractMySQLEngineVersion``: "never longer than 255 characters").
+MAX_MYSQL_VERSION_ALPN = 255
+
+
+def _printable_ascii(text: str) -> bool:
+    # ALPN names arrive as latin-1 text (one character per byte, nothing lost); only visible ASCII
+    # is a valid name here, so a byte such as 0x96 never reaches code that encodes to ASCII.
+    return all("!" <= c <= "~" for c in text)
+
+
 def lookup(name: str) -> AlpnService | None:
-    """The service for an offered ALPN name, including the ``teleport-mysql-<version>`` form."""
+    """The service for an offered ALPN name, including the ``teleport-mysql-<version>`` form.
+
+    The version form is checked as bytes first (visible ASCII, at most
+    :data:`MAX_MYSQL_VERSION_ALPN` long): anything else is an unknown name, so the router refuses
+    it with ``no_application_protocol`` instead of routing on a prefix.
+    """
     found = ALPN_SERVICES.get(name)
-    if found is None and name.startswith(MYSQL_VERSION_PREFIX):
+    if (found is None and name.startswith(MYSQL_VERSION_PREFIX) and len(name) > len(MYSQL_VERSION_PREFIX)
+            and len(name) <= MAX_MYSQL_VERSION_ALPN and _printable_ascii(name)):
         ping = name.endswith(PING_SUFFIX)
         found = AlpnService(Service.DATABASE, "mysql", ping=ping)
     return found
+
+
+def negotiated_name(name: str) -> str:
+    """The ALPN a server context offers for a routed name: the name itself, except that every
+    ``teleport-mysql-<version>`` maps to ``teleport-mysql`` (or its ``-ping`` form), as Teleport's
+    router offers only its fixed list (``common.SupportedProtocols``). A server context per
+    version would let a client grow the proxy's memory one version string at a time."""
+    if name in ALPN_SERVICES or not name.startswith(MYSQL_VERSION_PREFIX):
+        return name
+    return MYSQL + PING_SUFFIX if name.endswith(PING_SUFFIX) else MYSQL
+
+
+def mysql_server_version(name: str) -> str:
+    """The MySQL server version a ``teleport-mysql-<version>`` name carries, or ``""``.
+
+    tsh sends the version base64-encoded (``mySQLVersionToProto``); Teleport decodes it and
+    ignores a name that does not decode (``ExtractMySQLEngineVersion``). tpemu also accepts a
+    plain version (``teleport-mysql-8.0.36``), as its own client sends. Only visible ASCII
+    survives either way.
+    """
+    if not name.startswith(MYSQL_VERSION_PREFIX) or not _printable_ascii(name):
+        return ""
+    raw = name[len(MYSQL_VERSION_PREFIX):MAX_MYSQL_VERSION_ALPN].removesuffix(PING_SUFFIX)
+    if not raw:
+        return ""
+    if raw[0].isdigit() and all(c.isalnum() or c in ".-_+~" for c in raw):
+        return raw
+    try:
+        decoded = binascii.a2b_base64(raw.encode("ascii"), strict_mode=True).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return ""
+    return decoded if decoded and _printable_ascii(decoded.replace(" ", "!")) else ""
 
 
 def is_kube_sni(sni: str | None) -> bool:

@@ -255,3 +255,34 @@ def encode_v2(src: tuple[str, int] | None, dst: tuple[str, int] | None,
     if len(body) > 0xFFFF:
         raise ValueError("PROXY v2 payload too large")
     return V2_SIGNATURE + bytes((0x20 | command.value, fam)) + len(body).to_bytes(2, "big") + body
+
+
+def _ip(addr: tuple[str, int] | None) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if addr is None:
+        return None
+    try:
+        return ipaddress.ip_address(addr[0].strip("[]"))
+    except ValueError:
+        return None  # a UNIX path or an empty host (from a PROXY v2 header the client's LB sent)
+
+
+def encode_for_backend(version: str, src: tuple[str, int] | None, dst: tuple[str, int] | None) -> bytes:
+    """The header a pass-through route sends to its backend (``send_proxy: v1|v2``); never raises.
+
+    Follows HAProxy's ``make_proxy_line_v1``/``make_proxy_line_v2`` (``src/connection.c``) for
+    addresses that do not fit the strict encoders: an IPv6 client on an IPv4 listener (or the
+    reverse) gives ``PROXY UNKNOWN`` in v1 and IPv4-mapped IPv6 addresses (``TCP6``) in v2; a
+    source that is no IP address at all (a UNIX path from an upstream v2 header) gives
+    ``UNKNOWN`` in v1 and a ``LOCAL`` header in v2.
+    """
+    s, d = _ip(src), _ip(dst)
+    if src is None or dst is None or s is None or d is None:
+        return encode_v1(None, None) if version == "v1" else encode_v2(None, None, command=Command.LOCAL)
+    if s.version == d.version:
+        pair = ((str(s), src[1]), (str(d), dst[1]))
+        return encode_v1(*pair) if version == "v1" else encode_v2(*pair)
+    if version == "v1":
+        return encode_v1(None, None)
+    s6 = s if isinstance(s, ipaddress.IPv6Address) else ipaddress.IPv6Address(f"::ffff:{s}")
+    d6 = d if isinstance(d, ipaddress.IPv6Address) else ipaddress.IPv6Address(f"::ffff:{d}")
+    return encode_v2((str(s6), src[1]), (str(d6), dst[1]))

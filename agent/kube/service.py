@@ -1,0 +1,189 @@
+"""The agent's Kubernetes Service: Teleport's kube forwarder in front of the emulated API (glue).
+
+Connections arrive through the reverse tunnel (``conn_type: kube``, the kube cluster's name, and
+the caller's identity as the proxy verified it from the client certificate) or on the service's
+own ``kubernetes_service.listen_addr`` (3026: TLS with the user's certificate, verified here
+against the user CA). Each HTTP request then goes through what Teleport's forwarder does
+(``lib/kube/proxy/forwarder.go``):
+
+* **who**: ``setupContext`` takes the Kubernetes users and groups from the identity
+  (``kubernetes_users``/``kubernetes_groups``, the user's traits); with neither the request is
+  refused with Teleport's own message, "Your user's Teleport role does not allow Kubernetes
+  access. …" (``NotFound``); ``fillDefaultKubePrincipalDetails`` makes the Teleport user name the
+  Kubernetes user when no ``kubernetes_users`` is set, and adds ``system:authenticated``;
+* **impersonation**: a client may itself send ``Impersonate-User``/``Impersonate-Group``
+  (``kubectl --as``/``--as-group``) only to pick among its allowed values (``computeImpersonatedPrincipals``),
+  else ``Forbidden``; several ``kubernetes_users`` and no choice is refused ("please select a user
+  to impersonate …");
+* **toward the cluster**: the request is forwarded with ``Impersonate-User`` and one
+  ``Impersonate-Group`` per group (``setupImpersonationHeaders``); the emulated API trusts exactly
+  those headers, as a real API server trusts them from the Kubernetes Service's service account.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from tpemu import identity as ident
+from tpemu.agent.kube import http as khttp
+from tpemu.agent.kube.api import EmulatedAPI, status_reply
+from tpemu.agent.kube.status import StatusError
+from tpemu.net.tls import accept_stream
+from tpemu.wire.tunnel import DialRequest, Resource
+
+if TYPE_CHECKING:
+    from tpemu.agent.process import AgentContext
+    from tpemu.agent.tunnel import Offer
+
+log = logging.getLogger(__name__)
+
+KUBE = "kube"
+NO_ACCESS = ("Your user's Teleport role does not allow Kubernetes access. Please ask cluster administrator to "
+             "ensure your role has appropriate kubernetes_groups and kubernetes_users set.")
+AUTHENTICATED = "system:authenticated"
+_IMPERSONATION = ("impersonate-user", "impersonate-group", "impersonate-uid")
+
+
+def principals(identity: ident.Identity, request: khttp.Request) -> tuple[str, tuple[str, ...]]:
+    """The Kubernetes user and groups for one request of ``identity`` (raises :class:`StatusError`)."""
+    users, groups = list(dict.fromkeys(identity.kubernetes_users)), list(dict.fromkeys(identity.kubernetes_groups))
+    if not users and not groups:
+        raise StatusError(404, NO_ACCESS, "NotFound")
+    if not users:
+        users = [identity.username]  # fillDefaultKubePrincipalDetails
+    if AUTHENTICATED not in groups:
+        groups.append(AUTHENTICATED)
+    asked_user = request.headers.get("impersonate-user", "")
+    asked_groups = request.multi.get("impersonate-group", [])
+    if asked_user:
+        if asked_user not in users:
+            raise StatusError(403, f"impersonation request has been denied, user {asked_user!r} is not allowed "
+                              f"(allowed: {', '.join(users)})", "Forbidden")
+        user = asked_user
+    elif len(users) > 1:
+        raise StatusError(403, f"please select a user to impersonate, refusing to select a user due to several "
+                          f"kubernetes_users set up for this user: {', '.join(users)}", "Forbidden")
+    else:
+        user = users[0]
+    if asked_groups:
+        bad = [g for g in asked_groups if g not in groups]
+        if bad:
+            raise StatusError(403, f"impersonation request has been denied, group {bad[0]!r} is not allowed "
+                              f"(allowed: {', '.join(groups)})", "Forbidden")
+        chosen = tuple(dict.fromkeys([*asked_groups, AUTHENTICATED]))
+    else:
+        chosen = tuple(groups)
+    return user, chosen
+
+
+class KubeService:
+    """Serves the kube clusters of one agent (one emulated cluster per name)."""
+
+    def __init__(self, clusters: Sequence[EmulatedAPI], labels: dict[str, str] | None = None) -> None:
+        self.clusters = {c.name: c for c in clusters}
+        self.labels = labels or {}
+        self._tls: ssl.SSLContext | None = None
+        self._listener: asyncio.Server | None = None
+
+    def resources(self) -> tuple[Resource, ...]:
+        return tuple(Resource(KUBE, name, dict(self.labels), protocol="kubernetes",
+                              description="emulated Kubernetes API") for name in self.clusters)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        for cluster in self.clusters.values():
+            cluster.close()
+
+    def _cluster(self, name: str) -> EmulatedAPI:
+        cluster = self.clusters.get(name) or (next(iter(self.clusters.values())) if not name and
+                                              len(self.clusters) == 1 else None)
+        if cluster is None:
+            raise StatusError(404, f'kubernetes cluster "{name}" not found', "NotFound")
+        return cluster
+
+    async def serve(self, sock: socket.socket, request: DialRequest) -> None:
+        """A connection through the reverse tunnel: plain HTTP, the identity in the dial request."""
+        try:
+            identity = ident.Identity.from_json(request.identity or {})
+        except ident.IdentityError as exc:
+            log.warning("kube service: dial without a valid identity: %s", exc)
+            sock.close()
+            return
+        reader, writer = await accept_stream(sock, None, timeout=10.0)
+        await self.serve_http(reader, writer, identity, request.name or request.address,
+                              request.client_src_addr)
+
+    async def serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         identity: ident.Identity, cluster_name: str, peer: str) -> None:
+        async def handle(request: khttp.Request) -> khttp.Reply | khttp.Streamed | khttp.Upgraded:
+            try:
+                cluster = self._cluster(cluster_name or identity.kubernetes_cluster)
+                user, groups = principals(identity, request)
+            except StatusError as exc:
+                log.info("kube service: %s %s %s refused: %s", identity.username, request.method,
+                         request.path, exc.message)
+                return status_reply(exc)
+            for name in _IMPERSONATION:
+                request.headers.pop(name, None)
+                request.multi.pop(name, None)
+            # setupImpersonationHeaders: what Teleport sends toward the cluster.
+            request.headers["impersonate-user"] = user
+            request.multi["impersonate-group"] = list(groups)
+            log.debug("kube service: %s as %s %s: %s %s", identity.username, user, ",".join(groups),
+                      request.method, request.target[:200])
+            return await cluster.handle(request)
+
+        await khttp.serve(reader, writer, handle, lambda code, message: status_reply(StatusError(code, message)),
+                          peer=peer)
+
+    # -- kubernetes_service.listen_addr (3026) ---------------------------------------------------------
+
+    async def listen(self, host: str, port: int, tls: ssl.SSLContext) -> tuple[str, int]:
+        """Serve TLS with client certificates (the proxy, or a user, dials this port directly)."""
+        self._tls = tls
+
+        async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+            peer = writer.get_extra_info("peername")
+            if not der:
+                await khttp.serve(reader, writer, lambda r: _unauthorized(), lambda c, m: status_reply(
+                    StatusError(c, m)))
+                return
+            try:
+                identity = ident.from_der(der)
+            except ident.IdentityError as exc:
+                log.warning("kube service: client certificate without identity from %s: %s", peer, exc)
+                writer.close()
+                return
+            await self.serve_http(reader, writer, identity, identity.kubernetes_cluster, str(peer))
+
+        self._listener = await asyncio.start_server(on_client, host, port, ssl=tls, ssl_handshake_timeout=10.0)
+        bound = self._listener.sockets[0].getsockname()
+        return bound[0], bound[1]
+
+
+async def _unauthorized() -> khttp.Reply:
+    return status_reply(StatusError(401, "Unauthorized: a client certificate from 'tpemu kube login' is required"))
+
+
+async def make_offers(ctx: AgentContext) -> list[Offer]:
+    """The agent's ``kube`` role: the clusters of ``kubernetes_service`` (one emulated cluster)."""
+    from tpemu.agent.tunnel import Offer
+
+    ks = ctx.cfg.kubernetes_service
+    name = ks.kube_cluster_name or DEFAULT_CLUSTER
+    cluster = EmulatedAPI(name, ctx.data_dir, node_name=ctx.nodename)
+    service = KubeService([cluster], dict(ks.labels))
+    log.info("kubernetes service: cluster %s (emulated Kubernetes API, objects in %s)", name,
+             ctx.data_dir / "kube" / f"{name}.sqlite")
+    return [Offer(r, service) for r in service.resources()]
+
+
+#: The cluster name of ``make run``'s all-in-one agent.
+DEFAULT_CLUSTER = "emu"

@@ -1,0 +1,131 @@
+"""The proxy's Kubernetes handler: TLS with the user's certificate, then the kube agent's tunnel (glue).
+
+Teleport's kube proxy (``lib/kube/proxy/forwarder.go`` running in the proxy, reached through the
+ALPN router by the SNI prefix ``kube-teleport-proxy-alpn.`` — ``constants.KubeTeleportProxyALPNPrefix``
+— or on ``kube_listen_addr`` in separate mode): kubectl connects with the certificate of
+``tsh kube login``, whose identity names the Kubernetes cluster (``KubernetesCluster``) and carries
+the user's ``kubernetes_users``/``kubernetes_groups``. The proxy ends TLS (offering ``http/1.1``
+only, so Go's client speaks HTTP/1.1 and ``exec`` upgrades to a WebSocket on the same stream),
+checks the certificate against the user CA, finds the agent serving that cluster
+(``TunnelRegistry.dial``, ``conn_type: kube``, the identity as JSON) and relays the HTTP stream to
+it; the agent's Kubernetes Service authorizes each request and sets the impersonation headers.
+
+Refusals are Kubernetes ``Status`` replies (kubectl prints them as ``Error from server (…)``):
+no client certificate → ``401 Unauthorized``; no cluster named and none or several served →
+``404``/``400``; the agent unreachable → ``503 ServiceUnavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import ssl
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from tpemu import identity as ident
+from tpemu.logs import RateLimiter
+from tpemu.net.http_server import Request, Response, serve_http
+from tpemu.net.relay import Stream, relay
+from tpemu.net.sockets import format_addr
+from tpemu.net.tls import ContextCache, accept_stream, peer_certificate
+from tpemu.proxy.frontdoor import Accepted
+from tpemu.wire import alpn
+from tpemu.wire.tunnel import DialRequest, Resource
+
+log = logging.getLogger(__name__)
+KUBE = "kube"
+
+
+class Dialer(Protocol):
+    async def dial(self, request: DialRequest, timeout: float = 10.0) -> socket.socket: ...
+
+    def resources(self, kind: str | None = None) -> Sequence[tuple[object, Resource]]: ...
+
+
+def status(code: int, reason: str, message: str) -> Response:
+    body = json.dumps({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                       "message": message, "reason": reason, "code": code}).encode()
+    return Response(code, body, [("Content-Type", "application/json")])
+
+
+class KubeProxy:
+    def __init__(self, contexts: Callable[[], ContextCache | None], dialer: Callable[[], Dialer | None],
+                 handshake_timeout: float = 10.0, dial_timeout: float = 10.0) -> None:
+        self._contexts = contexts
+        self._dialer = dialer
+        self.handshake_timeout = handshake_timeout
+        self.dial_timeout = dial_timeout
+        self.limiter = RateLimiter()
+        self.stats = {"relayed": 0, "denied": 0, "unavailable": 0}
+
+    async def handle(self, acc: Accepted) -> None:
+        cache = self._contexts()
+        assert cache is not None, "the proxy has not started"
+        ctx = cache.get((alpn.HTTP11,))
+        try:
+            reader, writer = await accept_stream(acc.sock, ctx, self.handshake_timeout)
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            self.limiter.warning(log, "tls", "%s: kube TLS handshake failed: %s", acc.ctx, exc)
+            acc.sock.close()
+            return
+        der = peer_certificate(writer)
+        identity: ident.Identity | None = None
+        why = ("Unauthorized: a client certificate is required (run 'tpemu kube login NAME' and use the "
+               "kubeconfig context it writes)")
+        if der:
+            try:
+                identity = ident.from_der(der)
+            except ident.IdentityError as exc:
+                why = f"Unauthorized: the client certificate holds no valid identity: {exc}"
+        if identity is None:
+            self.stats["denied"] += 1
+            self.limiter.warning(log, "kube-auth", "%s: kube request refused: %s", acc.ctx, why)
+            await self._answer(acc, reader, writer, status(401, "Unauthorized", why))
+            return
+        cluster = identity.kubernetes_cluster or self._only_cluster()
+        if not cluster:
+            self.stats["denied"] += 1
+            await self._answer(acc, reader, writer, status(
+                400, "BadRequest", "no Kubernetes cluster selected: the certificate names none and the cluster "
+                "does not serve exactly one (run 'tpemu kube login NAME')"))
+            return
+        dialer = self._dialer()
+        request = DialRequest(conn_type=KUBE, name=cluster, identity=identity.to_json(),
+                              client_src_addr=format_addr(acc.peer), client_dst_addr=format_addr(acc.local_addr()))
+        try:
+            if dialer is None:
+                raise LookupError("no agent is connected to this proxy (no reverse tunnels)")
+            sock = await dialer.dial(request, timeout=self.dial_timeout)
+        except Exception as exc:  # the tunnel registry's errors (TunnelError, timeouts) end here
+            self.stats["unavailable"] += 1
+            message = f'kubernetes cluster "{cluster}" is unavailable: {exc}'
+            self.limiter.warning(log, "kube-dial", "%s: %s", acc.ctx, message)
+            code, reason = (404, "NotFound") if "not found" in str(exc) else (503, "ServiceUnavailable")
+            await self._answer(acc, reader, writer, status(code, reason, message))
+            return
+        loop = asyncio.get_running_loop()
+        areader = asyncio.StreamReader(limit=64 * 1024, loop=loop)
+        proto = asyncio.StreamReaderProtocol(areader, loop=loop)
+        transport, _ = await loop.connect_accepted_socket(lambda: proto, sock)
+        agent = Stream(areader, asyncio.StreamWriter(transport, proto, areader, loop), "agent")
+        self.stats["relayed"] += 1
+        log.info("%s: user %s → kubernetes cluster %s through its agent", acc.ctx, identity.username, cluster)
+        up, down = await relay(Stream(reader, writer, "client"), agent)
+        log.debug("%s: kubernetes cluster %s closed; %d bytes up, %d down", acc.ctx, cluster, up, down)
+
+    def _only_cluster(self) -> str:
+        dialer = self._dialer()
+        if dialer is None:
+            return ""
+        names = {r.name for _, r in dialer.resources(KUBE)}
+        return names.pop() if len(names) == 1 else ""
+
+    async def _answer(self, acc: Accepted, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      response: Response) -> None:
+        async def app(request: Request) -> Response:
+            return response
+
+        await serve_http(reader, writer, app, peer=format_addr(acc.peer), read_timeout=10, max_requests=1)

@@ -1,0 +1,276 @@
+"""The authorization matrix (issue 16): every credential kind by every endpoint, each cell allow/deny.
+
+One in-process cluster (Auth + proxy in separate-listener mode, a Database Service agent serving
+``cache`` over its reverse tunnel). Each credential is minted here from the cluster's own
+authorities (or a foreign one) and used for real on each endpoint:
+
+* **web** — ``GET /webapi/sites/<cluster>/nodes`` over the proxy's web TLS with the certificate;
+* **auth** — ``POST /v1/users/alice/certs`` (``GenerateUserCerts``) straight at the Auth API;
+* **tunnel** — an SSH host-based login on the reverse-tunnel listener with the SSH form;
+* **db** — TLS with ALPN ``teleport-redis`` to the proxy, then a line that only the agent answers;
+* **ssh** — an SSH user login (``root``) on the proxy's SSH listener with the SSH form.
+
+"allow" means the request did what it asks (200, certificates, an authenticated SSH session, the
+agent's answer); anything else — a TLS alert, 403, a refused SSH login, the proxy's refusal in the
+database protocol — is "deny". Kubernetes and application access do not exist in tpemu yet (no
+columns). The Teleport rule each row follows is cited in :data:`WHY`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from tests.agent.test_tunnel import Echo, agent_for, join, wait_for
+from tpemu import authapi, authclient, pki
+from tpemu import identity as ident
+from tpemu.auth import authority as authority_mod
+from tpemu.auth.authority import CAType
+from tpemu.proxy.decide import ListenerKind
+from tpemu.testkit import Cluster
+
+ENDPOINTS = ("web", "auth", "tunnel", "db", "ssh")
+A, D = "allow", "deny"
+
+#: credential kind → expected cell per endpoint (web, auth, tunnel, db, ssh).
+EXPECTED: dict[str, tuple[str, ...]] = {
+    "user":            (A, A, D, A, A),
+    "user usage:db":   (D, D, D, A, D),
+    "host Node":       (D, D, A, D, D),
+    "host Db":         (D, D, A, D, D),
+    "host Proxy":      (D, D, D, D, D),
+    "db server cert":  (D, D, D, D, D),
+    "expired user":    (D, D, D, D, D),
+    "other CA":        (D, D, D, D, D),
+    "self-signed":     (D, D, D, D, D),
+    "no cert":         (D, D, D, D, D),
+}
+
+#: The Teleport source each row follows (gravitational/teleport).
+WHY: dict[str, str] = {
+    "user": "lib/auth/auth_with_roles.go ServerWithRoles.GenerateUserCerts (a user renews its own certs); "
+            "lib/srv/authhandlers.go UserKeyAuth (user CA); the tunnel needs a host cert "
+            "(lib/reversetunnel/srv.go keyAuth: cert type must be HostCert); db: tpemu also takes the "
+            "database from the SNI's first label when the cert has no route (tpemu extension)",
+    "user usage:db": "lib/auth/middleware.go Middleware.GetUser: a cert with a Usage is rejected on every Auth API "
+                     "call ('access denied: invalid client certificate'); lib/tlsca/ca.go UsageDatabaseOnly; "
+                     "tsh db login issues TLS only, so there is no SSH form",
+    "host Node": "lib/reversetunnel/srv.go handleNewChan: RoleNode → NodeTunnel; host certs are signed by the host "
+                 "CA, which web/db TLS (user CA pool) and SSH user auth (lib/srv/authhandlers.go) do not trust; "
+                 "auth_with_roles.go GenerateUserCerts is for users",
+    "host Db": "lib/reversetunnel/srv.go handleNewChan: RoleDatabase → DatabaseTunnel; otherwise as host Node",
+    "host Proxy": "lib/reversetunnel/srv.go handleNewChan: RoleProxy → handleNewCluster (trusted clusters, which "
+                  "tpemu does not emulate): no service tunnel; not a user anywhere",
+    "db server cert": "signed by the database CA (lib/auth GenerateDatabaseCert), which no client-facing endpoint "
+                      "trusts",
+    "expired user": "crypto/tls and x/crypto/ssh CertChecker refuse an expired certificate (x509: certificate has "
+                    "expired; ssh: cert has expired)",
+    "other CA": "authclient.WithClusterCAs / lib/auth/middleware.go ClientCertPool: only this cluster's CAs",
+    "self-signed": "not issued by any cluster CA (x509: certificate signed by unknown authority)",
+    "no cert": "lib/auth/middleware.go: no cert → Nop user (only ping/CA/join); db proxy requires a cert "
+               "(lib/srv/db/proxyserver.go Authorize); SSH needs a user cert",
+}
+
+CLUSTER = "tpemu.local"
+NO_ROUTE = ident.RouteToDatabase()
+
+
+@dataclass
+class Credential:
+    tls: tuple[bytes, bytes] | None  # cert PEM, key PEM
+    ssh: tuple[asyncssh.SSHKey, asyncssh.SSHCertificate | None] | None
+    host_fqdn: str = ""
+
+
+def _ssh_key(key: pki.PrivateKey) -> asyncssh.SSHKey:
+    return asyncssh.import_private_key(pki.key_pem(key))
+
+
+def mint(cluster: Cluster) -> dict[str, Credential]:
+    """Every credential kind, from the cluster's authorities (and a foreign cluster's)."""
+    server = cluster.auth.server
+    assert server is not None
+    user_ca, host_ca, db_ca = (server.ca(t) for t in (CAType.USER, CAType.HOST, CAType.DB))
+    now = dt.datetime.now(dt.UTC)
+    soon = now + dt.timedelta(hours=1)
+
+    def user(ca: authority_mod.CertAuthority, usage: tuple[str, ...] = (), when: dt.datetime = now,
+             until: dt.datetime = soon, route: ident.RouteToDatabase = NO_ROUTE,
+             ssh: bool = True) -> Credential:
+        key = pki.generate_key()
+        identity = ident.Identity("alice", groups=("access",), usage=usage, principals=("root", "alice"),
+                                  route_to_cluster=ca.cluster_name, teleport_cluster=ca.cluster_name,
+                                  route_to_database=route, database_users=("alice",), expires=until)
+        tls = pki.cert_pem(authority_mod.issue_user_tls(ca, key.public_key(), identity, until, when))
+        sshk = _ssh_key(key)
+        cert = None
+        if ssh:
+            line = authority_mod.issue_user_ssh(ca, sshk.export_public_key(), "alice", ("root", "alice"),
+                                                ("access",), {"logins": ("root", "alice")}, ca.cluster_name,
+                                                until, when)
+            cert = asyncssh.import_certificate(line)
+        return Credential((tls, pki.key_pem(key)), (sshk, cert) if ssh else None)
+
+    def host(role: str, ttl: dt.timedelta = dt.timedelta(hours=1)) -> Credential:
+        key = pki.generate_key()
+        host_id = f"matrix-{role.lower()}"
+        tls = pki.cert_pem(authority_mod.issue_host_tls(host_ca, key.public_key(), host_id, role, [host_id]))
+        sshk = _ssh_key(key)
+        line = authority_mod.issue_host_ssh(host_ca, sshk.export_public_key(), host_id, host_id, role, ttl=ttl)
+        return Credential((tls, pki.key_pem(key)), (sshk, asyncssh.import_certificate(line)),
+                          ident.host_fqdn(host_id, CLUSTER))
+
+    foreign = authority_mod.new_authority(CAType.USER, CLUSTER)
+    db_key = pki.generate_key()
+    db_cert = pki.cert_pem(authority_mod.issue_db_cert(db_ca, db_key.public_key(), "cache", ["localhost"],
+                                                       dt.timedelta(hours=1)))
+    self_key = pki.generate_key()
+    self_ca = pki.make_ca("alice", self_key, CLUSTER)
+    past = now - dt.timedelta(days=2)
+    return {
+        "user": user(user_ca),
+        "user usage:db": user(user_ca, (ident.USAGE_DATABASE_ONLY,),
+                              route=ident.RouteToDatabase("cache", "redis", "alice", ""), ssh=False),
+        "host Node": host(ident.ROLE_NODE),
+        "host Db": host(ident.ROLE_DB),
+        "host Proxy": host(ident.ROLE_PROXY),
+        "db server cert": Credential((db_cert, pki.key_pem(db_key)), None),
+        "expired user": user(user_ca, when=past, until=past + dt.timedelta(hours=1)),
+        "other CA": user(foreign),
+        "self-signed": Credential((pki.cert_pem(self_ca), pki.key_pem(self_key)), (_ssh_key(self_key), None)),
+        "no cert": Credential(None, None),
+    }
+
+
+def client_ctx(cred: Credential, folder: Path, alpn: list[str]) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.set_alpn_protocols(alpn)
+    if cred.tls is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "c.pem").write_bytes(cred.tls[0])
+        (folder / "k.pem").write_bytes(cred.tls[1])
+        ctx.load_cert_chain(folder / "c.pem", folder / "k.pem")
+    return ctx
+
+
+async def try_web(cluster: Cluster, cred: Credential, folder: Path) -> bool:
+    ctx = client_ctx(cred, folder, ["http/1.1"])
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", cluster.web.port, ssl=ctx,
+                                                       server_hostname="localhost")
+        writer.write(f"GET /webapi/sites/{CLUSTER}/nodes HTTP/1.1\r\nHost: localhost\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        data = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+    except (OSError, ssl.SSLError):
+        return False
+    return data.startswith(b"HTTP/1.1 200")
+
+
+async def try_auth(cluster: Cluster, cred: Credential, folder: Path) -> bool:
+    assert cluster.auth.addr is not None
+    files = None
+    if cred.tls is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "a.pem").write_bytes(cred.tls[0])
+        (folder / "ak.pem").write_bytes(cred.tls[1])
+        files = pki.TLSFiles(folder / "a.pem", folder / "ak.pem", cluster.auth.admin_files.ca)
+    client = authclient.AuthClient.with_identity(cluster.auth.addr, CLUSTER, files,
+                                                 cluster.auth.admin_files.ca.read_bytes())
+    key = pki.generate_key()
+    try:
+        answer = await client.call("POST", "/v1/users/alice/certs",
+                                   {"tls_public_key": authapi.b64(pki.public_key_pem(key))})
+    except (authapi.AuthAPIError, OSError, ssl.SSLError):
+        return False
+    return bool(answer.get("tls"))
+
+
+async def try_db(cluster: Cluster, cred: Credential, folder: Path) -> bool:
+    ctx = client_ctx(cred, folder, ["teleport-redis"])
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", cluster.web.port, ssl=ctx,
+                                                       server_hostname="cache.localhost")
+        writer.write(b"q\n")
+        line = await asyncio.wait_for(reader.readline(), 5)
+        writer.close()
+    except (OSError, ssl.SSLError, TimeoutError):
+        return False
+    return line == b"db:q\n"
+
+
+async def try_ssh(cluster: Cluster, cred: Credential, folder: Path) -> bool:
+    addr = cluster.listener(ListenerKind.SSH)
+    keys = [cred.ssh] if cred.ssh is not None else []
+    try:
+        async with asyncio.timeout(10):
+            conn = await asyncssh.connect(addr.host, addr.port, username="root", client_keys=keys,
+                                          known_hosts=None, agent_path=None, password_auth=False,
+                                          kbdint_auth=False, gss_auth=False, host_based_auth=False)
+    except (asyncssh.Error, OSError, TimeoutError):
+        return False
+    conn.close()
+    return True
+
+
+async def try_tunnel(cluster: Cluster, cred: Credential, folder: Path) -> bool:
+    addr = cluster.listener(ListenerKind.TUNNEL)
+    name = cred.host_fqdn or f"alice.{CLUSTER}"
+    host_keys = [cred.ssh] if cred.ssh is not None else []
+    try:
+        async with asyncio.timeout(10):
+            conn = await asyncssh.connect(addr.host, addr.port, username=name, client_host_keys=host_keys,
+                                          client_host=name, client_username=name, client_keys=None,
+                                          known_hosts=None, agent_path=None, password_auth=False,
+                                          kbdint_auth=False, gss_auth=False, public_key_auth=False,
+                                          host_based_auth=bool(host_keys))
+    except (asyncssh.Error, OSError, TimeoutError):
+        return False
+    conn.close()
+    return True
+
+
+PROBES: dict[str, Callable[[Cluster, Credential, Path], object]] = {
+    "web": try_web, "auth": try_auth, "tunnel": try_tunnel, "db": try_db, "ssh": try_ssh}
+
+
+async def test_authorization_matrix(tmp_path: Path) -> None:
+    assert set(EXPECTED) == set(WHY)
+    async with Cluster(tmp_path / "cluster", nodes=(), databases=(), mode="separate") as cluster:
+        assert cluster.auth.server is not None
+        await cluster.auth.server.upsert_user({"user": {"metadata": {"name": "alice"}, "spec": {
+            "roles": ["access"], "traits": {"logins": ["root", "alice"], "db_users": ["alice"]}}},
+            "password": "alice-password"}, create_only=True)
+        db_identity = await join(cluster, "Db", "db1")
+        agent = agent_for(cluster, db_identity, Echo("db"), "cache", tls=False, kind="db")
+        agent.start()
+        try:
+            await wait_for(lambda: bool(cluster.proxy.tunnels.resources("db")))
+            creds = mint(cluster)
+            got: dict[str, tuple[str, ...]] = {}
+            for kind, cred in creds.items():
+                row = []
+                for endpoint in ENDPOINTS:
+                    probe = PROBES[endpoint]
+                    ok = await probe(cluster, cred, tmp_path / kind.replace(" ", "_") / endpoint)  # type: ignore[misc]
+                    row.append(A if ok else D)
+                got[kind] = tuple(row)
+        finally:
+            await agent.close()
+    wrong = [f"{kind} × {ep}: expected {exp}, got {g}  ({WHY[kind]})"
+             for kind in EXPECTED for ep, exp, g in zip(ENDPOINTS, EXPECTED[kind], got[kind], strict=True)
+             if exp != g]
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("kind", sorted(EXPECTED))
+def test_every_row_cites_teleport(kind: str) -> None:
+    assert "lib/" in WHY[kind] or "x509" in WHY[kind]

@@ -1,0 +1,455 @@
+"""``tpemu.Cluster``: Auth + proxy + agents in this process, on loopback port 0, for tests.
+
+Every part talks to the others over real sockets as separate Teleport processes would: the proxy
+joins the Auth Service with a token minted here, each agent (an SSH node, the Database Service
+with the embedded databases) joins through the proxy and holds reverse tunnels to it, users log in
+through the proxy's web API (``POST /webapi/ssh/certs``) and get database certificates from the
+Auth API (``POST /v1/users/<name>/certs``, ``usage: database``), as ``tpemu login`` and
+``tpemu db login`` do. Nothing is stubbed; the cluster is only smaller and faster to start.
+
+The databases are the Database Service's default for an all-in-one ``tpemu start`` (whatever
+:func:`tpemu.runner.apply_start_flags` fills in), unless ``databases=`` names others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import getpass
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+from tpemu import config
+from tpemu.config import Addr, Database, DBService
+
+#: Every test user's password (tests log in with it; it is no secret).
+PASSWORD = "correct horse battery staple"
+CLUSTER = "tpemu.local"
+#: The SSH port written into ``ssh_config()`` (the proxy only reads it from ProxyCommand's %p).
+NODE_PORT = 3022
+
+
+async def wait_for(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
+    """Poll ``cond`` until it holds (no fixed sleeps), or fail saying what did not happen."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"tpemu.Cluster: timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def default_databases() -> tuple[Database, ...]:
+    """The databases an all-in-one ``tpemu start`` serves (the agent's default)."""
+    from tpemu.runner import apply_start_flags
+
+    cfg = dataclasses.replace(config.Config(), db_service=DBService(enabled=True))
+    cfg, _ = apply_start_flags(cfg, argparse.Namespace(roles="auth,proxy,db"), all_in_one=True)
+    return tuple(cfg.db_service.databases)
+
+
+def _database(spec: Database | Mapping[str, Any]) -> Database:
+    if isinstance(spec, Database):
+        return spec
+    cfg = config.from_dict({"db_service": {"enabled": True, "databases": [dict(spec)]}})
+    return cfg.db_service.databases[0]
+
+
+class Cluster:
+    """An async context manager: ``async with tpemu.Cluster() as c: alice = await c.user("alice")``.
+
+    ``nodes``: SSH nodes to start (each an agent joined through the proxy); ``databases``: ``True``
+    for the default embedded set, a list of :class:`~tpemu.config.Database` (or config dicts) or
+    ``()`` for none; ``mode``: ``multiplex`` (TLS routing, every protocol on the web port) or
+    ``separate``; ``proxy``/``auth``: extra ``proxy_service``/``auth_service`` config keys.
+    ``path``: the folder to work in (default: a temporary one, removed on close).
+    """
+
+    def __init__(self, path: str | Path | None = None, *, nodes: Sequence[str] = ("node1",),
+                 databases: bool | Sequence[Database | Mapping[str, Any]] = True, mode: str = "multiplex",
+                 cluster_name: str = CLUSTER, proxy: Mapping[str, Any] | None = None,
+                 auth: Mapping[str, Any] | None = None, heartbeat: str = "1s", nodename: str = "proxyhost") -> None:
+        if mode not in ("multiplex", "separate"):
+            raise ValueError(f"mode must be multiplex or separate, got {mode!r}")
+        self._own_dir = path is None
+        self.root = Path(path) if path is not None else Path(tempfile.mkdtemp(prefix="tpemu-"))
+        self.mode = mode
+        self.cluster_name = cluster_name
+        self.heartbeat = heartbeat
+        self._nodes = tuple(nodes)
+        self._databases = databases
+        proxy_cfg: dict[str, Any] = {"web_listen_addr": "127.0.0.1:0", **(proxy or {})}
+        if mode == "separate":
+            proxy_cfg.setdefault("listen_addr", "127.0.0.1:0")
+            proxy_cfg.setdefault("tunnel_listen_addr", "127.0.0.1:0")
+        self.cfg = config.from_dict({
+            "teleport": {"data_dir": str(self.root / "data"), "nodename": nodename},
+            "auth_service": {"listen_addr": "127.0.0.1:0", "cluster_name": cluster_name, "proxy_listener_mode": mode,
+                             "keep_alive_interval": heartbeat, "keep_alive_count_max": 3, **(auth or {})},
+            "proxy_service": proxy_cfg})
+        self.auth: Any = None
+        self.proxy: Any = None
+        #: Every agent by name: the SSH nodes, and ``db`` for the Database Service.
+        self.agents: dict[str, Any] = {}
+        self.users: dict[str, User] = {}
+        self._saved_poll: float | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # -- life cycle ---------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Cluster:
+        await self.start()
+        return self
+
+    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        from tpemu.auth.service import AuthService
+        from tpemu.proxy.auth_routes import AuthLink
+        from tpemu.proxy.service import ProxyService
+
+        self.loop = asyncio.get_running_loop()
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.auth = auth = AuthService(self.cfg)
+            await auth.start()
+            assert auth.addr is not None
+            link = AuthLink(auth.addr, ca_pins=(auth.ca_pin,),
+                            mint=lambda: auth.mint_token(("Proxy",), ttl=300.0, single_use=True))
+            self.proxy = ProxyService(self.cfg, auth=link)
+            await self.proxy.start()
+            for name in self._nodes:
+                await self.add_node(name)
+            if self._databases:
+                specs = default_databases() if self._databases is True else self._databases
+                await self.add_databases(specs)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        for user in list(self.users.values()):
+            await user.close()
+        self.users.clear()
+        for agent in reversed(list(self.agents.values())):
+            await agent.close()
+        self.agents.clear()
+        if self.proxy is not None:
+            await self.proxy.close()
+            self.proxy = None
+        if self.auth is not None:
+            await self.auth.close()
+            self.auth = None
+        if self._saved_poll is not None:
+            from tpemu.proxy import tunnels
+
+            tunnels.DIRECT_POLL, self._saved_poll = self._saved_poll, None
+        if self._own_dir:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    async def reset(self) -> None:
+        """Back to a clean cluster between tests: the users made with :meth:`user` are deleted
+        (with their profiles and tunnels) and the embedded databases emptied. Nodes, databases
+        and the proxy keep running (that is what makes a shared cluster cheap)."""
+        for user in list(self.users.values()):
+            await user.close()
+            with contextlib.suppress(Exception):
+                await self.auth.server.users.delete(user.name)
+            shutil.rmtree(user.home, ignore_errors=True)
+        self.users.clear()
+        for agent in self.agents.values():
+            for offers in agent.offers.values():
+                for offer in offers:
+                    reset = getattr(offer.service, "reset", None)
+                    if reset is not None:
+                        reset()
+
+    # -- where things are ---------------------------------------------------------------------------
+
+    @property
+    def web(self) -> Addr:
+        """The proxy's web address (in multiplex mode: every protocol)."""
+        from tpemu.proxy.decide import ListenerKind
+
+        addr: Addr = self.proxy.info.bound[ListenerKind.WEB]
+        return addr
+
+    def listener(self, kind: Any) -> Addr:
+        """The bound address of one proxy listener (a :class:`tpemu.proxy.decide.ListenerKind`)."""
+        addr: Addr = self.proxy.info.bound[kind]
+        return addr
+
+    @property
+    def auth_addr(self) -> Addr:
+        addr: Addr = self.auth.addr
+        return addr
+
+    @property
+    def data_dir(self) -> Path:
+        return self.cfg.data_dir()
+
+    @property
+    def ca(self) -> Path:
+        """The cluster CA certificate (PEM) clients verify the proxy with."""
+        return self.data_dir / "pki" / "ca.crt"
+
+    def databases(self) -> list[Any]:
+        """The databases the proxy can reach now (``tpemu.wire.tunnel.Resource``)."""
+        return [r for a, r in self.proxy.tunnels.resources("db") if a.transport_ready]
+
+    # -- growing it -----------------------------------------------------------------------------------
+
+    async def token(self, *roles: str, ttl: float = 300.0, single_use: bool = False) -> str:
+        """A join token for ``roles`` (``Node``, ``Db``, ``Proxy`` …), as ``tpemu tokens add`` makes."""
+        token: str = await self.auth.mint_token(roles, ttl=ttl, single_use=single_use)
+        return token
+
+    async def add_node(self, name: str, *, direct: bool = False, labels: Mapping[str, str] | None = None,
+                       port_forwarding: bool = False) -> Any:
+        """Start an SSH node: joined through the proxy (reverse tunnel), or ``direct`` (joined at the
+        Auth Service, listening on a port of its own); returns once the proxy can reach it."""
+        from tpemu.agent.process import AgentOptions, AgentProcess
+        from tpemu.agent.services import MAKERS
+        from tpemu.proxy import tunnels
+
+        token = await self.token("Node", single_use=True)
+        key = name if name not in self.agents else f"{name}-{len(self.agents)}"
+        cfg = config.from_dict({
+            "teleport": {"data_dir": str(self.root / "agents" / key), "nodename": name},
+            "auth_service": {"enabled": False, "keep_alive_interval": self.heartbeat},
+            "proxy_service": {"enabled": False},
+            "ssh_service": {"listen_addr": "127.0.0.1:0", "labels": dict(labels or {}),
+                            "port_forwarding": port_forwarding}})
+        opts = AgentOptions(("node",), proxy_server=None if direct else self.web,
+                            auth_server=self.auth_addr if direct else None, token=token,
+                            ca_pins=(self.auth.ca_pin,), nodename=name)
+        if direct and self._saved_poll is None:
+            # The proxy polls the Auth Service for directly joined nodes; poll often enough for a test.
+            self._saved_poll, tunnels.DIRECT_POLL = tunnels.DIRECT_POLL, 0.2
+        agent = AgentProcess(cfg, opts, MAKERS)
+        self.agents[key] = agent
+        await agent.start()
+        await agent.wait_connected()
+        host_id = agent.contexts["node"].identity.host_id
+        reg = self.proxy.tunnels
+        if direct:
+            await wait_for(lambda: host_id in reg.direct, what=f"the proxy to see direct node {name}")
+        else:
+            await wait_for(lambda: any(a.host_id == host_id and a.transport_ready and r.name == name
+                                       for a, r in reg.resources("node")), what=f"the tunnel of node {name}")
+        return agent
+
+    async def add_databases(self, databases: Sequence[Database | Mapping[str, Any]], name: str = "db") -> Any:
+        """Start a Database Service agent serving ``databases``; returns once the proxy reaches them all."""
+        from tpemu.agent.process import AgentOptions, AgentProcess
+        from tpemu.agent.services import MAKERS
+
+        dbs = tuple(_database(d) for d in databases)
+        token = await self.token("Db", single_use=True)
+        cfg = config.from_dict({
+            "teleport": {"data_dir": str(self.root / "agents" / name), "nodename": name},
+            "auth_service": {"enabled": False, "keep_alive_interval": self.heartbeat},
+            "proxy_service": {"enabled": False}, "ssh_service": {"enabled": False}})
+        cfg = dataclasses.replace(cfg, db_service=DBService(enabled=True, databases=dbs))
+        agent = AgentProcess(cfg, AgentOptions(("db",), proxy_server=self.web, token=token,
+                                               ca_pins=(self.auth.ca_pin,), nodename=name), MAKERS)
+        self.agents[name] = agent
+        await agent.start()
+        await agent.wait_connected()
+        wanted = {d.name for d in dbs}
+        await wait_for(lambda: wanted <= {r.name for r in self.databases()},
+                       what=f"the proxy to reach databases {', '.join(sorted(wanted))}")
+        return agent
+
+    def db_service(self, name: str = "db") -> Any:
+        """The :class:`tpemu.agent.db_service.DatabaseService` of the database agent ``name``."""
+        return self.agents[name].offers["db"][0].service
+
+    def ssh_service(self, node: str) -> Any:
+        """The :class:`tpemu.agent.ssh_service.SSHService` of node ``node``."""
+        return self.agents[node].offers["node"][0].service
+
+    def host_id(self, node: str) -> str:
+        host_id: str = self.agents[node].contexts[next(iter(self.agents[node].contexts))].identity.host_id
+        return host_id
+
+    # -- users ----------------------------------------------------------------------------------------
+
+    async def add_user(self, name: str, *, logins: Sequence[str] = (), db_users: Sequence[str] = (),
+                       db_names: Sequence[str] = (), roles: Sequence[str] = ("access",),
+                       password: str = PASSWORD) -> None:
+        """Create (or replace) a user in the Auth Service, as ``tpemu users add`` does."""
+        body = {"user": {"kind": "user", "version": "v2", "metadata": {"name": name},
+                         "spec": {"roles": list(roles), "traits": {"logins": list(logins), "db_users": list(db_users),
+                                                                   "db_names": list(db_names)}}},
+                "password": password}
+        await self.auth.server.upsert_user(body, create_only=False)
+
+    async def user(self, name: str = "alice", *, logins: Sequence[str] | None = None,
+                   db_users: Sequence[str] | None = None, db_names: Sequence[str] | None = None,
+                   roles: Sequence[str] = ("access",), ttl: float = 3600.0, home: str | Path | None = None) -> User:
+        """Create user ``name`` and log it in through the proxy (a profile as ``tpemu login`` writes).
+
+        Defaults: SSH logins ``root``, the local user and ``name``; database user ``name``;
+        database name ``postgres``. The first of each is what the connection helpers use.
+        """
+        from tpemu.client import login as login_mod
+
+        if logins is None:
+            logins = list(dict.fromkeys(("root", getpass.getuser(), name)))
+        db_users = (name,) if db_users is None else tuple(db_users)
+        db_names = ("postgres",) if db_names is None else tuple(db_names)
+        await self.add_user(name, logins=logins, db_users=db_users, db_names=db_names, roles=roles)
+        folder = Path(home) if home is not None else self.root / "users" / name
+        prof = await asyncio.to_thread(login_mod.login, folder, self.web, name, PASSWORD, ttl,
+                                       login_mod.Trust(self.ca))
+        old = self.users.pop(name, None)
+        if old is not None:
+            await old.close()
+        user = User(self, name, folder, prof, tuple(logins), db_users, db_names)
+        self.users[name] = user
+        return user
+
+
+class User:
+    """A logged-in user (``cluster.user(...)``): its profile and the ways in to the cluster."""
+
+    def __init__(self, cluster: Cluster, name: str, home: Path, profile: Any, logins: tuple[str, ...],
+                 db_users: tuple[str, ...], db_names: tuple[str, ...]) -> None:
+        self.cluster = cluster
+        self.name = name
+        #: The profile folder (``--home`` / ``$TPEMU_HOME`` for the tpemu CLI).
+        self.home = home
+        self.profile = profile
+        self.logins = logins
+        self.db_users = db_users
+        self.db_names = db_names
+        self._logins: dict[tuple[str, str, str], Any] = {}
+        self._tunnels: dict[tuple[str, str, str], tuple[int, asyncio.Event, asyncio.Task[None]]] = {}
+        self._lock = asyncio.Lock()
+
+    def env(self) -> dict[str, str]:
+        """Environment for running the ``tpemu`` CLI as this user (``TPEMU_HOME``)."""
+        return {"TPEMU_HOME": str(self.home)}
+
+    # -- databases ------------------------------------------------------------------------------------
+
+    def _protocol(self, db: str) -> str:
+        for r in self.cluster.databases():
+            if r.name == db:
+                protocol: str = r.protocol
+                return protocol
+        known = ", ".join(sorted({r.name for r in self.cluster.databases()})) or "none"
+        raise LookupError(f"tpemu.Cluster: no database {db!r} (databases: {known})")
+
+    def _route(self, db: str, db_user: str | None, db_name: str | None) -> tuple[str, str, str]:
+        protocol = self._protocol(db)
+        if db_user is None:
+            if not self.db_users:
+                raise ValueError(f"user {self.name!r} has no database users (cluster.user(..., db_users=[…]))")
+            db_user = self.db_users[0]
+        if db_name is None:
+            db_name = self.db_names[0] if self.db_names and protocol in ("postgres", "mongodb") else ""
+        return db, db_user, db_name
+
+    async def db_login(self, db: str, db_user: str | None = None, db_name: str | None = None) -> Any:
+        """A database certificate routed to ``db`` (``tpemu db login``): a :class:`tpemu.client.db.DBLogin`."""
+        from tpemu.client.db import db_login
+
+        key = self._route(db, db_user, db_name)
+        async with self._lock:
+            if key not in self._logins:
+                login = await db_login(self.profile, key[0], key[1], key[2] or None)
+                # db_login keeps one certificate per database; keep this route's apart.
+                cert = Path(login.cert_path)
+                mine = cert.with_name(f"{key[0]}-{key[1]}-{key[2] or '_'}-x509.pem")
+                shutil.copyfile(cert, mine)
+                self._logins[key] = dataclasses.replace(login, cert_path=str(mine))
+            return self._logins[key]
+
+    async def db_env(self, db: str = "pg", db_user: str | None = None, db_name: str | None = None) -> dict[str, str]:
+        """libpq environment variables straight to the proxy (``tpemu db env``): Postgres only."""
+        from tpemu.client.db import direct_postgres
+
+        login = await self.db_login(db, db_user, db_name)
+        if login.protocol != "postgres":
+            raise ValueError(f"db_env is for Postgres databases; {db} is {login.protocol}: use db_url or tunnel")
+        names = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "dbname": "PGDATABASE", "sslmode": "PGSSLMODE",
+                 "sslrootcert": "PGSSLROOTCERT", "sslcert": "PGSSLCERT", "sslkey": "PGSSLKEY"}
+        return {names[k]: v for k, v in direct_postgres(login).items()}
+
+    async def db_url(self, db: str = "pg", db_user: str | None = None, db_name: str | None = None) -> str:
+        """A connection URL for the protocol's usual clients.
+
+        Postgres: straight to the proxy with the user's certificate (``sslmode=verify-full``), as
+        ``tsh db config`` prints. MySQL, MongoDB, Redis: a plain local :meth:`tunnel` (those clients
+        cannot put Teleport's ALPN on the connection themselves).
+        """
+        login = await self.db_login(db, db_user, db_name)
+        user, name = quote(login.db_user, safe=""), quote(login.db_name, safe="")
+        if login.protocol == "postgres":
+            web = self.cluster.web
+            query = "&".join(f"{k}={quote(v, safe='/')}" for k, v in (
+                ("sslmode", "verify-full"), ("sslrootcert", login.ca_path), ("sslcert", login.cert_path),
+                ("sslkey", login.key_path)))
+            return f"postgresql://{user}@{web.host}:{web.port}/{name or user}?{query}"
+        port = await self.tunnel(db, db_user, db_name)
+        if login.protocol == "mysql":
+            return f"mysql://{user}@127.0.0.1:{port}/{name}"
+        if login.protocol == "mongodb":
+            return f"mongodb://127.0.0.1:{port}/{name}?directConnection=true"
+        return f"redis://127.0.0.1:{port}/0"
+
+    async def tunnel(self, db: str, db_user: str | None = None, db_name: str | None = None, port: int = 0) -> int:
+        """A plain TCP port on 127.0.0.1 that carries each connection to ``db`` in TLS with this
+        user's certificate (``tpemu proxy db --tunnel``); the same port again for the same route."""
+        from tpemu.client.db import run_tunnel
+
+        key = self._route(db, db_user, db_name)
+        if key in self._tunnels:
+            return self._tunnels[key][0]
+        login = await self.db_login(*key)
+        loop = asyncio.get_running_loop()
+        ready: asyncio.Future[Addr] = loop.create_future()
+        stop = asyncio.Event()
+        task = asyncio.ensure_future(run_tunnel(login, Addr("127.0.0.1", port), ready.set_result, stop))
+        waiting: set[asyncio.Future[Any]] = {ready, task}
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if ready not in done:
+            ready.cancel()
+            task.result()  # raises why the tunnel could not listen
+            raise RuntimeError("the tunnel stopped before it listened")
+        bound = ready.result().port
+        self._tunnels[key] = (bound, stop, task)
+        return bound
+
+    async def close(self) -> None:
+        """Stop this user's tunnels."""
+        for _, stop, task in self._tunnels.values():
+            stop.set()
+            with contextlib.suppress(Exception):
+                await task
+        self._tunnels.clear()
+
+    # -- SSH ----------------------------------------------------------------------------------------------
+
+    def ssh_config(self, login: str | None = None, port: int = NODE_PORT) -> Path:
+        """Write the OpenSSH config block (``tpemu config``) to ``<home>/ssh_config`` and return the
+        path: ``ssh -F PATH NODE.CLUSTER cmd`` then goes through the proxy with this user's certificate."""
+        from tpemu.client.ssh import openssh_config
+
+        path = self.home / "ssh_config"
+        path.write_text(openssh_config(self.profile, port=port, login=login or self.logins[0]), encoding="utf-8")
+        return path
+
+    def ssh_target(self, node: str, login: str | None = None) -> str:
+        """``LOGIN@NODE.CLUSTER``: the host name the config's ``Host *.CLUSTER`` block matches."""
+        return f"{login or self.logins[0]}@{node}.{self.profile.cluster}"

@@ -237,12 +237,17 @@ class DatabaseService:
         served = self._served.get(name)
         return served.engine if served is not None else None
 
-    def reset(self) -> None:
-        """Empty every emulated backend (fresh ones); real servers are left alone. For
+    async def reset(self) -> None:
+        """Empty every emulated backend (fresh ones) and every running embedded engine (its
+        databases dropped, its keys flushed); real servers are left alone. For
         ``tpemu.Cluster.reset()`` between tests: connections already open keep their old backend."""
         for served in self._served.values():
             if served.backend is not None:
                 served.backend = _new_backend(served.db.protocol)
+        engines = [s.engine for s in self._served.values() if s.engine is not None]
+        for result in await asyncio.gather(*(e.reset() for e in engines), return_exceptions=True):
+            if isinstance(result, BaseException):
+                log.warning("db: resetting an embedded engine failed: %s", result)
 
     def resources(self) -> tuple[Resource, ...]:
         """What this service announces in the tunnel heartbeat (``kind: db``)."""

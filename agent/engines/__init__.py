@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import hashlib
 import logging
 import os
 import pwd
@@ -37,6 +39,7 @@ import stat
 import subprocess
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -102,6 +105,18 @@ class Engine(ABC):
     def endpoint_now(self) -> Endpoint:
         """Where the running engine listens (valid once it is ready)."""
 
+    async def reset(self) -> None:
+        """Drop what clients stored (a running engine only; the next connection provisions again)."""
+        if self.process is None or self.process.pid is None:
+            return
+        async with self._provision_lock:
+            await self.wipe()
+            self._provisioned.clear()
+
+    @abstractmethod
+    async def wipe(self) -> None:
+        """Drop every database and key clients made (the engine is running)."""
+
     async def provision(self, db_user: str, db_name: str) -> None:  # noqa: B027 (an optional hook)
         """Create ``db_user`` and ``db_name`` in the engine if missing (default: nothing to do)."""
 
@@ -159,6 +174,46 @@ class Engine(ABC):
         self._temp_dirs.append(short)
         return self.own_dir(short)
 
+    async def from_template(self, target: Path, key: str, make: Callable[[Path], Awaitable[None]]) -> None:
+        """Create ``target`` as a copy of a pristine data directory that ``make`` builds once per
+        machine and user (``initdb`` and ``mariadb-install-db`` take most of an engine's first
+        start; a copy is several times faster). The template lives in the system temporary folder
+        (``tpemu-template-<uid>-<key>``), built under a file lock so that parallel agents build it
+        once; ``key`` names the engine binary and version."""
+        cache = Path(tempfile.gettempdir()) / f"tpemu-template-{os.geteuid()}-{key}"
+
+        def lock_and_check() -> int | None:
+            if (cache / "READY").exists():
+                return None
+            fd = os.open(str(cache) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return fd
+
+        fd = await asyncio.to_thread(lock_and_check)
+        if fd is not None:
+            try:
+                if not (cache / "READY").exists():
+                    shutil.rmtree(cache, ignore_errors=True)
+                    building = Path(f"{cache}.building-{os.getpid()}")
+                    shutil.rmtree(building, ignore_errors=True)
+                    self.own_dir(building)
+                    await make(building / "data")
+                    (building / "READY").touch()
+                    building.rename(cache)
+            finally:
+                os.close(fd)  # releases the lock
+        owner = pwd.getpwnam(self.user) if self.user is not None else None
+
+        def copy() -> None:
+            shutil.copytree(cache / "data", target, symlinks=True)
+            if owner is not None:
+                for root, dirs, files in os.walk(target):
+                    for name in (root, *(os.path.join(root, n) for n in dirs + files)):
+                        os.lchown(name, owner.pw_uid, owner.pw_gid)
+            target.chmod(0o700)
+
+        await asyncio.to_thread(copy)
+
     async def run_tool(self, argv: list[str], *, as_engine_user: bool = False, stdin: bytes = b"",
                        timeout: float = 60.0) -> str:
         """Run a short-lived engine tool (initdb, psql …); its output, or :class:`EngineUnavailable`."""
@@ -177,6 +232,12 @@ class Engine(ABC):
             err = (done.stderr or done.stdout).decode("utf-8", "replace").strip().splitlines()[-3:]
             raise EngineUnavailable(f"{Path(argv[0]).name} exited with status {done.returncode}: {' | '.join(err)}")
         return done.stdout.decode("utf-8", "replace")
+
+
+def binary_key(binary: Path, user: str | None) -> str:
+    """A short name for one engine build and the user it runs as (template cache keys)."""
+    st = binary.stat()
+    return hashlib.sha256(f"{binary.resolve()}:{st.st_size}:{st.st_mtime_ns}:{user}".encode()).hexdigest()[:16]
 
 
 def grant_traverse(path: Path) -> None:

@@ -64,5 +64,20 @@ class MongoEngine(Engine):
         writer.close()
         return True
 
+    async def wipe(self) -> None:
+        import pymongo
+
+        def drop() -> None:
+            client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(
+                f"mongodb://127.0.0.1:{self.port}/?directConnection=true", serverSelectionTimeoutMS=5000)
+            try:
+                for name in client.list_database_names():
+                    if name not in ("admin", "local", "config"):
+                        client.drop_database(name)
+            finally:
+                client.close()
+
+        await asyncio.to_thread(drop)
+
     def endpoint_now(self) -> Endpoint:
         return Endpoint(host="127.0.0.1", port=self.port)

@@ -16,7 +16,7 @@ import asyncio
 import shutil
 from pathlib import Path
 
-from tpemu.agent.engines import Endpoint, Engine, EngineUnavailable
+from tpemu.agent.engines import Endpoint, Engine, EngineUnavailable, binary_key
 from tpemu.agent.engines.supervisor import EngineProcess
 
 SOCKET = "mysqld.sock"
@@ -73,10 +73,14 @@ class MariaDBEngine(Engine):
         self.own_dir(self.data_dir)
         self.sockdir = self.socket_dir(self.data_dir / "run", SOCKET)
         if not (self.datadir / "mysql").exists():
-            self.own_dir(self.datadir)
-            await self.run_tool([str(self.install), "--no-defaults", f"--datadir={self.datadir}",
-                                 "--auth-root-authentication-method=normal", "--skip-test-db",
-                                 *self._server_options()], as_engine_user=True, timeout=120)
+            async def install(where: Path) -> None:
+                self.own_dir(where)
+                await self.run_tool([str(self.install), "--no-defaults", f"--datadir={where}",
+                                     "--auth-root-authentication-method=normal", "--skip-test-db",
+                                     *self._server_options()], as_engine_user=True, timeout=120)
+
+            shutil.rmtree(self.datadir, ignore_errors=True)
+            await self.from_template(self.datadir, "mariadb-" + binary_key(self.server, self.user), install)
         argv = [str(self.server), "--no-defaults", f"--datadir={self.datadir}", "--skip-networking",
                 f"--socket={self.sockdir / SOCKET}", f"--pid-file={self.data_dir / 'mysqld.pid'}",
                 *self._server_options()]
@@ -94,6 +98,15 @@ class MariaDBEngine(Engine):
 
     def endpoint_now(self) -> Endpoint:
         return Endpoint(unix=str(self.sockdir / SOCKET))
+
+    async def wipe(self) -> None:
+        out = await self.run_tool([str(self.client), "--no-defaults", f"--socket={self.sockdir / SOCKET}", "-u", "root",
+                                   "--batch", "-N", "-e", "SHOW DATABASES"])
+        system = {"mysql", "information_schema", "performance_schema", "sys"}
+        script = "".join(f"DROP DATABASE {quote_ident(name)};\n" for name in out.split() if name not in system)
+        if script:
+            await self.run_tool([str(self.client), "--no-defaults", f"--socket={self.sockdir / SOCKET}", "-u", "root",
+                                 "--batch"], stdin=script.encode())
 
     async def provision(self, db_user: str, db_name: str) -> None:
         user = f"{quote_literal(db_user)}@'localhost'"

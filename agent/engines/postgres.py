@@ -19,10 +19,11 @@ user that asks for it, ``ALL`` on it and on its ``public`` schema granted to lat
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import signal
 from pathlib import Path
 
-from tpemu.agent.engines import Endpoint, Engine
+from tpemu.agent.engines import Endpoint, Engine, binary_key
 from tpemu.agent.engines.supervisor import EngineProcess
 
 SOCKET = ".s.PGSQL.5432"
@@ -70,8 +71,13 @@ class PostgresEngine(Engine):
         self.own_dir(self.data_dir)
         self.sockdir = self.socket_dir(self.data_dir / "run", SOCKET)
         if not (self.pgdata / "PG_VERSION").exists():
-            await self.run_tool([str(self.bin / "initdb"), "-D", str(self.pgdata), "-U", "postgres", "-A", "trust",
-                                 "--no-sync", "-E", "UTF8", "--locale=C", "--no-instructions"], as_engine_user=True)
+            async def initdb(where: Path) -> None:
+                await self.run_tool([str(self.bin / "initdb"), "-D", str(where), "-U", "postgres", "-A", "trust",
+                                     "--no-sync", "-E", "UTF8", "--locale=C", "--no-instructions", "--wal-segsize=1"],
+                                    as_engine_user=True)
+
+            shutil.rmtree(self.pgdata, ignore_errors=True)
+            await self.from_template(self.pgdata, "pg-w1-" + binary_key(self.bin / "postgres", self.user), initdb)
         # fsync=off: a commit is written to the WAL (it survives a crash of the engine, which the
         # supervisor restarts) but not flushed to disk (it may not survive a crash of the machine).
         argv = [str(self.bin / "postgres"), "-D", str(self.pgdata), "-k", str(self.sockdir),
@@ -99,6 +105,15 @@ class PostgresEngine(Engine):
         for k, v in variables.items():
             argv += ["-v", f"{k}={v}"]
         return await self.run_tool(argv, stdin=script.encode())
+
+    async def wipe(self) -> None:
+        await self.psql("""
+SELECT format('DROP DATABASE %I WITH (FORCE)', datname) FROM pg_database
+    WHERE NOT datistemplate AND datname <> 'postgres'\\gexec
+DROP SCHEMA public CASCADE;
+CREATE SCHEMA public;
+GRANT ALL ON SCHEMA public TO PUBLIC;
+""")
 
     async def provision(self, db_user: str, db_name: str) -> None:
         await self.psql("""

@@ -100,6 +100,10 @@ class RedisEngine(Engine):
     def endpoint_now(self) -> Endpoint:
         return Endpoint(unix=str(self.sockdir / SOCKET))
 
+    async def wipe(self) -> None:
+        if await self._command("FLUSHALL") != b"+OK":
+            raise EngineUnavailable("FLUSHALL failed")
+
     async def provision(self, db_user: str, db_name: str) -> None:
         if db_user == "default":
             return

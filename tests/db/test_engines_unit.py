@@ -31,7 +31,8 @@ from tpemu.config import Database
 from tpemu.wire import postgres as pg
 from tpemu.wire.tunnel import DialRequest
 
-CHILD = "import signal, sys, time; signal.signal(signal.SIGTERM, {handler}); open(sys.argv[1], 'w').close(); time.sleep(60)"
+CHILD = ("import signal, sys, time; signal.signal(signal.SIGTERM, {handler}); open(sys.argv[1], 'w').close(); "
+         "time.sleep(60)")
 
 
 def child(tmp: Path, ignore_term: bool = False, **kw: float) -> tuple[EngineProcess, Path]:

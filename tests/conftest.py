@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,6 +16,23 @@ import uvloop
 from tpemu import config
 from tpemu.proxy.decide import ListenerKind
 from tpemu.proxy.service import ProxyService
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """No embedded database engine may outlive the tests (every cluster stops its own): one that
+    did is stopped here, by its PID, and fails the run."""
+    import os
+    import signal
+
+    from tpemu.agent.engines import live_pids
+
+    left = live_pids()
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if left:
+        print(f"\ntpemu: embedded engine processes left running after the tests (killed): {left}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import socket
 import ssl
@@ -47,13 +48,14 @@ from typing import Any
 
 from cryptography import x509
 
-from tpemu import MIN_CLIENT_VERSION, TELEPORT_VERSION, authapi, pki
+from tpemu import MIN_CLIENT_VERSION, TELEPORT_VERSION, authapi, pki, versioncheck
 from tpemu import identity as ident
 from tpemu.auth import backend as backend_mod
 from tpemu.auth.authority import CAType
 from tpemu.auth.server import PRESENCE, AuthServer
 from tpemu.config import Addr
 from tpemu.logs import RateLimiter
+from tpemu.net.h2_server import GrpcStatus, serve_h2
 from tpemu.net.http_server import Request, Response, serve_http
 from tpemu.net.sockets import format_addr, sockaddr
 from tpemu.net.tls_bio import BIOConnection, streams
@@ -132,8 +134,10 @@ Handler = Callable[[Request, Caller, dict[str, str]], Awaitable[Response]]
 class AuthAPI:
     """Routes and serves Auth API requests for one :class:`AuthServer`."""
 
-    def __init__(self, server: AuthServer) -> None:
+    def __init__(self, server: AuthServer, reject_old_clients: bool = False) -> None:
         self.server = server
+        #: Teleport's ``TELEPORT_UNSTABLE_REJECT_OLD_CLIENTS`` (or ``tpemu.reject_old_clients``).
+        self.reject_old_clients = reject_old_clients or os.environ.get(versioncheck.REJECT_ENV, "") == "yes"
         self.limiter = RateLimiter()
         self._routes: list[tuple[str, re.Pattern[str], frozenset[str], Handler]] = []
         self._lsock: socket.socket | None = None
@@ -239,12 +243,41 @@ class AuthAPI:
         reader, writer = streams(conn)
 
         async def app(request: Request) -> Response:
+            if self.reject_old_clients:
+                self._check_client_version(request, caller, peer, conn)
             return await self.handle(request, caller)
 
         try:
-            await serve_http(reader, writer, app, peer=peer, server_header="tpemu-auth")
+            if conn.sslobj.selected_alpn_protocol() == "h2":
+                # Teleport's clients send [teleport-auth@<route>, h2] and speak gRPC: they get a real
+                # gRPC status; HTTP/2 requests to the JSON API are served as over HTTP/1.1.
+                await serve_h2(reader, writer, peer=peer, app=app, what="auth api", grpc=lambda path: (
+                    GrpcStatus.UNIMPLEMENTED, f"tpemu's Auth Service speaks HTTP/JSON, not Teleport's gRPC API "
+                    f"({path}): offer http/1.1"))
+            else:
+                await serve_http(reader, writer, app, peer=peer, server_header="tpemu-auth")
         finally:
             await conn.close()
+
+    def _check_client_version(self, request: Request, caller: Caller, peer: str, conn: BIOConnection) -> None:
+        """``lib/auth/middleware.go`` ``ValidateClientVersion``: an old (or unparsable) ``version``
+        ends the connection with a reset; a request without one passes."""
+        version = request.header("version")
+        if version is None:
+            return
+        fields = (f'user_agent="{request.header("user-agent") or ""}" identity={caller.name} version={version} '
+                  f"addr={peer}")
+        try:
+            too_old = versioncheck.client_too_old(version, MIN_CLIENT_VERSION)
+        except ValueError as exc:
+            log.warning("%s error=%r %s", versioncheck.UNPARSABLE_LOG, str(exc), fields)
+            too_old = True
+        else:
+            if too_old:
+                log.info("%s %s (oldest supported: %s)", versioncheck.REJECT_LOG, fields, MIN_CLIENT_VERSION)
+        if too_old:
+            conn.abort()
+            raise ConnectionResetError(versioncheck.REJECT_ERROR)
 
     async def handle(self, request: Request, caller: Caller) -> Response:
         """Answer one request from ``caller`` (errors become Teleport-shaped JSON errors)."""

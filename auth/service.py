@@ -87,7 +87,7 @@ class AuthService:
         self.server = server
         self.host_id = await asyncio.to_thread(pki.ensure_host_uuid, self.data_dir)
         ctx = await asyncio.to_thread(self._tls_context)
-        self.api = AuthAPI(server)
+        self.api = AuthAPI(server, reject_old_clients=cfg.tpemu.reject_old_clients)
         try:
             self.addr = await self.api.listen(cfg.auth_service.listen_addr, ctx)
         except OSError:
@@ -124,7 +124,7 @@ class AuthService:
         ctx.load_verify_locations(cadata=(server.ca(CAType.HOST).tls_cert_pem
                                           + server.ca(CAType.USER).tls_cert_pem).decode())
         ctx.verify_mode = ssl.CERT_OPTIONAL
-        ctx.set_alpn_protocols([alpn.AUTH, alpn.HTTP11])
+        ctx.set_alpn_protocols([alpn.AUTH, alpn.HTTP11, alpn.HTTP2])
         return ctx
 
     def _write_admin_identity(self) -> None:

@@ -164,6 +164,9 @@ class AuthRoutes:
         web.add("POST", "/webapi/host/credentials", self._host_credentials)
         web.add("POST", "/webapi/ssh/certs", self._ssh_certs)
         web.add("GET", "/webapi/auth/export", self._export)
+        # apiserver.go: h.GET("/webapi/sites/:site/auth/export", h.authExportPublic), deprecated
+        # but served; the :site part is not consulted (authExportPublic exports the local CAs).
+        web.add("GET", "/webapi/sites/:site/auth/export", self._export)
         self.proxy.set_handler(RouteKind.AUTH, self._forward_auth)
         self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
 

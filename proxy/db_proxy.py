@@ -52,6 +52,7 @@ from tpemu.net.sockets import close_with_answer, format_addr, read_exact
 from tpemu.net.tls import ContextCache, accept_stream
 from tpemu.proxy import postgres_front
 from tpemu.proxy.frontdoor import Accepted
+from tpemu.proxy.route import server_alpn as route_server_alpn
 from tpemu.wire import WireError
 from tpemu.wire import alpn as alpn_names
 from tpemu.wire import mysql as my
@@ -180,12 +181,17 @@ class DatabaseProxy:
         if acc.protocol is None and protocol == "mysql":
             await self._mysql_listener(acc)
             return
-        if acc.protocol is not Sniffed.TLS or protocol not in ("postgres", "mysql", "mongodb", "redis"):
+        if acc.protocol is not Sniffed.TLS:
             log.warning("%s: database protocol %r is not supported by tpemu", acc.ctx, protocol or "-")
             close_with_answer(acc.sock)
             return
         client = await self._accept_tls(acc)
         if client is None:
+            return
+        if protocol not in ("postgres", "mysql", "mongodb", "redis"):
+            # Teleport negotiates every database name (SupportedProtocols) and refuses afterwards.
+            log.warning("%s: database protocol %r is not supported by tpemu", acc.ctx, protocol or "-")
+            client.stream.close()
             return
         if protocol == "postgres":
             await self._postgres_in_tls(acc, client)
@@ -204,10 +210,11 @@ class DatabaseProxy:
     # -- TLS ------------------------------------------------------------------------------------------
 
     async def _accept_tls(self, acc: Accepted) -> _Client | None:
-        # Keyed by the validated name, never by the client's bytes (one context per MySQL
-        # version string would let any client grow this cache without bound).
-        alpn = alpn_names.negotiated_name(acc.route.alpn) if acc.route.alpn else None
-        ctx = self.context((alpn,) if alpn else ())
+        # Every name Teleport knows, in its order: offered [teleport-postgres, teleport-postgres-ping]
+        # selects the -ping form (lib/srv/alpnproxy/proxy.go handleConn: ping framing follows the
+        # *negotiated* protocol, IsPingProtocol). One context for every name, never keyed by the
+        # client's bytes (a context per MySQL version string would grow the cache without bound).
+        ctx = self.context(route_server_alpn(acc.route.kind) or alpn_names.DATABASE_SERVER_PROTOCOLS)
         try:
             reader, writer = await accept_stream(acc.sock, ctx, self.handshake_timeout)
         except (OSError, TimeoutError, ssl.SSLError) as exc:
@@ -216,7 +223,8 @@ class DatabaseProxy:
             return None
         identity, why = _identity_of(writer)
         stream: Stream
-        if acc.route.ping:
+        negotiated = writer.get_extra_info("ssl_object").selected_alpn_protocol() or ""
+        if negotiated.endswith(alpn_names.PING_SUFFIX):
             ping_stream = PingStream(reader, writer, "client")
             ping_stream.start_pings()
             stream = ping_stream

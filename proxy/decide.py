@@ -115,6 +115,14 @@ _new_routed = tuple.__new__
 _PROXY = (Protocol.PROXY_V1, Protocol.PROXY_V2)
 
 
+def _no_overlap(route: Route, hello: tls.ClientHello) -> Refused:
+    # A handler matched by prefix (teleport-mysql-<version> alone) whose TLS server speaks none of
+    # the offered names: Go's crypto/tls ends the handshake (handshake_server.go negotiateALPN).
+    return Refused("unsupported-alpn", f"route {route.name}: tls: client requested unsupported application "
+                   f"protocols ({list(hello.alpn)})", Protocol.TLS,
+                   tls.encode_alert(tls.ALERT_NO_APPLICATION_PROTOCOL), hello)
+
+
 def classify(prefix: bytes | bytearray | memoryview, policy: ListenerPolicy, table: RouteTable,
              max_hello: int = tls.DEFAULT_MAX_HELLO, proxy_seen: bool = False) -> Outcome:
     """Decide what to do with a connection whose stream starts with ``prefix``."""
@@ -134,8 +142,11 @@ def classify(prefix: bytes | bytearray | memoryview, policy: ListenerPolicy, tab
             return NeedMore(len(prefix))
         route = policy.tls_route or table.for_tls(hello)
         if route.kind is _REJECT:
-            return Refused("unknown-alpn", route.why, Protocol.TLS,
-                           tls.encode_alert(tls.ALERT_NO_APPLICATION_PROTOCOL), hello)
+            # Teleport reads the ClientHello through a connection that cannot write
+            # (lib/srv/alpnproxy/conn.go readOnlyConn), then closes: no alert reaches the client.
+            return Refused("unknown-alpn", route.why, Protocol.TLS, b"", hello)
+        if route.server_alpn_set and hello.alpn and route.server_alpn_set.isdisjoint(hello.alpn):
+            return _no_overlap(route, hello)
         return _new_routed(Routed, (_TLS, route, hello))
     try:
         proto = sniff.sniff(prefix)
@@ -163,7 +174,9 @@ def classify(prefix: bytes | bytearray | memoryview, policy: ListenerPolicy, tab
                            tls.encode_alert(tls.ALERT_HANDSHAKE_FAILURE), hello)
         route = policy.fixed.get(proto) or table.for_tls(hello)
         if route.kind is RouteKind.REJECT:
-            return Refused("unknown-alpn", route.why, proto, tls.encode_alert(tls.ALERT_NO_APPLICATION_PROTOCOL), hello)
+            return Refused("unknown-alpn", route.why, proto, b"", hello)
+        if route.server_alpn_set and hello.alpn and route.server_alpn_set.isdisjoint(hello.alpn):
+            return _no_overlap(route, hello)
         return Routed(proto, route, hello)
     if proto in _PROXY:
         if policy.proxy_protocol is False:

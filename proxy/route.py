@@ -5,9 +5,15 @@ pass-through rules in front:
 
 1. configured pass-through rules, in config order (ALPN and/or SNI match);
 2. a Kubernetes SNI prefix (``kube-teleport-proxy-alpn.``) → the Kubernetes proxy;
-3. the client's ALPN names in the client's order: the first one the table knows wins;
+3. the client's ALPN names in the client's order: the first one the table knows wins
+   (``getHandleDescBasedOnALPNVal``; ``teleport-auth@…`` and ``teleport-mysql-…`` by prefix);
 4. no ALPN at all → the web handler (as if ``http/1.1`` was offered);
-5. ALPN names that are all unknown → refused with Teleport's own message.
+5. ALPN names that are all unknown → closed without a TLS answer, as Teleport does (its ClientHello
+   reader cannot write, ``readOnlyConn``), with Teleport's log text.
+
+The *negotiated* protocol is then the server's choice (``Route.server_alpn``, in Teleport's
+``SupportedProtocols`` order), so offering ``[teleport-postgres, teleport-postgres-ping]`` selects
+the ``-ping`` form, as Teleport's proxy does.
 
 Every :class:`Route` is built once, when the table is built, with the sentence that explains it,
 so the hot path does dictionary look-ups and no string formatting.
@@ -74,6 +80,11 @@ class Route:
     ping: bool = False
     target: Addr | None = None
     send_proxy: str = ""
+    #: The names the terminating TLS server offers, in preference order; ``None`` when the TLS
+    #: session is not ours (pass-through, or Teleport's ``ForwardTLS`` handlers: Auth, kube,
+    #: gRPC with mTLS), so no ALPN check is made before handing the bytes on.
+    server_alpn: tuple[str, ...] | None = None
+    server_alpn_set: frozenset[str] = frozenset()
 
     @property
     def passthrough(self) -> bool:
@@ -99,11 +110,40 @@ class _Rule:
         return True
 
 
+#: The TLS server each route's handler runs (``lib/service/service.go`` ``setupALPNRouter``):
+#: ``ForwardTLS`` handlers are absent.
+_SERVER_ALPN: dict[RouteKind, tuple[str, ...]] = {
+    RouteKind.WEB: names.SUPPORTED_PROTOCOLS,
+    RouteKind.SSH_PROXY: names.SSH_PROXY_PROTOCOLS,
+    RouteKind.REVERSE_TUNNEL: names.SUPPORTED_PROTOCOLS,
+    RouteKind.PROXY_GRPC: names.SUPPORTED_PROTOCOLS,
+    RouteKind.APP_TCP: names.SUPPORTED_PROTOCOLS,
+    RouteKind.DATABASE: names.DATABASE_SERVER_PROTOCOLS,
+}
+
+
+def server_alpn(kind: RouteKind) -> tuple[str, ...] | None:
+    """What the TLS server of a route offers (``None``: the TLS session is forwarded)."""
+    return _SERVER_ALPN.get(kind)
+
+
 def _alpn_route(alpn_name: str, info: names.AlpnService) -> Route:
     kind = _SERVICE_KIND[info.service]
     label = kind.value if info.db_protocol is None else f"{kind.value}/{info.db_protocol}"
+    srv = _SERVER_ALPN.get(kind)
     return Route(kind, label, f"ALPN {alpn_name!r}", alpn=alpn_name,
-                 db_protocol=info.db_protocol, ping=info.ping)
+                 db_protocol=info.db_protocol, ping=info.ping, server_alpn=srv,
+                 server_alpn_set=frozenset(srv or ()))
+
+
+def go_quote_list(items: tuple[str, ...] | list[str]) -> str:
+    """Go's ``%q`` of a ``[]string``: ``["a" "b"]`` (how Teleport's log prints protocol lists)."""
+    return "[" + " ".join('"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"' for s in items) + "]"
+
+
+#: Teleport's error when no handler matches (``lib/srv/alpnproxy/proxy.go``
+#: ``getHandleDescBasedOnALPNVal``), logged as "Failed to handle client connection".
+NO_HANDLER = "failed to find ALPN handler based on received client supported protocols "
 
 
 def passthrough_route(rule: PassthroughRule, index: int) -> Route:
@@ -123,7 +163,8 @@ def passthrough_route(rule: PassthroughRule, index: int) -> Route:
 
 #: Routes for plain (non-TLS) protocols and fixed decisions, built once.
 WEB_DEFAULT = Route(RouteKind.WEB, "web", "no ALPN offered: the web handler is the default",
-                    alpn=names.HTTP11)
+                    alpn=names.HTTP11, server_alpn=names.SUPPORTED_PROTOCOLS,
+                    server_alpn_set=frozenset(names.SUPPORTED_PROTOCOLS))
 KUBE = Route(RouteKind.KUBE, "kube", f"SNI starts with {names.KUBE_SNI_PREFIX!r}")
 PLAIN_SSH = Route(RouteKind.SSH_PROXY, "ssh-proxy", "plain SSH identification line")
 PLAIN_HTTP = Route(RouteKind.WEB_PLAIN_HTTP, "web-plain-http", "plain HTTP request on a TLS port")
@@ -132,6 +173,7 @@ POSTGRES_STARTUP = Route(RouteKind.DATABASE, "database/postgres", "Postgres star
 
 
 _KUBE_PREFIXES = (names.KUBE_SNI_PREFIX, names.KUBE_SNI_PREFIX_LEGACY)
+_PREFIXES = (names.AUTH, names.MYSQL_VERSION_PREFIX)
 
 
 class RouteTable:
@@ -169,12 +211,12 @@ class RouteTable:
             route = table.get(a)
             if route is not None:
                 return route
-        for a in offered:
-            info = names.lookup(a)  # the teleport-mysql-<version> prefix form
-            if info is not None:
-                return _alpn_route(a, info)
-        return Route(RouteKind.REJECT, "reject",
-                     f"failed to find ALPN handler based on received client supported protocols {list(offered)!r}")
+            if a.startswith(_PREFIXES):
+                # teleport-auth@<route>, teleport-mysql-<version>: matched by prefix, in the client's order.
+                info = names.lookup(a)
+                if info is not None:
+                    return _alpn_route(a, info)
+        return Route(RouteKind.REJECT, "reject", NO_HANDLER + go_quote_list(offered))
 
     def for_plain(self, protocol: Protocol) -> Route:
         """The route for a plain-text protocol (SSH, HTTP, Postgres startup)."""
@@ -185,6 +227,7 @@ class RouteTable:
         rows = [(r.route.why.split(" → ")[0], r.route.name) for r in self._tls_rules]
         rows.append((f"SNI {names.KUBE_SNI_PREFIX}*", KUBE.name))
         rows.extend((f"ALPN {a}", r.name) for a, r in self._alpn.items())
+        rows.append((f"ALPN {names.AUTH}<hex(cluster)>.{names.INTERNAL_DOMAIN}", "auth"))
         rows.append((f"ALPN {names.MYSQL_VERSION_PREFIX}<version>", "database/mysql"))
         rows.append(("no ALPN", WEB_DEFAULT.name))
         rows.extend((f"plain {p.value}", r.name) for p, r in self._plain.items())

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tpemu.config import Addr, Config
+from tpemu.net.h2_server import GrpcStatus, serve_h2
 from tpemu.net.http_server import Request, Response, serve_http
 from tpemu.net.sockets import format_addr
 from tpemu.net.tls import ContextCache, accept_stream, peer_certificate
@@ -231,7 +232,7 @@ class ProxyService:
         # Not a coroutine itself: it returns the handler's, one frame less per connection.
         handler = self.handlers.get(acc.route.kind)
         if handler is None:
-            return refuse_unavailable(acc)
+            return refuse_unavailable(acc, lambda: self.contexts)
         return handler(acc)
 
     # -- built-in handlers -----------------------------------------------------------------
@@ -239,15 +240,23 @@ class ProxyService:
 
     async def _serve_web(self, acc: Accepted) -> None:
         assert self.contexts is not None
-        ctx = self.contexts.get((alpn.HTTP11,))
+        # Every name Teleport knows, in its order (Proxy.Serve sets NextProtos to SupportedProtocols).
+        ctx = self.contexts.get(alpn.SUPPORTED_PROTOCOLS)
         try:
             reader, writer = await accept_stream(acc.sock, ctx, timeout=self.cfg.proxy_service.sniff_timeout)
         except (OSError, TimeoutError) as exc:
             log.info("%s: TLS handshake failed: %s", acc.ctx, exc)
             acc.sock.close()
             return
-        tls_info = {"sni": acc.hello.sni if acc.hello else None, "alpn": writer.get_extra_info(
-            "ssl_object").selected_alpn_protocol(), "peer_cert": peer_certificate(writer)}
+        negotiated = writer.get_extra_info("ssl_object").selected_alpn_protocol()
+        if negotiated == alpn.HTTP2:
+            # Teleport's web handler serves HTTP/2 (Go net/http); gRPC calls on it get UNIMPLEMENTED.
+            await serve_h2(reader, writer, peer=format_addr(acc.peer), app=self.web, what="web",
+                           grpc=lambda path: (GrpcStatus.UNIMPLEMENTED,
+                                              f"unknown service {path.strip('/').split('/')[0]}"))
+            return
+        tls_info = {"sni": acc.hello.sni if acc.hello else None, "alpn": negotiated,
+                    "peer_cert": peer_certificate(writer)}
         await serve_http(reader, writer, self.web, peer=format_addr(acc.peer), tls=tls_info)
 
     async def _serve_plain_http(self, acc: Accepted) -> None:
@@ -284,7 +293,7 @@ class ProxyService:
             await postgres_front.postgres_front(acc, self.contexts, on_startup)
             return
         if not serving:
-            await refuse_unavailable(acc)
+            await refuse_unavailable(acc, lambda: self.contexts)
             return
         await self.db.handle(acc)
 

@@ -289,7 +289,7 @@ class TunnelRegistry:
         ctx = None
         if acc.protocol is Protocol.TLS:
             assert self.proxy.contexts is not None
-            ctx = self.proxy.contexts.get((names.REVERSE_TUNNEL, names.REVERSE_TUNNEL_V2))
+            ctx = self.proxy.contexts.get(names.SUPPORTED_PROTOCOLS)
         peer = format_addr(acc.peer)
         try:
             await asyncssh.connect_reverse(

@@ -6,7 +6,12 @@ are ``omitempty`` (absent when unset), ``dial_timeout`` is a Go duration in nano
 ``kube.enabled`` is omitted when false. Values come from the listeners actually bound, so a
 proxy started on port 0 advertises its real port.
 
-Routes are registered in a table; later services add theirs with :meth:`WebAPI.add`.
+Routes are registered in a table; later services add theirs with :meth:`WebAPI.add`. As in
+``lib/web/apiserver.go`` ``NewHandler``: a path no route matches that starts with ``/v1/`` and
+whose next part is ``webapi``, ``enterprise``, ``scripts``, ``.well-known``, ``workload-identity``
+or ``web`` is served again without the prefix (tsh posts ``/v1/webapi/ssh/certs``); ``GET /``
+redirects (302) to ``/web``; an unknown path gets ``httplib.RouteNotFoundResponse``'s body
+(``path not found`` plus the proxy's version).
 """
 
 from __future__ import annotations
@@ -106,11 +111,19 @@ def _auto_update() -> dict[str, Any]:
             "agent_auto_update": False, "agent_update_jitter_seconds": 0}
 
 
+#: ``second_factor`` advertised: Teleport 17 no longer allows ``off`` (``api/constants``:
+#: ``SecondFactorOff … DELETE IN 17``); ``otp`` is its default (``types.DefaultSecondFactor``).
+#: tpemu does not verify one-time codes: tsh asks for one and any code is accepted.
+SECOND_FACTOR = "otp"
+#: The values Teleport 17 accepts for ``auth_service.authentication.second_factor``.
+SECOND_FACTORS_V17 = ("otp", "webauthn", "on", "optional")
+
+
 def auth_settings(info: ProxyInfo) -> dict[str, Any]:
-    """``AuthenticationSettings`` for a cluster with local (password) users and no MFA."""
+    """``AuthenticationSettings`` for a cluster with local (password) users."""
     return {
         "type": info.auth_type,
-        "second_factor": "off",
+        "second_factor": SECOND_FACTOR,
         "local": {"name": ""},
         "private_key_policy": "none",
         "piv_slot": "",
@@ -141,6 +154,19 @@ def ping_response(info: ProxyInfo, with_auth: bool = True) -> dict[str, Any]:
 
 Route = Callable[[Request], Awaitable[Response]]
 
+V1_PREFIX = "/v1"
+#: The second path parts for which Teleport strips ``/v1`` (apiserver.go ``NewHandler``).
+V1_PARTS = frozenset({"webapi", "enterprise", "scripts", ".well-known", "workload-identity", "web"})
+
+
+def route_not_found() -> Response:
+    """``lib/httplib`` ``RouteNotFoundResponse``: a ``trace.NotFound`` plus the proxy version."""
+    major, minor, patch = (int(x) for x in TELEPORT_VERSION.split("-")[0].split("."))
+    pre = TELEPORT_VERSION.partition("-")[2]
+    return Response.json({"error": {"message": "path not found"}, "fields": {"proxyVersion": {
+        "major": major, "minor": minor, "patch": patch, "preRelease": pre, "string": TELEPORT_VERSION}}},
+        status=404)
+
 
 class WebAPI:
     """Dispatches web requests by method and exact path (or path prefix ending in ``/``)."""
@@ -149,31 +175,64 @@ class WebAPI:
         self.info = info
         self._routes: dict[tuple[str, str], Route] = {}
         self._prefixes: list[tuple[str, str, Route]] = []
+        self._patterns: list[tuple[str, tuple[str, ...], Route]] = []
         self.add("GET", "/webapi/ping", self._ping)
         self.add("GET", "/webapi/ping/", self._ping)  # /webapi/ping/:connector
         self.add("GET", "/webapi/find", self._find)
-        self.add("GET", "/", self._root)
         self.add("GET", "/web", self._root)
 
     def add(self, method: str, path: str, handler: Route) -> None:
-        """Register ``handler``; a path ending in ``/`` (other than ``/``) matches as a prefix."""
-        if path.endswith("/") and path != "/":
+        """Register ``handler``; a path ending in ``/`` (other than ``/``) matches as a prefix, and
+        ``:name`` segments match any one segment (httprouter's syntax, as Teleport registers)."""
+        if ":" in path:
+            self._patterns.append((method, tuple(path.split("/")), handler))
+        elif path.endswith("/") and path != "/":
             self._prefixes.append((method, path, handler))
         else:
             self._routes[(method, path)] = handler
 
+    def _match_pattern(self, method: str | None, path: str) -> Route | None:
+        parts = path.split("/")
+        for m, pattern, h in self._patterns:
+            if (method is None or m == method) and len(pattern) == len(parts) and all(
+                    p == q or (p.startswith(":") and q) for p, q in zip(pattern, parts, strict=True)):
+                return h
+        return None
+
+    def _lookup(self, method: str, path: str) -> Route | None:
+        handler = self._routes.get((method, path)) or self._match_pattern(method, path)
+        if handler is None:
+            for m, prefix, h in self._prefixes:
+                if m == method and path.startswith(prefix):
+                    return h
+        return handler
+
+    def _known(self, path: str) -> bool:
+        return (any(p == path for _, p in self._routes) or self._match_pattern(None, path) is not None
+                or any(path.startswith(p) for _, p, _ in self._prefixes))
+
     async def __call__(self, request: Request) -> Response:
         path = request.path
-        handler = self._routes.get((request.method, path))
+        handler = self._lookup(request.method, path)
+        if handler is None and path.startswith(V1_PREFIX + "/"):
+            # notFoundRoutingHandler: /v1/<known part>/… is served again without the prefix.
+            parts = path.split("/")
+            if len(parts) > 2 and parts[2] in V1_PARTS:
+                stripped = path[len(V1_PREFIX):]
+                handler = self._lookup(request.method, stripped)
+                if handler is not None:
+                    request.target = request.target[len(V1_PREFIX):]
+                elif self._known(stripped):
+                    raise HTTPError(405, f"method {request.method} not allowed on {stripped}")
+            if handler is None:
+                return route_not_found()
         if handler is None:
-            for method, prefix, h in self._prefixes:
-                if method == request.method and path.startswith(prefix):
-                    handler = h
-                    break
-        if handler is None:
-            if any(p == path for _, p in self._routes) or any(path.startswith(p) for _, p, _ in self._prefixes):
+            if self._known(path):
                 raise HTTPError(405, f"method {request.method} not allowed on {path}")
-            raise HTTPError(404, f"{path} not found")
+            if request.method in ("GET", "HEAD") and path == "/":
+                # "redirect to "/web" when someone hits "/"" (apiserver.go notFoundRoutingHandler).
+                return Response(302, b"", [("Location", "/web")])
+            return route_not_found()
         return await handler(request)
 
     async def _ping(self, request: Request) -> Response:

@@ -33,7 +33,8 @@ def test_inspect_tls(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "inspect", hello.hex())
     assert code == 0
     assert "ClientHello in 1 record(s)" in out and "SNI=node1.tpemu.local" in out
-    assert "route:    reverse-tunnel" in out and "why:      ALPN 'teleport-reversetunnelv2'" in out
+    # teleport-reversetunnelv2 is a client-side name only (protocols.go): the handler is found by the second.
+    assert "route:    reverse-tunnel" in out and "why:      ALPN 'teleport-reversetunnel'" in out
 
 
 def test_inspect_proxy_header_then_postgres(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -8,9 +8,11 @@ services install beside it as :mod:`tpemu.proxy`, :mod:`tpemu.auth` and :mod:`tp
 __version__ = "0.1.0"
 
 #: The Teleport version tpemu reports in ``/webapi/ping`` (``server_version``) and the oldest
-#: client it accepts (``min_client_version``): Teleport supports clients one major version behind.
+#: client it accepts (``min_client_version``): Teleport supports clients one major version behind,
+#: written as Teleport's ``version.go`` ``MinClientSemVersion`` does (``{Major: 16, PreRelease:
+#: "aa"}`` → ``16.0.0-aa``, so 16's pre-releases pass too; see :mod:`tpemu.versioncheck`).
 TELEPORT_VERSION = "17.0.0"
-MIN_CLIENT_VERSION = "16.0.0"
+MIN_CLIENT_VERSION = "16.0.0-aa"
 
 
 def _map_service_folders_in_checkout() -> None:

@@ -31,7 +31,7 @@ from typing import Any
 import h11
 from cryptography import x509
 
-from tpemu import authapi, pki
+from tpemu import TELEPORT_VERSION, authapi, pki
 from tpemu import identity as ident
 from tpemu.config import Addr
 from tpemu.net import cert_probe, conn_upgrade, go_tls_errors
@@ -79,6 +79,8 @@ class AuthClient:
         self.via_proxy = via_proxy
         #: HTTPS_PROXY/NO_PROXY settings: agents reach the proxy through an HTTP CONNECT proxy too.
         self.proxy = proxy
+        #: Sent as the ``version`` header, which the Auth API checks against min_client_version.
+        self.client_version = TELEPORT_VERSION
 
     @classmethod
     def with_identity(cls, addr: Addr, cluster_name: str, files: pki.TLSFiles | None,
@@ -96,10 +98,12 @@ class AuthClient:
             raise ValueError("a CA to trust is needed")
         if files is not None:
             ctx.load_cert_chain(files.cert, files.key)
-        # http/1.1 after teleport-auth@ in both cases, as Go's gRPC appends h2 to Teleport's list:
-        # the proxy routes on the first name it knows, and a layer-7 load balancer in front of it
-        # negotiates http/1.1 with its own certificate (the seed's "certificate is valid for …").
-        ctx.set_alpn_protocols([alpn.AUTH, alpn.HTTP11])
+        # api/client ConfigureALPN: teleport-auth@<hex(cluster)>.teleport.cluster.local first, then the
+        # protocol spoken inside (HTTP/1.1 for tpemu's Auth API, as Go's gRPC appends h2 to
+        # Teleport's list): the proxy routes on the first name it knows, and a layer-7 load
+        # balancer in front of it negotiates http/1.1 with its own certificate (the seed's
+        # "certificate is valid for …").
+        ctx.set_alpn_protocols([alpn.auth_protocol(cluster_name), alpn.HTTP11])
         return cls(addr, ctx, ident.cluster_sni(cluster_name),
                    what="the Auth Service (through the proxy)" if via_proxy else "the Auth Service",
                    via_proxy=via_proxy)
@@ -156,7 +160,9 @@ class AuthClient:
         conn = h11.Connection(h11.CLIENT)
         try:
             headers = [("Host", self.server_hostname or str(self.addr)), ("Content-Length", str(len(data))),
-                       ("Content-Type", "application/json"), ("Accept", "application/json"), ("Connection", "close")]
+                       ("Content-Type", "application/json"), ("Accept", "application/json"), ("Connection", "close"),
+                       # What Teleport's clients put in gRPC metadata (api/metadata VersionKey).
+                       ("version", self.client_version)]
             out = conn.send(h11.Request(method=method, target=path, headers=headers))
             out += conn.send(h11.Data(data=data)) if data else b""
             out += conn.send(h11.EndOfMessage())

@@ -345,6 +345,20 @@ class DBService:
 
 
 @dataclass(frozen=True)
+class TpemuExtension:
+    """``tpemu:`` — settings Teleport has no key for, kept in one top-level section so the rest
+    of the file stays Teleport's (Teleport's ``lib/config/fileconf.go`` ``ReadConfig`` parses with
+    ``yaml.UnmarshalStrict``: delete this one section and the file is a teleport.yaml).
+
+    ``reject_old_clients``: the Auth API closes (TCP reset) a client whose ``version`` is below
+    ``min_client_version``, as Teleport does with ``TELEPORT_UNSTABLE_REJECT_OLD_CLIENTS=yes``
+    (``lib/auth/middleware.go`` ``ValidateClientVersion``); the environment variable works too.
+    """
+
+    reject_old_clients: bool = False
+
+
+@dataclass(frozen=True)
 class KubernetesService:
     """``kubernetes_service``: tpemu serves an emulated cluster named ``kube_cluster_name``
     (``kubeconfig_file``, a real cluster's credentials, is not emulated yet)."""
@@ -396,6 +410,7 @@ class Config:
     okta_service: object = _ignored()
     debug_service: object = _ignored()
     tracing_service: object = _ignored()
+    tpemu: TpemuExtension = _f(factory=TpemuExtension)
 
     @property
     def multiplex(self) -> bool:

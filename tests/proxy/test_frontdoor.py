@@ -65,7 +65,9 @@ async def test_webapi_ping_over_tls_with_every_alpn_offer(proxy_factory: ProxyFa
     status, _, body = await http_get(port, "/webapi/find", client_ctx(svc.tls_files.ca))
     assert status == 200 and json.loads(body)["auth"]["type"] == ""
     status, _, body = await http_get(port, "/webapi/nope", client_ctx(svc.tls_files.ca))
-    assert status == 404 and json.loads(body) == {"error": {"message": "/webapi/nope not found"}}
+    # lib/httplib RouteNotFoundResponse
+    assert status == 404 and json.loads(body)["error"] == {"message": "path not found"}
+    assert json.loads(body)["fields"]["proxyVersion"]["major"] == 17
 
 
 async def test_cert_has_teleport_sans(proxy_factory: ProxyFactory) -> None:
@@ -88,20 +90,45 @@ async def test_plain_http_redirects_or_400(proxy_factory: ProxyFactory) -> None:
     assert data.startswith(b"HTTP/1.1 400") and data.endswith(b"Client sent an HTTP request to an HTTPS server.\n")
 
 
-async def test_route_not_built_yet_gets_tls_alert_and_log(proxy_factory: ProxyFactory,
-                                                         caplog: pytest.LogCaptureFixture) -> None:
+async def test_unavailable_service_is_answered_after_the_handshake(proxy_factory: ProxyFactory,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    # lib/srv/alpnproxy/proxy.go handleConn: the handler is chosen, the TLS handshake negotiates
+    # (NextProtos = SupportedProtocols), and only then does the service answer, in its protocol.
     svc = await proxy_factory()
     caplog.set_level(logging.INFO)
-    for alpn, words in ((["teleport-proxy-ssh"], "SSH proxy is not available in this cluster"),
-                        (["teleport-mongodb"], "database access (mongodb) is not available in this cluster"),
-                        (["nope", "nada"], "failed to find ALPN handler based on received client supported "
-                                           "protocols ['nope', 'nada']")):
-        with pytest.raises(ssl.SSLError, match="NO_APPLICATION_PROTOCOL|no application protocol"):
-            await asyncio.open_connection("127.0.0.1", web_port(svc), ssl=client_ctx(None, alpn),
-                                          server_hostname="proxy.example")
-        await asyncio.sleep(0.05)
-        assert words in caplog.text
+    reader, writer = await asyncio.open_connection("127.0.0.1", web_port(svc), ssl=client_ctx(
+        None, ["teleport-proxy-ssh"]), server_hostname="proxy.example")
+    assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "teleport-proxy-ssh"
+    data = await wait_closed(reader)
+    writer.close()
+    assert data == ssh.encode_ssh_ident("tpemu") + ssh.encode_disconnect(
+        ssh.DISCONNECT_SERVICE_NOT_AVAILABLE, "SSH proxy is not available in this cluster")
     assert "route=ssh-proxy (ALPN 'teleport-proxy-ssh')" in caplog.text
+    # Offered [teleport-postgres, teleport-postgres-ping]: Teleport's order puts -ping forms first.
+    reader, writer = await asyncio.open_connection("127.0.0.1", web_port(svc), ssl=client_ctx(
+        None, ["teleport-postgres", "teleport-postgres-ping"]), server_hostname="proxy.example")
+    assert writer.get_extra_info("ssl_object").selected_alpn_protocol() == "teleport-postgres-ping"
+    writer.close()
+
+
+async def test_unknown_alpn_is_closed_without_an_alert(proxy_factory: ProxyFactory,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    # lib/srv/alpnproxy/proxy.go getHandleDescBasedOnALPNVal: no handler → BadParameter, the
+    # connection is closed; the ClientHello was read through readOnlyConn (conn.go), so no alert.
+    svc = await proxy_factory()
+    caplog.set_level(logging.INFO)
+    with pytest.raises((ssl.SSLEOFError, ConnectionResetError)):
+        await asyncio.open_connection("127.0.0.1", web_port(svc), ssl=client_ctx(None, ["nope", "nada"]),
+                                      server_hostname="proxy.example")
+    words = 'failed to find ALPN handler based on received client supported protocols ["nope" "nada"]'
+    deadline = time.monotonic() + 5
+    while words not in caplog.text and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert words in caplog.text
+    # teleport-reversetunnelv2 alone is no handler's name either (only load balancers route on it).
+    with pytest.raises((ssl.SSLEOFError, ConnectionResetError)):
+        await asyncio.open_connection("127.0.0.1", web_port(svc), ssl=client_ctx(None, ["teleport-reversetunnelv2"]),
+                                      server_hostname="proxy.example")
 
 
 async def test_plain_ssh_gets_ssh_disconnect(proxy_factory: ProxyFactory) -> None:

@@ -34,12 +34,59 @@ def test_every_teleport_alpn_name_has_a_route(alpn_name: str) -> None:
 
 def test_table_holds_the_names_of_teleport_networking_md() -> None:
     for name in ["teleport-proxy-ssh", "teleport-proxy-ssh-grpc", "teleport-reversetunnel",
-                 "teleport-reversetunnelv2", "teleport-auth@", "teleport-proxy-grpc", "teleport-proxy-grpc-mtls",
+                 "teleport-auth@", "teleport-proxy-grpc", "teleport-proxy-grpc-mtls",
                  "teleport-tcp", "teleport-postgres", "teleport-mysql", "teleport-mongodb", "teleport-oracle",
                  "teleport-redis", "teleport-sqlserver", "teleport-snowflake", "teleport-cassandra",
                  "teleport-elasticsearch", "teleport-opensearch", "teleport-dynamodb", "teleport-clickhouse",
                  "teleport-spanner", "teleport-postgres-ping", "teleport-tcp-ping", "http/1.1", "h2", "postgresql"]:
         assert name in names.ALPN_SERVICES, name
+    # ProtocolReverseTunnelV2 is "only used on the client side" (protocols.go): no handler has it.
+    assert "teleport-reversetunnelv2" not in names.ALPN_SERVICES
+
+
+# Teleport's SupportedProtocols, spelled out from lib/srv/alpnproxy/common/protocols.go
+# (WithPingProtocols over [http/1.1, h2, proxy-ssh, reversetunnel, auth@, tcp, proxy-ssh-grpc,
+# proxy-grpc, proxy-grpc-mtls] + DatabaseProtocols): the -ping forms first.
+_DBS = ["postgres", "mysql", "mongodb", "oracle", "redis", "sqlserver", "snowflake", "cassandra", "elasticsearch",
+        "opensearch", "dynamodb", "clickhouse", "spanner"]
+TELEPORT_SUPPORTED = (["teleport-tcp-ping"] + [f"teleport-{d}-ping" for d in _DBS]
+                      + ["http/1.1", "h2", "teleport-proxy-ssh", "teleport-reversetunnel", "teleport-auth@",
+                         "teleport-tcp", "teleport-proxy-ssh-grpc", "teleport-proxy-grpc", "teleport-proxy-grpc-mtls"]
+                      + [f"teleport-{d}" for d in _DBS])
+
+
+def test_supported_protocols_are_teleports_36_in_its_order() -> None:
+    assert len(TELEPORT_SUPPORTED) == 36
+    assert list(names.SUPPORTED_PROTOCOLS) == TELEPORT_SUPPORTED
+    for name in TELEPORT_SUPPORTED:
+        assert names.lookup(name) is not None, name
+
+
+@pytest.mark.parametrize(("offered", "chosen"), [
+    (["teleport-postgres", "teleport-postgres-ping"], "teleport-postgres-ping"),   # server order
+    (["h2", "http/1.1"], "http/1.1"),           # Teleport lists http/1.1 first (the Chrome comment)
+    (["teleport-mysql-8.0.36", "teleport-mysql"], "teleport-mysql"),
+    (["teleport-auth@", "h2"], "h2"),
+    ([], None),
+])
+def test_negotiate_is_go_negotiate_alpn_in_server_order(offered: list[str], chosen: str | None) -> None:
+    # crypto/tls handshake_server.go negotiateALPN, with NextProtos = SupportedProtocols.
+    assert names.negotiate(names.SUPPORTED_PROTOCOLS, offered) == chosen
+
+
+def test_negotiate_without_overlap_is_an_error_except_the_http11_fallback() -> None:
+    with pytest.raises(names.NoOverlap, match="unsupported application protocols"):
+        names.negotiate(names.SUPPORTED_PROTOCOLS, ["teleport-mysql-8.0.36"])
+    assert names.negotiate(("h2",), ["http/1.1"]) is None
+
+
+def test_auth_by_prefix_with_the_cluster_route() -> None:
+    # lib/service/service.go: MatchByALPNPrefix(ProtocolAuth); api/client ConfigureALPN sends
+    # teleport-auth@<hex(cluster)>.teleport.cluster.local before the inner protocol.
+    offered = names.auth_protocol("example.teleport.sh")
+    assert offered == "teleport-auth@6578616d706c652e74656c65706f72742e7368.teleport.cluster.local"
+    r = TABLE.for_tls(hello(None, (offered, "h2")))
+    assert r.kind is RouteKind.AUTH and r.server_alpn is None  # ForwardTLS: Auth negotiates
 
 
 def test_client_order_first_known_wins() -> None:
@@ -60,7 +107,8 @@ def test_no_alpn_is_web_unknown_alpn_is_rejected_with_teleports_message() -> Non
     assert TABLE.for_tls(hello("a.example")).kind is RouteKind.WEB
     r = TABLE.for_tls(hello("a.example", ("foo", "bar")))
     assert r.kind is RouteKind.REJECT
-    assert r.why == "failed to find ALPN handler based on received client supported protocols ['foo', 'bar']"
+    # proxy.go getHandleDescBasedOnALPNVal: trace.BadParameter("... %q", clientProtocols)
+    assert r.why == 'failed to find ALPN handler based on received client supported protocols ["foo" "bar"]'
 
 
 def test_kube_sni_before_alpn() -> None:
@@ -103,6 +151,10 @@ def test_classify_tls_ssh_http_postgres() -> None:
 def test_classify_refusals_carry_answers() -> None:
     out = classify(testing.client_hello(None, ("nope",)), WEB, TABLE)
     assert isinstance(out, Refused) and out.category == "unknown-alpn"
+    assert out.answer == b""  # Teleport reads the hello through readOnlyConn (conn.go): no alert
+    # A prefix match whose server speaks none of the offered names: Go's no_application_protocol.
+    out = classify(testing.client_hello(None, ("teleport-mysql-8.0.36",)), WEB, TABLE)
+    assert isinstance(out, Refused) and out.category == "unsupported-alpn"
     assert out.answer == tls.encode_alert(tls.ALERT_NO_APPLICATION_PROTOCOL)
     out = classify(b"\x16\x03\x01\x00\x00", WEB, TABLE)
     assert isinstance(out, Refused) and out.category == "bad-client-hello" and out.answer[:1] == b"\x15"

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import struct
 from typing import Any, cast
 
 READ_CHUNK = 64 * 1024
@@ -87,6 +88,15 @@ class BIOConnection:
             n = self.sslobj.write(view)
             view = view[n:]
             await self._flush()
+
+    def abort(self) -> None:
+        """Close at once with a TCP RST (``SO_LINGER`` 0): the peer reads "connection reset by peer"."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
 
     async def close(self) -> None:
         if self._closed:

@@ -1,9 +1,13 @@
 """Teleport's ALPN protocol names and SNI conventions, in one table (pure data).
 
-Source: gravitational/teleport ``lib/srv/alpnproxy/common/protocols.go`` (protocol names),
-``api/constants`` (``KubeTeleportProxyALPNPrefix``), summarised in
-``shared/TELEPORT_NETWORKING.md``. The router (``tpemu.proxy.route``) builds its table from
-:data:`ALPN_SERVICES`; nothing else spells these strings.
+Source: gravitational/teleport ``lib/srv/alpnproxy/common/protocols.go`` (protocol names,
+``SupportedProtocols``, ``WithPingProtocols``, ``DatabaseProtocols``, ``ProtocolsWithPingSupport``),
+``lib/srv/alpnproxy/proxy.go`` (``getHandleDescBasedOnALPNVal``: the handler is chosen in the
+*client's* order, ``MatchByALPNPrefix`` for ``teleport-auth@`` and ``teleport-mysql-``; then the
+TLS handshake negotiates in the *server's* order, ``Proxy.Serve`` setting ``NextProtos`` to
+``SupportedProtocols``), ``api/constants`` (``KubeTeleportProxyALPNPrefix``). The router
+(``tpemu.proxy.route``) builds its table from :data:`ALPN_SERVICES`; nothing else spells these
+strings.
 """
 
 import binascii
@@ -98,6 +102,54 @@ DATABASE_PROTOCOLS: dict[str, str] = {
 DB_OWN_TLS = frozenset({"postgres", "mysql"})
 
 
+#: Teleport's ``DatabaseProtocols``, in its order.
+DATABASE_ALPN: tuple[str, ...] = (POSTGRES, MYSQL, MONGODB, ORACLE, REDIS, SQLSERVER, SNOWFLAKE, CASSANDRA,
+                                  ELASTICSEARCH, OPENSEARCH, DYNAMODB, CLICKHOUSE, SPANNER)
+#: ``ProtocolsWithPingSupport``: the database protocols and ``teleport-tcp``.
+PING_SUPPORT = frozenset((*DATABASE_ALPN, TCP))
+
+
+def with_ping_protocols(protocols: tuple[str, ...]) -> tuple[str, ...]:
+    """``WithPingProtocols``: the ``-ping`` form of each protocol that has one, first, then all."""
+    pings = [p + PING_SUFFIX for p in protocols if p in PING_SUPPORT]
+    return tuple(dict.fromkeys((*pings, *protocols)))
+
+
+#: ``SupportedProtocols`` in Teleport's order: the ``NextProtos`` of the proxy's TLS server, so
+#: the order in which it *prefers* names (http/1.1 before h2: Teleport's comment cites a Chrome
+#: bug). 36 names; ``teleport-reversetunnelv2`` is not among them (only load balancers route on it).
+SUPPORTED_PROTOCOLS: tuple[str, ...] = with_ping_protocols((
+    HTTP11, HTTP2, PROXY_SSH, REVERSE_TUNNEL, AUTH, TCP, PROXY_SSH_GRPC, PROXY_GRPC, PROXY_GRPC_MTLS, *DATABASE_ALPN))
+#: The SSH proxy's handler has its own TLS config (``proxySSHTLSConfig.NextProtos``) in
+#: ``lib/service/service.go`` ``setupALPNRouter``.
+SSH_PROXY_PROTOCOLS: tuple[str, ...] = (PROXY_SSH,)
+#: The database route also accepts libpq's own ``postgresql`` (a tpemu extension, see above).
+DATABASE_SERVER_PROTOCOLS: tuple[str, ...] = (*SUPPORTED_PROTOCOLS, POSTGRESQL_NATIVE)
+
+
+class NoOverlap(ValueError):
+    """No offered name is one the server speaks: Go's ``negotiateALPN`` error."""
+
+
+def negotiate(server: tuple[str, ...], client: tuple[str, ...] | list[str]) -> str | None:
+    """The protocol Go's ``crypto/tls`` server picks (``handshake_server.go`` ``negotiateALPN``).
+
+    The first *server* name the client offered wins; a client offering nothing, or offering
+    ``http/1.1`` to a server that lists ``h2``, gets no ALPN (``None``); otherwise
+    :class:`NoOverlap` (the server sends ``no_application_protocol``). OpenSSL's
+    ``SSL_select_next_proto``, under Python's ``set_alpn_protocols``, also picks in server order.
+    """
+    if not server or not client:
+        return None
+    offered = set(client)
+    for name in server:
+        if name in offered:
+            return name
+    if HTTP2 in server and HTTP11 in offered:
+        return None
+    raise NoOverlap(f"tls: client requested unsupported application protocols ({list(client)})")
+
+
 def _build() -> dict[str, AlpnService]:
     table: dict[str, AlpnService] = {
         HTTP11: AlpnService(Service.WEB),
@@ -105,7 +157,6 @@ def _build() -> dict[str, AlpnService]:
         PROXY_SSH: AlpnService(Service.SSH_PROXY),
         PROXY_SSH_GRPC: AlpnService(Service.SSH_PROXY_GRPC),
         REVERSE_TUNNEL: AlpnService(Service.REVERSE_TUNNEL),
-        REVERSE_TUNNEL_V2: AlpnService(Service.REVERSE_TUNNEL),
         AUTH: AlpnService(Service.AUTH),
         PROXY_GRPC: AlpnService(Service.PROXY_GRPC),
         PROXY_GRPC_MTLS: AlpnService(Service.PROXY_GRPC_MTLS),
@@ -134,19 +185,32 @@ def _printable_ascii(text: str) -> bool:
     return all("!" <= c <= "~" for c in text)
 
 
+_AUTH_SERVICE = AlpnService(Service.AUTH)
+
+
 def lookup(name: str) -> AlpnService | None:
-    """The service for an offered ALPN name, including the ``teleport-mysql-<version>`` form.
+    """The service for an offered ALPN name, including the prefix forms Teleport matches with
+    ``MatchByALPNPrefix``: ``teleport-auth@<hex(cluster)>.teleport.cluster.local`` (what
+    ``api/client`` ``ConfigureALPN`` sends) and ``teleport-mysql-<version>``.
 
     The version form is checked as bytes first (visible ASCII, at most
-    :data:`MAX_MYSQL_VERSION_ALPN` long): anything else is an unknown name, so the router refuses
-    it with ``no_application_protocol`` instead of routing on a prefix.
+    :data:`MAX_MYSQL_VERSION_ALPN` long): anything else is an unknown name, closed as Teleport
+    closes names no handler matches.
     """
     found = ALPN_SERVICES.get(name)
-    if (found is None and name.startswith(MYSQL_VERSION_PREFIX) and len(name) > len(MYSQL_VERSION_PREFIX)
-            and len(name) <= MAX_MYSQL_VERSION_ALPN and _printable_ascii(name)):
-        ping = name.endswith(PING_SUFFIX)
-        found = AlpnService(Service.DATABASE, "mysql", ping=ping)
+    if found is None:
+        if name.startswith(AUTH):
+            return _AUTH_SERVICE
+        if (name.startswith(MYSQL_VERSION_PREFIX) and len(name) > len(MYSQL_VERSION_PREFIX)
+                and len(name) <= MAX_MYSQL_VERSION_ALPN and _printable_ascii(name)):
+            ping = name.endswith(PING_SUFFIX)
+            found = AlpnService(Service.DATABASE, "mysql", ping=ping)
     return found
+
+
+def auth_protocol(cluster_name: str) -> str:
+    """``teleport-auth@<hex(cluster)>.teleport.cluster.local``: ``api/client`` ``ConfigureALPN``."""
+    return AUTH + cluster_sni(cluster_name)
 
 
 def negotiated_name(name: str) -> str:

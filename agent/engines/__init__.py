@@ -22,7 +22,9 @@ Engines stop with the agent; a crash is logged and restarted with backoff
 Running as root: PostgreSQL and MariaDB refuse root, so they run as the ``postgres`` /
 ``mysql`` system user when present (else a ``tpemu-engine`` system user is created, as the
 pgserver wheel does for itself), their data directory is owned by that user, and the folders
-above it get the other-users traverse bit (``o+x``, not read) so that the engine can reach it.
+above it get the other-users traverse bit (``o+x``, not read) so that the engine can reach it —
+again right before every start and tool run, because something else may have taken it away
+meanwhile (pytest, for one, resets ``/tmp/pytest-of-<user>`` to 0700 at each session's start).
 """
 
 from __future__ import annotations
@@ -165,6 +167,11 @@ class Engine(ABC):
         path.chmod(0o700)
         return path
 
+    def grant(self) -> None:
+        """Make the data directory reachable by the engine's user again (before each start)."""
+        if self.user is not None:
+            grant_traverse(self.data_dir / "x")
+
     def socket_dir(self, preferred: Path, socket_name: str) -> Path:
         """``preferred`` if a socket in it fits ``sun_path``, else a private folder in the system
         temporary directory (removed at :meth:`close`)."""
@@ -218,6 +225,8 @@ class Engine(ABC):
                        timeout: float = 60.0) -> str:
         """Run a short-lived engine tool (initdb, psql …); its output, or :class:`EngineUnavailable`."""
         user = self.user if as_engine_user else None
+        if user is not None:
+            grant_traverse(self.data_dir)
 
         def run() -> subprocess.CompletedProcess[bytes]:
             return subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout, cwd=self.data_dir,

@@ -85,7 +85,8 @@ class MariaDBEngine(Engine):
                 f"--socket={self.sockdir / SOCKET}", f"--pid-file={self.data_dir / 'mysqld.pid'}",
                 *self._server_options()]
         return EngineProcess(f"{self.db_name} ({self.label})", lambda: argv, self._ready,
-                             log_path=self.data_dir / "mariadb.log", cwd=self.data_dir, user=self.user)
+                             log_path=self.data_dir / "mariadb.log", cwd=self.data_dir, user=self.user,
+                             before_start=self.grant)
 
     async def _ready(self) -> bool:
         reader, writer = await self.endpoint_now().open()

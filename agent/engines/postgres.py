@@ -86,6 +86,7 @@ class PostgresEngine(Engine):
                 "-c", "logging_collector=off", "-c", "log_min_messages=warning"]
         return EngineProcess(f"{self.db_name} ({self.label})", lambda: argv, self._ready,
                              log_path=self.data_dir / "postgres.log", cwd=self.data_dir, user=self.user,
+                             before_start=self.grant,
                              env={"PATH": "/usr/bin:/bin", "LC_ALL": "C", "TZ": "UTC"}, stop_signal=signal.SIGINT)
 
     async def _ready(self) -> bool:

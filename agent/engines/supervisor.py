@@ -75,7 +75,8 @@ class EngineProcess:
 
     def __init__(self, name: str, argv: Callable[[], Sequence[str]], ready: Callable[[], Awaitable[bool]], *,
                  log_path: Path, cwd: Path, user: str | None = None, env: dict[str, str] | None = None,
-                 stop_signal: int = signal.SIGTERM, start_timeout: float = 30.0, stop_timeout: float = 10.0) -> None:
+                 stop_signal: int = signal.SIGTERM, start_timeout: float = 30.0, stop_timeout: float = 10.0,
+                 before_start: Callable[[], None] | None = None) -> None:
         self.name = name
         self._argv = argv
         self._ready = ready
@@ -86,6 +87,7 @@ class EngineProcess:
         self.stop_signal = stop_signal
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
+        self.before_start = before_start
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.crashes = 0
@@ -136,6 +138,8 @@ class EngineProcess:
         """Spawn the process and wait until it is ready (or raise after the start timeout)."""
         self._ready_event.clear()
         argv = list(self._argv())
+        if self.before_start is not None:
+            self.before_start()
         started = self._t0 = time.monotonic()
         loop = asyncio.get_running_loop()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

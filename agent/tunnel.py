@@ -1,18 +1,21 @@
 """The agent's end of a reverse tunnel: dial the proxy, hold the tunnel, serve dial requests (glue).
 
-The other end, and the protocol, are described in ``tpemu.proxy.tunnels``. This side:
+The other end, and the protocol, are described in ``tpemu.proxy.tunnels`` (Teleport's
+``lib/reversetunnel/agent.go`` and ``transport.go`` are followed here). This side:
 
 1. dials the proxy through :func:`tpemu.net.dial.dial` — so ``HTTPS_PROXY``/``HTTP_PROXY``/
    ``NO_PROXY`` apply exactly as to every other dial — either to the web port with TLS and ALPN
    ``teleport-reversetunnelv2``, ``teleport-reversetunnel`` (TLS routing; the proxy's certificate
    is checked against the cluster's host CA), or to ``tunnel_listen_addr`` in plain SSH;
-2. logs in as ``<host_id>.<cluster>`` with SSH host-based authentication, presenting its host
-   certificate, and checks the proxy's SSH host certificate against the host CA;
-3. asks for the ``teleport-transport`` pseudo-listener, answers each channel's
-   :class:`~tpemu.wire.tunnel.DialRequest` (finding the service; refusing with a reason) and hands
-   the service a plain socket bridged to the channel;
-4. sends a :class:`~tpemu.wire.tunnel.Heartbeat` (what it serves) every heartbeat interval on the
-   ``teleport-heartbeat`` subsystem;
+2. logs in as ``<host_id>.<cluster>`` with SSH publickey auth presenting its host certificate,
+   and checks the proxy's SSH host certificate against the host CA;
+3. opens a ``teleport-heartbeat`` channel and sends a ``ping`` request at once, then every
+   heartbeat interval (payload: the time, RFC 3339), plus tpemu's ``resources@tpemu`` request
+   saying what it serves; answers ``x-teleport-version``; accepts ``teleport-discovery``;
+4. accepts ``teleport-transport`` channels: one space on stderr, then the
+   ``teleport-transport-dial`` request (:func:`tpemu.wire.tunnel.parse_dial_payload`); it finds the
+   service, refuses with "connection rejected: …" on stderr and a false reply, or replies true and
+   hands the service a plain socket bridged to the channel;
 5. when the tunnel drops (proxy restart, network), reconnects with jittered exponential backoff
    (``min_backoff`` doubling up to ``max_backoff``, each wait drawn uniformly from the upper half),
    and starts again from 1 after a tunnel that stayed up.
@@ -22,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import random
 import socket
@@ -29,7 +34,7 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import asyncssh
 
@@ -37,11 +42,12 @@ from tpemu import TELEPORT_VERSION
 from tpemu.authclient import HostIdentity
 from tpemu.config import Addr
 from tpemu.identity import host_fqdn
-from tpemu.net.channel_bridge import FramedChannel
+from tpemu.net import teleport_ssh as tssh
 from tpemu.net.dial import DialError, SSHTunnel
 from tpemu.net.proxyenv import ProxySettings
 from tpemu.wire import alpn
 from tpemu.wire import tunnel as tw
+from tpemu.wire.errors import WireError
 
 log = logging.getLogger(__name__)
 
@@ -159,61 +165,93 @@ class TunnelAgent:
         ctx = self._ssl_context() if t.tls_routing else None
         tunnel = SSHTunnel(t.addr.host, t.addr.port, ssl_context=ctx,
                            server_hostname=t.server_name or t.addr.host, proxy=self.proxy, timeout=15.0)
-        async with asyncssh.connect(
-                t.addr.host, t.addr.port, tunnel=tunnel, username=self.fqdn, client_username=self.fqdn,
-                client_host=self.fqdn, client_host_keys=[(self._key, self._cert)], client_keys=None,
-                preferred_auth="hostbased", known_hosts=self._known, agent_path=None, config=None,
-                keepalive_interval=self.heartbeat, keepalive_count_max=self.missed, login_timeout=15.0,
-                # AES-GCM first: asyncssh's ChaCha20 builds cipher state per packet (measured by the
-                # SSH work: 100 MB through proxy and tunnel 5.7 s with ChaCha20, 3.3 s with AES-GCM).
-                encryption_algs=["aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
-                                 "chacha20-poly1305@openssh.com", "aes128-ctr"],
-                connect_timeout=20.0, client_version="Teleport") as conn:
-            self._conn = conn
-            await conn.create_server(self._on_channel, tw.CHANNEL_TRANSPORT, 0, encoding=None)
-            writer, _, _ = await conn.open_session(subsystem=tw.CHANNEL_HEARTBEAT, encoding=None)
+        loop = asyncio.get_running_loop()
+        options = await tssh.client_options(
+            host=t.addr.host, port=t.addr.port, username=self.fqdn, client_keys=[(self._key, self._cert)],
+            preferred_auth="publickey", known_hosts=self._known, agent_path=None, config=None,
+            keepalive_interval=self.heartbeat, keepalive_count_max=self.missed, login_timeout=15.0,
+            # AES-GCM first: asyncssh's ChaCha20 builds cipher state per packet (measured by the
+            # SSH work: 100 MB through proxy and tunnel 5.7 s with ChaCha20, 3.3 s with AES-GCM).
+            encryption_algs=["aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
+                             "chacha20-poly1305@openssh.com", "aes128-ctr"],
+            connect_timeout=20.0, client_version="Teleport")
+        conn = tssh.TunnelClientConnection(loop, options, self._on_open, TELEPORT_VERSION)
+        await tssh.establish(conn, options, tunnel, 20.0)
+        self._conn = conn
+        try:
+            hb = tssh.TeleportChannel(conn, tssh.CHAN_HEARTBEAT)
+            await hb.open(tssh.ChannelStream())
+            await hb.request(tssh.REQ_PING, b"", want_reply=False)  # agent.go: the first ping right away
+            resources = json.dumps({"resources": [dataclasses.asdict(o.resource) for o in self.offers]},
+                                   separators=(",", ":")).encode()
+            await hb.request(tw.REQ_RESOURCES, resources, want_reply=False)
             self.state.connects += 1
             self.state.connected.set()
             log.info("%s to %s up (%s, as %s): serving %s", self.name, t.addr,
                      "TLS routing" if t.tls_routing else "SSH tunnel port", self.fqdn,
                      ", ".join(f"{o.resource.kind} {o.resource.name}" for o in self.offers) or "nothing")
-            hb = tw.Heartbeat(self.identity.host_id, self.hostname, TELEPORT_VERSION,
-                              tuple(o.resource for o in self.offers))
             closed = asyncio.ensure_future(conn.wait_closed())
             try:
-                while not closed.done():
-                    writer.write(hb.encode())
+                while True:
                     await asyncio.wait({closed}, timeout=self.heartbeat)
+                    if closed.done():
+                        break
+                    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()).encode()
+                    await hb.request(tssh.REQ_PING, stamp, want_reply=False)
             finally:
                 closed.cancel()
-                self._conn = None
+        finally:
+            self._conn = None
+            conn.close()
 
-    # -- dial requests -----------------------------------------------------------------------------
+    # -- channels the proxy opens ------------------------------------------------------------------
 
-    def _on_channel(self, orig_host: str, orig_port: int) -> FramedChannel:
-        return FramedChannel(on_frame=self._on_dial_request)
+    def _on_open(self, chantype: str) -> tuple[tssh.TeleportChannel, asyncssh.SSHTCPSession[bytes]]:
+        conn = self._conn
+        if conn is None:
+            raise asyncssh.ChannelOpenError(tssh.OPEN_CONNECT_FAILED, "agent connection is draining")
+        if chantype == tssh.CHAN_TRANSPORT:
+            stream = tssh.ChannelStream()
+            return tssh.TeleportChannel(conn, chantype, lambda ch, name, payload: self._on_request(
+                ch, stream, name, payload)), stream
+        if chantype == tssh.CHAN_DISCOVERY:
+            return tssh.TeleportChannel(conn, chantype, self._on_discovery), tssh.ChannelStream()
+        # x/crypto/ssh's answer for a channel type nobody handles.
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_UNKNOWN_CHANNEL_TYPE, f"unknown channel type: {chantype}")
 
-    def _on_dial_request(self, session: FramedChannel, obj: dict[str, Any], rest: bytes) -> None:
-        task = asyncio.get_running_loop().create_task(self._handle(session, obj, rest))
+    def _on_discovery(self, chan: tssh.TeleportChannel, name: str, payload: bytes) -> bool:
+        try:
+            proxies = [p["metadata"]["name"] for p in json.loads(payload)["proxies"]]
+            log.debug("%s: discovery request, proxies %s", self.name, proxies)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("%s: Received discovery request with bad payload: %s", self.name, exc)
+        return False
+
+    def _on_request(self, chan: tssh.TeleportChannel, stream: tssh.ChannelStream, name: str,
+                    payload: bytes) -> bool | None:
+        if name != tssh.REQ_DIAL or chan.dialled:
+            return False  # transport.go handleChannelRequests: anything else is refused
+        chan.dialled = True
+        chan.write_stderr(b" ")  # "so the caller can always safely read stderr" (transport.go)
+        task = asyncio.get_running_loop().create_task(self._handle(chan, stream, payload))
         self._served.add(task)
         task.add_done_callback(self._served.discard)
+        return None
 
-    async def _handle(self, session: FramedChannel, obj: dict[str, Any], rest: bytes) -> None:
+    async def _handle(self, chan: tssh.TeleportChannel, stream: tssh.ChannelStream, payload: bytes) -> None:
         try:
-            request = tw.DialRequest.from_json(obj)
-        except tw.TunnelProtocolError as exc:
-            log.warning("%s: bad dial request from the proxy: %s", self.name, exc)
-            session.write(tw.DialResponse(False, f"bad dial request: {exc}").encode())
-            session.close()
+            request = tw.parse_dial_payload(payload)
+        except (tw.TunnelProtocolError, WireError) as exc:
+            log.warning("%s: teleport-transport-dial refused: %s", self.name, exc)
+            self._refuse(chan, str(exc))
             return
         offer, why = self._find(request)
         if offer is None:
             log.warning("%s: dial request for %s refused: %s", self.name, _describe(request), why)
-            session.write(tw.DialResponse(False, why).encode())
-            session.close()
+            self._refuse(chan, why)
             return
-        session.write(tw.DialResponse(True).encode())
-        sock = await session.attach(rest)
+        chan.reply(True)
+        sock = await tssh.attach_socket(stream)
         log.info("%s: %s from %s → %s %s", self.name, request.conn_type, request.client_src_addr or "?",
                  offer.resource.kind, offer.resource.name)
         try:
@@ -222,6 +260,12 @@ class TunnelAgent:
             log.exception("%s: service %s %s failed", self.name, offer.resource.kind, offer.resource.name)
         finally:
             sock.close()
+
+    @staticmethod
+    def _refuse(chan: tssh.TeleportChannel, why: str) -> None:
+        chan.write_stderr(f"connection rejected: {why}".encode())
+        chan.reply(False)
+        chan.close()
 
     def _find(self, request: tw.DialRequest) -> tuple[Offer | None, str]:
         if request.conn_type in (tw.DATABASE, "kube", "app"):

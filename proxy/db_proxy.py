@@ -49,7 +49,8 @@ from tpemu.logs import RateLimiter
 from tpemu.net.db_refusal import Refusal, refuse
 from tpemu.net.relay import PingStream, Stream, relay
 from tpemu.net.sockets import close_with_answer, format_addr, read_exact
-from tpemu.net.tls import ContextCache, accept_stream
+from tpemu.net.tls import ContextCache
+from tpemu.net.tls_alerting import accept_stream_with_alerts
 from tpemu.proxy import postgres_front
 from tpemu.proxy.frontdoor import Accepted
 from tpemu.proxy.route import server_alpn as route_server_alpn
@@ -216,10 +217,11 @@ class DatabaseProxy:
         # client's bytes (a context per MySQL version string would grow the cache without bound).
         ctx = self.context(route_server_alpn(acc.route.kind) or alpn_names.DATABASE_SERVER_PROTOCOLS)
         try:
-            reader, writer = await accept_stream(acc.sock, ctx, self.handshake_timeout)
+            # With the alert on failure, as Go's crypto/tls answers (issue 16: the client saw a reset).
+            reader, writer = await accept_stream_with_alerts(acc.sock, ctx, self.handshake_timeout)
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             self.limiter.warning(log, "tls", "%s: TLS handshake failed: %s", acc.ctx, exc)
-            acc.sock.close()
+            close_with_answer(acc.sock)
             return None
         identity, why = _identity_of(writer)
         stream: Stream
@@ -303,10 +305,10 @@ class DatabaseProxy:
                 "(use --ssl-cert/--ssl-key, or tpemu proxy db --tunnel)", "28000")))
             return
         try:
-            reader, writer = await accept_stream(sock, self.context(()), self.handshake_timeout)
+            reader, writer = await accept_stream_with_alerts(sock, self.context(()), self.handshake_timeout)
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             self.limiter.warning(log, "tls", "%s: MySQL TLS handshake failed: %s", acc.ctx, exc)
-            sock.close()
+            close_with_answer(sock)
             return
         identity, why = _identity_of(writer)
         client = _Client(Stream(reader, writer, "client"), identity, why, _sni_of(writer))

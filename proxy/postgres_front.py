@@ -19,7 +19,8 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from tpemu.net.sockets import close_with_answer, read_exact
-from tpemu.net.tls import ContextCache, accept_stream
+from tpemu.net.tls import ContextCache
+from tpemu.net.tls_alerting import accept_stream_with_alerts
 from tpemu.proxy.frontdoor import Accepted
 from tpemu.wire import postgres as pg
 from tpemu.wire.errors import WireError
@@ -78,7 +79,7 @@ async def postgres_front(acc: Accepted, contexts: ContextCache, on_startup: OnSt
                     return
                 await loop.sock_sendall(sock, b"S")
                 ctx = contexts.get(POSTGRES_ALPN)
-                reader, writer = await accept_stream(sock, ctx, timeout)
+                reader, writer = await accept_stream_with_alerts(sock, ctx, timeout)  # alerts on refusal
                 startup = await read_startup_packet(reader.readexactly)
                 break
             else:

@@ -40,6 +40,7 @@ import asyncssh
 
 from tpemu import authapi, authclient
 from tpemu import identity as ident
+from tpemu.net import go_tls_errors
 from tpemu.net.http_server import Request, Response
 from tpemu.net.sockets import format_addr
 from tpemu.proxy.frontdoor import Accepted
@@ -390,6 +391,9 @@ class DialFailed(Exception):
 
 
 def _describe(exc: BaseException) -> str:
+    go = go_tls_errors.describe(exc)  # Teleport's words ("read: connection reset by peer", …)
+    if go is not None:
+        return go
     if isinstance(exc, asyncssh.DisconnectError):
         return exc.reason or type(exc).__name__
     if isinstance(exc, TimeoutError):

@@ -1,57 +1,64 @@
 """The proxy's end of the agents' reverse tunnels, and the registry that dials agents (glue).
 
-Theory of operation (Teleport's ``lib/reversetunnel``, as carried over to asyncssh):
+Theory of operation — Teleport's wire contract (``lib/reversetunnel/srv.go``, ``local_cluster.go``,
+``transport.go``, ``conn.go``; ``api/utils/sshutils`` ``ConnectProxyTransport``), carried over to
+asyncssh by :mod:`tpemu.net.teleport_ssh`:
 
-* An agent dials the proxy — ``tunnel_listen_addr`` (3024, plain SSH) or the web port with
-  ALPN ``teleport-reversetunnel`` (TLS routing; ``teleport-reversetunnelv2`` is accepted and
-  handled the same way) — and runs SSH as the *client* over it. The proxy is the SSH server:
-  it presents its SSH host certificate, and the agent authenticates with *its* host certificate
-  using SSH host-based authentication (RFC 4252 §9), the standard form of "a host proves who it
-  is with its host key": the certificate must be signed by the cluster's host CA and name the
-  agent (``<host_id>.<cluster>``) among its principals.
-* The agent then asks for remote forwarding of the pseudo-listener ``teleport-transport``
-  (Teleport's transport channel name) and opens a session channel with subsystem
-  ``teleport-heartbeat`` on which it sends a :class:`~tpemu.wire.tunnel.Heartbeat` frame every
-  heartbeat interval (what it serves: nodes, databases). SSH keepalives run both ways as well.
-* To reach a resource, the proxy opens a forwarded channel on that pseudo-listener and sends a
-  :class:`~tpemu.wire.tunnel.DialRequest` (Teleport's ``DialReq`` fields); the agent answers with
-  a :class:`~tpemu.wire.tunnel.DialResponse` (the refusal reason, as Teleport returns it on the
-  channel's stderr), then the channel carries the client's bytes. :meth:`TunnelRegistry.dial`
-  hands callers a plain connected socket (one end of a socketpair spliced to the channel), so
-  the SSH proxy and the database proxy use ordinary asyncio/asyncssh APIs on it.
-* An agent whose heartbeats stop for ``keep_alive_count_max`` intervals is dropped; a client
-  asking for one of its resources then gets "… is offline" at once, not a hang. Nodes that
-  joined the Auth Service directly are dialled at the address they announce to Auth (``3022``).
-
-Where Teleport's wire format cannot carry over exactly — asyncssh does not let an SSH server
-open arbitrary channel types, so the transport channel is SSH's standard ``forwarded-tcpip``
-on the pseudo-listener — the names, fields and special addresses are Teleport's own.
+* An agent dials the proxy — ``tunnel_listen_addr`` (3024, plain SSH) or the web port with ALPN
+  ``teleport-reversetunnelv2, teleport-reversetunnel`` (TLS routing; the handler is found by the
+  second name) — and runs SSH as the *client*. The proxy presents its SSH host certificate; the
+  agent authenticates with SSH **publickey** auth presenting *its host certificate*, checked as
+  ``srv.go`` ``keyAuth``/``checkClientCert`` do: a host certificate with the
+  ``x-teleport-authority`` and ``x-teleport-role`` extensions, signed by this cluster's host CA,
+  valid now, for the login name (``<host_id>.<cluster>``) among its principals. Refusals are
+  logged with Teleport's wording ("Failed to authenticate client … cluster … has no matching CA
+  keys").
+* The agent opens a ``teleport-heartbeat`` channel (``handleHeartbeat``: the role from the
+  certificate picks the tunnel type — ``Node`` → node, ``Db`` → db …) and sends ``ping`` requests
+  every ``keep_alive_interval``; the proxy asks its version (``x-teleport-version``), sends the
+  proxy list on a ``teleport-discovery`` channel (``discovery`` requests), and drops the tunnel
+  after ``keep_alive_count_max`` intervals without a ping (Teleport's defaults: 5 min, 3 times).
+* To reach a resource the proxy opens a ``teleport-transport`` channel and sends one
+  ``teleport-transport-dial`` request carrying ``sshutils.DialReq`` as JSON; a refusal is read
+  from the channel's stderr (``ConnectProxyTransport``: "failed connecting to <addr> [<server
+  id>]" when it is empty). :meth:`TunnelRegistry.dial` hands callers a plain connected socket.
+* An agent may open ``teleport-transport`` itself: the only valid target is the Auth Service
+  (``@remote-auth-server``, ``handleTransportChannel``). Any other channel type is rejected with
+  Teleport's text ("reversetunnel received unknown channel request …"; for ``session``: "Cannot
+  open new SSH session on reverse tunnel. Are you connecting to the right port?").
+* What an agent serves comes from the Auth Service's inventory (``/v1/nodes``,
+  ``/v1/db_servers``, as Teleport's proxy finds servers by host id), refreshed every few seconds
+  and at once on a miss; tpemu's own agents also announce it on the heartbeat channel with the
+  extra request ``resources@tpemu`` (Teleport's proxy would count it as one more ping).
+  Nodes that joined the Auth Service directly are dialled at the address they announce.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
+import json
 import logging
 import socket
 import ssl
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from dataclasses import replace as dataclass_replace
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
 from tpemu import authapi, sshcert
 from tpemu import identity as ident
 from tpemu.logs import RateLimiter
-from tpemu.net.channel_bridge import FramedChannel
+from tpemu.net import teleport_ssh as tssh
 from tpemu.net.sockets import close_with_answer, format_addr
+from tpemu.net.splice import Splice
 from tpemu.proxy.frontdoor import Accepted
 from tpemu.wire import alpn as names
 from tpemu.wire import tunnel as tw
+from tpemu.wire.errors import WireError
 from tpemu.wire.sniff import Protocol
 
 if TYPE_CHECKING:
@@ -61,24 +68,24 @@ log = logging.getLogger(__name__)
 _limiter = RateLimiter()
 
 TRANSPORT_LISTENER = tw.CHANNEL_TRANSPORT
-HEARTBEAT_SUBSYSTEM = tw.CHANNEL_HEARTBEAT
-#: Teleport's reverse-tunnel agent heartbeat period (``lib/reversetunnel``: 5 s), and how many may
-#: be missed (``keep_alive_count_max`` defaults to 3).
-DEFAULT_HEARTBEAT = 5.0
+HEARTBEAT_CHANNEL = tw.CHANNEL_HEARTBEAT
+#: Teleport's reverse-tunnel keep-alive: ``keep_alive_interval`` defaults to 5 minutes
+#: (``lib/defaults`` ``KeepAliveInterval``), ``keep_alive_count_max`` to 3; the agent pings on the
+#: heartbeat channel every interval (``agent.go``: ``time.NewTicker(a.keepAlive)``).
+DEFAULT_HEARTBEAT = 300.0
 DEFAULT_MISSED = 3
 LOGIN_TIMEOUT = 10.0
 DIRECT_POLL = 5.0
-
-
-def _host_cert_role(key_data: bytes) -> str:
-    """The ``x-teleport-role`` extension of an SSH host certificate blob, or ``""``."""
-    # The blob starts with its own type name (RFC 4253 §6.6 string): rebuild the certificate line.
-    n = int.from_bytes(key_data[:4], "big")
-    line = key_data[4:4 + n] + b" " + base64.b64encode(key_data)
-    try:
-        return sshcert.certificate_info(line).extensions.get(ident.SSH_EXT_HOST_ROLE, "")
-    except (ValueError, asyncssh.KeyImportError, IndexError, UnicodeDecodeError, struct.error):
-        return ""
+#: ``apidefaults.DefaultIOTimeout``: how long the proxy waits for an agent's dial request answer
+#: and an agent-opened transport for its dial request.
+IO_TIMEOUT = 30.0
+#: Certificate system roles → Teleport's tunnel types (``srv.go`` ``handleHeartbeat``: Node →
+#: NodeTunnel, Db → DatabaseTunnel …; anything else "Unsupported role attempting to connect").
+ROLE_TUNNEL_TYPES = {"Node": tw.NODE, "Db": tw.DATABASE, "App": tw.APP, "Kube": tw.KUBE,
+                     "WindowsDesktop": "windows_desktop", "Okta": "okta"}
+#: What a tunnel may carry, by the system role in its host certificate; ``localsite.go`` dials a
+#: resource only over a connection of its type (``getRemoteConn``: key ``{hostID, connType}``).
+ROLE_SERVES: dict[str, frozenset[str]] = {role: frozenset({kind}) for role, kind in ROLE_TUNNEL_TYPES.items()}
 
 
 class TunnelError(Exception):
@@ -87,22 +94,27 @@ class TunnelError(Exception):
 
 @dataclass
 class AgentConn:
-    """One agent's tunnel as the proxy sees it."""
+    """One agent's tunnel as the proxy sees it (Teleport's ``remoteConn``)."""
 
     host_id: str
     role: str
     peer: str
-    conn: asyncssh.SSHServerConnection
+    conn: tssh.TunnelServerConnection
+    conn_type: str = tw.NODE
     connected_at: float = field(default_factory=time.time)
     last_heartbeat: float = field(default_factory=time.monotonic)
     hostname: str = ""
     version: str = ""
+    #: Announced by a tpemu agent on the heartbeat channel (``resources@tpemu``); else ``None``
+    #: and the Auth Service's inventory says what this host serves.
+    announced: tuple[tw.Resource, ...] | None = None
     resources: tuple[tw.Resource, ...] = ()
     transport_ready: bool = False
+    pings: int = 0
 
     def describe(self) -> dict[str, Any]:
-        return {"host_id": self.host_id, "role": self.role, "hostname": self.hostname, "peer": self.peer,
-                "version": self.version, "connected_at": self.connected_at,
+        return {"host_id": self.host_id, "role": self.role, "conn_type": self.conn_type, "hostname": self.hostname,
+                "peer": self.peer, "version": self.version, "connected_at": self.connected_at,
                 "last_heartbeat_age_s": round(time.monotonic() - self.last_heartbeat, 1),
                 "resources": [{"kind": r.kind, "name": r.name, "protocol": r.protocol, "labels": r.labels}
                               for r in self.resources]}
@@ -118,105 +130,43 @@ class DirectNode:
     labels: dict[str, str]
 
 
-class _TransportListener(asyncssh.SSHListener):
-    """The ``teleport-transport`` pseudo-listener an agent asked for: nothing is bound on the proxy."""
+@dataclass(frozen=True)
+class _Authenticated:
+    """What ``keyAuth`` puts in ``ssh.Permissions``: login, role, authority."""
 
-    def __init__(self, agent: AgentConn) -> None:
-        super().__init__()
-        self.agent = agent
-
-    def get_port(self) -> int:
-        return 0
-
-    def close(self) -> None:
-        self.agent.transport_ready = False
-
-    async def wait_closed(self) -> None:
-        return None
-
-
-#: What a tunnel may carry, by the system role in its host certificate (``x-teleport-role``).
-#: Teleport's ``lib/reversetunnel/srv.go`` ``handleNewChan`` maps the role to one tunnel type
-#: (Node → NodeTunnel, Db → DatabaseTunnel …) and ``localsite.go`` dials a resource only over a
-#: connection of that type (``getRemoteConn``: key ``{hostID, connType}``).
-ROLE_SERVES: dict[str, frozenset[str]] = {"Node": frozenset({tw.NODE}), "Db": frozenset({tw.DATABASE})}
+    host: str
+    role: str
+    authority: str
 
 
 class _TunnelServer(asyncssh.SSHServer):
+    """asyncssh's callbacks for one tunnel: publickey auth only; the connection does the rest."""
+
     def __init__(self, registry: TunnelRegistry, peer: str) -> None:
         self.registry = registry
         self.peer = peer
-        self.conn: asyncssh.SSHServerConnection | None = None
-        self.agent: AgentConn | None = None
-        #: The system role of the host certificate the agent authenticated with.
-        self.role = ""
-
-    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
-        self.conn = conn
-        # asyncssh checks the host certificate (CA, principals, validity) but hands the owner only
-        # the host name; the role lives in the certificate's ``x-teleport-role`` extension, so the
-        # certificate blob is read on its way to that check.
-        validate = conn.validate_host_based_auth
-
-        async def validate_and_keep_role(username: str, key_data: bytes, *args: Any) -> bool:
-            self.role = _host_cert_role(key_data)
-            return bool(await validate(username, key_data, *args))
-
-        conn.validate_host_based_auth = validate_and_keep_role  # type: ignore[method-assign,assignment]
+        self.agents: list[AgentConn] = []
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.agent is not None:
-            self.registry._lost(self.agent, exc)
+        for agent in self.agents:
+            self.registry._lost(agent, exc)
 
     def begin_auth(self, username: str) -> bool:
         return True
 
     def host_based_auth_supported(self) -> bool:
-        return True
+        return False
 
     def public_key_auth_supported(self) -> bool:
-        return False
+        return True
 
     def password_auth_supported(self) -> bool:
         return False
 
-    def validate_host_ca_key(self, client_host: str, client_addr: str, client_port: int | None,
-                             key: asyncssh.SSHKey) -> bool:
-        # Called only for a CA that is not this cluster's host CA: a forged or foreign certificate.
-        _limiter.warning(log, "tunnel-auth", "reverse tunnel from %s refused: host %r presented a host certificate "
-                         "signed by %s, not by this cluster's host CA", self.peer, client_host,
-                         key.get_fingerprint())
-        return False
-
-    def validate_host_based_user(self, username: str, client_host: str, client_username: str) -> bool:
-        # asyncssh has checked that the host certificate is signed by the host CA and lists
-        # client_host among its principals; the agent must log in as that same host name.
-        cluster = self.registry.cluster
-        if username != client_host or client_username != client_host or not client_host.endswith("." + cluster):
-            log.warning("tunnel from %s refused: host-based login %r does not match its certificate name %r",
-                        self.peer, username, client_host)
-            return False
-        host_id = client_host[: -len(cluster) - 1]
-        if self.role not in ROLE_SERVES:
-            # ``handleNewChan``: "Unsupported role attempting to connect".
-            _limiter.warning(log, "tunnel-role", "tunnel from %s refused: host %s has role %r, which cannot serve "
-                             "resources over a reverse tunnel (Node or Db)", self.peer, client_host, self.role or "-")
-            return False
-        assert self.conn is not None
-        self.agent = self.registry._register(host_id, self.peer, self.conn, self.role)
-        return True
-
-    def server_requested(self, listen_host: str, listen_port: int) -> asyncssh.SSHListener | bool:
-        if self.agent is None or listen_host != TRANSPORT_LISTENER:
-            log.warning("tunnel %s: refused forwarding request for %s:%d", self.peer, listen_host, listen_port)
-            return False
-        self.agent.transport_ready = True
-        return _TransportListener(self.agent)
-
-    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> bool:
-        return False  # agents never open connections through the proxy
-
-    def unix_server_requested(self, listen_path: str) -> bool:
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        # A plain key (no certificate): srv.go keyAuth's first check.
+        _limiter.warning(log, "tunnel-auth", 'Failed to authenticate client remote_addr=%s user=%s '
+                         'error="server doesn\'t support provided key type"', self.peer, username)
         return False
 
 
@@ -239,6 +189,151 @@ class _AcceptedSocket:
         return transport, protocol
 
 
+class _Tunnel:
+    """The per-connection handlers: certificate check, channel opens, heartbeat requests."""
+
+    def __init__(self, registry: TunnelRegistry, peer: str, server: _TunnelServer) -> None:
+        self.registry = registry
+        self.peer = peer
+        self.server = server
+        self.auth: _Authenticated | None = None
+        self.conn: tssh.TunnelServerConnection | None = None
+
+    # -- srv.go keyAuth --------------------------------------------------------------------------
+
+    def check_cert(self, username: str, cert: Any) -> bool:
+        try:
+            error = self._cert_error(username, cert)
+        except Exception as exc:  # the error boundary of a peer-supplied certificate
+            error = f"certificate check failed: {type(exc).__name__}: {exc}"
+        if error is not None:
+            _limiter.warning(log, "tunnel-auth", "Failed to authenticate client remote_addr=%s user=%s error=%r",
+                             self.peer, username, error)
+            return False
+        return True
+
+    def _cert_error(self, username: str, cert: Any) -> str | None:
+        reg = self.registry
+        try:
+            info = sshcert.certificate_info(cert.algorithm + b" " + _b64(cert.public_data))
+        except (ValueError, asyncssh.KeyImportError, IndexError, UnicodeDecodeError) as exc:
+            return f"bad certificate: {exc}"
+        if info.cert_type != sshcert.HOST_CERT:
+            # tpemu serves agents only: a user certificate here is a client at the wrong port.
+            return "user certificates are not accepted on the reverse tunnel (this port serves agents)"
+        authority = info.extensions.get(ident.SSH_EXT_HOST_AUTHORITY, "")
+        role = info.extensions.get(ident.SSH_EXT_HOST_ROLE, "")
+        hint = ("this SSH host certificate was not issued by Teleport or issued by an older version of Teleport; "
+                "try upgrading your Teleport nodes/proxies")
+        if not authority:
+            return f'certificate missing "{ident.SSH_EXT_HOST_AUTHORITY}" extension; {hint}'
+        if not role:
+            return f'certificate missing "{ident.SSH_EXT_HOST_ROLE}" extension; {hint}'
+        signer = cert.signing_key.public_data
+        if authority != reg.cluster or not any(k.public_data == signer for k in reg.host_ca_keys):
+            return f"cluster {authority} has no matching CA keys"
+        now = time.time()
+        if info.valid_after > now:
+            return "ssh: cert is not yet valid"
+        if info.valid_before < now:
+            return "ssh: cert has expired"
+        if username not in info.principals:
+            return (f'ssh: principal "{username}" not in the set of valid principals for given certificate: '
+                    f'{list(info.principals)!r}')
+        if role not in ROLE_TUNNEL_TYPES:
+            # Teleport accepts the login and refuses the heartbeat ("Unsupported role attempting to
+            # connect"; a Proxy role would be a trusted cluster, which tpemu does not emulate):
+            # tpemu refuses at once, so such a host holds no idle tunnel.
+            return f"Unsupported role attempting to connect: role {role} serves nothing over a reverse tunnel"
+        self.auth = _Authenticated(username, role, authority)
+        return None
+
+    # -- srv.go HandleNewChan ----------------------------------------------------------------------
+
+    def on_open(self, chantype: str) -> tuple[tssh.TeleportChannel, asyncssh.SSHTCPSession[bytes]]:
+        assert self.conn is not None
+        conn = self.conn
+        if chantype == HEARTBEAT_CHANNEL:
+            agent = self._heartbeat_opened()
+            return tssh.TeleportChannel(conn, chantype, lambda ch, name, payload: self._ping(agent, name, payload)), \
+                tssh.ChannelStream()
+        if chantype == TRANSPORT_LISTENER:
+            stream = tssh.ChannelStream()
+            return tssh.TeleportChannel(conn, chantype, lambda ch, name, payload: self._agent_transport(
+                ch, stream, name, payload)), stream
+        if chantype == "session":
+            msg = "Cannot open new SSH session on reverse tunnel. Are you connecting to the right port?"
+        else:
+            msg = f"reversetunnel received unknown channel request {chantype} from {self.peer}"
+        _limiter.warning(log, "tunnel-channel", "%s (user=%s)", msg, self.auth.host if self.auth else "-")
+        raise asyncssh.ChannelOpenError(tssh.OPEN_CONNECT_FAILED, msg)
+
+    def _heartbeat_opened(self) -> AgentConn:
+        auth = self.auth
+        assert auth is not None and self.conn is not None
+        conn_type = ROLE_TUNNEL_TYPES.get(auth.role)
+        if conn_type is None:
+            log.error("Unsupported role attempting to connect role=%s remote_addr=%s", auth.role, self.peer)
+            raise asyncssh.ChannelOpenError(tssh.OPEN_CONNECT_FAILED, f"unsupported role {auth.role}")
+        cluster = self.registry.cluster
+        if auth.authority != cluster or not auth.host.endswith("." + cluster):
+            raise asyncssh.ChannelOpenError(tssh.OPEN_CONNECT_FAILED, f"agent from cluster {auth.authority} "
+                                            f"cannot register local service {conn_type}")
+        agent = self.registry._register(auth.host[: -len(cluster) - 1], auth.role, conn_type, self.peer, self.conn)
+        self.server.agents.append(agent)
+        return agent
+
+    def _ping(self, agent: AgentConn, name: str, payload: bytes) -> bool:
+        # local_cluster.go handleHeartbeat: every request on the channel is a heartbeat.
+        agent.last_heartbeat = time.monotonic()
+        agent.pings += 1
+        if agent.pings == 1:
+            agent.transport_ready = True
+            self.registry._first_heartbeat(agent)
+        if name == tw.REQ_RESOURCES:
+            try:
+                announced = _parse_resources(payload)
+                allowed = ROLE_SERVES.get(agent.role, frozenset())
+                foreign = [r for r in announced if r.kind not in allowed]
+                if foreign:
+                    raise tw.TunnelProtocolError(
+                        f"host {agent.host_id} with role {agent.role} announced "
+                        + ", ".join(f"{r.kind} {r.name!r}" for r in foreign)
+                        + f" (its certificate lets it serve only {', '.join(sorted(allowed)) or 'nothing'})")
+            except (tw.TunnelProtocolError, WireError, ValueError) as exc:
+                log.warning("agent %s: bad %s request, closing its tunnel: %s", agent.host_id, tw.REQ_RESOURCES, exc)
+                agent.conn.close()
+                return False
+            agent.announced = announced
+            self.registry._resolve(agent)
+        return True
+
+    def _agent_transport(self, chan: tssh.TeleportChannel, stream: tssh.ChannelStream, name: str,
+                         payload: bytes) -> bool | None:
+        if name != tssh.REQ_DIAL:
+            return False
+        task = asyncio.get_running_loop().create_task(self.registry._to_auth(chan, stream, payload, self.peer))
+        self.registry._tasks_bg.add(task)
+        task.add_done_callback(self.registry._tasks_bg.discard)
+        return None
+
+
+def _b64(data: bytes) -> bytes:
+    import base64
+
+    return base64.b64encode(data)
+
+
+def _parse_resources(payload: bytes) -> tuple[tw.Resource, ...]:
+    if len(payload) > tw.MAX_FRAME:
+        raise tw.TunnelProtocolError(f"{len(payload)} bytes exceed {tw.MAX_FRAME}")
+    obj = json.loads(payload)
+    items = obj.get("resources") if isinstance(obj, dict) else None
+    if not isinstance(items, list) or len(items) > 1000:
+        raise tw.TunnelProtocolError("expected {\"resources\": [...]} with at most 1000 items")
+    return tuple(tw.Resource.from_json(r) for r in items)
+
+
 class TunnelRegistry:
     """Agents connected over reverse tunnels, directly-joined nodes, and dialing either."""
 
@@ -250,9 +345,12 @@ class TunnelRegistry:
         self.missed = missed
         self.agents: dict[tuple[str, str], AgentConn] = {}
         self.direct: dict[str, DirectNode] = {}
+        #: The Auth Service's inventory: host id → resources it announced (nodes, databases).
+        self.inventory: dict[str, tuple[tw.Resource, ...]] = {}
+        self.host_ca_keys: list[asyncssh.SSHKey] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._tasks_bg: set[asyncio.Task[Any]] = set()
         self._host_keys: list[tuple[asyncssh.SSHKey, asyncssh.SSHCertificate]] = []
-        self._known_agents: Any = None
         #: Proxy peering (:mod:`tpemu.proxy.peering`): dials a tunnel held by another proxy.
         self.peer_dial: Callable[[tw.DialRequest, float], Awaitable[socket.socket]] | None = None
 
@@ -267,16 +365,15 @@ class TunnelRegistry:
         identity = routes.identity
         key = asyncssh.import_private_key(identity.key_pem)
         self._host_keys = [(key, asyncssh.import_certificate(identity.ssh_cert))]
-        lines = [b"@cert-authority * " + k.strip() for k in identity.ssh_ca_keys]
-        self._known_agents = asyncssh.import_known_hosts(b"\n".join(lines).decode())
+        self.host_ca_keys = [asyncssh.import_public_key(k) for k in identity.ssh_ca_keys]
         self.proxy.set_handler(RouteKind.REVERSE_TUNNEL, self.serve)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._sweep()), loop.create_task(self._poll_direct())]
 
     async def close(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *self._tasks_bg]:
             task.cancel()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._tasks_bg]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for agent in list(self.agents.values()):
@@ -291,16 +388,20 @@ class TunnelRegistry:
             assert self.proxy.contexts is not None
             ctx = self.proxy.contexts.get(names.SUPPORTED_PROTOCOLS)
         peer = format_addr(acc.peer)
+        server = _TunnelServer(self, peer)
+        tunnel = _Tunnel(self, peer, server)
         try:
-            await asyncssh.connect_reverse(
-                host=peer, tunnel=_AcceptedSocket(acc.sock, ctx, LOGIN_TIMEOUT),
-                server_factory=lambda: _TunnelServer(self, peer),
-                server_host_keys=self._host_keys, known_client_hosts=self._known_agents, trust_client_host=True,
-                host_based_auth=True, public_key_auth=False, password_auth=False, kbdint_auth=False,
-                gss_auth=False, allow_pty=False, agent_forwarding=False, x11_forwarding=False,
-                process_factory=self._heartbeat_process, encoding=None, login_timeout=LOGIN_TIMEOUT,
-                keepalive_interval=self.heartbeat, keepalive_count_max=self.missed,
-                server_version="Teleport")
+            options = await tssh.server_options(
+                server_factory=lambda: server, server_host_keys=self._host_keys, public_key_auth=True,
+                host_based_auth=False, password_auth=False, kbdint_auth=False, gss_auth=False, allow_pty=False,
+                agent_forwarding=False, x11_forwarding=False, login_timeout=LOGIN_TIMEOUT,
+                keepalive_interval=self.heartbeat, keepalive_count_max=self.missed, server_version="Teleport")
+            conn = tssh.TunnelServerConnection(asyncio.get_running_loop(), options, tunnel.on_open, tunnel.check_cert)
+            tunnel.conn = conn
+            await tssh.establish(conn, options, _AcceptedSocket(acc.sock, ctx, LOGIN_TIMEOUT), LOGIN_TIMEOUT)
+            assert tunnel.auth is not None
+            log.info("reverse tunnel from %s authenticated as host %s (role %s)", peer, tunnel.auth.host,
+                     tunnel.auth.role)
         except asyncssh.PermissionDenied as exc:
             _limiter.warning(log, "tunnel-auth", "%s: reverse tunnel refused: %s (the agent's host certificate "
                              "must be signed by this cluster's host CA)", acc.ctx, exc.reason)
@@ -316,63 +417,95 @@ class TunnelRegistry:
                              acc.ctx, reason)
             close_with_answer(acc.sock)
 
-    def _register(self, host_id: str, peer: str, conn: asyncssh.SSHServerConnection, role: str) -> AgentConn:
-        # ``role`` is the host certificate's system role; the key tells tunnels of one host's
-        # services apart (Teleport runs one tunnel per service, so does tpemu).
-        agent = AgentConn(host_id, role, peer, conn)
-        self.agents[(host_id, f"{role}/tunnel{id(conn)}")] = agent
-        log.info("reverse tunnel from %s authenticated as host %s.%s", peer, host_id, self.cluster)
+    def _register(self, host_id: str, role: str, conn_type: str, peer: str,
+                  conn: tssh.TunnelServerConnection) -> AgentConn:
+        agent = AgentConn(host_id, role, peer, conn, conn_type)
+        self.agents[(host_id, f"{conn_type}/{id(conn)}")] = agent
+        self._resolve(agent)
+        log.info("reverse tunnel from %s: %s tunnel of host %s.%s", peer, conn_type, host_id, self.cluster)
         return agent
 
-    def _lost(self, agent: AgentConn, exc: Exception | None) -> None:
-        key = (agent.host_id, f"{agent.role}/tunnel{id(agent.conn)}")
-        if self.agents.get(key) is agent:
-            del self.agents[key]
-            what = ", ".join(f"{r.kind} {r.name}" for r in agent.resources) or "nothing announced"
-            log.info("reverse tunnel from host %s (%s) closed%s; %s no longer reachable", agent.host_id,
-                     agent.hostname or "-", f": {exc}" if exc else "", what)
+    def _first_heartbeat(self, agent: AgentConn) -> None:
+        # As Teleport's proxy: learn the agent's version, send it the proxy list.
+        async def greet() -> None:
+            agent.version = await agent.conn.teleport_version() or ""
+            with contextlib.suppress(asyncssh.Error, OSError, asyncssh.ChannelOpenError):
+                chan = tssh.TeleportChannel(agent.conn, tssh.CHAN_DISCOVERY)
+                await chan.open(tssh.ChannelStream())
+                body = {"proxies": [{"version": "v2", "metadata": {"name": self.proxy_name()}}]}
+                await chan.request(tssh.REQ_DISCOVERY, json.dumps(body).encode(), want_reply=False)
+            log.info("agent %s (%s tunnel) heartbeats; version %s", agent.host_id, agent.conn_type,
+                     agent.version or "unknown")
 
-    async def _heartbeat_process(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
-        server = process.channel.get_connection()
-        agent = next((a for a in self.agents.values() if a.conn is server), None)
-        if agent is None or process.subsystem != HEARTBEAT_SUBSYSTEM:
-            process.stderr.write(f"only the {HEARTBEAT_SUBSYSTEM} subsystem is served on reverse tunnels\n".encode())
-            process.exit(1)
-            return
-        buf = bytearray()
+        task = asyncio.get_running_loop().create_task(greet())
+        self._tasks_bg.add(task)
+        task.add_done_callback(self._tasks_bg.discard)
+
+    def proxy_name(self) -> str:
+        routes = self.proxy.auth_routes
+        return routes.identity.host_id if routes is not None and routes.identity is not None else "proxy"
+
+    def _lost(self, agent: AgentConn, exc: Exception | None) -> None:
+        for key, known in list(self.agents.items()):
+            if known is agent:
+                del self.agents[key]
+                what = ", ".join(f"{r.kind} {r.name}" for r in agent.resources) or "nothing announced"
+                log.info("reverse tunnel from host %s (%s) closed%s; %s no longer reachable", agent.host_id,
+                         agent.hostname or "-", f": {exc}" if exc else "", what)
+
+    def _resolve(self, agent: AgentConn) -> None:
+        """What ``agent`` serves: what it announced, else the inventory entries of its kind."""
+        if agent.announced is not None:
+            found = agent.announced
+        else:
+            found = tuple(r for r in self.inventory.get(agent.host_id, ()) if r.kind == agent.conn_type)
+        if found and not agent.resources:
+            log.info("agent %s (%s) serves %s", agent.host_id, agent.hostname or "-",
+                     ", ".join(f"{r.kind} {r.name}" for r in found))
+        agent.resources = found
+        hostname = next((r.name for r in self.inventory.get(agent.host_id, ()) if r.kind == tw.NODE), "")
+        if not hostname:
+            hostname = next((r.name for r in found if r.kind == tw.NODE), "")
+        if hostname:
+            agent.hostname = hostname
+
+    async def _to_auth(self, chan: tssh.TeleportChannel, stream: tssh.ChannelStream, payload: bytes,
+                       peer: str) -> None:
+        """An agent-opened ``teleport-transport``: ``srv.go`` ``handleTransportChannel``."""
         try:
-            while True:
-                chunk = await asyncio.wait_for(process.stdin.read(65536), self.heartbeat * (self.missed + 1))
-                if not chunk:
-                    break
-                buf += chunk
-                while (frame := tw.decode_frame(buf)) is not None:
-                    obj, used = frame
-                    del buf[:used]
-                    hb = tw.Heartbeat.from_json(obj)
-                    if hb.host_id != agent.host_id:
-                        raise tw.TunnelProtocolError(f"heartbeat names host {hb.host_id}, tunnel is {agent.host_id}")
-                    allowed = ROLE_SERVES.get(agent.role, frozenset())
-                    foreign = [r for r in hb.resources if r.kind not in allowed]
-                    if foreign:
-                        raise tw.TunnelProtocolError(
-                            f"host {agent.host_id} with role {agent.role} announced "
-                            + ", ".join(f"{r.kind} {r.name!r}" for r in foreign)
-                            + f" (its certificate lets it serve only {', '.join(sorted(allowed)) or 'nothing'})")
-                    first = not agent.resources and hb.resources
-                    agent.hostname, agent.version, agent.resources = hb.hostname, hb.version, hb.resources
-                    agent.last_heartbeat = time.monotonic()
-                    if first:
-                        log.info("agent %s (%s) serves %s", agent.host_id, agent.hostname,
-                                 ", ".join(f"{r.kind} {r.name}" for r in hb.resources))
-        except TimeoutError:
-            log.warning("agent %s: no heartbeat for %.0fs", agent.host_id, self.heartbeat * (self.missed + 1))
-        except (tw.TunnelProtocolError, ValueError) as exc:
-            log.warning("agent %s: bad heartbeat, closing its tunnel: %s", agent.host_id, exc)
-            server.close()
-        except (asyncssh.Error, OSError):
-            pass
-        process.exit(0)
+            request = tw.parse_dial_payload(payload)
+        except (tw.TunnelProtocolError, WireError) as exc:
+            _limiter.warning(log, "tunnel-dial", "reverse tunnel %s: teleport-transport-dial refused: %s", peer, exc)
+            chan.write_stderr(f"connection rejected: {exc}".encode())
+            chan.reply(False)
+            chan.close()
+            return
+        if request.address != tw.REMOTE_AUTH_SERVER:
+            log.warning("Received dial request for unexpected address, routing to the auth server anyway "
+                        "address=%r remote_addr=%s", request.address[:200], peer)
+        link = self.proxy.auth_link
+        if link is None:
+            log.error("No auth servers configured")
+            chan.write_stderr(b"internal server error")
+            chan.reply(False)
+            chan.close()
+            return
+        loop = asyncio.get_running_loop()
+        splice = Splice()
+        try:
+            async with asyncio.timeout(IO_TIMEOUT):
+                await loop.create_connection(splice.protocol_b, link.addr.host, link.addr.port)
+        except (OSError, TimeoutError) as exc:
+            log.error("Failed to dial auth error=%r", str(exc))
+            chan.write_stderr(b"failed to dial auth server")
+            chan.reply(False)
+            chan.close()
+            splice.close()
+            return
+        chan.reply(True)
+        sock = await tssh.attach_socket(stream)
+        await loop.connect_accepted_socket(splice.protocol_a, sock)
+        splice.attach()
 
     async def _sweep(self) -> None:
         while True:
@@ -392,22 +525,39 @@ class TunnelRegistry:
             await asyncio.sleep(DIRECT_POLL)
 
     async def _refresh_direct(self) -> None:
-        """Directly-joined nodes, from the Auth Service's inventory (``/v1/nodes`` with an address)."""
+        """The Auth Service's inventory: directly-joined nodes (an address, no tunnel), and what
+        each host serves (``/v1/nodes``, ``/v1/db_servers``) for tunnels that did not say."""
         routes = self.proxy.auth_routes
         if routes is None or routes.identity is None:
             return
         try:
-            items = (await routes.client().call("GET", "/v1/nodes")).get("items") or []
-            found = {}
-            for item in items:
+            client = routes.client()
+            nodes = (await client.call("GET", "/v1/nodes")).get("items") or []
+            dbs = (await client.call("GET", "/v1/db_servers")).get("items") or []
+            found: dict[str, DirectNode] = {}
+            inventory: dict[str, list[tw.Resource]] = {}
+            for item in nodes:
                 spec = item.get("spec") or {}
                 meta = item.get("metadata") or {}
+                host_id, labels = str(meta.get("name", "")), dict(meta.get("labels") or {})
                 if spec.get("addr") and not spec.get("use_tunnel"):
-                    node = DirectNode(meta.get("name", ""), spec.get("hostname", ""), spec["addr"],
-                                      dict(meta.get("labels") or {}))
-                    found[node.host_id] = node
+                    found[host_id] = DirectNode(host_id, spec.get("hostname", ""), spec["addr"], labels)
+                inventory.setdefault(host_id, []).append(
+                    tw.Resource(tw.NODE, str(spec.get("hostname") or host_id), labels, addr=str(spec.get("addr", ""))))
+            for item in dbs:
+                spec = item.get("spec") or {}
+                db = spec.get("database") or {}
+                db_meta, db_spec = db.get("metadata") or {}, db.get("spec") or {}
+                name = str(db_meta.get("name") or (item.get("metadata") or {}).get("name", ""))
+                if name:
+                    inventory.setdefault(str(spec.get("host_id", "")), []).append(tw.Resource(
+                        tw.DATABASE, name, dict(db_meta.get("labels") or {}), str(db_spec.get("protocol", "")),
+                        str(db_meta.get("description", ""))))
             self.direct = found
-        except (authapi.AuthAPIError, AttributeError, TypeError) as exc:
+            self.inventory = {k: tuple(v) for k, v in inventory.items()}
+            for agent in list(self.agents.values()):
+                self._resolve(agent)
+        except (authapi.AuthAPIError, AttributeError, TypeError, ValueError) as exc:
             log.debug("listing nodes from the Auth Service failed: %s", exc)
 
     # -- finding and dialing ---------------------------------------------------------------------------
@@ -470,10 +620,16 @@ class TunnelRegistry:
                 return await self._dial_agent(agent, req, timeout)
             except TunnelError as exc:
                 errors.append(str(exc))
-        if direct is None and not agents and req.conn_type == tw.NODE:
-            # A node that joined directly may have announced itself since the last poll.
+        if direct is None and not agents:
+            # An agent or a directly joined node may have announced itself since the last poll.
             await self._refresh_direct()
-            _, direct, _ = self._match(req)
+            agents, direct, what = self._match(req)
+            agents = [a for a in agents if a.transport_ready]
+            for agent in sorted(agents, key=lambda a: a.last_heartbeat, reverse=True):
+                try:
+                    return await self._dial_agent(agent, req, timeout)
+                except TunnelError as exc:
+                    errors.append(str(exc))
         if direct is not None:
             return await self._dial_direct(direct, timeout)
         if errors:
@@ -485,32 +641,30 @@ class TunnelRegistry:
         raise TunnelError(f"{what} not found in cluster {self.cluster}: no connected agent serves it{hint}")
 
     async def _dial_agent(self, agent: AgentConn, req: tw.DialRequest, timeout: float) -> socket.socket:
-        src = req.client_src_addr.rsplit(":", 1)
-        orig_host = src[0] if src[0] else ""
-        orig_port = int(src[1]) if len(src) == 2 and src[1].isdigit() else 0
+        """``sshutils.ConnectProxyTransport``: a ``teleport-transport`` channel, one dial request."""
+        if not req.server_id:
+            req = dataclass_replace(req, server_id=f"{agent.host_id}.{self.cluster}")
+        if not req.address:
+            req = dataclass_replace(req, address=tw.LOCAL_NODE)
+        stream = tssh.ChannelStream()
+        chan = tssh.TeleportChannel(agent.conn, TRANSPORT_LISTENER)
         try:
             async with asyncio.timeout(timeout):
-                _, opened = await agent.conn.create_connection(FramedChannel, TRANSPORT_LISTENER, 0,
-                                                               orig_host, orig_port, encoding=None)
-                session = cast(FramedChannel, opened)
-                session.write(req.encode())
-                obj, rest = await session.frame(timeout)
+                await chan.open(stream)
+                ok = await chan.request(tssh.REQ_DIAL, req.to_payload())
         except TimeoutError:
+            chan.close()
             raise TunnelError(f"agent {agent.host_id} did not answer the dial request within {timeout:g}s") from None
         except (asyncssh.Error, OSError) as exc:
             reason = exc.reason if isinstance(exc, asyncssh.Error) else (str(exc) or type(exc).__name__)
             raise TunnelError(f"agent {agent.host_id} is offline ({reason})") from None
-        except tw.TunnelProtocolError as exc:
-            raise TunnelError(f"agent {agent.host_id} answered garbage: {exc}") from None
-        try:
-            answer = tw.DialResponse.from_json(obj)
-        except tw.TunnelProtocolError as exc:
-            session.close()
-            raise TunnelError(f"agent {agent.host_id} answered garbage: {exc}") from None
-        if not answer.ok:
-            session.close()
-            raise TunnelError(answer.error or f"agent {agent.host_id} refused the connection")
-        return await session.attach(rest)
+        if not ok:
+            # Pull the error message from the agent, passed via stderr (ConnectProxyTransport).
+            chan.close()
+            text = await stream.stderr_text(timeout=2.0)
+            raise TunnelError(text or f"failed connecting to {req.address} [{req.server_id}]")
+        stream.stderr.clear()
+        return await tssh.attach_socket(stream)
 
     async def _dial_direct(self, node: DirectNode, timeout: float) -> socket.socket:
         host, _, port = node.addr.rpartition(":")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -96,3 +97,22 @@ async def eventually(condition: Callable[[], bool], timeout: float = 5.0, what: 
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not hold within {timeout:g}s")
         await asyncio.sleep(0.01)
+
+
+# -- no stray files ---------------------------------------------------------------------------------
+# A debug log of sslh-select ("log", 742 lines) was once committed at the repo root: some run left it
+# in the working directory. Today every third-party server runs in its own temporary folder (bench/
+# peers.py: cwd=pdir, output.log there); this guard fails the session if any test leaves a new
+# visible file in the directory pytest was started from, naming it.
+_STARTED_WITH: set[str] = set()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _STARTED_WITH.update(os.listdir(os.getcwd()))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    stray = sorted(n for n in set(os.listdir(os.getcwd())) - _STARTED_WITH if not n.startswith("."))
+    if stray:
+        print(f"\nERROR: the tests left new files in {os.getcwd()}: {', '.join(stray)} (write to tmp_path)")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -6,7 +6,7 @@ authorities (or a foreign one) and used for real on each endpoint:
 
 * **web** — ``GET /webapi/sites/<cluster>/nodes`` over the proxy's web TLS with the certificate;
 * **auth** — ``POST /v1/users/alice/certs`` (``GenerateUserCerts``) straight at the Auth API;
-* **tunnel** — an SSH host-based login on the reverse-tunnel listener with the SSH form;
+* **tunnel** — an SSH publickey login presenting the SSH form on the reverse-tunnel listener;
 * **db** — TLS with ALPN ``teleport-redis`` to the proxy, then a line that only the agent answers;
 * **ssh** — an SSH user login (``root``) on the proxy's SSH listener with the SSH form.
 
@@ -227,11 +227,11 @@ async def try_tunnel(cluster: Cluster, cred: Credential, folder: Path) -> bool:
     host_keys = [cred.ssh] if cred.ssh is not None else []
     try:
         async with asyncio.timeout(10):
-            conn = await asyncssh.connect(addr.host, addr.port, username=name, client_host_keys=host_keys,
-                                          client_host=name, client_username=name, client_keys=None,
+            # lib/reversetunnel/agent.go: ssh.PublicKeys(signer) with the host certificate.
+            conn = await asyncssh.connect(addr.host, addr.port, username=name, client_keys=host_keys,
                                           known_hosts=None, agent_path=None, password_auth=False,
-                                          kbdint_auth=False, gss_auth=False, public_key_auth=False,
-                                          host_based_auth=bool(host_keys))
+                                          kbdint_auth=False, gss_auth=False, host_based_auth=False,
+                                          public_key_auth=bool(host_keys))
     except (asyncssh.Error, OSError, TimeoutError):
         return False
     conn.close()
@@ -274,3 +274,22 @@ async def test_authorization_matrix(tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", sorted(EXPECTED))
 def test_every_row_cites_teleport(kind: str) -> None:
     assert "lib/" in WHY[kind] or "x509" in WHY[kind]
+
+
+@pytest.mark.parametrize("kind", ["other CA", "expired user", "self-signed", "host Node"])
+async def test_db_proxy_answers_a_refused_certificate_with_a_tls_alert(tmp_path: Path, kind: str) -> None:
+    # Issue 16: the database proxy dropped such clients with a bare reset; Go's crypto/tls (and the
+    # Auth API) answer with the alert saying why.
+    async with Cluster(tmp_path / "cluster", nodes=(), databases=()) as cluster:
+        cred = mint(cluster)[kind]
+        ctx = client_ctx(cred, tmp_path / "c", ["teleport-redis"])
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # the alert ends the handshake itself
+        with pytest.raises(ssl.SSLError, match="alert"):
+            reader, _w = await asyncio.open_connection("127.0.0.1", cluster.web.port, ssl=ctx,
+                                                           server_hostname="cache.localhost")
+            await asyncio.wait_for(reader.read(1), 5)
+        ctx13 = client_ctx(cred, tmp_path / "c13", ["teleport-redis"])
+        with pytest.raises(ssl.SSLError, match="alert"):  # TLS 1.3: the alert is the first record read
+            reader, _w = await asyncio.open_connection("127.0.0.1", cluster.web.port, ssl=ctx13,
+                                                           server_hostname="cache.localhost")
+            await asyncio.wait_for(reader.read(1), 5)

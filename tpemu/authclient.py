@@ -153,7 +153,8 @@ class AuthClient:
             msg = _alert_message(exc)
             if msg:
                 raise ClientCertRefused(f"{self.what} refused our certificate: {msg}") from None
-            raise authapi.Unavailable(f"TLS handshake with {self.what} at {self.addr} failed: {exc}") from None
+            why = go_tls_errors.describe(exc) or exc
+            raise authapi.Unavailable(f"TLS handshake with {self.what} at {self.addr} failed: {why}") from None
         except OSError as exc:
             raise authapi.Unavailable(f"cannot reach {self.what} at {self.addr}: "
                                       f"{exc.strerror or exc}") from None

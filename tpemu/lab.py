@@ -20,11 +20,14 @@ Root only. :func:`plan` is pure: the commands ``up`` runs, for ``--dry-run`` and
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 PREFIX = "tpemu-lab-"
@@ -122,6 +125,30 @@ def plan() -> list[list[str]]:
 
 class LabError(Exception):
     """The lab cannot be built or removed here; the message says why."""
+
+
+#: One lab per machine: whoever builds, uses or removes it holds this lock (tests of several
+#: checkouts may run at once on one machine).
+LOCK_PATH = "/run/tpemu-lab.lock"
+
+
+@contextlib.contextmanager
+def exclusive(timeout: float = 300.0) -> Iterator[None]:
+    """Hold the machine-wide lab lock (waits up to ``timeout`` seconds; :class:`LabError` after)."""
+    with open(LOCK_PATH, "a+") as f:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LabError(f"another tpemu lab user holds {LOCK_PATH} (waited {timeout:g}s)") from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def _check_host() -> None:

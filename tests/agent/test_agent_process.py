@@ -49,13 +49,17 @@ async def test_join_through_proxy_and_reach_both_services(tmp_path: Path, separa
             assert await roundtrip(await reg.dial(tw.DialRequest(address="agent1", conn_type="node")), b"x\n") == \
                 b"ssh:x\n"
             assert await roundtrip(await reg.dial(tw.DialRequest(name="pg", conn_type="db")), b"y\n") == b"db:y\n"
-            # Presence in the Auth Service, as tpemu ls reads it.
-            await asyncio.sleep(0.3)
+            # Presence in the Auth Service, as tpemu ls reads it (polled: the agent announces on its own).
             client = cluster.proxy.auth_routes.client()  # type: ignore[union-attr]
-            nodes = (await client.call("GET", "/v1/nodes"))["items"]
-            assert any(n["spec"]["hostname"] == "agent1" and n["spec"]["use_tunnel"] for n in nodes)
-            dbs = (await client.call("GET", "/v1/db_servers"))["items"]
-            assert any(d["metadata"]["name"] == "pg" for d in dbs)
+            deadline = asyncio.get_running_loop().time() + 10
+            while True:
+                nodes = (await client.call("GET", "/v1/nodes"))["items"]
+                dbs = (await client.call("GET", "/v1/db_servers"))["items"]
+                if (any(n["spec"]["hostname"] == "agent1" and n["spec"]["use_tunnel"] for n in nodes)
+                        and any(d["metadata"]["name"] == "pg" for d in dbs)):
+                    break
+                assert asyncio.get_running_loop().time() < deadline, (nodes, dbs)
+                await asyncio.sleep(0.05)
         finally:
             await agent.close()
         # Restart: the saved identities are reused, no token needed.

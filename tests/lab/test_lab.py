@@ -31,13 +31,14 @@ def lab_up() -> Iterator[None]:
         pytest.skip("tpemu lab needs root")
     if shutil.which("nft") is None or shutil.which("ip") is None:
         pytest.skip("tpemu lab needs iproute2 and nftables (make test installs them)")
-    if lab.namespaces():
-        pytest.skip(f"a lab is already up here ({', '.join(lab.namespaces())}); not touching it")
-    lab.up()
-    try:
-        yield
-    finally:
-        lab.down()
+    with lab.exclusive():  # one lab per machine: other checkouts' tests wait their turn
+        if lab.namespaces():
+            pytest.skip(f"a lab is already up here ({', '.join(lab.namespaces())}); not touching it")
+        lab.up()
+        try:
+            yield
+        finally:
+            lab.down()
 
 
 def _in(ns: str, code: str, *args: str) -> subprocess.Popen[str]:

@@ -43,17 +43,22 @@ async def test_environment_is_sshd_like(connect: Connect, node: SSHService) -> N
 async def test_shell_with_pty_resizes_and_exits(connect: Connect) -> None:
     conn = await connect("alice")
     proc = await conn.create_process(term_type="xterm-256color", term_size=(100, 30), encoding=None)
-    proc.stdin.write(b"stty size; tty; echo TERM=$TERM; read x; stty size; exit 7\n")
+    proc.stdin.write(b"stty size; tty; echo TERM=$TERM; while read x; do stty size; [ \"$x\" = q ] && exit 7; done\n")
     out = b""
     while b"TERM=xterm-256color" not in out:
         out += await asyncio.wait_for(proc.stdout.read(4096), 10)
     assert b"30 100" in out and b"/dev/pts/" in out
     proc.change_terminal_size(132, 43)  # window-change → TIOCSWINSZ → SIGWINCH
-    await asyncio.sleep(0.1)
-    proc.stdin.write(b"\n")
-    rest = await asyncio.wait_for(proc.stdout.read(), 10)
+    # Polled, not slept: the node applies the size when its loop gets to the request.
+    rest = b""
+    async with asyncio.timeout(10):
+        while b"43 132" not in rest:
+            proc.stdin.write(b"\n")
+            rest += await proc.stdout.read(4096)
+    proc.stdin.write(b"q\n")
+    await asyncio.wait_for(proc.stdout.read(), 10)
     await proc.wait()
-    assert b"43 132" in rest and proc.exit_status == 7
+    assert proc.exit_status == 7
 
 
 async def test_exit_signal_and_signal_request(connect: Connect) -> None:
@@ -75,8 +80,9 @@ async def test_disconnect_mid_session_leaves_nothing_running(connect: Connect, n
     conn = await connect("alice")
     # A pipeline and a background job that ignores SIGHUP: all must go.
     await conn.create_process("trap '' HUP; (sleep 300; echo x) & sleep 301 | cat", env=env)
-    await asyncio.sleep(0.3)
-    assert len(processes_with(marker)) >= 4, "the session's processes should be running"
+    async with asyncio.timeout(10):  # polled: the shell starts them on its own time
+        while len(processes_with(marker)) < 4:
+            await asyncio.sleep(0.02)
     conn.abort()  # the client vanishes without closing the channel
     await wait_gone(marker, timeout=6)
     # An interactive shell on a pty, with a foreground job.

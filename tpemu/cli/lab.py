@@ -25,10 +25,12 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
     try:
         if args.action == "up":
-            lab.up()
+            with lab.exclusive(timeout=30):
+                lab.up()
             print(lab.describe())
         elif args.action == "down":
-            removed = lab.down()
+            with lab.exclusive(timeout=30):
+                removed = lab.down()
             print(f"removed {len(removed)} namespaces" + (f": {', '.join(removed)}" if removed else ""))
         elif args.action == "status":
             print(lab.status_text())

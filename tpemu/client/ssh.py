@@ -44,7 +44,7 @@ from tpemu import authapi, sshcert
 from tpemu.authclient import AuthClient
 from tpemu.client.profile import Profile
 from tpemu.config import Addr
-from tpemu.net import conn_upgrade
+from tpemu.net import conn_upgrade, go_tls_errors
 from tpemu.net.dial import DialError, SSHTunnel, settings_from
 from tpemu.wire import alpn
 
@@ -301,6 +301,9 @@ async def connect_proxy(creds: Credentials, route: ProxyRoute | None = None,
 
 
 def _reason(exc: BaseException) -> str:
+    go = go_tls_errors.describe(exc)  # Teleport's words: "connection reset by peer", "first record …"
+    if go is not None:
+        return go
     if isinstance(exc, asyncssh.DisconnectError):
         return exc.reason or type(exc).__name__
     if isinstance(exc, TimeoutError):

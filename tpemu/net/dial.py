@@ -24,6 +24,7 @@ import ssl
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from tpemu.net import go_tls_errors
 from tpemu.net.proxyenv import ProxySettings, ProxyURL, from_environment
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,8 @@ async def dial(protocol_factory: Callable[[], P], host: str, port: int, *,
         raise DialError(f"dial {host}:{port}: TLS certificate verification failed: {exc.verify_message}") from None
     except OSError as exc:
         where = f"proxy {via}" if via else f"{host}:{port}"
-        raise DialError(f"dial {host}:{port}: cannot connect to {where}: {exc.strerror or exc}") from None
+        why = go_tls_errors.describe(exc) or exc.strerror or exc  # Teleport's words where it has some
+        raise DialError(f"dial {host}:{port}: cannot connect to {where}: {why}") from None
 
 
 async def _dial_via(loop: asyncio.AbstractEventLoop, via: ProxyURL, protocol_factory: Callable[[], P], host: str,

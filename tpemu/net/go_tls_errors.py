@@ -90,3 +90,25 @@ def verify_failure(der: bytes, host: str, chain_trusted: bool, now: dt.datetime 
     if not chain_trusted:
         return TLS_PREFIX + "x509: certificate signed by unknown authority"
     return TLS_PREFIX + "x509: certificate verification failed"
+
+
+#: crypto/tls, when the first bytes from a server (or client) are not a TLS record.
+NOT_TLS = "tls: first record does not look like a TLS handshake"
+#: Go's text for ECONNRESET (syscall.Errno), as Teleport logs it.
+RESET_BY_PEER = "connection reset by peer"
+_NOT_TLS_REASONS = ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST",
+                    "UNKNOWN_PROTOCOL")
+
+
+def describe(exc: BaseException) -> str | None:
+    """Go's words for a TLS or socket failure Teleport's troubleshooting guide names, else ``None``."""
+    import errno
+    import ssl
+
+    if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLCertVerificationError):
+        reason = (exc.reason or "").upper()
+        if any(r in reason for r in _NOT_TLS_REASONS):
+            return NOT_TLS
+    if isinstance(exc, ConnectionResetError) or getattr(exc, "errno", None) == errno.ECONNRESET:
+        return "read: " + RESET_BY_PEER
+    return None

@@ -1,5 +1,13 @@
 """Messages of the reverse tunnel between an agent and the proxy (pure, no I/O).
 
+On the wire (``tpemu.net.teleport_ssh``) a dial request is the payload of Teleport's
+``teleport-transport-dial`` channel request: ``sshutils.DialReq`` as JSON, parsed as
+``lib/reversetunnel/transport.go`` ``parseDialReq`` does (a payload that is not a JSON object of
+the right shape is the legacy form: the whole payload is the address), checked as
+``DialReq.CheckAndSetDefaults`` (``conn_type`` defaults to ``node``; "serverID or address
+required"). :func:`parse_dial_payload` adds a size limit (:data:`MAX_DIAL_PAYLOAD`). The framed
+messages below are the earlier tpemu-only form, still used by tests of the frame codec.
+
 Teleport's reverse tunnel (``lib/reversetunnel``, ``lib/sshutils``): an agent dials the proxy
 and holds an SSH connection; the proxy opens a transport channel on it whenever a client needs
 one of the agent's resources, and the first message on that channel is a dial request naming
@@ -36,11 +44,24 @@ REMOTE_AUTH_SERVER = "@remote-auth-server"
 #: ``types.TunnelType`` values tpemu uses.
 NODE = "node"
 DATABASE = "db"
-CONN_TYPES = frozenset({NODE, DATABASE, "app", "kube", "windows_desktop", "proxy"})
+KUBE = "kube"
+APP = "app"
+CONN_TYPES = frozenset({NODE, DATABASE, APP, KUBE, "windows_desktop", "proxy"})
 
 
 class TunnelProtocolError(WireError):
     """A malformed tunnel frame."""
+
+
+#: Largest ``teleport-transport-dial`` payload accepted (a DialReq is well under 1 KiB; tpemu's
+#: identity extension a few KiB).
+MAX_DIAL_PAYLOAD = 64 * 1024
+#: tpemu's own request on the ``teleport-heartbeat`` channel: the resources a tpemu agent serves,
+#: as JSON. Teleport's proxy counts every request on that channel as a ping
+#: (``local_cluster.go`` ``handleHeartbeat``), so the extra request is harmless to it.
+REQ_RESOURCES = "resources@tpemu"
+#: ``x/crypto/ssh``'s ``Request.Reply`` text for an accepted transport (ignored on channel replies).
+CONNECTED = "Connected."
 
 
 def encode_frame(obj: dict[str, Any]) -> bytes:
@@ -89,6 +110,11 @@ class DialRequest:
         fields = {k: v for k, v in asdict(self).items() if v not in ("", None)}
         return encode_frame(fields | {"conn_type": self.conn_type})
 
+    def to_payload(self) -> bytes:
+        """The ``teleport-transport-dial`` payload: DialReq's JSON (``omitempty`` fields left out)."""
+        fields = {k: v for k, v in asdict(self).items() if v not in ("", None)}
+        return json.dumps(fields | {"conn_type": self.conn_type}, separators=(",", ":")).encode()
+
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> DialRequest:
         conn_type = _str(obj, "conn_type") or NODE
@@ -102,6 +128,36 @@ class DialRequest:
         if not (req.address or req.server_id or req.name):
             raise TunnelProtocolError("serverID or address required")  # Teleport's DialReq check
         return req
+
+
+def parse_dial_payload(payload: bytes | bytearray | memoryview) -> DialRequest:
+    """A ``teleport-transport-dial`` payload → :class:`DialRequest` (``parseDialReq`` + checks).
+
+    Raises :class:`LimitExceeded` past :data:`MAX_DIAL_PAYLOAD`, :class:`TunnelProtocolError`
+    for text that is not UTF-8 or names nothing ("serverID or address required").
+    """
+    if len(payload) > MAX_DIAL_PAYLOAD:
+        raise LimitExceeded("teleport-transport-dial payload", MAX_DIAL_PAYLOAD, len(payload))
+    data = bytes(payload)
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        obj = None
+    if isinstance(obj, dict):
+        try:
+            return DialRequest.from_json(obj)
+        except TunnelProtocolError as exc:
+            if "required" in str(exc) or "unknown conn_type" in str(exc):
+                raise
+            # json.Unmarshal into DialReq fails on a wrong field type: Teleport then takes the
+            # payload as a legacy address, which names nothing a tpemu agent serves.
+    try:
+        address = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TunnelProtocolError("teleport-transport-dial payload is neither JSON nor UTF-8 text") from None
+    if not address.strip():
+        raise TunnelProtocolError("serverID or address required")
+    return DialRequest(address=address)
 
 
 @dataclass(frozen=True)

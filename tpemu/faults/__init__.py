@@ -1,0 +1,1 @@
+"""Faults on purpose: toxiproxy-compatible fault proxies and the seed's troubleshooting cases."""

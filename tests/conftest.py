@@ -19,10 +19,9 @@ from tpemu.proxy.decide import ListenerKind
 from tpemu.proxy.service import ProxyService
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+def _no_engine_left(session: pytest.Session) -> None:
     """No embedded database engine may outlive the tests (every cluster stops its own): one that
     did is stopped here, by its PID, and fails the run."""
-    import os
     import signal
 
     from tpemu.agent.engines import live_pids
@@ -112,6 +111,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _no_engine_left(session)
     stray = sorted(n for n in set(os.listdir(os.getcwd())) - _STARTED_WITH if not n.startswith("."))
     if stray:
         print(f"\nERROR: the tests left new files in {os.getcwd()}: {', '.join(stray)} (write to tmp_path)")

@@ -8,8 +8,9 @@ psql (``\\dt``, ``\\d t``, a join, a rolled-back transaction, COPY), asyncpg and
 server-side prepared statements, redis-cli and redis-py (sets, sorted sets, pub/sub across two
 clients, MULTI/WATCH, EVAL), pymongo (a unique index, ``$group``), mongosh, mariadb and PyMySQL
 (``PREPARE``/``EXECUTE``), and a Go program with Debian's lib/pq and go-sql-driver/mysql
-(``tests/go/dbclient``: prepared statements, a commit, a rollback). Then the failure cases: an engine killed mid-session (the client gets
-the protocol's error, the agent restarts the engine), and no engine process left at the end.
+(``tests/go/dbclient``: prepared statements, a commit, a rollback). Then the failure cases: an
+engine killed mid-session (the client gets the protocol's error, the agent restarts the engine),
+and no engine process left at the end.
 """
 
 from __future__ import annotations

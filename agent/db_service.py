@@ -45,18 +45,19 @@ Use: the agent process calls :func:`make_offers` for its ``db`` role (one
 :class:`~tpemu.agent.tunnel.Offer` per database, all served by one :class:`DatabaseService` whose
 client certificates come from the Auth Service with the agent's Db identity); by hand,
 ``svc = DatabaseService(cfg.db_service.databases, cert_issuer=auth_cert_issuer(client))`` and
-``await svc.serve(sock, dial_request)`` per tunnelled connection.
+``await svc.serve(transport, dial_request)`` per tunnelled connection (the tunnel channel, a
+parked transport). The handshake is read through streams over it; after it, one
+:class:`~tpemu.net.pipe.Pipe` joins the channel to the real server's connection and ``serve``
+returns (no task stays behind for the copying).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
 import shutil
-import socket
 import ssl
 import tempfile
 import time
@@ -75,9 +76,11 @@ from tpemu.agent.backends.redis import RedisBackend
 from tpemu.agent.engines import Endpoint, Engine, EngineUnavailable, engine_for
 from tpemu.agent.engines.redis import auth_command, read_simple_reply
 from tpemu.config import Addr, Database
+from tpemu.net.channel import open_streams
 from tpemu.net.db_refusal import Refusal, refuse
-from tpemu.net.relay import Stream, relay
-from tpemu.net.sockets import read_exact
+from tpemu.net.memory import transport_pair
+from tpemu.net.pipe import Pipe, park_streams
+from tpemu.net.streams import Stream
 from tpemu.wire import WireError
 from tpemu.wire import mysql as my
 from tpemu.wire import postgres as pg
@@ -172,15 +175,10 @@ class _Served:
         return str(self.addr) if self.addr is not None else "the emulated backend"
 
 
-async def _streams(sock: socket.socket, prefeed: bytes = b"") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Streams over a connected socket; ``prefeed`` is what the reader returns first."""
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=64 * 1024, loop=loop)
-    if prefeed:
-        reader.feed_data(prefeed)
-    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-    transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
-    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+def _join(client: Stream, backend: Stream, first: bytes = b"") -> Pipe:
+    """The copying phase: the channel's streams and the server's, given up for one Pipe."""
+    return Pipe.join(park_streams(client.reader, client.writer), park_streams(backend.reader, backend.writer),
+                     first_to_b=first)
 
 
 class DatabaseService:
@@ -282,9 +280,11 @@ class DatabaseService:
 
     # -- one connection ---------------------------------------------------------------------------
 
-    async def serve(self, sock: socket.socket, request: DialRequest) -> None:
-        """Serve one tunnelled connection (``sock`` non-blocking and connected) until it ends."""
-        sock.setblocking(False)
+    async def serve(self, transport: asyncio.BaseTransport, request: DialRequest) -> None:
+        """Serve one tunnelled connection (``transport``: the channel, parked) until its handshake
+        is done; the copying then goes on in a Pipe."""
+        reader, writer = await open_streams(transport)
+        client = Stream(reader, writer, "client")
         served = self._served.get(request.name)
         raw_identity = request.identity or {}
         route_protocol = ""
@@ -293,31 +293,31 @@ class DatabaseService:
         if served is None:
             message = f'database "{request.name}" is not served by this agent'
             log.warning("db: %s (from %s)", message, request.client_src_addr or "?")
-            await self._refuse_raw(sock, route_protocol, message, Refusal.UNAVAILABLE)
+            await self._refuse_raw(client, route_protocol, message, Refusal.UNAVAILABLE)
             return
         protocol = served.db.protocol
         try:
             identity = ident.Identity.from_json(raw_identity)
         except ident.IdentityError as exc:
             log.warning("db=%s: dial request with an invalid identity: %s", served.db.name, exc)
-            await self._refuse_raw(sock, protocol, f"invalid identity in the dial request: {exc}", Refusal.PROTOCOL)
+            await self._refuse_raw(client, protocol, f"invalid identity in the dial request: {exc}", Refusal.PROTOCOL)
             return
         handler = {"postgres": self._postgres, "mysql": self._mysql}.get(protocol, self._stream_protocol)
         try:
-            await handler(served, sock, identity, request)
+            await handler(served, client, identity, request)
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, OSError) as exc:
             log.info("db=%s user=%s: connection ended: %s", served.db.name, identity.username, exc)
-        finally:
-            with contextlib.suppress(OSError):
-                sock.close()
+            client.close()
+        except BaseException:
+            client.close()
+            raise
 
-    async def _refuse_raw(self, sock: socket.socket, protocol: str, message: str, why: Refusal,
+    async def _refuse_raw(self, client: Stream, protocol: str, message: str, why: Refusal,
                           mysql_seq: int = 0) -> None:
         if protocol not in PROTOCOLS:
-            sock.close()
+            client.close()
             return
-        reader, writer = await _streams(sock)
-        await refuse(protocol, Stream(reader, writer, "proxy"), message, why, mysql_seq)
+        await refuse(protocol, client, message, why, mysql_seq)
 
     def _denied(self, served: _Served, identity: ident.Identity, reason: str, db_user: str, db_name: str | None,
                 request: DialRequest) -> None:
@@ -337,44 +337,44 @@ class DatabaseService:
 
     # -- postgres -------------------------------------------------------------------------------
 
-    async def _postgres(self, served: _Served, sock: socket.socket, identity: ident.Identity,
+    async def _postgres(self, served: _Served, client: Stream, identity: ident.Identity,
                         request: DialRequest) -> None:
         try:
             async with asyncio.timeout(self.startup_timeout):
-                head = await read_exact(sock, 8)
+                head = await client.reader.readexactly(8)
                 packet = pg.parse_startup(head)
                 raw = head
                 if packet is None:
-                    raw = head + await read_exact(sock, int.from_bytes(head[:4], "big") - 8)
+                    raw = head + await client.reader.readexactly(int.from_bytes(head[:4], "big") - 8)
                     packet = pg.parse_startup(raw)
         except (TimeoutError, WireError, asyncio.IncompleteReadError) as exc:
-            await self._refuse_raw(sock, "postgres", f"expected a StartupMessage from the proxy: {exc}",
+            await self._refuse_raw(client, "postgres", f"expected a StartupMessage from the proxy: {exc}",
                                    Refusal.PROTOCOL)
             return
         if not isinstance(packet, pg.StartupMessage):
-            await self._refuse_raw(sock, "postgres", "expected a StartupMessage from the proxy", Refusal.PROTOCOL)
+            await self._refuse_raw(client, "postgres", "expected a StartupMessage from the proxy", Refusal.PROTOCOL)
             return
         db_user = packet.get("user") or ""
         db_name = packet.get("database") or db_user
         reason = check_access(identity, served.db, db_user, db_name)
         if reason is not None:
             self._denied(served, identity, reason, db_user, db_name, request)
-            await self._refuse_raw(sock, "postgres", reason, Refusal.DENIED)
+            await self._refuse_raw(client, "postgres", reason, Refusal.DENIED)
             return
         self.stats["served"] += 1
         log.info("db=%s proto=postgres teleport_user=%s db_user=%s db_name=%s client=%s: connecting to %s",
                  served.db.name, identity.username, db_user, db_name, request.client_src_addr or "?", served.target)
         if served.backend is not None:
-            reader, writer = await _streams(sock, prefeed=raw)
+            # The emulated server reads the StartupMessage itself: put it back in front.
+            reader, writer = await open_streams(park_streams(client.reader, client.writer), prefeed=raw)
             await served.backend.handle(reader, writer, self._session(identity, db_user, db_name, request))
             return
         try:
             backend = await self._connect_postgres(served, db_user, db_name)
         except BackendUnavailable as exc:
-            await self._refuse_raw(sock, "postgres", self._unavailable(served, exc), Refusal.UNAVAILABLE)
+            await self._refuse_raw(client, "postgres", self._unavailable(served, exc), Refusal.UNAVAILABLE)
             return
-        reader, writer = await _streams(sock)
-        await relay(Stream(reader, writer, "client"), backend, first_for_b=raw)
+        _join(client, backend, first=raw)
 
     async def _connect_postgres(self, served: _Served, db_user: str, db_name: str) -> Stream:
         reader, writer = await self._open(served, access=(db_user, db_name))
@@ -397,27 +397,27 @@ class DatabaseService:
 
     # -- mysql ------------------------------------------------------------------------------------
 
-    async def _mysql(self, served: _Served, sock: socket.socket, identity: ident.Identity,
+    async def _mysql(self, served: _Served, client: Stream, identity: ident.Identity,
                      request: DialRequest) -> None:
         try:
             async with asyncio.timeout(self.startup_timeout):
-                head = await read_exact(sock, 4)
+                head = await client.reader.readexactly(4)
                 my.parse_packet(head)  # size check
-                payload = await read_exact(sock, int.from_bytes(head[:3], "little"))
+                payload = await client.reader.readexactly(int.from_bytes(head[:3], "little"))
                 response = my.parse_handshake_response(payload)
         except (TimeoutError, WireError, asyncio.IncompleteReadError) as exc:
-            await self._refuse_raw(sock, "mysql", f"expected a HandshakeResponse41 from the proxy: {exc}",
+            await self._refuse_raw(client, "mysql", f"expected a HandshakeResponse41 from the proxy: {exc}",
                                    Refusal.PROTOCOL, 2)
             return
         seq = (head[3] + 1) & 0xFF
         if not isinstance(response, my.HandshakeResponse):
-            await self._refuse_raw(sock, "mysql", "expected a HandshakeResponse41 from the proxy, got an SSLRequest",
+            await self._refuse_raw(client, "mysql", "expected a HandshakeResponse41 from the proxy, got an SSLRequest",
                                    Refusal.PROTOCOL, seq)
             return
         reason = check_access(identity, served.db, response.username, response.database)
         if reason is not None:
             self._denied(served, identity, reason, response.username, response.database, request)
-            await self._refuse_raw(sock, "mysql", reason, Refusal.DENIED, seq)
+            await self._refuse_raw(client, "mysql", reason, Refusal.DENIED, seq)
             return
         self.stats["served"] += 1
         log.info("db=%s proto=mysql teleport_user=%s db_user=%s db_name=%s client=%s: connecting to %s",
@@ -426,15 +426,14 @@ class DatabaseService:
         backend_task: asyncio.Task[None] | None = None
         try:
             if served.backend is not None:
-                mine, theirs = socket.socketpair()
-                mine.setblocking(False)
-                theirs.setblocking(False)
-                b_reader, b_writer = await _streams(theirs)
+                # The emulated server in this process: a transport pair in memory, no socketpair.
+                mine, theirs = transport_pair("emulated-mysql")
+                b_reader, b_writer = await open_streams(theirs)
                 session = self._session(identity, response.username, response.database, request)
                 backend_task = asyncio.ensure_future(served.backend.handle(b_reader, b_writer, session))
                 self._tasks.add(backend_task)
                 backend_task.add_done_callback(self._tasks.discard)
-                r, w = await _streams(mine)
+                r, w = await open_streams(mine)
                 backend = Stream(r, w, "backend")
                 ctx = None
             else:
@@ -443,20 +442,17 @@ class DatabaseService:
                 ctx = None if served.tls_mode == "disabled" else await self._tls_context(served, response.username)
             result = await self._mysql_handshake(served, backend, response, ctx)
         except BackendUnavailable as exc:
-            await self._refuse_raw(sock, "mysql", self._unavailable(served, exc), Refusal.UNAVAILABLE, seq)
+            await self._refuse_raw(client, "mysql", self._unavailable(served, exc), Refusal.UNAVAILABLE, seq)
             return
-        reader, writer = await _streams(sock)
-        writer.write(my.encode_packet(seq, result.payload))
-        await writer.drain()
+        client.write(my.encode_packet(seq, result.payload))
+        await client.drain()
         if result.payload[:1] != b"\x00":
             log.warning("db=%s: the MySQL server refused user %r: %s", served.db.name, response.username,
                         result.payload[9:].decode("utf-8", "replace"))
             backend.close()
-            writer.close()
+            client.close()
             return
-        await relay(Stream(reader, writer, "client"), backend)
-        if backend_task is not None:
-            await asyncio.gather(backend_task, return_exceptions=True)
+        _join(client, backend)
 
     async def _mysql_handshake(self, served: _Served, backend: Stream, client: my.HandshakeResponse,
                                ctx: ssl.SSLContext | None) -> my.Packet:
@@ -525,7 +521,7 @@ class DatabaseService:
 
     # -- mongodb, redis ---------------------------------------------------------------------------
 
-    async def _stream_protocol(self, served: _Served, sock: socket.socket, identity: ident.Identity,
+    async def _stream_protocol(self, served: _Served, client: Stream, identity: ident.Identity,
                                request: DialRequest) -> None:
         protocol = served.db.protocol
         route = identity.route_to_database
@@ -541,24 +537,23 @@ class DatabaseService:
             reason = f"{ACCESS_DENIED} (no database name: run 'tpemu db login {served.db.name} --db-name NAME')"
         if reason is not None:
             self._denied(served, identity, reason, db_user, db_name, request)
-            await self._refuse_raw(sock, protocol, reason, Refusal.DENIED)
+            await self._refuse_raw(client, protocol, reason, Refusal.DENIED)
             return
         self.stats["served"] += 1
         log.info("db=%s proto=%s teleport_user=%s db_user=%s db_name=%s client=%s: connecting to %s", served.db.name,
                  protocol, identity.username, db_user, db_name or "-", request.client_src_addr or "?", served.target)
         if served.backend is not None:
-            reader, writer = await _streams(sock)
-            await served.backend.handle(reader, writer, self._session(identity, db_user, db_name, request))
+            await served.backend.handle(client.reader, client.writer,
+                                        self._session(identity, db_user, db_name, request))
             return
         try:
             r, w = await self._open(served, tls_user=db_user, access=(db_user, db_name or ""))
             if served.engine is not None and protocol == "redis":
                 await self._redis_login(served, r, w, db_user)
         except BackendUnavailable as exc:
-            await self._refuse_raw(sock, protocol, self._unavailable(served, exc), Refusal.UNAVAILABLE)
+            await self._refuse_raw(client, protocol, self._unavailable(served, exc), Refusal.UNAVAILABLE)
             return
-        reader, writer = await _streams(sock)
-        await relay(Stream(reader, writer, "client"), Stream(r, w, "backend"))
+        _join(client, Stream(r, w, "backend"))
 
     # -- reaching real servers --------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from tpemu import TELEPORT_VERSION, authapi, authclient, pki
 from tpemu import identity as ident
 from tpemu.agent.tunnel import Offer, TunnelAgent, TunnelTarget
 from tpemu.config import Addr, Config
+from tpemu.net.pipe import Parked
 from tpemu.net.proxyenv import ProxySettings
 from tpemu.wire import alpn
 from tpemu.wire import tunnel as tw
@@ -107,6 +108,7 @@ class AgentProcess:
         self.contexts: dict[str, AgentContext] = {}
         self.offers: dict[str, list[Offer]] = {}
         self.direct_addr: Addr | None = None
+        self.direct_kube_addr: Addr | None = None
         self._listeners: list[socket.socket] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._trusted_ca: bytes | None = None
@@ -127,9 +129,6 @@ class AgentProcess:
         if not self.via_proxy and "app" in opts.roles:
             raise AgentError(f"the Application Service cannot join the Auth Service directly: {DIRECT_JOIN_REFUSED} "
                              "(join through the proxy with --proxy)")
-        if not self.via_proxy and "kube" in opts.roles:
-            raise AgentError("this emulation serves the Kubernetes Service through the proxy only (join with "
-                             "--proxy); its direct listener (kubernetes_service.listen_addr) is not emulated yet")
         if not self.via_proxy and "db" in opts.roles:
             raise AgentError(f"the Database Service cannot join the Auth Service directly: {DIRECT_JOIN_REFUSED} "
                              "(join through the proxy with --proxy)")
@@ -151,6 +150,7 @@ class AgentProcess:
                 self.tunnels.append(agent)
         else:
             await self._listen_direct()
+            await self._listen_direct_kube()
         self._tasks.append(asyncio.get_running_loop().create_task(self._presence()))
 
     async def wait_connected(self, timeout: float = 15.0) -> None:
@@ -320,6 +320,27 @@ class AgentProcess:
 
         self._tasks.append(loop.create_task(accept_loop()))
 
+    async def _listen_direct_kube(self) -> None:
+        """A directly-joined Kubernetes Service on ``kubernetes_service.listen_addr`` (3026), for the proxy."""
+        offers = self.offers.get("kube") or []
+        if not offers:
+            return
+        service: Any = offers[0].service
+        ctx = self.contexts["kube"]
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.minimum_version = ssl.TLSVersion.TLSv1_2
+        tls.load_cert_chain(ctx.files.cert, ctx.files.key)
+        tls.load_verify_locations(cafile=str(ctx.files.ca))  # the host CA: the proxy's certificate
+        tls.verify_mode = ssl.CERT_REQUIRED
+        tls.set_alpn_protocols([alpn.HTTP11])
+        addr = self.cfg.kubernetes_service.listen_addr or Addr("127.0.0.1", 3026)
+        try:
+            host, port = await service.listen(addr.host, addr.port, tls)
+        except OSError as exc:
+            raise AgentError(f"the Kubernetes Service cannot listen on {addr}: {exc.strerror or exc}") from None
+        self.direct_kube_addr = Addr(host, port)
+        log.info("Kubernetes Service listening directly on %s (the proxy dials this address)", self.direct_kube_addr)
+
     # -- presence --------------------------------------------------------------------------------------
 
     def _resources(self) -> list[tuple[str, dict[str, Any]]]:
@@ -351,9 +372,11 @@ class AgentProcess:
         """A ``kube_server`` (``spec.cluster``) or ``app_server`` (``spec.app``) resource."""
         inner: dict[str, Any] = {"metadata": {"name": r.name, "description": r.description, "labels": r.labels},
                                  "spec": {"uri": r.addr, "protocol": r.protocol} if r.kind == "app" else {}}
+        direct = str(self.direct_kube_addr) if r.kind == "kube" and self.direct_kube_addr else ""
         return {"kind": "kube_server" if r.kind == "kube" else "app_server", "version": "v3",
                 "metadata": {"name": r.name, "labels": r.labels},
                 "spec": {"host_id": ctx.identity.host_id, "hostname": self.nodename, "version": TELEPORT_VERSION,
+                         "addr": direct, "use_tunnel": self.via_proxy,
                          ("app" if r.kind == "app" else "cluster"): inner}}
 
     async def _presence(self) -> None:
@@ -375,12 +398,16 @@ class AgentProcess:
 
 
 async def _serve_and_close(service: Any, sock: socket.socket, request: tw.DialRequest) -> None:
+    transport: asyncio.BaseTransport | None = None
     try:
-        await service.serve(sock, request)
+        transport, _ = await asyncio.get_running_loop().connect_accepted_socket(Parked, sock)
+        await service.serve(transport, request)
     except Exception:
         log.exception("SSH service failed on a direct connection from %s", request.client_src_addr)
-    finally:
-        sock.close()
+        if transport is not None:
+            transport.close()
+        else:
+            sock.close()
 
 
 def parse_roles(text: str | Sequence[str]) -> tuple[str, ...]:

@@ -26,7 +26,8 @@ Teleport's node (``lib/srv/regular/sshserver.go``) in one module, on asyncssh:
 * **Forwarding.** Port forwarding is off unless ``ssh_service.port_forwarding`` is on *and* the
   certificate permits it; agent and X11 forwarding and subsystems (sftp) are refused.
 
-Connections arrive on :meth:`SSHService.serve`, one already-connected socket each: the agent's
+Connections arrive on :meth:`SSHService.serve`, one parked transport each (a tunnel channel, or a
+TCP connection): the agent's
 reverse-tunnel client calls it for every ``DialRequest`` the proxy sends, and in direct-dial mode
 the agent process calls it for every connection accepted on ``ssh_service.listen_addr`` (3022).
 :func:`make_offers` is the ``node`` role for ``tpemu.agent.services``.
@@ -49,7 +50,6 @@ import os
 import pwd
 import re
 import signal
-import socket
 import struct
 import subprocess
 import termios
@@ -62,6 +62,7 @@ import asyncssh
 from tpemu import authclient
 from tpemu.agent.tunnel import Offer
 from tpemu.authclient import HostIdentity
+from tpemu.net.channel import OverTransport
 from tpemu.net.sockets import format_addr
 from tpemu.wire import tunnel as tw
 from tpemu.wire.tunnel import DialRequest
@@ -196,20 +197,24 @@ class SSHService:
             "keepalive_interval": 300,
         }
 
-    async def serve(self, sock: socket.socket, request: DialRequest) -> None:
-        """Serve one SSH connection on ``sock`` (connected, non-blocking) until it ends.
+    async def serve(self, transport: asyncio.BaseTransport, request: DialRequest) -> None:
+        """Serve one SSH connection on ``transport`` (a parked tunnel channel or TCP connection)
+        until it ends.
 
-        The reverse-tunnel client calls this for each dial request the proxy sends; the client's
-        address is ``request.client_src_addr`` (the socket's peer is the tunnel).
+        The reverse-tunnel client calls this for each dial request the proxy sends, with the
+        channel itself: SSH runs on it directly (:class:`~tpemu.net.channel.OverTransport`, the
+        server side over a transport that already exists). The client's address is
+        ``request.client_src_addr`` (the transport's peer is the tunnel).
         """
-        peer = request.client_src_addr or _peer_of(sock)
+        peer = request.client_src_addr or _peer_of(transport)
         try:
-            conn = await asyncssh.run_server(sock, **self._options(request, peer))
+            conn = await asyncssh.connect_reverse(peer, tunnel=OverTransport(transport),
+                                                  **self._options(request, peer))
         except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
             # ValueError: asyncssh's PacketDecodeError, a peer that is not speaking SSH.
             log.info("ssh service: connection from %s ended before login: %s", peer, _describe(exc))
-            with contextlib.suppress(OSError):
-                sock.close()
+            with contextlib.suppress(Exception):
+                transport.close()
             return
         await self._run(conn)
 
@@ -252,11 +257,9 @@ async def make_offers(ctx: AgentContext) -> list[Offer]:
     return [Offer(resource, service, aliases=(host_id, service.server_id, tw.LOCAL_NODE))]
 
 
-def _peer_of(sock: socket.socket) -> str:
-    try:
-        return format_addr(sock.getpeername())
-    except OSError:
-        return "?"
+def _peer_of(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    return format_addr(peer[:2]) if isinstance(peer, tuple) and len(peer) >= 2 else "?"
 
 
 def _describe(exc: BaseException) -> str:

@@ -15,7 +15,8 @@ The other end, and the protocol, are described in ``tpemu.proxy.tunnels`` (Telep
 4. accepts ``teleport-transport`` channels: one space on stderr, then the
    ``teleport-transport-dial`` request (:func:`tpemu.wire.tunnel.parse_dial_payload`); it finds the
    service, refuses with "connection rejected: …" on stderr and a false reply, or replies true and
-   hands the service a plain socket bridged to the channel;
+   hands the service the channel itself as a parked asyncio transport
+   (:class:`~tpemu.net.channel.ChannelTransport`: no socket in between);
 5. when the tunnel drops (proxy restart, network), reconnects with jittered exponential backoff
    (``min_backoff`` doubling up to ``max_backoff``, each wait drawn uniformly from the upper half),
    and starts again from 1 after a tunnel that stayed up.
@@ -29,7 +30,6 @@ import dataclasses
 import json
 import logging
 import random
-import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
@@ -43,6 +43,7 @@ from tpemu.authclient import HostIdentity
 from tpemu.config import Addr
 from tpemu.identity import host_fqdn
 from tpemu.net import teleport_ssh as tssh
+from tpemu.net.channel import ChannelTransport
 from tpemu.net.dial import DialError, SSHTunnel
 from tpemu.net.proxyenv import ProxySettings
 from tpemu.wire import alpn
@@ -54,9 +55,12 @@ log = logging.getLogger(__name__)
 
 
 class Service(Protocol):
-    """Serves one connection that arrived through the tunnel, on a connected socket."""
+    """Serves one connection that arrived through the tunnel, on its channel (a parked transport).
 
-    async def serve(self, sock: socket.socket, request: tw.DialRequest) -> None: ...
+    The service owns the transport: it closes it (directly or through the Pipe it joins it to).
+    """
+
+    async def serve(self, transport: asyncio.Transport, request: tw.DialRequest) -> None: ...
 
 
 @dataclass
@@ -180,7 +184,7 @@ class TunnelAgent:
         self._conn = conn
         try:
             hb = tssh.TeleportChannel(conn, tssh.CHAN_HEARTBEAT)
-            await hb.open(tssh.ChannelStream())
+            await hb.open(ChannelTransport())
             await hb.request(tssh.REQ_PING, b"", want_reply=False)  # agent.go: the first ping right away
             resources = json.dumps({"resources": [dataclasses.asdict(o.resource) for o in self.offers]},
                                    separators=(",", ":")).encode()
@@ -211,11 +215,11 @@ class TunnelAgent:
         if conn is None:
             raise asyncssh.ChannelOpenError(tssh.OPEN_CONNECT_FAILED, "agent connection is draining")
         if chantype == tssh.CHAN_TRANSPORT:
-            stream = tssh.ChannelStream()
+            stream = ChannelTransport()
             return tssh.TeleportChannel(conn, chantype, lambda ch, name, payload: self._on_request(
                 ch, stream, name, payload)), stream
         if chantype == tssh.CHAN_DISCOVERY:
-            return tssh.TeleportChannel(conn, chantype, self._on_discovery), tssh.ChannelStream()
+            return tssh.TeleportChannel(conn, chantype, self._on_discovery), ChannelTransport()
         # x/crypto/ssh's answer for a channel type nobody handles.
         raise asyncssh.ChannelOpenError(asyncssh.OPEN_UNKNOWN_CHANNEL_TYPE, f"unknown channel type: {chantype}")
 
@@ -227,7 +231,7 @@ class TunnelAgent:
             log.warning("%s: Received discovery request with bad payload: %s", self.name, exc)
         return False
 
-    def _on_request(self, chan: tssh.TeleportChannel, stream: tssh.ChannelStream, name: str,
+    def _on_request(self, chan: tssh.TeleportChannel, stream: ChannelTransport, name: str,
                     payload: bytes) -> bool | None:
         if name != tssh.REQ_DIAL or chan.dialled:
             return False  # transport.go handleChannelRequests: anything else is refused
@@ -238,7 +242,7 @@ class TunnelAgent:
         task.add_done_callback(self._served.discard)
         return None
 
-    async def _handle(self, chan: tssh.TeleportChannel, stream: tssh.ChannelStream, payload: bytes) -> None:
+    async def _handle(self, chan: tssh.TeleportChannel, stream: ChannelTransport, payload: bytes) -> None:
         try:
             request = tw.parse_dial_payload(payload)
         except (tw.TunnelProtocolError, WireError) as exc:
@@ -251,15 +255,14 @@ class TunnelAgent:
             self._refuse(chan, why)
             return
         chan.reply(True)
-        sock = await tssh.attach_socket(stream)
+        stream.stderr.clear()
         log.info("%s: %s from %s → %s %s", self.name, request.conn_type, request.client_src_addr or "?",
                  offer.resource.kind, offer.resource.name)
         try:
-            await offer.service.serve(sock, request)
+            await offer.service.serve(stream, request)
         except Exception:
             log.exception("%s: service %s %s failed", self.name, offer.resource.kind, offer.resource.name)
-        finally:
-            sock.close()
+            stream.close()
 
     @staticmethod
     def _refuse(chan: tssh.TeleportChannel, why: str) -> None:

@@ -155,6 +155,8 @@ class AuthAPI:
         r("GET", "/v1/tokens", admin, self._list_tokens)
         r("POST", "/v1/tokens", admin, self._create_token)
         r("DELETE", "/v1/tokens/{token}", admin, self._delete_token)
+        r("GET", "/v1/roles/{name}", admin, self._get_role)
+        r("PUT", "/v1/roles/{name}", admin, self._upsert_role)
         r("GET", "/v1/users", admin, self._list_users)
         r("POST", "/v1/users", admin, self._create_user)
         r("GET", "/v1/users/{name}", admin, self._get_user)
@@ -162,6 +164,8 @@ class AuthAPI:
         r("DELETE", "/v1/users/{name}", admin, self._delete_user)
         r("PUT", "/v1/users/{name}/password", admin, self._set_password)
         r("POST", "/v1/db/certs", frozenset({ident.ROLE_DB, ident.ROLE_ADMIN}), self._db_cert)
+        r("POST", "/v1/apps/token", frozenset({ident.ROLE_APP, ident.ROLE_ADMIN}), self._app_token)
+        r("GET", "/v1/jwks", ANYONE, self._jwks)
         r("POST", "/v1/{kind}", frozenset(HOSTS), self._heartbeat)
         r("GET", "/v1/{kind}", ANY_CERT, self._list_servers)
         r("DELETE", "/v1/{kind}/{name}", admin, self._delete_server)
@@ -227,10 +231,12 @@ class AuthAPI:
             self.refused_handshakes += 1
             reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)
             if isinstance(exc, ssl.SSLError) and exc.reason == "HTTP_REQUEST":
-                # What Go's TLS servers answer, so that curl http://… says what is wrong.
-                reason = "plain HTTP on the TLS port"
-                with contextlib.suppress(OSError):
-                    sock.send(b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+                # Teleport's Auth listener is a multiplexer with only a TLS listener
+                # (lib/service/service.go initAuthService: mux.TLS()), so plain HTTP is closed
+                # without a byte (lib/multiplexer/multiplexer.go detectAndForward), not answered
+                # with Go's net/http 400.
+                reason = ("plain HTTP on the TLS port: Detected an HTTP request. If this is for a health check, "
+                          "use an HTTPS request instead. Closing HTTP connection: HTTP listener is disabled")
             self.limiter.warning(log, "tls", "auth api: peer=%s TLS handshake failed: %s", peer, reason)
             sock.close()
             return
@@ -385,6 +391,18 @@ class AuthAPI:
         log.info("user %s created by %s: roles %s", user.name, caller.name, ",".join(user.roles))
         return Response.json(user.resource(), 201)
 
+    async def _get_role(self, request: Request, caller: Caller, p: dict[str, str]) -> Response:
+        return Response.json((await self.server.roles.get(p["name"])).resource())
+
+    async def _upsert_role(self, request: Request, caller: Caller, p: dict[str, str]) -> Response:
+        body = authapi.body_object(request.json())
+        name = authapi.body_object(body.get("metadata") or {}).get("name")
+        if name != p["name"]:
+            raise authapi.BadParameter("the role name in the path and in the body differ")
+        role = await self.server.roles.upsert(body)
+        log.info("role %s updated by %s", role.name, caller.name)
+        return Response.json(role.resource())
+
     async def _get_user(self, request: Request, caller: Caller, p: dict[str, str]) -> Response:
         return Response.json((await self.server.users.get(p["name"])).resource())
 
@@ -411,6 +429,12 @@ class AuthAPI:
 
     async def _db_cert(self, request: Request, caller: Caller, p: dict[str, str]) -> Response:
         return Response.json(await self.server.sign_database_cert(authapi.body_object(request.json())))
+
+    async def _app_token(self, request: Request, caller: Caller, p: dict[str, str]) -> Response:
+        return Response.json(await self.server.generate_app_token(authapi.body_object(request.json())))
+
+    async def _jwks(self, request: Request, caller: Caller, p: dict[str, str]) -> Response:
+        return Response.json((await self.server.jwt_key()).jwks())
 
     async def _heartbeat(self, request: Request, caller: Caller, p: dict[str, str]) -> Response:
         kind = p["kind"]

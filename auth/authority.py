@@ -209,8 +209,10 @@ def issue_host_ssh(ca: CertAuthority, ssh_public: bytes, host_id: str, nodename:
 
 def issue_user_tls(ca: CertAuthority, public_key: object, identity: ident.Identity, not_after: dt.datetime,
                    now: dt.datetime | None = None) -> x509.Certificate:
-    """A client-auth certificate carrying ``identity`` (no SANs, as Teleport's user certs)."""
-    return pki.issue_cert(ca.tls_cert, ca.tls_key, public_key, identity.subject(), server=False,
+    """A certificate carrying ``identity`` (no SANs, as Teleport's user certs). Its usages are
+    every Teleport leaf's (``lib/tlsca/ca.go`` ``GenerateCertificate``: ServerAuth *and*
+    ClientAuth, DigitalSignature|KeyEncipherment)."""
+    return pki.issue_cert(ca.tls_cert, ca.tls_key, public_key, identity.subject(),
                           not_after=not_after, now=now)
 
 

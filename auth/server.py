@@ -19,6 +19,7 @@ import json
 import logging
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,8 @@ from tpemu import identity as ident
 from tpemu.auth import authority as authority_mod
 from tpemu.auth.authority import CAType, CertAuthority
 from tpemu.auth.backend import Backend, NotFound
+from tpemu.auth.jwt_key import JWTKey, ensure_jwt_key
+from tpemu.auth.roles import Roles, check_access
 from tpemu.auth.tokens import ProvisionToken, TokenStore, mask, parse_static_tokens
 from tpemu.auth.users import User, UserStore
 
@@ -51,6 +54,7 @@ PRESENCE = {
 _HOSTED = frozenset({"db_servers", "kube_servers", "app_servers"})
 
 NO_ROUTE = ident.RouteToDatabase()
+NO_APP = ident.RouteToApp()
 
 
 @dataclass(frozen=True)
@@ -71,11 +75,36 @@ class AuthServer:
         self.clock = clock
         self.tokens = TokenStore(backend, parse_static_tokens(static_tokens), clock)
         self.users = UserStore(backend, clock)
+        self.roles = Roles(backend)
         self.cas: dict[CAType, CertAuthority] = {}
+        self._jwt: JWTKey | None = None
+        self._jwt_lock = asyncio.Lock()
 
     async def init(self) -> None:
         """Load or create the cluster's authorities."""
         self.cas = await authority_mod.ensure_authorities(self.backend, self.cluster_name, self.key_kind)
+
+    async def jwt_key(self) -> JWTKey:
+        """The cluster's JWT signing key (made on first use: an RSA key takes a moment to generate)."""
+        async with self._jwt_lock:
+            if self._jwt is None:
+                self._jwt = await ensure_jwt_key(self.backend, self.cluster_name)
+            return self._jwt
+
+    async def generate_app_token(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``GenerateAppToken``: the JWT the Application Service sends in ``teleport-jwt-assertion``."""
+        username = authapi.field_str(body, "username", required=True, max_len=256)
+        uri = authapi.field_str(body, "uri", required=True, max_len=2048)
+        roles = authapi.field_list(body, "roles")
+        raw_traits = body.get("traits") or {}
+        if not isinstance(raw_traits, dict) or not all(
+                isinstance(v, list) and all(isinstance(s, str) for s in v) for v in raw_traits.values()):
+            raise authapi.BadParameter("traits must map names to lists of strings")
+        expires = authapi.parse_rfc3339(body.get("expires"), "expires") or (self.clock() + 60.0)
+        expires = min(expires, self.clock() + authapi.MAX_CERT_TTL)
+        key = await self.jwt_key()
+        return {"token": key.app_token(username, list(roles), {str(k): list(v) for k, v in raw_traits.items()}, uri,
+                                       expires, self.clock())}
 
     def ca(self, ca_type: CAType) -> CertAuthority:
         return self.cas[ca_type]
@@ -149,19 +178,22 @@ class AuthServer:
 
     def _user_identity(self, user: User, not_after: dt.datetime,
                        route: ident.RouteToDatabase = NO_ROUTE,
-                       usage: tuple[str, ...] = (), kube_cluster: str = "") -> ident.Identity:
+                       usage: tuple[str, ...] = (), kube_cluster: str = "",
+                       app: ident.RouteToApp = NO_APP) -> ident.Identity:
         return ident.Identity(
             username=user.name, groups=user.roles, usage=usage, principals=user.trait("logins"),
             route_to_cluster=self.cluster_name, traits=user.traits, teleport_cluster=self.cluster_name,
             kubernetes_users=user.trait("kubernetes_users"), kubernetes_groups=user.trait("kubernetes_groups"),
-            kubernetes_cluster=kube_cluster, route_to_database=route, database_names=user.trait("db_names"),
+            kubernetes_cluster=kube_cluster, route_to_app=app, route_to_database=route,
+            database_names=user.trait("db_names"),
             database_users=user.trait("db_users"),
             expires=not_after)
 
     def _issue_user(self, user: User, ssh_public: bytes, tls_public: object, not_after: dt.datetime,
-                    route: ident.RouteToDatabase, usage: tuple[str, ...], kube_cluster: str = "") -> IssuedUserCerts:
+                    route: ident.RouteToDatabase, usage: tuple[str, ...], kube_cluster: str = "",
+                    app: ident.RouteToApp = NO_APP) -> IssuedUserCerts:
         ca = self.ca(CAType.USER)
-        identity = self._user_identity(user, not_after, route, usage, kube_cluster)
+        identity = self._user_identity(user, not_after, route, usage, kube_cluster, app)
         now = self._now()
         tls = pki.cert_pem(authority_mod.issue_user_tls(ca, tls_public, identity, not_after, now)) \
             if tls_public is not None else b""
@@ -174,7 +206,7 @@ class AuthServer:
     async def generate_user_certs(self, user: User, ssh_public: bytes, tls_pem: bytes, ttl: float,
                                   route: ident.RouteToDatabase = NO_ROUTE,
                                   usage: tuple[str, ...] = (), not_after_cap: float | None = None,
-                                  kube_cluster: str = "") -> IssuedUserCerts:
+                                  kube_cluster: str = "", app: ident.RouteToApp = NO_APP) -> IssuedUserCerts:
         """Certificates for ``user``; TTL capped at :data:`~tpemu.authapi.MAX_CERT_TTL` (and at
         ``not_after_cap``: a re-issue never outlives the certificate that asked for it)."""
         if not ssh_public and not tls_pem:
@@ -191,7 +223,7 @@ class AuthServer:
         not_after = dt.datetime.fromtimestamp(int(end), dt.UTC)
         try:
             return await asyncio.to_thread(self._issue_user, user, ssh_public, tls_public, not_after, route, usage,
-                                           kube_cluster)
+                                           kube_cluster, app)
         except ValueError as exc:
             raise authapi.BadParameter(str(exc)) from None
 
@@ -230,14 +262,47 @@ class AuthServer:
         usage = (ident.USAGE_DATABASE_ONLY,) if usage_text == "database" or (route and usage_text != "all") else ()
         # UserCertsRequest.KubernetesCluster (tsh kube login): the cluster the certificate routes to.
         kube_cluster = authapi.field_str(body, "kubernetes_cluster", max_len=256)
+        # UserCertsRequest.RouteToApp (tsh apps login): a new app session, usage:apps.
+        app_body = authapi.body_object(body.get("route_to_app") or {})
+        app = NO_APP
+        if app_body:
+            app = ident.RouteToApp(str(uuid.uuid4()), authapi.field_str(app_body, "public_addr", max_len=256),
+                                   authapi.field_str(app_body, "cluster_name", max_len=256) or self.cluster_name,
+                                   authapi.field_str(app_body, "name", required=True, max_len=256))
+            usage = (ident.USAGE_APPS_ONLY,)
+            await self._check_resource(user.roles, "app_servers", app.name)
+        if kube_cluster:
+            await self._check_resource(user.roles, "kube_servers", kube_cluster)
         cap = caller.expires.timestamp() if caller.expires is not None and caller.username == username else None
-        issued = await self.generate_user_certs(user, ssh_public, tls_pem, ttl, route, usage, cap, kube_cluster)
+        issued = await self.generate_user_certs(user, ssh_public, tls_pem, ttl, route, usage, cap, kube_cluster,
+                                                app)
         log.info("certificates re-issued for %s by %s%s%s, valid until %s", username, caller.username,
                  f" (database {route.service_name} as {route.username or '-'})" if route else "",
                  f" (kubernetes cluster {kube_cluster})" if kube_cluster else "",
                  authapi.rfc3339(issued.identity.expires))
         return {"ssh": authapi.b64(issued.ssh), "tls": authapi.b64(issued.tls),
                 "tls_ca_certs": [authapi.b64(self.ca(CAType.HOST).tls_cert_pem)]}
+
+    async def _check_resource(self, role_names: Iterable[str], kind: str, name: str) -> None:
+        """Refuse a certificate for an app / Kubernetes cluster the user's roles do not allow
+        (Teleport's ``lib/services/role.go`` ``RoleSet.checkAccess`` with the app / kube cluster
+        label matchers, done when the session is created: ``lib/auth`` ``CreateAppSession`` and
+        ``generateUserCerts``' kube cluster check). The labels are those the agents announce."""
+        what = "application" if kind == "app_servers" else "kubernetes cluster"
+        labels: dict[str, str] | None = None
+        for item in await self.list_servers(kind):
+            inner = (item.get("spec") or {}).get("app") if kind == "app_servers" else item
+            meta = (inner or {}).get("metadata") or {}
+            if meta.get("name") == name:
+                labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+                break
+        if labels is None:
+            raise authapi.NotFound(f"{what} {name!r} not found")
+        reason = check_access(await self.roles.resolve(role_names),
+                              "app_labels" if kind == "app_servers" else "kubernetes_labels", labels)
+        if reason:
+            log.warning("certificate for %s %r refused: %s", what, name, reason)
+            raise authapi.AccessDenied(f"access to {what} {name!r} denied: {reason}")
 
     async def sign_database_cert(self, body: dict[str, Any]) -> dict[str, Any]:
         """``GenerateDatabaseCert``: a certificate, signed by the database CA, for a database server."""

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import IO
 
 CONFIG_DIR = Path(__file__).with_name("peers")
-PEERS = ("tpemu-uvloop", "tpemu-asyncio", "haproxy", "nginx", "sslh")
+PEERS = ("tpemu-uvloop", "tpemu-asyncio", "tpemu-2workers", "haproxy", "nginx", "sslh")
 NGINX_MODULE_DIRS = (Path("/usr/lib/nginx/modules"), Path("/usr/share/nginx/modules"), Path("/usr/lib64/nginx/modules"))
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -249,7 +249,7 @@ def _venv_tpemu() -> Path:
     return Path(sys.executable).parent / "tpemu"
 
 
-def _plan_tpemu(loop: str, routes: Routes, listen: str, workdir: Path, data_dir: Path) -> _Plan | str:
+def _plan_tpemu(loop: str, routes: Routes, listen: str, workdir: Path, data_dir: Path, workers: int = 1) -> _Plan | str:
     exe = _venv_tpemu()
     if not exe.exists():
         return f"no tpemu entry point next to {sys.executable} (run `make install`)"
@@ -262,15 +262,19 @@ def _plan_tpemu(loop: str, routes: Routes, listen: str, workdir: Path, data_dir:
         loop_version = "asyncio (selector event loop)"
     rules = []
     for i, (sni, port) in enumerate(routes.sni.items()):
-        rules.append(f'    - {{name: sni-{i}, sni: ["{sni}"], target: "{routes.backend(port)}"}}')
+        rules.append(f'      - {{name: sni-{i}, sni: ["{sni}"], target: "{routes.backend(port)}"}}')
     for i, (name, port) in enumerate(routes.alpn.items()):
-        rules.append(f'    - {{name: alpn-{i}, alpn: ["{name}"], target: "{routes.backend(port)}"}}')
+        rules.append(f'      - {{name: alpn-{i}, alpn: ["{name}"], target: "{routes.backend(port)}"}}')
     conf = workdir / "tpemu.yaml"
-    conf.write_text(_fill("tpemu.yaml", {"DIR": str(data_dir), "LISTEN": listen, "RULES": "\n".join(rules)}),
+    conf.write_text(_fill("tpemu.yaml", {"DIR": str(data_dir), "LISTEN": listen, "RULES": "\n".join(rules),
+                                         "WORKERS": str(workers)}),
                     encoding="utf-8")
     version = f"{_version([str(exe), '--version'])}, Python {sys.version.split()[0]}, {loop_version}"
     argv = [str(exe), "start", "--config", str(conf), "--data-dir", str(data_dir), "--loop", loop,
             "--log-level", "WARN"]
+    if workers > 1:
+        return _Plan(argv, version, f"{workers} worker processes (tpemu.proxy_service.workers, SO_REUSEPORT), one "
+                     f"event loop ({loop}) each; pass-through rules, logging at WARN")
     return _Plan(argv, version, f"one process, one event loop ({loop}); pass-through rules, logging at WARN")
 
 
@@ -387,7 +391,9 @@ def start_peer(name: str, routes: Routes, workdir: Path, *, probe: bytes, host: 
         pdir = workdir / f"{name}-{port}"
         pdir.mkdir(parents=True, exist_ok=True)
         listen = hostport(host, port)
-        if name.startswith("tpemu-"):
+        if name == "tpemu-2workers":
+            plan = _plan_tpemu("uvloop", routes, listen, pdir, workdir / "tpemu-data-2w", workers=2)
+        elif name.startswith("tpemu-"):
             plan = _plan_tpemu(name.removeprefix("tpemu-"), routes, listen, pdir, workdir / "tpemu-data")
         elif name == "haproxy":
             plan = _plan_haproxy(routes, listen, pdir)

@@ -77,6 +77,8 @@ class AuthRoutes:
         self.identity: authclient.HostIdentity | None = None
         self.files: pki.TLSFiles | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        #: Set by install(): the proxy then routes ``teleport-auth@`` connections to :meth:`forward_auth`.
+        self.installed = False
 
     # -- identity -----------------------------------------------------------------------------------
 
@@ -158,7 +160,6 @@ class AuthRoutes:
 
     def install(self) -> None:
         """Register the web endpoints and the ``teleport-auth@`` route; start heartbeats."""
-        from tpemu.proxy.route import RouteKind
 
         web = self.proxy.web
         web.add("POST", "/webapi/host/credentials", self._host_credentials)
@@ -167,7 +168,7 @@ class AuthRoutes:
         # apiserver.go: h.GET("/webapi/sites/:site/auth/export", h.authExportPublic), deprecated
         # but served; the :site part is not consulted (authExportPublic exports the local CAs).
         web.add("GET", "/webapi/sites/:site/auth/export", self._export)
-        self.proxy.set_handler(RouteKind.AUTH, self._forward_auth)
+        self.installed = True  # the proxy routes teleport-auth@ connections to forward_auth() now
         self._heartbeat = asyncio.get_running_loop().create_task(self._heartbeat_loop())
 
     async def _forward(self, method: str, path: str, body: Any) -> Response:
@@ -209,7 +210,7 @@ class AuthRoutes:
             text = "".join(data["tls_certs"])
         return Response.text(text)
 
-    async def _forward_auth(self, acc: Accepted) -> None:
+    async def forward_auth(self, acc: Accepted) -> None:
         log.debug("%s: forwarding to the Auth Service at %s", acc.ctx, self.link.addr)
         await splice_to_target(dataclasses.replace(acc, route=dataclasses.replace(acc.route, target=self.link.addr)))
 

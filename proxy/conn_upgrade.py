@@ -11,6 +11,10 @@ answer, followed here (gravitational/teleport ``lib/web/conn_upgrade.go``:
   plus ``Connection: Upgrade``;
 * the proxy answers ``101 Switching Protocols`` with ``Upgrade``, ``X-Teleport-Upgrade`` and
   ``Connection: Upgrade``; an unknown type is ``404`` "unsupported upgrade types: [...]";
+* the WebSocket form (which Teleport prefers when offered): ``Upgrade: websocket`` with
+  ``Sec-WebSocket-Protocol: alpn|alpn-ping``, answered as gorilla's ``Upgrader`` does (101,
+  ``Sec-WebSocket-Accept``, the chosen subprotocol); the bytes then travel in binary frames
+  (:mod:`tpemu.wire.websocket`), ``alpn-ping`` adding WebSocket pings;
 * from then on the connection carries what the client would have sent to the port directly
   (normally a TLS ClientHello with the real ALPN and SNI). For ``alpn-ping`` the bytes travel in
   Teleport's ping framing (``api/utils/pingconn``: uint32 length + payload, a zero length is a
@@ -20,7 +24,8 @@ Theory of operation: the upgraded bytes must be routed exactly like a new connec
 front door works on sockets (it peeks with ``MSG_PEEK`` and hands the untouched socket on). So
 the handler makes a Unix socket pair, gives one end to :meth:`FrontDoor.adopt` with the web
 listener's policy (minus PROXY protocol: a PROXY header belongs to the outer connection), and
-relays the upgraded stream to the other end. The splice is the one call in :meth:`_splice`.
+joins the upgraded stream (ping framing and WebSocket frames as :mod:`tpemu.net.streams` layers) to
+the other end with a :class:`~tpemu.net.pipe.Pipe`, in :meth:`_splice`.
 """
 
 from __future__ import annotations
@@ -32,11 +37,12 @@ from collections import Counter
 from collections.abc import Iterable
 
 from tpemu.net.http_server import Request, Response
-from tpemu.net.relay import PingStream, Stream, relay
+from tpemu.net.pipe import Parked, Pipe, park_streams
+from tpemu.net.streams import PingTransport, WebSocketTransport
 from tpemu.proxy.decide import ListenerPolicy
 from tpemu.proxy.frontdoor import FrontDoor
 from tpemu.proxy.webapi import WebAPI
-from tpemu.wire import ping
+from tpemu.wire import ping, websocket
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +72,21 @@ def requested_types(headers: Iterable[tuple[str, str]]) -> list[str]:
     return teleport + plain
 
 
-def select_upgrade(types: list[str]) -> str | None:
-    """The type to serve (``selectConnectionUpgrade``), or ``None``.
+def websocket_subprotocol(headers: Iterable[tuple[str, str]]) -> str | None:
+    """The ``Sec-WebSocket-Protocol`` to accept: the client's first one this server knows
+    (gorilla's ``Upgrader.selectSubprotocol`` with Teleport's ``[alpn, alpn-ping]``)."""
+    for name, value in headers:
+        if name == "sec-websocket-protocol":
+            for proto in (v.strip() for v in value.split(",")):
+                if proto in (TYPE_ALPN, TYPE_ALPN_PING):
+                    return proto
+    return None
 
-    Teleport prefers WebSocket, then ``alpn-ping``, then ``alpn``. tpemu does not serve the
-    WebSocket form; Teleport's clients always send the legacy types alongside it, and read a
-    101 without ``Upgrade: websocket`` as the legacy upgrade (``upgradeConnThroughWebAPI``).
-    """
+
+def select_upgrade(types: list[str]) -> str | None:
+    """The legacy type to serve (``selectConnectionUpgrade``), or ``None``: ``alpn-ping``, then
+    ``alpn``. (WebSocket, which Teleport prefers over both, is chosen in :meth:`ConnectionUpgrade.handle`
+    when the request is a valid WebSocket handshake.)"""
     if TYPE_ALPN_PING in types:
         return TYPE_ALPN_PING
     if TYPE_ALPN in types:
@@ -107,6 +121,10 @@ class ConnectionUpgrade:
 
     async def handle(self, request: Request) -> Response:
         types = requested_types(request.headers)
+        key = request.header("sec-websocket-key")
+        subprotocol = websocket_subprotocol(request.headers)
+        if TYPE_WEBSOCKET in types and key and subprotocol and request.header("sec-websocket-version") == "13":
+            return self._websocket(request, key, subprotocol)
         kind = select_upgrade(types)
         if kind is None:
             log.info("peer=%s connection upgrade refused: unsupported upgrade types: %s", request.peer,
@@ -124,24 +142,39 @@ class ConnectionUpgrade:
         headers = [(UPGRADE_HEADER, kind), (TELEPORT_UPGRADE_HEADER, kind), (CONNECTION_HEADER, CONNECTION_UPGRADE)]
         return Response(101, b"", headers, upgrade=take_over)
 
+    def _websocket(self, request: Request, key: str, subprotocol: str) -> Response:
+        # upgradeALPNWebSocket: gorilla's 101, then binary frames; alpn-ping adds WebSocket pings.
+        peer = parse_peer(request.peer)
+        log.info("peer=%s connection upgrade websocket (%s): the stream enters the front door", request.peer,
+                 subprotocol)
+        self.stats[f"websocket/{subprotocol}"] += 1
+
+        async def take_over(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, early: bytes) -> None:
+            interval = self.ping_interval if subprotocol == TYPE_ALPN_PING else None
+            framed = WebSocketTransport.wrap(park_streams(reader, writer, first=early), client=False,
+                                             interval=interval)
+            await self._enter(framed, peer, f"websocket/{subprotocol}")
+
+        headers = [(UPGRADE_HEADER, TYPE_WEBSOCKET), (CONNECTION_HEADER, CONNECTION_UPGRADE),
+                   ("Sec-WebSocket-Accept", websocket.accept_key(key)), ("Sec-WebSocket-Protocol", subprotocol)]
+        return Response(101, b"", headers, upgrade=take_over)
+
     async def _splice(self, kind: str, peer: tuple[str, int], reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter, early: bytes) -> None:
-        outer: Stream
+        upgraded: asyncio.Transport = park_streams(reader, writer, first=early)
         if kind == TYPE_ALPN_PING:
-            pinged = PingStream(reader, writer, "upgraded", interval=self.ping_interval)
-            early = pinged.decoder.feed(early)
-            pinged.start_pings()
-            outer = pinged
-        else:
-            outer = Stream(reader, writer, "upgraded")
+            upgraded = PingTransport.wrap(upgraded, interval=self.ping_interval)
+        await self._enter(upgraded, peer, kind)
+
+    async def _enter(self, upgraded: asyncio.Transport, peer: tuple[str, int], kind: str) -> None:
         mine, theirs = socket.socketpair()
         try:
             self.door.adopt(theirs, peer, self.policy, f"connection-upgrade/{kind}")
         except Exception:
             mine.close()
             theirs.close()
+            upgraded.close()
             raise
         mine.setblocking(False)
-        inner_r, inner_w = await asyncio.open_connection(sock=mine, limit=256 * 1024)
-        # The one splice of this module (issue 13's Pipe replaces relay()).
-        await relay(outer, Stream(inner_r, inner_w, "front door"), first_for_b=early)
+        local, _ = await asyncio.get_running_loop().connect_accepted_socket(Parked, mine)
+        Pipe.join(upgraded, local)  # lives on in its two transports; this handler returns

@@ -37,7 +37,6 @@ import ipaddress
 import itertools
 import logging
 import secrets
-import socket
 import ssl
 import weakref
 from collections.abc import Callable
@@ -46,9 +45,11 @@ from typing import Any, Protocol
 
 from tpemu import identity as ident
 from tpemu.logs import RateLimiter
+from tpemu.net.channel import open_streams
 from tpemu.net.db_refusal import Refusal, refuse
-from tpemu.net.relay import PingStream, Stream, relay
+from tpemu.net.pipe import Pipe, park_streams
 from tpemu.net.sockets import close_with_answer, format_addr, read_exact
+from tpemu.net.streams import PingTransport, Stream
 from tpemu.net.tls import ContextCache
 from tpemu.net.tls_alerting import accept_stream_with_alerts
 from tpemu.proxy import postgres_front
@@ -71,15 +72,21 @@ MYSQL_CAPABILITIES = (
     | my.CLIENT_MULTI_STATEMENTS | my.CLIENT_MULTI_RESULTS | my.CLIENT_PS_MULTI_RESULTS | my.CLIENT_PLUGIN_AUTH
     | my.CLIENT_CONNECT_ATTRS | my.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA | my.CLIENT_DEPRECATE_EOF
 )
-#: The version the proxy's greeting announces unless the ALPN carries one (``teleport-mysql-<v>``).
-MYSQL_SERVER_VERSION = "8.0.36-tpemu"
+#: The version the proxy's greeting announces unless the ALPN carries one (``teleport-mysql-<v>``)
+#: or ``proxy_service.mysql_server_version`` is set: Teleport's (lib/srv/db/mysql/proxy.go
+#: ``serverVersion``; lib/srv/db/proxyserver.go ``MySQLProxy`` passes ``MySQLServerVersion``).
+MYSQL_SERVER_VERSION = "8.0.0-Teleport"
+#: What Teleport's MySQL proxy answers a client that did not upgrade to TLS (performHandshake).
+MYSQL_PLAIN_REFUSAL = "expected TLS connection, got: *net.TCPConn"
 _NONCE_ALPHABET = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 
 class Dialer(Protocol):
     """What the proxy needs from the reverse-tunnel registry (``proxy/tunnels.py``)."""
 
-    async def dial(self, request: DialRequest, timeout: float = 10.0) -> socket.socket: ...
+    async def dial(self, request: DialRequest, timeout: float = 10.0) -> asyncio.Transport:
+        """A parked transport (the tunnel channel) to the agent serving the database."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -146,8 +153,10 @@ class DatabaseProxy:
     """Serves ``RouteKind.DATABASE`` connections of one proxy."""
 
     def __init__(self, contexts: Callable[[], ContextCache | None], dialer: Callable[[], Dialer | None],
-                 handshake_timeout: float = 10.0, dial_timeout: float = 10.0) -> None:
+                 handshake_timeout: float = 10.0, dial_timeout: float = 10.0,
+                 mysql_server_version: str = "") -> None:
         self._contexts = contexts
+        self.mysql_server_version = mysql_server_version or MYSQL_SERVER_VERSION
         self._dialer = dialer
         self.handshake_timeout = handshake_timeout
         self.dial_timeout = dial_timeout
@@ -224,15 +233,11 @@ class DatabaseProxy:
             close_with_answer(acc.sock)
             return None
         identity, why = _identity_of(writer)
-        stream: Stream
         negotiated = writer.get_extra_info("ssl_object").selected_alpn_protocol() or ""
-        if negotiated.endswith(alpn_names.PING_SUFFIX):
-            ping_stream = PingStream(reader, writer, "client")
-            ping_stream.start_pings()
-            stream = ping_stream
-        else:
-            stream = Stream(reader, writer, "client")
-        return _Client(stream, identity, why, acc.hello.sni if acc.hello is not None else None)
+        if negotiated.endswith(alpn_names.PING_SUFFIX):  # Teleport's ping framing: a layer under the streams
+            reader, writer = await open_streams(PingTransport.wrap(park_streams(reader, writer)))
+        return _Client(Stream(reader, writer, "client"), identity, why,
+                       acc.hello.sni if acc.hello is not None else None)
 
     # -- Postgres ---------------------------------------------------------------------------------
 
@@ -283,7 +288,7 @@ class DatabaseProxy:
         loop = asyncio.get_running_loop()
         sock = acc.sock
         nonce = bytes(secrets.choice(_NONCE_ALPHABET) for _ in range(my.NONCE_LENGTH))
-        greeting = my.encode_handshake_v10(MYSQL_SERVER_VERSION, next(self._mysql_ids), nonce,
+        greeting = my.encode_handshake_v10(self.mysql_server_version, next(self._mysql_ids), nonce,
                                            MYSQL_CAPABILITIES | my.CLIENT_SSL, my.NATIVE_PASSWORD)
         try:
             async with asyncio.timeout(self.handshake_timeout):
@@ -297,12 +302,16 @@ class DatabaseProxy:
             close_with_answer(sock)
             return
         if not isinstance(first, my.SSLRequest):
+            # Teleport's MySQL proxy (lib/srv/db/mysql/proxy.go performHandshake) finds no TLS
+            # connection after ReadHandshakeResponse and answers through go-mysql's WriteError:
+            # ER_UNKNOWN_ERROR (1105, HY000) "expected TLS connection, got: *net.TCPConn". tpemu's
+            # hint goes to the log only.
             self.stats["denied"] += 1
-            self.limiter.warning(log, "mysql-plain", "%s: MySQL client %r without TLS refused", acc.ctx,
-                                 first.username)
+            self.limiter.warning(log, "mysql-plain", "%s: MySQL client %r without TLS refused (it needs TLS with "
+                                 "the client certificate from 'tpemu db login': --ssl-cert/--ssl-key, or tpemu "
+                                 "proxy db --tunnel)", acc.ctx, first.username)
             close_with_answer(sock, my.encode_packet(head[3] + 1, my.encode_err_payload(
-                my.ER_ACCESS_DENIED, "tpemu requires TLS with the client certificate from 'tpemu db login' "
-                "(use --ssl-cert/--ssl-key, or tpemu proxy db --tunnel)", "28000")))
+                my.ER_UNKNOWN_ERROR, MYSQL_PLAIN_REFUSAL, "HY000")))
             return
         try:
             reader, writer = await accept_stream_with_alerts(sock, self.context(()), self.handshake_timeout)
@@ -323,7 +332,7 @@ class DatabaseProxy:
                     version = alpn_names.mysql_server_version(acc.route.alpn or "")
                     nonce = bytes(secrets.choice(_NONCE_ALPHABET) for _ in range(my.NONCE_LENGTH))
                     client.stream.write(my.encode_packet(0, my.encode_handshake_v10(
-                        version or MYSQL_SERVER_VERSION, next(self._mysql_ids), nonce, MYSQL_CAPABILITIES,
+                        version or self.mysql_server_version, next(self._mysql_ids), nonce, MYSQL_CAPABILITIES,
                         my.NATIVE_PASSWORD)))
                     await client.stream.drain()
                 head = await src.readexactly(4)
@@ -349,13 +358,14 @@ class DatabaseProxy:
         routed_db = identity.route_to_database.database
         if not response.database and routed_db:  # the database of the login (tpemu db login --db-name)
             agreed = replace(agreed, database=routed_db, capabilities=agreed.capabilities | my.CLIENT_CONNECT_WITH_DB)
-        agent.write(my.encode_packet(head[3], my.encode_handshake_response(agreed)))
+        a_reader, a_writer = await open_streams(agent)
+        a_writer.write(my.encode_packet(head[3], my.encode_handshake_response(agreed)))
         try:
             async with asyncio.timeout(self.dial_timeout + self.handshake_timeout):
-                await agent.drain()
-                ahead = await agent.reader.readexactly(4)
+                await a_writer.drain()
+                ahead = await a_reader.readexactly(4)
                 my.parse_packet(ahead)
-                result = await agent.reader.readexactly(int.from_bytes(ahead[:3], "little"))
+                result = await a_reader.readexactly(int.from_bytes(ahead[:3], "little"))
         except (TimeoutError, WireError, asyncio.IncompleteReadError, OSError) as exc:
             agent.close()
             await self._refuse(acc, "mysql", client.stream, f"database {name!r} did not answer the handshake: "
@@ -371,7 +381,7 @@ class DatabaseProxy:
             client.stream.close()
             await client.stream.wait_closed()
             return
-        await self._relay(acc, client, agent, name, src.leftover())
+        await self._relay(acc, client, park_streams(a_reader, a_writer), name, src.leftover())
 
     # -- Mongo, Redis -----------------------------------------------------------------------------
 
@@ -411,32 +421,33 @@ class DatabaseProxy:
         return None
 
     async def _dial(self, acc: Accepted, client: _Client, protocol: str, name: str, identity: ident.Identity,
-                    mysql_seq: int = 0) -> Stream | None:
+                    mysql_seq: int = 0) -> asyncio.Transport | None:
         dialer = self._dialer()
         request = DialRequest(conn_type=DATABASE, name=name, identity=identity.to_json(),
                               client_src_addr=format_addr(acc.peer), client_dst_addr=format_addr(acc.local_addr()))
         try:
             if dialer is None:
                 raise LookupError("no agent is connected to this proxy (no reverse tunnels)")
-            sock = await dialer.dial(request, timeout=self.dial_timeout)
+            return await dialer.dial(request, timeout=self.dial_timeout)
         except Exception as exc:  # the tunnel registry's errors (TunnelError, timeouts) end here
             message = f'database "{name}" is unavailable: {exc}'
             self.stats["unavailable"] += 1
             self.limiter.warning(log, "dial", "%s: %s", acc.ctx, message)
             await self._refuse(acc, protocol, client.stream, message, Refusal.UNAVAILABLE, mysql_seq, counted=True)
             return None
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=64 * 1024, loop=loop)
-        proto = asyncio.StreamReaderProtocol(reader, loop=loop)
-        transport, _ = await loop.connect_accepted_socket(lambda: proto, sock)
-        return Stream(reader, asyncio.StreamWriter(transport, proto, reader, loop), "agent")
 
-    async def _relay(self, acc: Accepted, client: _Client, agent: Stream, name: str, first: bytes) -> None:
+    async def _relay(self, acc: Accepted, client: _Client, agent: asyncio.Transport, name: str,
+                     first: bytes) -> None:
+        """Join the client to the agent's channel; returns at once (the pipe lives on alone)."""
         self.stats["relayed"] += 1
         log.info("%s: user %s → database %s through its agent", acc.ctx,
                  client.identity.username if client.identity else "?", name)
-        up, down = await relay(client.stream, agent, first_for_b=first)
-        log.debug("%s: database %s closed; %d bytes up, %d down", acc.ctx, name, up, down)
+
+        def closed(pipe: Pipe, exc: BaseException | None) -> None:
+            log.debug("%s: database %s closed; %d bytes up, %d down%s", acc.ctx, name, pipe.a_to_b, pipe.b_to_a,
+                      f" ({exc})" if exc else "")
+
+        Pipe.join(park_streams(client.stream.reader, client.stream.writer), agent, first_to_b=first, on_close=closed)
 
     async def _refuse(self, acc: Accepted, protocol: str, stream: Stream, message: str, why: Refusal,
                       mysql_seq: int = 0, counted: bool = False) -> None:

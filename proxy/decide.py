@@ -23,7 +23,10 @@ from tpemu.wire import WireError, proxy_protocol, sniff, tls
 from tpemu.wire.errors import LimitExceeded
 from tpemu.wire.sniff import Protocol
 
-#: What Go's net/http answers when plain HTTP reaches a TLS listener.
+#: What Go's net/http answers when plain HTTP reaches its TLS listener (``net/http`` ``conn.serve``:
+#: ``tlsRecordHeaderLooksLikeHTTP``). Of Teleport's TLS-only listeners only the Kubernetes one is
+#: a net/http server (lib/kube/proxy); the peer listener (gRPC, lib/proxy/peer) and the Mongo
+#: listener (lib/srv/db/proxyserver.go serveGenericTLS) close without a byte.
 HTTP_ON_TLS_ANSWER = b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
 
 
@@ -53,7 +56,7 @@ class ListenerPolicy:
     ``None`` (unset, Teleport's default) — one header is accepted but not required, and the
     client's source port is set to 0 to mark the connection. A v2 ``LOCAL`` header is skipped in
     every mode (it counts as the one header). ``proxy_trusted`` is tpemu's extension
-    (``proxy_service.tpemu_proxy_protocol_trusted_cidrs``): when set, only peers inside these networks
+    (``tpemu.proxy_service.proxy_protocol_trusted_cidrs``): when set, only peers inside these networks
     (the load balancers) may send a header that names a client.
     """
 
@@ -212,7 +215,7 @@ def classify(prefix: bytes | bytearray | memoryview, policy: ListenerPolicy, tab
             return Refused("wrong-protocol", f"the {policy.kind.value} listener expects a PROXY protocol header "
                            f"first (proxy_protocol is on), got {proto.value}", proto)
         if policy.tls_only:
-            answer = HTTP_ON_TLS_ANSWER if proto is Protocol.HTTP else b""
+            answer = HTTP_ON_TLS_ANSWER if proto is Protocol.HTTP and policy.kind is ListenerKind.KUBE else b""
             return Refused("not-tls", f"{tls.NOT_TLS_MESSAGE}: got {proto.value} on the TLS-only "
                            f"{policy.kind.value} listener", proto, answer)
         expected = ", ".join(sorted(p.value for p in policy.accepts))

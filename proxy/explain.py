@@ -34,7 +34,7 @@ def explain(data: bytes, cfg: Config, listener: str = "web", force_proxy_protoco
                 + ", ".join(k.value for k in plan), EXIT_REFUSED)
     if force_proxy_protocol:
         policy = dataclasses.replace(policy, proxy_protocol=True)
-    table = RouteTable(cfg.proxy_service.passthrough)
+    table = RouteTable(cfg.tpemu.proxy_service.passthrough)
     accepts = ", ".join(sorted(p.value for p in policy.accepts)) or "server speaks first"
     lines = [f"input:    {len(data)} bytes: {data[:16].hex(' ')}{' …' if len(data) > 16 else ''}",
              f"listener: {kind.value} (accepts {accepts}; PROXY protocol "
@@ -54,7 +54,7 @@ def explain(data: bytes, cfg: Config, listener: str = "web", force_proxy_protoco
         except WireError as exc:
             lines.append(f"step {step}:   sniff at byte {offset} → {exc}")
         step += 1
-        outcome = classify(prefix, policy, table, cfg.proxy_service.max_client_hello, seen_header)
+        outcome = classify(prefix, policy, table, cfg.tpemu.proxy_service.max_client_hello, seen_header)
         if isinstance(outcome, ProxyHeaderSeen):
             h = outcome.header
             src = f"{h.src[0]}:{h.src[1]}" if h.src else "-"
@@ -77,7 +77,7 @@ def explain(data: bytes, cfg: Config, listener: str = "web", force_proxy_protoco
             step += 1
         if isinstance(outcome, NeedMore):
             lines.append(f"result:   incomplete: the router would wait for more bytes after these {outcome.seen} "
-                         f"(until sniff_timeout, {cfg.proxy_service.sniff_timeout:g}s)")
+                         f"(until sniff_timeout, {cfg.tpemu.proxy_service.sniff_timeout:g}s)")
             return "\n".join(lines), EXIT_NEED_MORE
         if isinstance(outcome, Refused):
             lines.append(f"result:   refused ({outcome.category}): {outcome.reason}")

@@ -20,27 +20,29 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 import ssl
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from tpemu import authapi
 from tpemu import identity as ident
+from tpemu.config import Addr
 from tpemu.logs import RateLimiter
 from tpemu.net.http_server import Request, Response, serve_http
-from tpemu.net.relay import Stream, relay
+from tpemu.net.pipe import Pipe, park_streams
 from tpemu.net.sockets import format_addr
 from tpemu.net.tls import ContextCache, accept_stream, peer_certificate
+from tpemu.pki import TLSFiles
 from tpemu.proxy.frontdoor import Accepted
-from tpemu.wire import alpn
-from tpemu.wire.tunnel import DialRequest, Resource
+from tpemu.wire import WireError, alpn
+from tpemu.wire.tunnel import MAX_FRAME, DialRequest, DialResponse, Resource, decode_frame
 
 log = logging.getLogger(__name__)
 KUBE = "kube"
 
 
 class Dialer(Protocol):
-    async def dial(self, request: DialRequest, timeout: float = 10.0) -> socket.socket: ...
+    async def dial(self, request: DialRequest, timeout: float = 10.0) -> asyncio.Transport: ...
 
     def resources(self, kind: str | None = None) -> Sequence[tuple[object, Resource]]: ...
 
@@ -51,11 +53,21 @@ def status(code: int, reason: str, message: str) -> Response:
     return Response(code, body, [("Content-Type", "application/json")])
 
 
+class AuthCaller(Protocol):
+    async def call(self, method: str, path: str, body: object = None) -> object: ...
+
+
+#: For Kubernetes Services joined directly to the Auth Service: the Auth API (their ``kube_server``
+#: resources name the address) and the proxy's own TLS files (its host certificate).
+Direct = Callable[[], tuple[AuthCaller, TLSFiles] | None]
+
+
 class KubeProxy:
     def __init__(self, contexts: Callable[[], ContextCache | None], dialer: Callable[[], Dialer | None],
-                 handshake_timeout: float = 10.0, dial_timeout: float = 10.0) -> None:
+                 handshake_timeout: float = 10.0, dial_timeout: float = 10.0, direct: Direct | None = None) -> None:
         self._contexts = contexts
         self._dialer = dialer
+        self._direct = direct
         self.handshake_timeout = handshake_timeout
         self.dial_timeout = dial_timeout
         self.limiter = RateLimiter()
@@ -95,26 +107,69 @@ class KubeProxy:
         dialer = self._dialer()
         request = DialRequest(conn_type=KUBE, name=cluster, identity=identity.to_json(),
                               client_src_addr=format_addr(acc.peer), client_dst_addr=format_addr(acc.local_addr()))
+        agent: asyncio.Transport | None = None
         try:
             if dialer is None:
                 raise LookupError("no agent is connected to this proxy (no reverse tunnels)")
-            sock = await dialer.dial(request, timeout=self.dial_timeout)
+            agent = await dialer.dial(request, timeout=self.dial_timeout)
         except Exception as exc:  # the tunnel registry's errors (TunnelError, timeouts) end here
-            self.stats["unavailable"] += 1
-            message = f'kubernetes cluster "{cluster}" is unavailable: {exc}'
-            self.limiter.warning(log, "kube-dial", "%s: %s", acc.ctx, message)
-            code, reason = (404, "NotFound") if "not found" in str(exc) else (503, "ServiceUnavailable")
-            await self._answer(acc, reader, writer, status(code, reason, message))
-            return
-        loop = asyncio.get_running_loop()
-        areader = asyncio.StreamReader(limit=64 * 1024, loop=loop)
-        proto = asyncio.StreamReaderProtocol(areader, loop=loop)
-        transport, _ = await loop.connect_accepted_socket(lambda: proto, sock)
-        agent = Stream(areader, asyncio.StreamWriter(transport, proto, areader, loop), "agent")
+            agent = await self._dial_direct(acc, cluster, request) if "not found" in str(exc) else None
+            if agent is None:
+                self.stats["unavailable"] += 1
+                message = f'kubernetes cluster "{cluster}" is unavailable: {exc}'
+                self.limiter.warning(log, "kube-dial", "%s: %s", acc.ctx, message)
+                code, reason = (404, "NotFound") if "not found" in str(exc) else (503, "ServiceUnavailable")
+                await self._answer(acc, reader, writer, status(code, reason, message))
+                return
         self.stats["relayed"] += 1
         log.info("%s: user %s → kubernetes cluster %s through its agent", acc.ctx, identity.username, cluster)
-        up, down = await relay(Stream(reader, writer, "client"), agent)
-        log.debug("%s: kubernetes cluster %s closed; %d bytes up, %d down", acc.ctx, cluster, up, down)
+
+        def closed(pipe: Pipe, exc: BaseException | None) -> None:
+            log.debug("%s: kubernetes cluster %s closed; %d bytes up, %d down", acc.ctx, cluster, pipe.a_to_b,
+                      pipe.b_to_a)
+
+        Pipe.join(park_streams(reader, writer), agent, on_close=closed)  # the tunnel channel: no socket
+
+    async def _dial_direct(self, acc: Accepted, cluster: str, request: DialRequest) -> asyncio.Transport | None:
+        """A Kubernetes Service joined directly to Auth: mTLS to the address of its ``kube_server``
+        resource with the proxy's host certificate, the dial request frame, its answer."""
+        got = self._direct() if self._direct is not None else None
+        if got is None:
+            return None
+        auth, files = got
+        try:
+            data = await auth.call("GET", "/v1/kube_servers")
+        except authapi.AuthAPIError as exc:
+            log.debug("kube: listing kube_servers failed: %s", exc.message)
+            return None
+        items = data.get("items") if isinstance(data, dict) else None
+        addrs = [str((i.get("spec") or {}).get("addr")) for i in items or [] if isinstance(i, dict)
+                 and (i.get("metadata") or {}).get("name") == cluster and (i.get("spec") or {}).get("addr")
+                 and not (i.get("spec") or {}).get("use_tunnel")]
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(cafile=str(files.ca))
+        ctx.load_cert_chain(files.cert, files.key)
+        ctx.set_alpn_protocols([alpn.HTTP11])
+        for text in addrs:
+            addr = Addr.parse(text, default_port=3026)
+            try:
+                async with asyncio.timeout(self.dial_timeout):
+                    # The Kubernetes Service's host certificate names *.teleport.cluster.local.
+                    r, w = await asyncio.open_connection(addr.host, addr.port, ssl=ctx,
+                                                         server_hostname=f"kube.{alpn.INTERNAL_DOMAIN}")
+                    w.write(request.encode())
+                    head = await r.readexactly(4)
+                    frame = decode_frame(head + await r.readexactly(min(int.from_bytes(head, "big"), MAX_FRAME)))
+                    answer = DialResponse.from_json(frame[0]) if frame else DialResponse(False, "no answer")
+            except (OSError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError, WireError) as exc:
+                self.limiter.warning(log, "kube-direct", "%s: kubernetes service %s at %s: %s", acc.ctx, cluster,
+                                     addr, exc)
+                continue
+            if answer.ok:
+                log.info("%s: kubernetes cluster %s served directly at %s", acc.ctx, cluster, addr)
+                return park_streams(r, w)  # the rest (bytes after the answer kept) joins a Pipe
+            w.close()
+        return None
 
     def _only_cluster(self) -> str:
         dialer = self._dialer()

@@ -2,7 +2,7 @@
 
 The backend is dialled first while the client's bytes wait in the kernel (natural
 backpressure); then the client socket becomes an asyncio transport and the two are spliced
-(:mod:`tpemu.net.splice`). With ``send_proxy`` the backend first gets a PROXY v1/v2 header
+(:class:`tpemu.net.pipe.Pipe`). With ``send_proxy`` the backend first gets a PROXY v1/v2 header
 naming the real client, as HAProxy's ``send-proxy`` does.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from tpemu.net.pipe import Parked, Pipe
 from tpemu.net.sockets import close_with_answer
-from tpemu.net.splice import Splice
 from tpemu.proxy.frontdoor import Accepted, Stats
 from tpemu.wire import proxy_protocol
 
@@ -45,22 +45,22 @@ async def splice_to_target(acc: Accepted, connect_timeout: float = 10.0, stats: 
     assert route.target is not None
     loop = asyncio.get_running_loop()
 
-    def on_close(splice: Splice, exc: Exception | None) -> None:
+    def on_close(pipe: Pipe, exc: BaseException | None) -> None:
         if stats is not None:
             stats.spliced -= 1
-        log.debug("%s: closed; %d bytes client→backend, %d bytes backend→client", acc.ctx,
-                  splice.bytes_a_to_b, splice.bytes_b_to_a)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: closed; %d bytes client→backend, %d bytes backend→client", acc.ctx, pipe.a_to_b,
+                      pipe.b_to_a)
 
     # The header is built before the dial: nothing about the client can fail once a backend
     # socket exists (an IPv6 client on an IPv4 listener once raised here and leaked the socket).
     header = b""
     if route.send_proxy:
         header = proxy_protocol.encode_for_backend(route.send_proxy, acc.peer, acc.local_addr())
-    splice = Splice(on_close)
     expiry = _Expiry(asyncio.current_task())
     timer = loop.call_later(connect_timeout, expiry)
     try:
-        await loop.create_connection(splice.protocol_b, route.target.host, route.target.port)
+        backend, _ = await loop.create_connection(Parked, route.target.host, route.target.port)
     except asyncio.CancelledError:
         if not expiry.expired:
             raise
@@ -76,15 +76,15 @@ async def splice_to_target(acc: Accepted, connect_timeout: float = 10.0, stats: 
         timer.cancel()
     if expiry.expired:  # the deadline fired just as the connect completed: treat it as expired
         log.warning("%s: backend %s connected too late (after %gs)", acc.ctx, route.target, connect_timeout)
-        splice.close()
+        backend.close()
         close_with_answer(acc.sock)
         return
     try:
-        await loop.connect_accepted_socket(splice.protocol_a, acc.sock)
+        client, _ = await loop.connect_accepted_socket(Parked, acc.sock)
     except OSError as exc:
         log.warning("%s: client socket unusable: %s", acc.ctx, exc)
-        splice.close()
+        backend.close()
         return
     if stats is not None:
         stats.spliced += 1
-    splice.attach(header)
+    Pipe.join(client, backend, first_to_b=header, on_close=on_close)

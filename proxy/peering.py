@@ -31,9 +31,7 @@ serves the target, the registry calls :meth:`PeerClient.dial`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -42,11 +40,9 @@ from typing import TYPE_CHECKING, Any
 from tpemu import authapi
 from tpemu import identity as ident
 from tpemu.logs import RateLimiter
-from tpemu.net.relay import Stream, relay
-from tpemu.net.sockets import format_addr
+from tpemu.net.pipe import Pipe, park_streams
 from tpemu.net.tls import accept_stream
 from tpemu.proxy.frontdoor import Accepted
-from tpemu.proxy.route import RouteKind
 from tpemu.wire import tunnel as tw
 
 if TYPE_CHECKING:
@@ -113,7 +109,6 @@ class Peering:
         client.load_verify_locations(cafile=str(host_ca))
         client.check_hostname = False  # the peer is checked by its identity (validatePeer), below
         self._server_ctx, self._client_ctx = server, client
-        self.proxy.set_handler(RouteKind.PEER, self.serve)
         self.proxy.tunnels.peer_dial = self.dial
 
     # -- server: a peer asks us to dial one of our tunnels ---------------------------------------
@@ -145,14 +140,14 @@ class Peering:
         from tpemu.proxy.tunnels import TunnelError
 
         try:
-            sock = await self.proxy.tunnels.dial(req, local_only=True)
+            target = await self.proxy.tunnels.dial(req, local_only=True)
         except TunnelError as exc:
             writer.write(tw.DialResponse(False, str(exc)).encode())
             writer.close()
             return
         writer.write(tw.DialResponse(True).encode())
         self.served += 1
-        await _splice(Stream(reader, writer, "peer"), sock)
+        Pipe.join(park_streams(reader, writer), target)  # the peer's stream ↔ the tunnel channel
 
     @staticmethod
     async def _read_request(reader: asyncio.StreamReader) -> tw.DialRequest:
@@ -189,8 +184,8 @@ class Peering:
         self._peers, self._peers_at = found, now
         return found
 
-    async def dial(self, req: tw.DialRequest, timeout: float) -> socket.socket:
-        """A socket spliced to ``req``'s target through the first peer that holds its tunnel.
+    async def dial(self, req: tw.DialRequest, timeout: float) -> asyncio.Transport:
+        """A parked transport to ``req``'s target: the stream to the first peer that holds its tunnel.
 
         Raises :class:`tpemu.proxy.tunnels.TunnelError` with every peer's answer.
         """
@@ -199,19 +194,19 @@ class Peering:
         errors = []
         for peer in await self.peers():
             try:
-                sock = await self._dial_peer(peer, req, timeout)
+                transport = await self._dial_peer(peer, req, timeout)
             except PeerError as exc:
                 errors.append(f"peer {peer.hostname or peer.host_id} ({peer.addr}): {exc}")
                 continue
             self.forwarded += 1
             log.info("dial %s through peer proxy %s (%s)", req.server_id or req.address or req.name,
                      peer.hostname or peer.host_id, peer.addr)
-            return sock
+            return transport
         if not errors:
             raise TunnelError("no peer proxy to ask (none announces a peer_addr)")
         raise TunnelError("; ".join(errors))
 
-    async def _dial_peer(self, peer: Peer, req: tw.DialRequest, timeout: float) -> socket.socket:
+    async def _dial_peer(self, peer: Peer, req: tw.DialRequest, timeout: float) -> asyncio.Transport:
         assert self._client_ctx is not None
         host, _, port = peer.addr.rpartition(":")
         try:
@@ -250,26 +245,9 @@ class Peering:
         finally:
             if not ok:
                 writer.close()
-        mine, theirs = socket.socketpair()
-        mine.setblocking(False)
-        theirs.setblocking(False)
-        inner_r, inner_w = await asyncio.open_connection(sock=mine)
-        task = asyncio.get_running_loop().create_task(relay(Stream(reader, writer, "peer"),
-                                                            Stream(inner_r, inner_w, "local")))
-        _tasks.add(task)
-        task.add_done_callback(_tasks.discard)
-        return theirs
+        # The TLS stream to the peer is itself the endpoint: whoever dialled joins it with a Pipe.
+        return park_streams(reader, writer)
 
     def describe(self) -> dict[str, Any]:
         return {"served": self.served, "forwarded": self.forwarded,
                 "peers": [{"host_id": p.host_id, "addr": p.addr, "hostname": p.hostname} for p in self._peers]}
-
-
-_tasks: set[asyncio.Task[Any]] = set()
-
-
-async def _splice(peer: Stream, sock: socket.socket) -> None:
-    # The one splice on the serving side (issue 13's Pipe replaces relay()).
-    reader, writer = await asyncio.open_connection(sock=sock)
-    with contextlib.suppress(OSError):
-        await relay(peer, Stream(reader, writer, format_addr(sock.getsockname()) or "tunnel"))

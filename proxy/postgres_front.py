@@ -5,7 +5,7 @@ Encryption"): ``GSSENCRequest`` is answered ``N`` (not offered), ``SSLRequest`` 
 which the ClientHello follows and TLS is terminated here with the proxy's certificate (a client
 certificate is requested and checked against the cluster CA). The ``StartupMessage`` then
 arrives inside TLS and goes to ``on_startup`` (the database proxy, once a database service
-exists). A plain-text ``StartupMessage`` is refused with an ErrorResponse asking for TLS, and a
+exists). A plain-text ``StartupMessage`` is closed without an answer, as Teleport does, and a
 ``CancelRequest`` is dropped.
 
 Exactly the startup bytes are read from the socket (never more), so the TLS stack still finds the
@@ -71,11 +71,14 @@ async def postgres_front(acc: Accepted, contexts: ContextCache, on_startup: OnSt
                     close_with_answer(sock)
                     return
                 if isinstance(packet, pg.StartupMessage):
-                    log.warning("%s: plain-text Postgres StartupMessage from user=%s refused: TLS is required",
+                    # Teleport's lib/srv/db/postgres/proxy.go handleStartup: a StartupMessage outside
+                    # TLS is trace.BadParameter("expected tls connection, got %T") and the connection
+                    # is closed without a Postgres answer (psql: "server closed the connection
+                    # unexpectedly"); the hint goes to the log.
+                    log.warning("%s: expected tls connection, got a plain-text StartupMessage (user=%s): connect "
+                                "with sslmode=require or stronger and the client certificate from 'tpemu db login'",
                                 acc.ctx, packet.get("user"))
-                    close_with_answer(sock, pg.encode_error_response(
-                        "tpemu requires TLS for Postgres connections: connect with sslmode=require or stronger "
-                        "and the client certificate from 'tpemu db login'", code="28000"))
+                    close_with_answer(sock)
                     return
                 await loop.sock_sendall(sock, b"S")
                 ctx = contexts.get(POSTGRES_ALPN)

@@ -4,8 +4,8 @@
 SSH, plain HTTP and Postgres startup packets. ``separate`` adds Teleport's per-service listeners:
 ``listen_addr`` (SSH, 3023) and ``tunnel_listen_addr`` (reverse tunnels, 3024) by default, and
 ``peer_listen_addr``, ``postgres_listen_addr``, ``mysql_listen_addr``, ``mongo_listen_addr``,
-``redis_listen_addr``, ``kube_listen_addr`` when set. Any listener set explicitly is opened in
-either mode.
+``kube_listen_addr`` (and tpemu's ``tpemu.proxy_service.redis_listen_addr``) when set. Any
+listener set explicitly is opened in either mode.
 
 Later services plug in with :meth:`ProxyService.set_handler`; a route with no handler is
 refused in the client's protocol with "… is not available in this cluster".
@@ -14,21 +14,20 @@ refused in the client's protocol with "… is not available in this cluster".
 from __future__ import annotations
 
 import asyncio
-import functools
 import ipaddress
 import logging
 import socket
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tpemu.config import Addr, Config
 from tpemu.net.h2_server import GrpcStatus, serve_h2
-from tpemu.net.http_server import Request, Response, serve_http
+from tpemu.net.http_server import serve_http
 from tpemu.net.sockets import format_addr
 from tpemu.net.tls import ContextCache, accept_stream, peer_certificate
 from tpemu.pki import TLSFiles, ensure_bootstrap_pki
-from tpemu.proxy import postgres_front
+from tpemu.proxy import postgres_front, webcert
 from tpemu.proxy.auth_routes import AuthLink, AuthRoutes
 from tpemu.proxy.conn_upgrade import ConnectionUpgrade
 from tpemu.proxy.db_proxy import DatabaseProxy, Dialer
@@ -43,6 +42,7 @@ from tpemu.wire import alpn
 from tpemu.wire.sniff import Protocol
 
 if TYPE_CHECKING:
+    from tpemu.proxy.app_proxy import AppProxy
     from tpemu.proxy.kube_proxy import KubeProxy
     from tpemu.proxy.peering import Peering
     from tpemu.proxy.ssh_proxy import SSHProxy
@@ -59,7 +59,7 @@ def _fixed(kind: RouteKind, name: str, why: str, db: str | None = None, alpn_nam
 def listener_plan(cfg: Config) -> list[tuple[ListenerPolicy, Addr]]:
     """Which listeners to open for ``cfg``, each with its policy."""
     ps = cfg.proxy_service
-    trusted = tuple(ipaddress.ip_network(c, strict=False) for c in ps.tpemu_proxy_protocol_trusted_cidrs)
+    trusted = tuple(ipaddress.ip_network(c, strict=False) for c in cfg.tpemu.proxy_service.proxy_protocol_trusted_cidrs)
 
     def policy(kind: ListenerKind, accepts: set[Protocol] | frozenset[Protocol],
                fixed: dict[Protocol, Route] | None = None, server_first: Route | None = None) -> ListenerPolicy:
@@ -91,7 +91,7 @@ def listener_plan(cfg: Config) -> list[tuple[ListenerPolicy, Addr]]:
         plan.append((policy(ListenerKind.MYSQL, frozenset(), server_first=route),
                      ps.mysql_listen_addr))
     for kind, addr, db, name in ((ListenerKind.MONGO, ps.mongo_listen_addr, "mongodb", alpn.MONGODB),
-                                 (ListenerKind.REDIS, ps.redis_listen_addr, "redis", alpn.REDIS)):
+                                 (ListenerKind.REDIS, cfg.tpemu.proxy_service.redis_listen_addr, "redis", alpn.REDIS)):
         if addr is not None:
             route = _fixed(RouteKind.DATABASE, f"database/{db}", f"TLS on the {kind.value} listener", db, name)
             plan.append((policy(kind, {Protocol.TLS}, {Protocol.TLS: route}),
@@ -119,6 +119,8 @@ class ProxyService:
         self.ssh_proxy: SSHProxy | None = None
         #: The Kubernetes proxy (``RouteKind.KUBE``), started with the Auth Service link.
         self.kube: KubeProxy | None = None
+        #: Application access (HTTP apps by SNI, ``teleport-tcp``), started with the Auth Service link.
+        self.apps: AppProxy | None = None
         #: Proxy peering on ``peer_listen_addr`` (with an Auth Service only).
         self.peering: Peering | None = None
         self.tunnels = TunnelRegistry(self, heartbeat=cfg.auth_service.keep_alive_interval,
@@ -126,26 +128,30 @@ class ProxyService:
         self.data_dir = data_dir or cfg.data_dir()
         self.info = ProxyInfo(cfg)
         self.web = WebAPI(self.info)
-        self.table = RouteTable(cfg.proxy_service.passthrough)
+        ext = cfg.tpemu.proxy_service
+        self.table = RouteTable(ext.passthrough)
         self._tls_files = tls_files
         self.contexts: ContextCache | None = None
-        self.door = FrontDoor(self.table, self._dispatch, sniff_timeout=cfg.proxy_service.sniff_timeout,
-                              max_hello=cfg.proxy_service.max_client_hello,
-                              max_pending=cfg.proxy_service.max_pending)
+        #: What the web routes present when it is not the Auth-issued certificate (start()).
+        self.web_certs: webcert.WebCertificates | None = None
+        #: Workers (:mod:`tpemu.proxy.workers`): every listener bound with SO_REUSEPORT, and a
+        #: child worker binds the addresses worker 0 got (a ``:0`` in the config became a port).
+        self.reuse_port = ext.workers > 1
+        self.listen_override: dict[ListenerKind, Addr] = {}
+        self.door = FrontDoor(self.table, self._dispatch, sniff_timeout=ext.sniff_timeout,
+                              max_hello=ext.max_client_hello, max_pending=ext.max_pending)
         #: ``/webapi/connectionupgrade``: streams tunnelled through an L7 load balancer re-enter the door.
         self.conn_upgrade = ConnectionUpgrade(self.door, listener_plan(cfg)[0][0])
         self.conn_upgrade.install(self.web)
-        self.handlers: dict[RouteKind, Handler] = {
-            RouteKind.PASSTHROUGH: functools.partial(splice_to_target, stats=self.door.stats),
-            RouteKind.WEB: self._serve_web,
-            RouteKind.WEB_PLAIN_HTTP: self._serve_plain_http,
-            RouteKind.DATABASE: self._serve_database,
-        }
+        #: Handlers registered with :meth:`set_handler` (services outside this module); the
+        #: built-in wiring is :meth:`_dispatch`.
+        self.extra_handlers: dict[RouteKind, Handler] = {}
         #: The database proxy; it reaches agents through :attr:`db_dialer`, else ``self.tunnels``
         #: (the reverse-tunnel registry) when there is one.
         self.db_dialer: Dialer | None = None
         self.db = DatabaseProxy(lambda: self.contexts, self._find_db_dialer,
-                                handshake_timeout=max(10.0, cfg.proxy_service.sniff_timeout))
+                                handshake_timeout=max(10.0, ext.sniff_timeout),
+                                mysql_server_version=cfg.proxy_service.mysql_server_version)
         #: Called with the StartupMessage of a Postgres connection that arrived as plain SSLRequest.
         self.on_postgres_startup: OnPostgres = self.db.on_postgres_startup
 
@@ -155,8 +161,9 @@ class ProxyService:
         return self._tls_files
 
     def set_handler(self, kind: RouteKind, handler: Handler) -> None:
-        """Serve ``kind`` with ``handler`` (a service that runs in this cluster)."""
-        self.handlers[kind] = handler
+        """Serve ``kind`` with ``handler``: for a service outside this module (a test, a plug-in);
+        it takes precedence over the built-in wiring of :meth:`_dispatch`."""
+        self.extra_handlers[kind] = handler
 
     def cert_names(self) -> list[str]:
         names = [socket.gethostname()]
@@ -165,6 +172,14 @@ class ProxyService:
         for value in (*self.cfg.proxy_service.public_addr, *self.cfg.proxy_service.ssh_public_addr,
                       *self.cfg.proxy_service.tunnel_public_addr):
             names.append(Addr.parse(value, default_port=0).host)
+        # Applications live at <app>.<public address> (Teleport's default app public_addr), or at
+        # <app>.<cluster name> for a proxy reached by IP (TLS clients refuse *.localhost: one label).
+        hosts = [Addr.parse(v, default_port=0).host for v in self.cfg.proxy_service.public_addr]
+        names += [f"*.{h}" for h in (*hosts, self.cfg.auth_service.cluster_name)
+                  if "." in h and not h.replace(".", "").isdigit() and ":" not in h]
+        # tsh kube login's tls-server-name for a proxy with a host name (GetKubeTLSServerName).
+        names += [alpn.KUBE_SNI_PREFIX + h for h in hosts if h and h != "localhost" and not h.replace(".", "").isdigit()
+                  and ":" not in h]
         return names
 
     async def start(self) -> None:
@@ -186,9 +201,13 @@ class ProxyService:
                 ensure_bootstrap_pki, self.data_dir, self.cfg.auth_service.cluster_name, self.cert_names())
         self.contexts = ContextCache(self.tls_files.cert, self.tls_files.key,
                                      client_ca=self.tls_files.client_ca or self.tls_files.ca)
+        # https_keypairs, or Teleport's self-signed certificate; None: the Auth-issued one.
+        self.web_certs = await asyncio.to_thread(
+            webcert.for_config, self.cfg, self.data_dir, self.tls_files.client_ca or self.tls_files.ca)
         try:
             for policy, addr in listener_plan(self.cfg):
-                listener = await self.door.listen(policy, addr)
+                listener = await self.door.listen(policy, self.listen_override.get(policy.kind, addr),
+                                                  reuse_port=self.reuse_port)
                 self.info.bound[policy.kind] = listener.addr
                 log.info("proxy %s listener on %s (accepts: %s%s)", policy.kind.value, listener.addr,
                          ", ".join(sorted(p.value for p in policy.accepts)) or "server speaks first",
@@ -216,9 +235,20 @@ class ProxyService:
         # Kubernetes access goes through the agents' reverse tunnels: with an Auth Service only.
         from tpemu.proxy.kube_proxy import KubeProxy
 
+        def direct() -> Any:
+            routes = self.auth_routes
+            return (routes.client(), self.tls_files) if routes is not None and routes.identity else None
+
         self.kube = KubeProxy(lambda: self.contexts, lambda: self.tunnels,
-                              handshake_timeout=max(10.0, self.cfg.proxy_service.sniff_timeout))
-        self.set_handler(RouteKind.KUBE, self.kube.handle)
+                              handshake_timeout=max(10.0, self.cfg.tpemu.proxy_service.sniff_timeout), direct=direct)
+        # Applications too: HTTP apps by SNI on the web listener, TCP apps by ALPN teleport-tcp.
+        from tpemu.proxy.app_proxy import AppProxy
+
+        routes = self.auth_routes
+        self.apps = AppProxy(lambda: self.contexts, lambda: self.tunnels,
+                             lambda: routes.client() if routes is not None and routes.identity else None,
+                             handshake_timeout=max(10.0, self.cfg.tpemu.proxy_service.sniff_timeout))
+        self.web.add("GET", "/.well-known/jwks.json", self.apps.jwks)
 
     async def close(self) -> None:
         if self.ssh_proxy is not None:
@@ -229,21 +259,70 @@ class ProxyService:
         await self.door.close()
 
     def _dispatch(self, acc: Accepted) -> Awaitable[None]:
-        # Not a coroutine itself: it returns the handler's, one frame less per connection.
-        handler = self.handlers.get(acc.route.kind)
-        if handler is None:
-            return refuse_unavailable(acc, lambda: self.contexts)
-        return handler(acc)
+        """The proxy's wiring, in one place: route kind → the handler that serves it.
+
+        A kind whose service is not running in this cluster (no Auth Service: no SSH, tunnels,
+        kube, apps; no ``peer_listen_addr``) is answered "not available" in the client's
+        protocol. Not a coroutine itself: it returns the handler's, one frame less per connection.
+        """
+        kind = acc.route.kind
+        if self.extra_handlers:
+            extra = self.extra_handlers.get(kind)
+            if extra is not None:
+                return extra(acc)
+        match kind:
+            case RouteKind.PASSTHROUGH:
+                return splice_to_target(acc, stats=self.door.stats)
+            case RouteKind.WEB:
+                return self._serve_web(acc)
+            case RouteKind.DATABASE:
+                return self._serve_database(acc)
+            case RouteKind.SSH_PROXY if self.ssh_proxy is not None:
+                return self.ssh_proxy.handle(acc)
+            case RouteKind.REVERSE_TUNNEL if self.tunnels.installed:
+                return self.tunnels.serve(acc)
+            case RouteKind.KUBE if self.kube is not None:
+                return self.kube.handle(acc)
+            case RouteKind.APP_TCP if self.apps is not None:
+                return self.apps.handle_tcp(acc)
+            case RouteKind.AUTH if self.auth_routes is not None and self.auth_routes.installed:
+                return self.auth_routes.forward_auth(acc)
+            case RouteKind.PEER if self.peering is not None:
+                return self.peering.serve(acc)
+            case RouteKind.WEB_PLAIN_HTTP:
+                return self._serve_plain_http(acc)
+        return refuse_unavailable(acc, lambda: self.contexts)
+
+    def served(self) -> set[RouteKind]:
+        """The route kinds :meth:`_dispatch` gives a handler now (for the banner)."""
+        out = {RouteKind.PASSTHROUGH, RouteKind.WEB, RouteKind.DATABASE, RouteKind.WEB_PLAIN_HTTP,
+               *self.extra_handlers}
+        for kind, on in ((RouteKind.SSH_PROXY, self.ssh_proxy is not None),
+                         (RouteKind.REVERSE_TUNNEL, self.tunnels.installed), (RouteKind.KUBE, self.kube is not None),
+                         (RouteKind.APP_TCP, self.apps is not None),
+                         (RouteKind.AUTH, self.auth_routes is not None and self.auth_routes.installed),
+                         (RouteKind.PEER, self.peering is not None)):
+            if on:
+                out.add(kind)
+        return out
 
     # -- built-in handlers -----------------------------------------------------------------
 
 
     async def _serve_web(self, acc: Accepted) -> None:
         assert self.contexts is not None
-        # Every name Teleport knows, in its order (Proxy.Serve sets NextProtos to SupportedProtocols).
-        ctx = self.contexts.get(alpn.SUPPORTED_PROTOCOLS)
+        apps = self.apps
+        app = apps.app_of_sni(acc.hello.sni) if apps is not None and acc.hello is not None else None
+        if apps is not None and app is not None:
+            await apps.handle_http(acc, app)
+            return
+        # Every name Teleport knows, in its order (Proxy.Serve sets NextProtos to SupportedProtocols),
+        # with the web certificate (Teleport's WebTLSConfig: https_keypairs or self-signed).
+        sni = acc.hello.sni if acc.hello is not None else None
+        ctx = (self.web_certs.get(sni, alpn.SUPPORTED_PROTOCOLS) if self.web_certs is not None
+               else self.contexts.get(alpn.SUPPORTED_PROTOCOLS))
         try:
-            reader, writer = await accept_stream(acc.sock, ctx, timeout=self.cfg.proxy_service.sniff_timeout)
+            reader, writer = await accept_stream(acc.sock, ctx, timeout=self.cfg.tpemu.proxy_service.sniff_timeout)
         except (OSError, TimeoutError) as exc:
             log.info("%s: TLS handshake failed: %s", acc.ctx, exc)
             acc.sock.close()
@@ -260,23 +339,14 @@ class ProxyService:
         await serve_http(reader, writer, self.web, peer=format_addr(acc.peer), tls=tls_info)
 
     async def _serve_plain_http(self, acc: Accepted) -> None:
-        try:
-            reader, writer = await accept_stream(acc.sock, None, timeout=5)
-        except OSError:
-            acc.sock.close()
-            return
-
-        async def redirect(request: Request) -> Response:
-            host = request.header("host")
-            if request.method in ("GET", "HEAD") and host:
-                location = f"https://{host}{request.target if request.target.startswith('/') else '/'}"
-                log.info("%s: plain HTTP %s %s redirected to %s", acc.ctx, request.method, request.target, location)
-                return Response(301, b"", [("Location", location), ("Connection", "close")])
-            log.info("%s: plain HTTP %s %s refused with 400", acc.ctx, request.method, request.target)
-            return Response(400, b"Client sent an HTTP request to an HTTPS server.\n",
-                            [("Content-Type", "text/plain; charset=utf-8"), ("Connection", "close")])
-
-        await serve_http(reader, writer, redirect, peer=format_addr(acc.peer), read_timeout=10, max_requests=1)
+        # Teleport's multiplexer detects HTTP (lib/multiplexer/multiplexer.go detectProto) but
+        # registers no listener for it: detectAndForward logs "Detected an HTTP request. If this
+        # is for a health check, use an HTTPS request instead." and "Closing HTTP connection:
+        # HTTP listener is disabled." and closes the connection without a byte (the request is
+        # left unread, so Linux answers with a reset, as Go's Close does).
+        log.info("%s: Detected an HTTP request. If this is for a health check, use an HTTPS request instead. "
+                 "Closing HTTP connection: HTTP listener is disabled (as Teleport's multiplexer does)", acc.ctx)
+        acc.sock.close()
 
     def _find_db_dialer(self) -> Dialer | None:
         dialer: Dialer | None = self.db_dialer or getattr(self, "tunnels", None)

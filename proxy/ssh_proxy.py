@@ -12,8 +12,10 @@ with ALPN ``teleport-proxy-ssh`` (TLS routing; the TLS is terminated here, SSH r
   ``tsh ssh`` and ``tsh proxy ssh`` send). The proxy finds the node among those heartbeating to
   the Auth Service (by hostname, host ID or address, as Teleport's router does: several matches
   are ambiguous, none is an error), dials it through :attr:`SSHProxy.dialer` (the reverse-tunnel
-  registry: through the agent's tunnel, or by TCP for a directly joined node), and splices the
-  channel to that connection. The user's SSH session to the node runs end to end inside the
+  registry: through the agent's tunnel, or by TCP for a directly joined node), and joins the
+  channel to that connection with one :class:`~tpemu.net.pipe.Pipe` (both are transports: the
+  client's channel and the tunnel's channel are :class:`~tpemu.net.channel.ChannelTransport`).
+  The user's SSH session to the node runs end to end inside the
   channel: the node authenticates the user again, the proxy never sees the inner session.
   ``direct-tcpip`` channels (OpenSSH's ``-J``/``ProxyJump`` through the proxy) take the same path.
 * **Errors** are specific and reach the user: for the subsystem on the channel's stderr with exit
@@ -41,10 +43,11 @@ import asyncssh
 from tpemu import authapi, authclient
 from tpemu import identity as ident
 from tpemu.net import go_tls_errors
+from tpemu.net.channel import ChannelTransport
 from tpemu.net.http_server import Request, Response
+from tpemu.net.pipe import Pipe
 from tpemu.net.sockets import format_addr
 from tpemu.proxy.frontdoor import Accepted
-from tpemu.proxy.route import RouteKind
 from tpemu.proxy.tunnels import TunnelError
 from tpemu.wire import alpn
 from tpemu.wire.sniff import Protocol as Sniffed
@@ -69,8 +72,9 @@ MAX_SUBSYSTEM = 1024
 class NodeDialer(Protocol):
     """What dials a node for the proxy: ``TunnelRegistry`` (``ProxyService.tunnels``)."""
 
-    async def dial(self, request: DialRequest, timeout: float = 10.0) -> socket.socket:
-        """A connected non-blocking socket to the node's SSH service; raises with a clear message."""
+    async def dial(self, request: DialRequest, timeout: float = 10.0) -> asyncio.Transport:
+        """A parked transport to the node's SSH service (a tunnel channel, or TCP); raises with a
+        clear message."""
         ...
 
 
@@ -170,9 +174,10 @@ class NodeLookupError(Exception):
 
 
 class NodeDirectory:
-    """The cluster's nodes, from the Auth Service's ``/v1/nodes`` (cached for a second)."""
+    """The cluster's nodes, from the Auth Service's ``/v1/nodes`` (cached for a second);
+    ``fetch(fresh)`` answers like ``/v1/nodes`` (the tunnel registry's inventory)."""
 
-    def __init__(self, fetch: Callable[[], Awaitable[Any]], ttl: float = NODE_CACHE_TTL) -> None:
+    def __init__(self, fetch: Callable[[bool], Awaitable[Any]], ttl: float = NODE_CACHE_TTL) -> None:
         self.fetch = fetch
         self.ttl = ttl
         self._nodes: list[NodeRecord] = []
@@ -182,7 +187,7 @@ class NodeDirectory:
     async def nodes(self, fresh: bool = False) -> list[NodeRecord]:
         async with self._lock:
             if fresh or time.monotonic() - self._at > self.ttl:
-                answer = await self.fetch()
+                answer = await self.fetch(fresh)
                 items = answer.get("items") if isinstance(answer, dict) else None
                 self._nodes = [n for n in map(NodeRecord.from_resource, items or []) if n is not None]
                 self._at = time.monotonic()
@@ -235,11 +240,11 @@ class SSHProxy:
         self.host_cert = asyncssh.import_certificate(identity.ssh_cert)
         keys = await authclient.fetch_user_ca_ssh_keys(routes.client())
         self.user_cas = [asyncssh.import_public_key(k) for k in keys]
-        self.directory = NodeDirectory(lambda: routes.client().call("GET", "/v1/nodes"))
+        # The registry's inventory (the one the dial uses too), not a second /v1/nodes cache.
+        self.directory = NodeDirectory(self.proxy.tunnels.node_inventory)
 
     def install(self) -> None:
-        """Serve the SSH route and the node list web endpoint."""
-        self.proxy.set_handler(RouteKind.SSH_PROXY, self.handle)
+        """Serve the node list web endpoint (the proxy routes SSH here once it is its ``ssh_proxy``)."""
         self.proxy.web.add("GET", "/webapi/sites/", self._web_nodes)
 
     async def close(self) -> None:
@@ -273,7 +278,7 @@ class SSHProxy:
                 contexts = self.proxy.contexts
                 assert contexts is not None
                 tunnel = _AcceptedTLS(acc.sock, contexts.get((alpn.PROXY_SSH,)),
-                                      self.proxy.cfg.proxy_service.sniff_timeout)
+                                      self.proxy.cfg.tpemu.proxy_service.sniff_timeout)
                 conn = await asyncssh.connect_reverse(tunnel=tunnel, **self._options(acc))
             else:
                 conn = await asyncssh.run_server(acc.sock, **self._options(acc))
@@ -290,7 +295,8 @@ class SSHProxy:
         finally:
             self._conns.discard(conn)
 
-    async def dial_node(self, target: ProxyTarget, acc: Accepted, login: str) -> tuple[socket.socket, NodeRecord]:
+    async def dial_node(self, target: ProxyTarget, acc: Accepted,
+                        login: str) -> tuple[asyncio.Transport, NodeRecord]:
         """Find and dial the node ``target`` names; raises :class:`DialFailed` with the user's message."""
         if target.cluster and target.cluster != self.cluster:
             raise DialFailed(f"unknown cluster {target.cluster!r} (this proxy serves {self.cluster!r})")
@@ -306,14 +312,14 @@ class SSHProxy:
                               conn_type=NODE, client_src_addr=format_addr(acc.peer),
                               client_dst_addr=format_addr(acc.local_addr()))
         try:
-            sock = await self.dialer.dial(request, timeout=DIAL_TIMEOUT)
+            transport = await self.dialer.dial(request, timeout=DIAL_TIMEOUT)
         except (TunnelError, OSError, TimeoutError) as exc:
             msg = str(exc) or type(exc).__name__
             raise DialFailed(f"failed connecting to node {node.hostname} ({node.host_id}): {msg}") from None
         log.info("%s: login=%s → node %s (%s) %s", acc.ctx, login, node.hostname, node.host_id,
                  "through its tunnel" if node.use_tunnel else f"at {node.addr}")
         self.stats["sessions"] += 1
-        return sock, node
+        return transport, node
 
     # -- web ---------------------------------------------------------------------------------------
 
@@ -343,7 +349,8 @@ class SSHProxy:
         if self.directory is None:
             return Response.error(503, "the SSH proxy is not started")
         try:
-            nodes = await self.directory.nodes()
+            # A listing is rare and must show a node that has just joined: asked fresh.
+            nodes = await self.directory.nodes(fresh=True)
         except authapi.AuthAPIError as exc:
             return Response.error(502, f"cannot list the cluster's nodes: {exc.message}")
         items = [n.web(self.cluster) for n in sorted(nodes, key=lambda n: (n.hostname, n.host_id))]
@@ -384,6 +391,19 @@ class SSHProxy:
             status["connected"] = (str(spec.get("host_id") or ""), str(meta.get("name") or "")) in live
             out.append({**item, "status": status})
         return Response.json({"items": out})
+
+
+class _DirectSession(ChannelTransport):
+    """A ``direct-tcpip`` channel whose node is already dialled; joined when the channel opens."""
+
+    def __init__(self, on_open: Callable[[ChannelTransport], object], node: asyncio.BaseTransport) -> None:
+        super().__init__(on_open=on_open)
+        self.node = node
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.chan is None or self._on_open is not None:  # never joined: the node would leak
+            self.node.close()
+        super().connection_lost(exc)
 
 
 class DialFailed(Exception):
@@ -467,161 +487,35 @@ class _ProxyServer(asyncssh.SSHServer):
         return _SubsystemSession(self)
 
     def connection_requested(self, dest_host: str, dest_port: int, orig_host: str,
-                             orig_port: int) -> Awaitable[_TCPSession]:
+                             orig_port: int) -> Awaitable[ChannelTransport]:
         # OpenSSH's ProxyJump (-J) through the proxy: a direct-tcpip channel to the node.
         return self._open_direct(dest_host, dest_port)
 
-    async def _open_direct(self, host: str, port: int) -> _TCPSession:
+    async def _open_direct(self, host: str, port: int) -> ChannelTransport:
         target = ProxyTarget(host, port, "")
         try:
-            sock, _ = await self.proxy.dial_node(target, self.acc, self.login)
+            node, _ = await self.proxy.dial_node(target, self.acc, self.login)
         except DialFailed as exc:
             log.warning("%s: direct-tcpip to %s:%d refused: %s", self.acc.ctx, host, port, exc)
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, str(exc)) from None
-        session = _TCPSession()
-        await session.attach(sock)
-        return session
+        # The node is dialled before the channel exists (the open is confirmed after): its first
+        # bytes stay parked until the channel opens and the pipe joins the two.
+        return _DirectSession(lambda chan: Pipe.join(chan, node), node)
 
 
-class _NodeSide(asyncio.Protocol):
-    """The node's end of a splice: bytes to the SSH channel, with backpressure both ways.
+class _SubsystemSession(ChannelTransport, asyncssh.SSHServerSession):  # type: ignore[type-arg]
+    """A session channel on the proxy: only the ``proxy:`` subsystem is served.
 
-    Until the channel exists (a ``direct-tcpip`` open is confirmed only after the node is
-    dialed) the node's first bytes — its SSH banner — are held and reading is paused.
+    The channel is parked (the client's first bytes, its SSH banner, wait with reading paused)
+    until the node is dialled; then one :class:`~tpemu.net.pipe.Pipe` joins it to the node.
     """
 
-    def __init__(self, chan: Any, on_lost: Callable[[], None]) -> None:
-        self.chan = chan
-        self.on_lost = on_lost
-        self.transport: asyncio.Transport | None = None
-        self.held: list[bytes] = []
-        self.eof = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def set_channel(self, chan: Any) -> None:
-        self.chan = chan
-        for data in self.held:
-            chan.write(data)
-        self.held.clear()
-        if self.eof:
-            self.eof_received()
-        elif self.transport is not None:
-            self.transport.resume_reading()
-
-    def data_received(self, data: bytes) -> None:
-        if self.chan is None:
-            self.held.append(data)
-            if self.transport is not None:
-                self.transport.pause_reading()
-            return
-        self.chan.write(data)
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        if self.chan is not None:
-            with contextlib.suppress(OSError, asyncssh.Error):
-                self.chan.write_eof()
-        return True
-
-    def pause_writing(self) -> None:
-        if self.chan is not None:
-            self.chan.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.chan is not None:
-            self.chan.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.on_lost()
-
-
-class _Splice:
-    """Channel side of a splice, shared by the subsystem and direct-tcpip sessions."""
-
-    chan: Any = None
-    node: _NodeSide | None = None
-    #: Client bytes that arrived before the node was connected (its SSH banner, first KEXINIT).
-    early: list[bytes] | None = None
-    early_eof = False
-
-    async def attach(self, sock: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        _, self.node = await loop.create_connection(lambda: _NodeSide(self.chan, self._node_lost), sock=sock)
-        t = self.node.transport
-        assert t is not None
-        for data in self.early or ():
-            t.write(data)
-        self.early = None
-        if self.early_eof and t.can_write_eof():
-            t.write_eof()
-
-    def _node_lost(self) -> None:
-        if self.chan is not None:
-            self.chan.close()
-
-    def _transport(self) -> asyncio.Transport | None:
-        return self.node.transport if self.node is not None else None
-
-    def data_received(self, data: bytes, datatype: Any) -> None:
-        t = self._transport()
-        if t is not None:
-            t.write(data)
-        else:
-            if self.early is None:
-                self.early = []
-            self.early.append(data)
-
-    def eof_received(self) -> bool:
-        t = self._transport()
-        if t is None:
-            self.early_eof = True
-        elif t.can_write_eof():
-            t.write_eof()
-        return True
-
-    def pause_writing(self) -> None:
-        t = self._transport()
-        if t is not None:
-            t.pause_reading()
-
-    def resume_writing(self) -> None:
-        t = self._transport()
-        if t is not None:
-            t.resume_reading()
-
-    def _close(self) -> None:
-        t = self._transport()
-        if t is not None:
-            t.close()
-
-
-class _TCPSession(_Splice, asyncssh.SSHTCPSession):  # type: ignore[type-arg]
-    """A ``direct-tcpip`` channel spliced to a node (dialed before the channel exists)."""
-
-    def connection_made(self, chan: Any) -> None:
-        self.chan = chan
-        if self.node is not None:
-            self.node.set_channel(chan)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._close()
-
-
-class _SubsystemSession(_Splice, asyncssh.SSHServerSession):  # type: ignore[type-arg]
-    """A session channel on the proxy: only the ``proxy:`` subsystem is served."""
-
     def __init__(self, server: _ProxyServer) -> None:
+        super().__init__()
         self.server = server
-        self.chan = None
         self.target: ProxyTarget | None = None
         self.error = ""
         self.task: asyncio.Task[None] | None = None
-        self.ended = False
-
-    def connection_made(self, chan: Any) -> None:
-        self.chan = chan
 
     def shell_requested(self) -> bool:
         log.info("%s: shell refused (the proxy only forwards to nodes: proxy:host:port)", self.server.acc.ctx)
@@ -642,41 +536,29 @@ class _SubsystemSession(_Splice, asyncssh.SSHServerSession):  # type: ignore[typ
         return True
 
     def session_started(self) -> None:
-        # Hold the client's bytes (its SSH banner) until the node is connected: asyncssh resumes
-        # reading right after this call, so pause on the next turn of the loop, before _connect
-        # runs; what arrived before is kept in ``early``.
-        loop = asyncio.get_running_loop()
-        loop.call_soon(self.chan.pause_reading)
-        self.task = loop.create_task(self._connect())
+        self.task = asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
         server = self.server
         try:
             if self.target is None:
                 raise DialFailed(self.error)
-            sock, _ = await server.proxy.dial_node(self.target, server.acc, server.login)
-            if self.ended:
-                sock.close()
-                return
-            await self.attach(sock)
+            node, _ = await server.proxy.dial_node(self.target, server.acc, server.login)
         except DialFailed as exc:
             log.warning("%s: proxy subsystem for login %s: %s", server.acc.ctx, server.login, exc)
-            if not self.ended:
+            if not self.is_closing():
                 self.chan.write_stderr(f"ERROR: {exc}\n".encode())
                 self.chan.exit(1)
             return
-        except OSError as exc:
-            if not self.ended:
-                self.chan.write_stderr(f"ERROR: {exc}\n".encode())
-                self.chan.exit(1)
+        if self.is_closing():
+            node.close()
             return
-        self.chan.resume_reading()
+        Pipe.join(self, node)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.ended = True
         if self.task is not None and not self.task.done():
             self.task.cancel()
-        self._close()
+        super().connection_lost(exc)
 
 
 __all__ = ["DialFailed", "NodeDialer", "NodeDirectory", "NodeRecord", "ProxyTarget", "SSHProxy",

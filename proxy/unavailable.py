@@ -31,8 +31,8 @@ from collections.abc import Callable
 from tpemu.logs import RateLimiter
 from tpemu.net import db_refusal
 from tpemu.net.h2_server import GrpcStatus, serve_h2
-from tpemu.net.relay import Stream
 from tpemu.net.sockets import close_with_answer, format_addr
+from tpemu.net.streams import Stream
 from tpemu.net.tls import ContextCache, accept_stream
 from tpemu.proxy.frontdoor import Accepted
 from tpemu.proxy.route import RouteKind, server_alpn

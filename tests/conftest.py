@@ -47,8 +47,13 @@ ProxyFactory = Callable[..., Awaitable[ProxyService]]
 
 
 def base_config(**proxy: Any) -> dict[str, Any]:
-    """A config dict with every listener on 127.0.0.1:0."""
-    return {"proxy_service": {"web_listen_addr": "127.0.0.1:0", **proxy}}
+    """A config dict with every listener on 127.0.0.1:0; tpemu-only keys (``sniff_timeout``,
+    ``passthrough``, ``tpemu_proxy_protocol_trusted_cidrs`` …) go under ``tpemu.proxy_service``."""
+    moved = {config.MOVED_PROXY_KEYS[k]: proxy.pop(k) for k in list(proxy) if k in config.MOVED_PROXY_KEYS}
+    data: dict[str, Any] = {"proxy_service": {"web_listen_addr": "127.0.0.1:0", **proxy}}
+    if moved:
+        data["tpemu"] = {"proxy_service": moved}
+    return data
 
 
 @pytest.fixture

@@ -41,3 +41,14 @@ async def ssh_cluster(tmp: Path, **options: Any) -> AsyncIterator[Cluster]:
 
 def alice(c: Cluster) -> User:
     return c.users["alice"]
+
+
+async def parked(sock: Any) -> Any:
+    """A connected socket as a parked transport: what the tunnel hands a service (a channel)."""
+    import asyncio
+
+    from tpemu.net.pipe import Parked
+
+    sock.setblocking(False)
+    transport, _ = await asyncio.get_running_loop().connect_accepted_socket(Parked, sock)
+    return transport

@@ -71,7 +71,11 @@ class KubeEnv:
 
 
 async def start(tmp: Path, separate: bool = False, apps: bool = False,
-                users: dict[str, dict[str, Any]] | None = None) -> KubeEnv:
+                users: dict[str, dict[str, Any]] | None = None,
+                app_list: list[dict[str, Any]] | None = None, direct: bool = False,
+                kubeconfig: Path | None = None) -> KubeEnv:
+    """``direct``: the Kubernetes Service joins the Auth Service directly and listens on its own
+    port (``kubernetes_service.listen_addr``) instead of holding a reverse tunnel."""
     data = tmp / "data"
     proxy_cfg: dict[str, Any] = {"web_listen_addr": "127.0.0.1:0"}
     auth_cfg: dict[str, Any] = {"listen_addr": "127.0.0.1:0", "cluster_name": CLUSTER, "keep_alive_interval": "1s"}
@@ -90,26 +94,33 @@ async def start(tmp: Path, separate: bool = False, apps: bool = False,
     roles = ("kube", "app") if apps else ("kube",)
     agent_doc: dict[str, Any] = {"teleport": {"data_dir": str(tmp / "agent")},
                                  "auth_service": {"enabled": False, "keep_alive_interval": "1s"},
-                                 "kubernetes_service": {"enabled": True, "kube_cluster_name": KUBE}}
+                                 "kubernetes_service": {"enabled": True, "kube_cluster_name": KUBE,
+                                                        **({"listen_addr": "127.0.0.1:0"} if direct else {}),
+                                                        **({"kubeconfig_file": str(kubeconfig)} if kubeconfig
+                                                           else {})}}
     if apps:
         agent_doc["app_service"] = {"enabled": True, "debug_app": True,
-                                    "apps": [{"name": "echo", "uri": "emulated-echo"}]}
+                                    "apps": app_list or [{"name": "echo", "uri": "emulated-echo"}]}
     agent_cfg = config.from_dict(agent_doc)
-    token = await auth.mint_token(tuple(r.capitalize() for r in roles), 300.0)
+    token = await auth.mint_token(tuple(r.capitalize() for r in roles), 300.0, single_use=False)
     web = proxy.info.bound[ListenerKind.WEB]
-    agent = AgentProcess(agent_cfg, AgentOptions(roles, proxy_server=web, token=token, ca_pins=(auth.ca_pin,),
-                                                 nodename="kubeagent"), {r: MAKERS[r] for r in roles})
+    where: dict[str, Any] = {"auth_server": auth.addr} if direct else {"proxy_server": web}
+    agent = AgentProcess(agent_cfg, AgentOptions(roles, token=token, ca_pins=(auth.ca_pin,), nodename="kubeagent",
+                                                 **where), {r: MAKERS[r] for r in roles})
     await agent.start()
     await agent.wait_connected()
     async with asyncio.timeout(10):  # the tunnel heartbeat and the presence in Auth
-        while KUBE not in {r.name for _, r in proxy.tunnels.resources("kube")} or KUBE not in {
+        while (not direct and KUBE not in {r.name for _, r in proxy.tunnels.resources("kube")}) or KUBE not in {
                 item["metadata"]["name"] for item in (await admin.call("GET", "/v1/kube_servers"))["items"]}:
+            await asyncio.sleep(0.05)
+        while apps and not (await admin.call("GET", "/v1/app_servers"))["items"]:
             await asyncio.sleep(0.05)
     env = KubeEnv(auth, proxy, agent, data, tmp)
     (tmp / "pw").write_text(PASSWORD)
-    for name, traits in (users if users is not None else USERS).items():
+    for name, given in (users if users is not None else USERS).items():
+        traits = {k: v for k, v in given.items() if k != "roles"}  # "roles": the user's roles (default access)
         user = {"kind": "user", "version": "v2", "metadata": {"name": name},
-                "spec": {"roles": ["access"], "traits": {"logins": [name], **traits}}}
+                "spec": {"roles": given.get("roles", ["access"]), "traits": {"logins": [name], **traits}}}
         await admin.call("POST", "/v1/users", {"user": user, "password": PASSWORD})
         await env.login(name)
     return env

@@ -60,8 +60,8 @@ def test_inspect_incomplete_refused_and_passthrough(capsys: pytest.CaptureFixtur
     code, out, _ = run(capsys, "inspect", "0x68:0x65:0x6c:0x6c:0x6f")
     assert code == 2 and "unrecognized protocol" in out
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("proxy_service:\n  passthrough:\n    - {name: app, sni: ['*.example.com'], target: '127.0.0.1:8443',"
-                   " send_proxy: v1}\n")
+    cfg.write_text("tpemu:\n  proxy_service:\n    passthrough:\n"
+                   "      - {name: app, sni: ['*.example.com'], target: '127.0.0.1:8443', send_proxy: v1}\n")
     code, out, _ = run(capsys, "inspect", "--config", str(cfg), hello.hex())
     assert code == 0 and "route:    passthrough/app" in out and "PROXY v1 header sent first" in out
     code, out, _ = run(capsys, "inspect", "--listener", "mysql", hello.hex())

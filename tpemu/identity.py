@@ -17,6 +17,8 @@ O (organization)       2.5.4.10                    groups: the Teleport roles
 OU                     2.5.4.11                    usage (``usage:db`` …)
 CN                     2.5.4.3                     username
 1.3.9999.1.1 / .1.2    KubeUsers / KubeGroups      kubernetes_users / kubernetes_groups
+1.3.9999.1.4/.5/.6/.10 App{SessionID,ClusterName,  route_to_app (session id, cluster,
+                       PublicAddr,Name}            public address, app name)
 1.3.9999.1.7           TeleportCluster             teleport_cluster
 1.3.9999.1.9           ClientIP                    client_ip
 1.3.9999.2.1 … .2.4    Database{ServiceName,       route_to_database (service, protocol,
@@ -35,7 +37,7 @@ the RDN order, that expiry is the certificate's NotAfter (not in the subject). A
 **tpemu's own choices** (not checked line by line): strings are PrintableString when every
 character allows it, otherwise UTF8String — this is what Go's ``encoding/asn1`` does for a string
 without an explicit type; decoders accept either. Fields Teleport has that tpemu does not
-emulate (app routes, AWS/Azure identities, MFA, device trust, access requests, generation …)
+emulate (AWS/Azure identities, MFA, device trust, access requests, generation …)
 are neither encoded nor decoded; their OIDs are listed in :data:`OTHER_TELEPORT_OIDS` so that a
 reader of a real Teleport certificate knows what it is skipping.
 """
@@ -62,6 +64,10 @@ __all__ = ["cluster_sni"]  # re-exported: the SNI that :func:`decode_cluster_sni
 KUBE_USERS_OID = ObjectIdentifier("1.3.9999.1.1")
 KUBE_GROUPS_OID = ObjectIdentifier("1.3.9999.1.2")
 KUBE_CLUSTER_OID = ObjectIdentifier("1.3.9999.1.3")
+APP_SESSION_ID_OID = ObjectIdentifier("1.3.9999.1.4")
+APP_CLUSTER_NAME_OID = ObjectIdentifier("1.3.9999.1.5")
+APP_PUBLIC_ADDR_OID = ObjectIdentifier("1.3.9999.1.6")
+APP_NAME_OID = ObjectIdentifier("1.3.9999.1.10")
 TELEPORT_CLUSTER_OID = ObjectIdentifier("1.3.9999.1.7")
 CLIENT_IP_OID = ObjectIdentifier("1.3.9999.1.9")
 DB_SERVICE_NAME_OID = ObjectIdentifier("1.3.9999.2.1")
@@ -75,8 +81,7 @@ SYSTEM_ROLES_OID = ObjectIdentifier("1.3.9999.2.11")
 
 #: Teleport OIDs tpemu recognises but does not emulate (decoding skips them).
 OTHER_TELEPORT_OIDS: Mapping[str, str] = {
-    "1.3.9999.1.4": "AppSessionID", "1.3.9999.1.5": "AppClusterName", "1.3.9999.1.6": "AppPublicAddr",
-    "1.3.9999.1.8": "MFAVerified", "1.3.9999.1.10": "AppName", "1.3.9999.1.11": "AppAWSRoleARN",
+    "1.3.9999.1.8": "MFAVerified", "1.3.9999.1.11": "AppAWSRoleARN",
     "1.3.9999.1.12": "AWSRoleARNs", "1.3.9999.1.13": "RenewableCertificate", "1.3.9999.1.14": "Generation",
     "1.3.9999.1.15": "PrivateKeyPolicy", "1.3.9999.1.16": "AppAzureIdentity", "1.3.9999.1.17": "AzureIdentity",
     "1.3.9999.2.8": "ActiveRequests", "1.3.9999.2.9": "DisallowReissue", "1.3.9999.2.10": "AllowedResources",
@@ -86,6 +91,8 @@ OTHER_TELEPORT_OIDS: Mapping[str, str] = {
 
 #: ``usage:db`` (``teleport.UsageDatabaseOnly``): a certificate only good for database access.
 USAGE_DATABASE_ONLY = "usage:db"
+#: ``usage:apps`` (``teleport.UsageAppsOnly``): an application session certificate.
+USAGE_APPS_ONLY = "usage:apps"
 
 # -- system roles (api/types/system_role.go) ------------------------------------------------------
 
@@ -160,6 +167,19 @@ class RouteToDatabase:
         return bool(self.service_name or self.protocol or self.username or self.database)
 
 
+@dataclass(frozen=True, slots=True)
+class RouteToApp:
+    """Where an application certificate leads (``tlsca.RouteToApp``): ``tsh apps login``."""
+
+    session_id: str = ""
+    public_addr: str = ""
+    cluster_name: str = ""
+    name: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.name or self.public_addr)
+
+
 @dataclass(frozen=True)
 class Identity:
     """A user's or a host's identity as carried by an X.509 certificate."""
@@ -177,6 +197,7 @@ class Identity:
     kubernetes_cluster: str = ""
     client_ip: str = ""
     route_to_database: RouteToDatabase = RouteToDatabase()
+    route_to_app: RouteToApp = RouteToApp()
     database_names: tuple[str, ...] = ()
     database_users: tuple[str, ...] = ()
     impersonator: str = ""
@@ -230,6 +251,11 @@ class Identity:
         extra += [(KUBE_GROUPS_OID, v) for v in self.kubernetes_groups]
         if self.kubernetes_cluster:
             extra.append((KUBE_CLUSTER_OID, self.kubernetes_cluster))
+        app = self.route_to_app
+        for oid, value in ((APP_SESSION_ID_OID, app.session_id), (APP_CLUSTER_NAME_OID, app.cluster_name),
+                           (APP_PUBLIC_ADDR_OID, app.public_addr), (APP_NAME_OID, app.name)):
+            if value:
+                extra.append((oid, value))
         if self.teleport_cluster:
             extra.append((TELEPORT_CLUSTER_OID, self.teleport_cluster))
         if self.client_ip:
@@ -259,6 +285,7 @@ _JSON_LISTS = ("groups", "usage", "principals", "system_roles", "kubernetes_user
 _JSON_STRINGS = ("username", "route_to_cluster", "teleport_cluster", "kubernetes_cluster", "client_ip",
                  "impersonator")
 _ROUTE_FIELDS = ("service_name", "protocol", "username", "database")
+_APP_FIELDS = ("session_id", "public_addr", "cluster_name", "name")
 
 
 def identity_to_json(identity: Identity) -> dict[str, Any]:
@@ -268,6 +295,7 @@ def identity_to_json(identity: Identity) -> dict[str, Any]:
     out["traits"] = {k: list(v) for k, v in identity.traits.items()}
     route = identity.route_to_database
     out["route_to_database"] = {k: getattr(route, k) for k in _ROUTE_FIELDS}
+    out["route_to_app"] = {k: getattr(identity.route_to_app, k) for k in _APP_FIELDS}
     out["expires"] = identity.expires.timestamp() if identity.expires is not None else None
     return out
 
@@ -294,6 +322,10 @@ def identity_from_json(data: object) -> Identity:
     route = {} if route is None else route
     if not isinstance(route, dict):
         raise IdentityError("identity field 'route_to_database' must be an object")
+    app = data.get("route_to_app")
+    app = {} if app is None else app
+    if not isinstance(app, dict):
+        raise IdentityError("identity field 'route_to_app' must be an object")
     raw_traits = data.get("traits")
     raw_traits = {} if raw_traits is None else raw_traits
     if not isinstance(raw_traits, dict) or not all(
@@ -311,6 +343,7 @@ def identity_from_json(data: object) -> Identity:
         kubernetes_users=strings("kubernetes_users"), kubernetes_groups=strings("kubernetes_groups"),
         kubernetes_cluster=text(data, "kubernetes_cluster"), client_ip=text(data, "client_ip"),
         route_to_database=RouteToDatabase(*(text(route, k) for k in _ROUTE_FIELDS)),
+        route_to_app=RouteToApp(*(text(app, k) for k in _APP_FIELDS)),
         database_names=strings("database_names"), database_users=strings("database_users"),
         impersonator=text(data, "impersonator"),
         expires=dt.datetime.fromtimestamp(expires_at, dt.UTC) if expires_at is not None else None,
@@ -350,6 +383,8 @@ def from_subject(subject: x509.Name, expires: dt.datetime | None = None) -> Iden
         client_ip=one(CLIENT_IP_OID),
         route_to_database=RouteToDatabase(one(DB_SERVICE_NAME_OID), one(DB_PROTOCOL_OID), one(DB_USERNAME_OID),
                                           one(DB_NAME_OID)),
+        route_to_app=RouteToApp(one(APP_SESSION_ID_OID), one(APP_PUBLIC_ADDR_OID), one(APP_CLUSTER_NAME_OID),
+                                one(APP_NAME_OID)),
         database_names=many(DB_NAMES_OID),
         database_users=many(DB_USERS_OID),
         impersonator=one(IMPERSONATOR_OID),

@@ -96,6 +96,7 @@ class EmulatedAPI:
         self.controller = Controller(self.store, node_name or f"tpemu-{name}")
         self.objects = Objects(self)
         self._bootstrapped = False
+        self.exec_sessions = 0
 
     def workdir(self, namespace: str, pod: str) -> Path:
         from tpemu.agent.kube.exec import pod_workdir

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import json
 import logging
 import os
 import pwd
 import signal
+import struct
+import subprocess
 import tempfile
+import termios
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +70,10 @@ def _make_workdir(workdir: Path) -> None:
     workdir.mkdir(mode=0o700, exist_ok=True)
 
 
+def _why(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc)
+
+
 def exit_status(code: int) -> dict[str, Any]:
     """The ``Status`` on the error channel for an exit code (client-go's ``errorDecoderV4`` reads it)."""
     if code == 0:
@@ -92,9 +100,9 @@ async def run(stream: ws.ChannelStream, argv: list[str], pod: str, workdir: Path
             *argv, stdin=asyncio.subprocess.PIPE if want_stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=str(workdir), env=env,
             start_new_session=True, close_fds=True, **extra)
-    except OSError as exc:
+    except (OSError, subprocess.SubprocessError) as exc:
         message = (f"OCI runtime exec failed: exec failed: unable to start container process: exec: "
-                   f"\"{argv[0]}\": {exc.strerror or exc}: unknown")
+                   f"\"{argv[0]}\": {_why(exc)}: unknown")
         await stream.write(ws.ERROR, json.dumps({"metadata": {}, "status": "Failure", "message": message,
                                                  "reason": "InternalError",
                                                  "details": {"causes": [{"message": message}]},
@@ -149,6 +157,131 @@ async def run(stream: ws.ChannelStream, argv: list[str], pod: str, workdir: Path
             os.killpg(proc.pid, signal.SIGKILL)
         code = await proc.wait()
     finally:
+        feeder.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feeder
+    code = code if code >= 0 else 128 - code
+    with contextlib.suppress(ConnectionError, OSError):
+        await stream.write(ws.ERROR, json.dumps(exit_status(code)).encode())
+        await stream.close()
+    return code
+
+
+# -- with a terminal (kubectl exec -t) --------------------------------------------------------------------
+
+
+def _set_winsize(fd: int, width: int, height: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", max(1, min(height, 1000)), max(1, min(width, 1000)),
+                                                    0, 0))
+
+
+def _tty_child(tty_path: str, account: tuple[int, int] | None) -> None:
+    # In the child, before exec: a new session whose controlling terminal is the pty. Opening the
+    # terminal by name as a session leader makes it the controlling one (Linux), whichever order
+    # the loop's spawn (uvloop/libuv or asyncio) sets up stdio and calls this hook in.
+    with contextlib.suppress(OSError):
+        os.setsid()
+    fd = os.open(tty_path, os.O_RDWR)
+    with contextlib.suppress(OSError):
+        fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
+    os.close(fd)
+    if account is not None:
+        _drop_to(*account)
+
+
+async def run_tty(stream: ws.ChannelStream, argv: list[str], pod: str, workdir: Path) -> int:
+    """``argv`` on a pseudo-terminal: stdin and resizes (channel 4, ``{"Width": …, "Height": …}``)
+    in, the terminal's output on stdout (a terminal has no separate stderr)."""
+    await asyncio.to_thread(_make_workdir, workdir)
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOSTNAME": pod,
+           "HOME": str(workdir), "TERM": "xterm"}
+    account = _account()
+    if account is not None:
+        with contextlib.suppress(OSError):
+            os.chown(workdir, *account)
+    master, slave = os.openpty()
+    _set_winsize(slave, 80, 24)
+    try:
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=slave, stdout=slave, stderr=slave, cwd=str(workdir),
+                                                    env=env, close_fds=True,
+                                                    preexec_fn=functools.partial(_tty_child, os.ttyname(slave),
+                                                                                 account))
+    except (OSError, subprocess.SubprocessError) as exc:
+        os.close(master)
+        os.close(slave)
+        await stream.write(ws.ERROR, json.dumps(exit_status(127) | {"message": f"exec: \"{argv[0]}\": "
+                                                                     f"{_why(exc)}"}).encode())
+        await stream.close()
+        return 127
+    os.close(slave)
+    os.set_blocking(master, False)
+    log.info("kube exec: pod %s pid %d (tty): %s", pod, proc.pid, " ".join(argv)[:200])
+    loop = asyncio.get_running_loop()
+    output: asyncio.Queue[bytes | None] = asyncio.Queue()
+    reading = True
+
+    def readable() -> None:
+        nonlocal reading
+        try:
+            data = os.read(master, 65536)
+        except BlockingIOError:
+            return
+        except OSError:  # EIO: every holder of the terminal's other side has gone
+            data = b""
+        if not data:
+            loop.remove_reader(master)
+            reading = False
+            output.put_nowait(None)
+            return
+        output.put_nowait(data)
+        if output.qsize() > 64:  # the client is slow: stop reading the terminal for a while
+            loop.remove_reader(master)
+            reading = False
+
+    loop.add_reader(master, readable)
+
+    async def feed() -> None:
+        try:
+            while (message := await stream.read_message(READ_TIMEOUT)) is not None:
+                channel, data = message
+                if channel == ws.STDIN:
+                    view = memoryview(data)
+                    for _ in range(1000):
+                        if not view:
+                            break
+                        try:
+                            view = view[os.write(master, view):]
+                        except BlockingIOError:
+                            await asyncio.sleep(0.01)
+                elif channel == ws.RESIZE:
+                    size = json.loads(data or b"{}")
+                    if isinstance(size, dict):
+                        _set_winsize(master, int(size.get("Width") or 80), int(size.get("Height") or 24))
+                elif channel == ws.CLOSE and data[:1] == bytes([ws.STDIN]):
+                    os.write(master, b"\x04")  # end of input on a terminal: ^D
+        except (TimeoutError, ws.WebSocketError, ConnectionError, OSError, ValueError) as exc:
+            log.debug("kube exec: pod %s: client stream ended: %s", pod, exc)
+        if proc.returncode is None and stream.closed:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGHUP)
+
+    feeder = loop.create_task(feed())
+    try:
+        async with asyncio.timeout(MAX_SESSION):
+            while (chunk := await output.get()) is not None:
+                await stream.write(ws.STDOUT, chunk)
+                if not reading and output.qsize() < 8:
+                    reading = True
+                    loop.add_reader(master, readable)
+            code = await proc.wait()
+    except (TimeoutError, ConnectionError, OSError):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        code = await proc.wait()
+    finally:
+        with contextlib.suppress(ValueError, OSError):
+            loop.remove_reader(master)
+        os.close(master)
         feeder.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await feeder

@@ -20,13 +20,14 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from tpemu.agent.kube import exec as kexec
 from tpemu.agent.kube import patch as kpatch
+from tpemu.agent.kube import protobuf as kproto
 from tpemu.agent.kube import resources as res
 from tpemu.agent.kube import websocket as ws
 from tpemu.agent.kube.controller import now_stamp, random_suffix
@@ -44,6 +45,8 @@ _DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 MAX_WATCH = 3600.0
+#: Concurrent ``exec`` processes per emulated cluster (each one is a process on the agent's host).
+MAX_EXEC_SESSIONS = 64
 
 
 def _json(obj: Any, status: int = 200) -> Reply:
@@ -283,14 +286,17 @@ class Objects:
 
     def _body(self, request: Request, rt: res.ResourceType, yaml_ok: bool = False) -> Obj:
         ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
-        if "protobuf" in ctype:
-            raise StatusError(415, 'the body of the request was in an unknown format - accepted media types '
-                              'include: application/json, application/yaml', "UnsupportedMediaType")
         try:
-            if yaml_ok or ctype in ("application/yaml", "application/apply-patch+yaml"):
+            if "protobuf" in ctype:
+                body = kproto.decode(request.body)
+            elif yaml_ok or ctype in ("application/yaml", "application/apply-patch+yaml"):
                 body = yaml.safe_load(request.body.decode("utf-8"))
             else:
                 body = json.loads(request.body)
+        except kproto.ProtobufError as exc:
+            raise StatusError(415, f"the body of the request was in an unknown format - accepted media types "
+                              f"include: application/json, application/yaml ({exc}; send JSON)",
+                              "UnsupportedMediaType") from None
         except (ValueError, UnicodeDecodeError, yaml.YAMLError) as exc:
             raise StatusError(400, f"couldn't get version/kind; json parse error: {str(exc)[:200]}",
                               "BadRequest") from None
@@ -587,10 +593,25 @@ class Objects:
                               f"{request.headers.get('sec-websocket-protocol', '')!r}; supported "
                               f"{', '.join(ws.PROTOCOLS)})", "BadRequest")
         assert request.reader is not None and request.writer is not None
+        if self.api.exec_sessions >= MAX_EXEC_SESSIONS:
+            raise StatusError(429, f"too many exec sessions on this emulated cluster (at most {MAX_EXEC_SESSIONS} "
+                              "at once)", "TooManyRequests")
+        self.api.exec_sessions += 1
+        try:
+            return await self._exec_upgraded(request, ns, name, argv, protocol, key)
+        finally:
+            self.api.exec_sessions -= 1
+
+    async def _exec_upgraded(self, request: Request, ns: str, name: str, argv: Sequence[str], protocol: str,
+                             key: str) -> Upgraded:
+        assert request.reader is not None and request.writer is not None
         await switch_protocols(request, [("Upgrade", "websocket"), ("Connection", "Upgrade"),
                                          ("Sec-WebSocket-Accept", ws.accept_key(key)),
                                          ("Sec-WebSocket-Protocol", protocol)])
         stream = ws.ChannelStream(request.reader, request.writer, request.leftover)
+        if request.flag("tty"):
+            await kexec.run_tty(stream, list(argv), name, self.api.workdir(ns, name))
+            return Upgraded()
         await kexec.run(stream, list(argv), name, self.api.workdir(ns, name), request.flag("stdin"),
                         request.flag("stdout") or "stdout" not in request.query, request.flag("stderr"))
         return Upgraded()

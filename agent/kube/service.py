@@ -24,17 +24,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tpemu import identity as ident
 from tpemu.agent.kube import http as khttp
+from tpemu.agent.kube import remote
 from tpemu.agent.kube.api import EmulatedAPI, status_reply
 from tpemu.agent.kube.status import StatusError
-from tpemu.net.tls import accept_stream
-from tpemu.wire.tunnel import DialRequest, Resource
+from tpemu.net.channel import open_streams
+from tpemu.wire import WireError
+from tpemu.wire.tunnel import MAX_FRAME, DialRequest, DialResponse, Resource, decode_frame
 
 if TYPE_CHECKING:
     from tpemu.agent.process import AgentContext
@@ -47,6 +49,8 @@ NO_ACCESS = ("Your user's Teleport role does not allow Kubernetes access. Please
              "ensure your role has appropriate kubernetes_groups and kubernetes_users set.")
 AUTHENTICATED = "system:authenticated"
 _IMPERSONATION = ("impersonate-user", "impersonate-group", "impersonate-uid")
+#: What serves a cluster's requests: the emulated API, or a real cluster's (kubeconfig_file).
+Cluster = EmulatedAPI | remote.RemoteAPI
 
 
 def principals(identity: ident.Identity, request: khttp.Request) -> tuple[str, tuple[str, ...]]:
@@ -84,15 +88,17 @@ def principals(identity: ident.Identity, request: khttp.Request) -> tuple[str, t
 class KubeService:
     """Serves the kube clusters of one agent (one emulated cluster per name)."""
 
-    def __init__(self, clusters: Sequence[EmulatedAPI], labels: dict[str, str] | None = None) -> None:
+    def __init__(self, clusters: Sequence[Cluster], labels: dict[str, str] | None = None,
+                 real: bool = False) -> None:
         self.clusters = {c.name: c for c in clusters}
         self.labels = labels or {}
+        self.description = "Kubernetes cluster (kubeconfig)" if real else "emulated Kubernetes API"
         self._tls: ssl.SSLContext | None = None
         self._listener: asyncio.Server | None = None
 
     def resources(self) -> tuple[Resource, ...]:
         return tuple(Resource(KUBE, name, dict(self.labels), protocol="kubernetes",
-                              description="emulated Kubernetes API") for name in self.clusters)
+                              description=self.description) for name in self.clusters)
 
     async def close(self) -> None:
         if self._listener is not None:
@@ -100,22 +106,23 @@ class KubeService:
         for cluster in self.clusters.values():
             cluster.close()
 
-    def _cluster(self, name: str) -> EmulatedAPI:
+    def _cluster(self, name: str) -> Cluster:
         cluster = self.clusters.get(name) or (next(iter(self.clusters.values())) if not name and
                                               len(self.clusters) == 1 else None)
         if cluster is None:
             raise StatusError(404, f'kubernetes cluster "{name}" not found', "NotFound")
         return cluster
 
-    async def serve(self, sock: socket.socket, request: DialRequest) -> None:
-        """A connection through the reverse tunnel: plain HTTP, the identity in the dial request."""
+    async def serve(self, transport: asyncio.Transport, request: DialRequest) -> None:
+        """A connection through the reverse tunnel (its channel, a parked transport): plain HTTP,
+        the identity in the dial request."""
         try:
             identity = ident.Identity.from_json(request.identity or {})
         except ident.IdentityError as exc:
             log.warning("kube service: dial without a valid identity: %s", exc)
-            sock.close()
+            transport.close()
             return
-        reader, writer = await accept_stream(sock, None, timeout=10.0)
+        reader, writer = await open_streams(transport)
         await self.serve_http(reader, writer, identity, request.name or request.address,
                               request.client_src_addr)
 
@@ -145,31 +152,43 @@ class KubeService:
     # -- kubernetes_service.listen_addr (3026) ---------------------------------------------------------
 
     async def listen(self, host: str, port: int, tls: ssl.SSLContext) -> tuple[str, int]:
-        """Serve TLS with client certificates (the proxy, or a user, dials this port directly)."""
+        """Serve the proxy directly (a Kubernetes Service joined to the Auth Service, no tunnel).
+
+        TLS with a client certificate that must be a *Proxy* host certificate of this cluster (the
+        context verifies it against the host CA); then, as on a tunnel channel, one
+        :class:`~tpemu.wire.tunnel.DialRequest` frame with the user's identity as the proxy verified
+        it, answered by a :class:`~tpemu.wire.tunnel.DialResponse`, then the user's HTTP stream.
+        (Teleport's proxy gets a user certificate for the hop instead, ``ProcessKubeCSR``.)
+        """
         self._tls = tls
 
         async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
             peer = writer.get_extra_info("peername")
-            if not der:
-                await khttp.serve(reader, writer, lambda r: _unauthorized(), lambda c, m: status_reply(
-                    StatusError(c, m)))
-                return
             try:
-                identity = ident.from_der(der)
-            except ident.IdentityError as exc:
-                log.warning("kube service: client certificate without identity from %s: %s", peer, exc)
+                caller = ident.from_der(writer.get_extra_info("ssl_object").getpeercert(binary_form=True) or b"")
+                if not caller.is_system(ident.ROLE_PROXY):
+                    raise ident.IdentityError(f"{caller.username} is not a proxy")
+                async with asyncio.timeout(10):
+                    # Exactly the frame: what follows is the user's HTTP stream, read by serve_http.
+                    head = await reader.readexactly(4)
+                    length = int.from_bytes(head, "big")
+                    if length > MAX_FRAME:
+                        raise WireError(f"dial request of {length} bytes")
+                    frame = decode_frame(head + await reader.readexactly(length))
+                assert frame is not None
+                request = DialRequest.from_json(frame[0])
+                identity = ident.Identity.from_json(request.identity or {})
+            except (ident.IdentityError, WireError, ValueError, TimeoutError, ConnectionError, OSError,
+                    asyncio.IncompleteReadError) as exc:
+                log.warning("kube service: direct connection from %s refused: %s", peer, exc)
                 writer.close()
                 return
-            await self.serve_http(reader, writer, identity, identity.kubernetes_cluster, str(peer))
+            writer.write(DialResponse(True).encode())
+            await self.serve_http(reader, writer, identity, request.name, str(peer))
 
         self._listener = await asyncio.start_server(on_client, host, port, ssl=tls, ssl_handshake_timeout=10.0)
         bound = self._listener.sockets[0].getsockname()
         return bound[0], bound[1]
-
-
-async def _unauthorized() -> khttp.Reply:
-    return status_reply(StatusError(401, "Unauthorized: a client certificate from 'tpemu kube login' is required"))
 
 
 async def make_offers(ctx: AgentContext) -> list[Offer]:
@@ -178,10 +197,21 @@ async def make_offers(ctx: AgentContext) -> list[Offer]:
 
     ks = ctx.cfg.kubernetes_service
     name = ks.kube_cluster_name or DEFAULT_CLUSTER
-    cluster = EmulatedAPI(name, ctx.data_dir, node_name=ctx.nodename)
-    service = KubeService([cluster], dict(ks.labels))
-    log.info("kubernetes service: cluster %s (emulated Kubernetes API, objects in %s)", name,
-             ctx.data_dir / "kube" / f"{name}.sqlite")
+    cluster: Cluster
+    if ks.kubeconfig_file:
+        # A real cluster: the kubeconfig's current context (lib/kube/proxy/kube_creds.go).
+        try:
+            upstream = remote.load_kubeconfig(Path(ks.kubeconfig_file))
+        except remote.KubeconfigError as exc:
+            raise ValueError(f"kubernetes_service.kubeconfig_file: {exc}") from None
+        cluster = remote.RemoteAPI(name, upstream)
+        log.info("kubernetes service: cluster %s → %s:%d (kubeconfig %s)", name, upstream.host, upstream.port,
+                 ks.kubeconfig_file)
+    else:
+        cluster = EmulatedAPI(name, ctx.data_dir, node_name=ctx.nodename)
+        log.info("kubernetes service: cluster %s (emulated Kubernetes API, objects in %s)", name,
+                 ctx.data_dir / "kube" / f"{name}.sqlite")
+    service = KubeService([cluster], dict(ks.labels), real=bool(ks.kubeconfig_file))
     return [Offer(r, service) for r in service.resources()]
 
 

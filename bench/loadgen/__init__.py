@@ -64,7 +64,7 @@ def _run(args: list[str], timeout: float) -> dict[str, Any]:
 
 
 def connrate(target: str, *, concurrency: int, duration: float, payload: Path, warmup: float = 0.0,
-             timeout: float = 5.0, max_conns: int | None = None) -> dict[str, Any]:
+             timeout: float = 5.0, max_conns: int | None = None, bind: str | None = None) -> dict[str, Any]:
     """New connections per second (send ``payload``, wait for a byte) against ``target``.
 
     Returns loadgen's JSON: connections, errors, error_kinds, duration_s, conn_per_s, p50_us,
@@ -74,6 +74,8 @@ def connrate(target: str, *, concurrency: int, duration: float, payload: Path, w
             "--payload", str(payload), "--warmup", f"{warmup:g}", "--timeout", f"{timeout:g}"]
     if max_conns is not None:
         args += ["--max-conns", str(max_conns)]
+    if bind is not None:
+        args += ["--bind", bind]
     return _run(args, duration + warmup + timeout + GRACE)
 
 
@@ -156,9 +158,11 @@ class IdleConnections:
     """
 
     def __init__(self, target: str, *, count: int, payload: Path, hold: float = 120.0, concurrency: int = 64,
-                 open_timeout: float = 60.0) -> None:
+                 open_timeout: float = 60.0, bind: str | None = None) -> None:
         argv = [str(build()), "idle", "--target", target, "--count", str(count), "--payload", str(payload),
                 "--hold", f"{hold:g}", "--concurrency", str(concurrency), "--open-timeout", f"{open_timeout:g}"]
+        if bind is not None:
+            argv += ["--bind", bind]  # the local source address (several spread the ephemeral ports)
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True)
         self.final: dict[str, Any] = {}

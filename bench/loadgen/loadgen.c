@@ -29,11 +29,15 @@
  *       "bytes" leaves out the warm-up, "all_bytes" does not; MB = 10^6 bytes.
  *
  *   loadgen idle --target HOST:PORT --count N --payload FILE --hold S [--concurrency K]
- *                [--open-timeout S]
+ *                [--open-timeout S] [--bind HOST]
  *       Opens N connections (at most K connecting at once, default 64), sends the payload on
  *       each and waits for >= 1 byte back, then prints {"ready", "errors", "error_kinds",
  *       "open_s"} and holds them until stdin reaches EOF or S seconds pass; then prints
  *       {"held", "dropped"} (dropped = closed by the other side while held) and exits.
+ *
+ * --bind HOST (connrate, idle): connect from this local address (port chosen at connect, with
+ * IP_BIND_ADDRESS_NO_PORT), so that several loopback sources (127.0.0.x) each get their own
+ * range of ephemeral ports: past ~28,000 connections to one target one source runs out.
  *
  * Exit status: 0 after a run (even one with errors: they are in the JSON), 2 on usage errors,
  * 1 when the run could not start (bad address, cannot listen or connect at all).
@@ -186,7 +190,7 @@ static int error_kind(int err) {
 /* -- option parsing ----------------------------------------------------------------------- */
 
 struct opts {
-    const char *listen, *mode, *target, *payload;
+    const char *listen, *mode, *target, *payload, *bind;
     long concurrency, duration_ms, warmup_ms, max_conns, streams, count, hold_ms, timeout_ms, open_timeout_ms,
         max_ms;
 };
@@ -207,6 +211,7 @@ static void parse_opts(int argc, char **argv, struct opts *o) {
         else if (!strcmp(k, "--mode")) o->mode = v;
         else if (!strcmp(k, "--target")) o->target = v;
         else if (!strcmp(k, "--payload")) o->payload = v;
+        else if (!strcmp(k, "--bind")) o->bind = v;
         else if (!strcmp(k, "--concurrency")) o->concurrency = parse_num(v, 1);
         else if (!strcmp(k, "--duration")) o->duration_ms = parse_num(v, 1000);
         else if (!strcmp(k, "--warmup")) o->warmup_ms = parse_num(v, 1000);
@@ -346,6 +351,7 @@ static int cmp_u32(const void *a, const void *b) {
 
 struct runner {
     struct addr target;
+    struct addr source; /* source.len == 0: the kernel chooses */
     const char *payload;
     size_t payload_len;
     int ep;
@@ -370,6 +376,20 @@ static int slot_start(struct runner *r, struct slot *s, int i, double now) {
         return -1;
     }
     nodelay(s->fd);
+    if (r->source.len) {
+#ifdef IP_BIND_ADDRESS_NO_PORT
+        int one = 1;
+        setsockopt(s->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+#endif
+        if (bind(s->fd, (struct sockaddr *)&r->source.ss, r->source.len) != 0) {
+            count_error(r, E_OTHER);
+            close(s->fd);
+            s->fd = -1;
+            s->state = 0;
+            s->retry_at = now + 0.01;
+            return -1;
+        }
+    }
     if (connect(s->fd, (struct sockaddr *)&r->target.ss, r->target.len) != 0 && errno != EINPROGRESS) {
         count_error(r, error_kind(errno) == E_ADDRNOTAVAIL ? E_ADDRNOTAVAIL : E_CONNECT);
         close(s->fd);
@@ -428,6 +448,11 @@ static int connrate(struct opts *o) {
     static char payload[MAX_PAYLOAD];
     struct runner r = {0};
     parse_addr(o->target, &r.target);
+    if (o->bind) {
+        char with_port[300];
+        snprintf(with_port, sizeof with_port, "%s:0", o->bind);
+        parse_addr(with_port, &r.source);
+    }
     r.payload = payload;
     r.payload_len = read_payload(o->payload, payload);
     r.ep = epoll_create1(EPOLL_CLOEXEC);
@@ -599,6 +624,11 @@ static int idle(struct opts *o) {
     static char payload[MAX_PAYLOAD];
     struct runner r = {0};
     parse_addr(o->target, &r.target);
+    if (o->bind) {
+        char with_port[300];
+        snprintf(with_port, sizeof with_port, "%s:0", o->bind);
+        parse_addr(with_port, &r.source);
+    }
     r.payload = payload;
     r.payload_len = read_payload(o->payload, payload);
     r.ep = epoll_create1(EPOLL_CLOEXEC);

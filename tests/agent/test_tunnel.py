@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import socket
 from pathlib import Path
 
 import pytest
 
 from tpemu import authclient, config, pki
 from tpemu.agent.tunnel import Offer, TunnelAgent, TunnelTarget
+from tpemu.net.channel import open_streams
 from tpemu.proxy.auth_routes import AuthLink
 from tpemu.proxy.decide import ListenerKind
 from tpemu.proxy.service import ProxyService
@@ -27,9 +27,9 @@ class Echo:
         self.name = name
         self.requests: list[tw.DialRequest] = []
 
-    async def serve(self, sock: socket.socket, request: tw.DialRequest) -> None:
+    async def serve(self, transport: asyncio.Transport, request: tw.DialRequest) -> None:
         self.requests.append(request)
-        reader, writer = await asyncio.open_connection(sock=sock)
+        reader, writer = await open_streams(transport)  # the channel itself: no socket in between
         while line := await reader.readline():
             writer.write(self.name.encode() + b":" + line)
             await writer.drain()
@@ -53,8 +53,8 @@ def agent_for(cluster: Cluster, identity: authclient.HostIdentity, service: Echo
                        min_backoff=0.2, max_backoff=1.0)
 
 
-async def roundtrip(sock: socket.socket, line: bytes) -> bytes:
-    reader, writer = await asyncio.open_connection(sock=sock)
+async def roundtrip(transport: asyncio.Transport, line: bytes) -> bytes:
+    reader, writer = await open_streams(transport)
     writer.write(line)
     got = await asyncio.wait_for(reader.readline(), 5)
     writer.close()
@@ -84,7 +84,9 @@ async def test_agent_tunnel_dial_and_refusals(tmp_path: Path, separate: bool) ->
         assert await roundtrip(sock, b"by id\n") == b"node1:by id\n"
         with pytest.raises(TunnelError, match="node 'nope' not found in cluster tpemu.local.*known: node1"):
             await reg.dial(tw.DialRequest(address="nope", conn_type="node"))
-        with pytest.raises(TunnelError, match="database 'pg' not found"):
+        # lib/srv/db/proxyserver.go: "database %q not found among registered databases in cluster %q".
+        with pytest.raises(TunnelError, match='database "pg" not found among registered databases in cluster '
+                                              '"tpemu.local"'):
             await reg.dial(tw.DialRequest(name="pg", conn_type="db"))
         await agent.close()
 

@@ -232,9 +232,14 @@ async def test_garbage_and_plain_http_do_not_hurt(auth: AuthService) -> None:
     reader, writer = await asyncio.open_connection(auth.addr.host, auth.addr.port)
     writer.write(b"GET /v1/ping HTTP/1.1\r\nHost: x\r\n\r\n")
     async with asyncio.timeout(5):
-        answer = await reader.read()
+        try:
+            answer = await reader.read()
+        except ConnectionResetError:
+            answer = b""
     writer.close()
-    assert answer == b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+    # Teleport's Auth listener is a TLS-only multiplexer: plain HTTP is closed without a byte
+    # (lib/service/service.go initAuthService, lib/multiplexer/multiplexer.go detectAndForward).
+    assert answer == b""
     reader, writer = await asyncio.open_connection(auth.addr.host, auth.addr.port)
     writer.write(bytes(range(256)) * 4)
     async with asyncio.timeout(5):

@@ -107,8 +107,9 @@ def test_user_certificates_carry_the_identity(cas: dict[CAType, authority_mod.Ce
     cert = authority_mod.issue_user_tls(cas[CAType.USER], key.public_key(), identity, not_after)
     got = ident.from_certificate(cert)
     assert got == ident.Identity(**{**identity.__dict__, "expires": not_after})
+    # lib/tlsca/ca.go GenerateCertificate: every leaf, user certificates too, has both usages.
     assert cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value == x509.ExtendedKeyUsage(
-        [x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH])
+        [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH, x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH])
     with pytest.raises(pki.CertificateError, match="signed by unknown authority") as err:
         pki.verify_issued_by(cert, [cas[CAType.HOST].tls_cert])
     assert err.value.reason == "unknown-authority"

@@ -95,3 +95,18 @@ def test_idle_reports_connections_that_get_no_answer(hello: Path) -> None:
         target = f"127.0.0.1:{silent.getsockname()[1]}"
         with loadgen.IdleConnections(target, count=3, payload=hello, hold=1, open_timeout=1) as idle:
             assert idle.ready["ready"] == 0
+
+
+def test_idle_connects_from_the_bind_address(hello: Path) -> None:
+    """``--bind``: the connections come from that loopback source (the growth bench spreads its
+    held connections over several so one source's ~28,000 ephemeral ports are not the limit)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        target = f"127.0.0.1:{server.getsockname()[1]}"
+        with loadgen.IdleConnections(target, count=1, payload=hello, hold=5, open_timeout=3,
+                                     bind="127.0.0.7"):
+            server.settimeout(5)
+            conn, addr = server.accept()
+            with conn:
+                assert addr[0] == "127.0.0.7"

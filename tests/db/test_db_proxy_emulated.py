@@ -96,7 +96,8 @@ async def test_postgres_refusals_in_protocol(dbc: Cluster) -> None:
     await dbc.agents["db"].close()  # the Database Service goes away: the proxy says so, in protocol
     await wait_for(lambda: not dbc.databases(), what="the proxy to drop the database agent")
     with pytest.raises(asyncpg.ConnectionFailureError,
-                       match='database "pg" is unavailable: database .pg. not found .*no connected agent serves it'):
+                       match='database "pg" is unavailable: database "pg" not found among registered databases in '
+                             'cluster "tpemu.local"'):  # lib/srv/db/proxyserver.go
         await asyncpg.connect(host="127.0.0.1", port=dbc.web.port, user="alice", database="app", ssl=ctx,
                               direct_tls=True)
 
@@ -159,12 +160,15 @@ async def test_pymysql_on_the_mysql_listener_and_alpn(tmp_path: Any) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", c.listener(ListenerKind.MYSQL).port)
         head = await reader.readexactly(4)
         greeting = my.parse_handshake_v10(await reader.readexactly(int.from_bytes(head[:3], "little")))
-        assert greeting.capabilities & my.CLIENT_SSL and greeting.server_version == "8.0.36-tpemu"
+        # Teleport's greeting version (lib/srv/db/mysql/proxy.go serverVersion).
+        assert greeting.capabilities & my.CLIENT_SSL and greeting.server_version == "8.0.0-Teleport"
         plain = my.HandshakeResponse(my.CLIENT_PROTOCOL_41 | my.CLIENT_SECURE_CONNECTION, 1 << 24, 45, "alice",
                                      b"", None, None, ())
         writer.write(my.encode_packet(1, my.encode_handshake_response(plain)))
         answer = await asyncio.wait_for(reader.read(1000), 5)
-        assert answer[3] == 2 and answer[4] == 0xFF and b"requires TLS" in answer
+        # Teleport's text (lib/srv/db/mysql/proxy.go performHandshake, via go-mysql WriteError:
+        # ER_UNKNOWN_ERROR 1105, SQL state HY000).
+        assert answer == my.encode_packet(2, b"\xff\x51\x04#HY000expected TLS connection, got: *net.TCPConn")
         writer.close()
     finally:
         await c.close()
@@ -280,5 +284,19 @@ async def test_separate_listeners(tmp_path: Any) -> None:
                 client.close()
 
         assert (await asyncio.to_thread(mongo))["ok"] == 1.0
+    finally:
+        await c.close()
+
+
+async def test_mysql_listener_announces_the_configured_version(tmp_path: Any) -> None:
+    # lib/srv/db/proxyserver.go MySQLProxy: ServerVersion = proxy_service.mysql_server_version
+    # (else mysql/proxy.go's serverVersion "8.0.0-Teleport", checked above).
+    c = await db_cluster(tmp_path, mysql_listen_addr="127.0.0.1:0", mysql_server_version="5.7.42-custom")
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", c.listener(ListenerKind.MYSQL).port)
+        head = await reader.readexactly(4)
+        greeting = my.parse_handshake_v10(await reader.readexactly(int.from_bytes(head[:3], "little")))
+        assert greeting.server_version == "5.7.42-custom"
+        writer.close()
     finally:
         await c.close()

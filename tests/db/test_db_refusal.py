@@ -7,8 +7,10 @@ import socket
 
 import pytest
 
+from tpemu.net.channel import open_streams
 from tpemu.net.db_refusal import Refusal, refuse
-from tpemu.net.relay import PingStream, Stream
+from tpemu.net.pipe import park_streams
+from tpemu.net.streams import PingTransport, Stream
 from tpemu.wire import mongo as mongo_wire
 from tpemu.wire import mysql as my
 from tpemu.wire import ping
@@ -20,7 +22,9 @@ async def exchange(protocol: str, request: bytes, why: Refusal, mysql_seq: int =
     ours.setblocking(False)
     theirs.setblocking(False)
     reader, writer = await asyncio.open_connection(sock=theirs)
-    stream = PingStream(reader, writer) if framed else Stream(reader, writer)
+    if framed:
+        reader, writer = await open_streams(PingTransport.wrap(park_streams(reader, writer)))
+    stream = Stream(reader, writer)
     task = asyncio.ensure_future(refuse(protocol, stream, "no entry\r\nfor you", why, mysql_seq))
     loop = asyncio.get_running_loop()
     await loop.sock_sendall(ours, ping.encode_frame(request) if framed else request)

@@ -9,6 +9,7 @@ import socket
 
 import pytest
 
+from tests.helpers import parked
 from tpemu import identity as ident
 from tpemu.agent.db_service import ACCESS_DENIED, DatabaseService, check_access
 from tpemu.config import Database, DatabaseTLS
@@ -83,7 +84,7 @@ async def test_unknown_database_and_bad_identity_refused_in_protocol() -> None:
              b"invalid identity in the dial request")):
         ours, theirs = socket.socketpair()
         ours.setblocking(False)
-        task = asyncio.ensure_future(svc.serve(theirs, request))
+        task = asyncio.ensure_future(svc.serve(await parked(theirs), request))
         await loop.sock_sendall(ours, pg.encode_startup({"user": "alice", "database": "app"}))
         data = b""
         async with asyncio.timeout(5):

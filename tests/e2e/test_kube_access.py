@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import ssl
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ import pytest
 from tests import kube_env
 from tests.conftest import need
 from tpemu.agent.kube import controller
+from tpemu.proxy.decide import ListenerKind
 
 pytestmark = pytest.mark.e2e
 
@@ -167,6 +169,26 @@ async def test_refusals_are_kubernetes_status(env: kube_env.KubeEnv) -> None:
     assert code == 1 and "the server doesn't have a resource type \"nosuchthings\"" in err
     code, _, err = await kubectl(env, "alice", "get", "pod", "missing")
     assert code == 1 and 'Error from server (NotFound): pods "missing" not found' in err
+    # kubectl's create generators send protobuf bodies: decoded for the kinds they make here …
+    code, out, err = await kubectl(env, "alice", "create", "secret", "generic", "s1", "--from-literal=k=v")
+    assert code == 0 and "secret/s1 created" in out, err
+    code, out, err = await kubectl(env, "alice", "get", "secret", "s1", "-o", "jsonpath={.data.k}")
+    assert code == 0 and out == "dg==", err
+    code, out, err = await kubectl(env, "alice", "create", "namespace", "team-a")
+    assert code == 0, err
+    # … and refused, in a Status that says what to do, for the others
+    code, _, err = await kubectl(env, "alice", "create", "service", "clusterip", "svc", "--tcp=80:80")
+    assert code == 1 and "protobuf bodies of kind Service are not emulated; send JSON" in err, err
+    # no client certificate at all: the proxy answers 401 in a Status
+    ctx = ssl.create_default_context(cafile=str(env.data / "pki" / "ca.crt"))
+    web = env.proxy.info.bound[ListenerKind.WEB]
+    reader, writer = await asyncio.open_connection(web.host, web.port, ssl=ctx,
+                                                   server_hostname="kube-teleport-proxy-alpn.teleport.cluster.local")
+    writer.write(b"GET /api HTTP/1.1\r\nHost: kube\r\nConnection: close\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 401")
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["reason"] == "Unauthorized"
     # still serving afterwards
     code, _, err = await kubectl(env, "alice", "get", "ns", "default")
     assert code == 0, err
@@ -186,5 +208,46 @@ async def test_separate_mode_kube_listener(tmp_path: Path) -> None:
         assert code == 0 and "kube-public" in out, err
         code, out, err = await env.run("alice", sys.executable, "-c", PY_LIST_PODS)
         assert code == 0 and "default" in out.splitlines()[1], err
+    finally:
+        await kube_env.stop(env)
+
+
+async def test_directly_joined_kubernetes_service(tmp_path: Path) -> None:
+    """The Kubernetes Service joined to the Auth Service, listening on its own port (the seed's
+    direct-connection table allows it for Kubernetes); the proxy dials the address it announced."""
+    need("kubectl")
+    env = await kube_env.start(tmp_path, direct=True, users={"alice": kube_env.USERS["alice"]})
+    try:
+        assert not env.agent.tunnels and env.agent.direct_kube_addr is not None
+        code, _, err = await env.run("alice", "tpemu", "kube", "login", "emu")
+        assert code == 0, err
+        code, out, err = await kubectl(env, "alice", "get", "ns")
+        assert code == 0 and "kube-system" in out, err
+        manifest = env.tmp / "deploy.yaml"
+        manifest.write_text(DEPLOYMENT.replace("REPLICAS", "1"))
+        code, out, err = await kubectl(env, "alice", "apply", "-f", str(manifest))
+        assert code == 0 and "created" in out, err
+    finally:
+        await kube_env.stop(env)
+
+
+async def test_roles_kubernetes_labels_decide_kube_login(tmp_path: Path) -> None:
+    """Teleport's kubernetes_labels check (``lib/services/role.go``): a role without a matching
+    ``kubernetes_labels`` rule (the preset ``editor``, or a deny rule) gets no certificate for the
+    cluster, even with kubernetes_groups traits; ``access`` does."""
+    env = await kube_env.start(tmp_path, users={
+        "frank": {"roles": ["editor"], "kubernetes_groups": ["system:masters"]},
+        "gina": {"roles": ["access", "no-kube"], "kubernetes_groups": ["system:masters"]},
+        "alice": {"kubernetes_groups": ["system:masters"]}})
+    try:
+        admin = kube_env.admin_client(env.data)
+        await admin.call("PUT", "/v1/roles/no-kube", {"kind": "role", "metadata": {"name": "no-kube"},
+                                                      "spec": {"deny": {"kubernetes_labels": {"*": "*"}}}})
+        code, out, err = await env.run("frank", "tpemu", "kube", "login", kube_env.KUBE)
+        assert code != 0 and f"access to kubernetes cluster {kube_env.KUBE!r} denied" in out + err, (out, err)
+        code, out, err = await env.run("gina", "tpemu", "kube", "login", kube_env.KUBE)
+        assert code != 0 and "denied by role 'no-kube'" in out + err, (out, err)
+        code, out, err = await env.run("alice", "tpemu", "kube", "login", kube_env.KUBE)
+        assert code == 0, err
     finally:
         await kube_env.stop(env)

@@ -93,6 +93,7 @@ async def test_l7_load_balancer_x509_then_upgrade(tmp_path: Path, monkeypatch: p
                     assert (await node.run("echo through-the-l7-fault")).stdout == "through-the-l7-fault\n"
             finally:
                 proxy.close()
-            assert c.proxy.conn_upgrade.stats["alpn"] >= 1 and c.proxy.conn_upgrade.stats["alpn-ping"] >= 1
+            stats = c.proxy.conn_upgrade.stats
+            assert stats["websocket/alpn"] >= 1 and stats["websocket/alpn-ping"] >= 1, stats
         finally:
             await lb.close()

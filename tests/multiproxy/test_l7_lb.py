@@ -70,7 +70,8 @@ async def test_ssh_and_auth_through_nginx(tmp_path: Path, monkeypatch: pytest.Mo
             finally:
                 proxy.close()
             assert result.stdout == "through-nginx\n"
-            assert c.proxy.conn_upgrade.stats["alpn-ping"] >= 1 and c.proxy.conn_upgrade.stats["alpn"] >= 1
+            stats = c.proxy.conn_upgrade.stats  # WebSocket through nginx (Upgrade + Sec-WebSocket-*)
+            assert stats["websocket/alpn-ping"] >= 1 and stats["websocket/alpn"] >= 1, stats
 
 
 async def test_psql_through_nginx_with_the_upgrade(tmp_path: Path, template: Path, real_pg: realservers.DBServer,
@@ -96,6 +97,6 @@ async def test_psql_through_nginx_with_the_upgrade(tmp_path: Path, template: Pat
             assert (await env.cli("db", "login", "realpg"))[0] == 0
             code, out, err = await env.cli("db", "connect", "realpg", "--", "-tAc", "select 40 + 2")
             assert code == 0 and out.strip() == "42", err
-            assert env.proxy.conn_upgrade.stats["alpn-ping"] >= 1
+            assert env.proxy.conn_upgrade.stats["websocket/alpn-ping"] >= 1
     finally:
         await stop_env(env)

@@ -31,7 +31,11 @@ from tpemu.wire import proxy_protocol as pp
 
 pytestmark = pytest.mark.both_loops
 
-GET = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+#: A plain SSH identification line: a bare proxy answers it with its own (and a disconnect), which
+#: shows the connection got past the PROXY-header checks (plain HTTP is closed without an answer,
+#: as Teleport's multiplexer does, so it cannot serve as the probe).
+SSH = b"SSH-2.0-probe\r\n"
+ANSWERED = b"SSH-2.0-"
 V1 = pp.encode_v1(("192.0.2.7", 40000), ("127.0.0.1", 3080))
 V2 = pp.encode_v2(("192.0.2.7", 40000), ("127.0.0.1", 3080))
 V2_LOCAL = pp.encode_v2(None, None, command=pp.Command.LOCAL)
@@ -55,11 +59,11 @@ async def test_unset_accepts_one_header_and_marks_port_zero(proxy_factory: Proxy
     caplog.set_level(logging.INFO)
     svc = await proxy_factory()
     for header in (V1, V2):
-        assert (await exchange(web_port(svc), header + GET)).startswith(b"HTTP/1.1 301")
-        await eventually(lambda: "peer=192.0.2.7:0 listener=web proto=http" in caplog.text)
+        assert (await exchange(web_port(svc), header + SSH)).startswith(ANSWERED)
+        await eventually(lambda: "peer=192.0.2.7:0 listener=web proto=ssh" in caplog.text)
         caplog.clear()
-    assert (await exchange(web_port(svc), GET)).startswith(b"HTTP/1.1 301")  # not required
-    assert await exchange(web_port(svc), V1 + V2 + GET) == b""  # one header only
+    assert (await exchange(web_port(svc), SSH)).startswith(ANSWERED)  # not required
+    assert await exchange(web_port(svc), V1 + V2 + SSH) == b""  # one header only
     assert svc.door.stats.refused["proxy-protocol-twice"] == 1
 
 
@@ -67,11 +71,11 @@ async def test_on_requires_a_header_except_on_self_connections(proxy_factory: Pr
     svc = await proxy_factory(proxy_protocol=True)
     port = web_port(svc)
     # From another host (127.0.0.2 → 127.0.0.1): the header is required (``missingProxyLineError``).
-    assert await exchange(port, GET, local="127.0.0.2") == b""
+    assert await exchange(port, SSH, local="127.0.0.2") == b""
     assert svc.door.stats.refused["proxy-protocol-missing"] == 1
-    assert (await exchange(port, V1 + GET, local="127.0.0.2")).startswith(b"HTTP/1.1 301")
+    assert (await exchange(port, V1 + SSH, local="127.0.0.2")).startswith(ANSWERED)
     # From the listener's own host (``isSelfConnection``): allowed without a header.
-    assert (await exchange(port, GET)).startswith(b"HTTP/1.1 301")
+    assert (await exchange(port, SSH)).startswith(ANSWERED)
     assert svc.door.stats.refused["proxy-protocol-missing"] == 1
 
 
@@ -79,23 +83,23 @@ async def test_on_requires_a_header_except_on_self_connections(proxy_factory: Pr
 async def test_v2_local_is_skipped_in_every_mode(proxy_factory: ProxyFactory, mode: bool | None) -> None:
     # ``Mux.detect``: ReadProxyLineV2 returns nil for LOCAL → "Skipping LOCAL command" (no mode check).
     svc = await proxy_factory(proxy_protocol=mode)
-    assert (await exchange(web_port(svc), V2_LOCAL + GET, local="127.0.0.2")).startswith(b"HTTP/1.1 301")
+    assert (await exchange(web_port(svc), V2_LOCAL + SSH, local="127.0.0.2")).startswith(ANSWERED)
 
 
 async def test_off_refuses_a_header(proxy_factory: ProxyFactory) -> None:
     svc = await proxy_factory(proxy_protocol=False)
-    assert await exchange(web_port(svc), V1 + GET) == b""
+    assert await exchange(web_port(svc), V1 + SSH) == b""
     assert svc.door.stats.refused["proxy-protocol-off"] == 1
 
 
 async def test_trusted_cidrs_limit_who_may_send_a_header(proxy_factory: ProxyFactory) -> None:
     svc = await proxy_factory(proxy_protocol=True, tpemu_proxy_protocol_trusted_cidrs=["127.0.0.2/32"])
     port = web_port(svc)
-    assert await exchange(port, V1 + GET, local="127.0.0.3") == b""
+    assert await exchange(port, V1 + SSH, local="127.0.0.3") == b""
     assert svc.door.stats.refused["proxy-protocol-untrusted"] == 1
-    assert (await exchange(port, V1 + GET, local="127.0.0.2")).startswith(b"HTTP/1.1 301")
+    assert (await exchange(port, V1 + SSH, local="127.0.0.2")).startswith(ANSWERED)
     # A LOCAL header names nobody: a health check from anywhere is fine.
-    assert (await exchange(port, V2_LOCAL + GET, local="127.0.0.3")).startswith(b"HTTP/1.1 301")
+    assert (await exchange(port, V2_LOCAL + SSH, local="127.0.0.3")).startswith(ANSWERED)
 
 
 def open_fds() -> int:

@@ -14,6 +14,7 @@ from typing import Any
 import asyncssh
 import pytest
 
+from tests.helpers import parked
 from tpemu import pki
 from tpemu.agent.ssh_service import SSHService
 from tpemu.auth import authority
@@ -82,7 +83,7 @@ async def connect(node: SSHService, cas: NodeCAs) -> AsyncIterator[Connect]:
         theirs.setblocking(False)
         request = DialRequest(address="node1", server_id=node.server_id, client_src_addr="127.0.0.9:40000",
                               client_dst_addr="127.0.0.1:3080")
-        tasks.append(asyncio.get_running_loop().create_task(node.serve(theirs, request)))
+        tasks.append(asyncio.get_running_loop().create_task(node.serve(await parked(theirs), request)))
         conn = await asyncssh.connect(host, 3022, sock=ours, username=login, client_keys=[key or cas.user_key()],
                                       known_hosts=cas.known_hosts, agent_path=None, config=None,
                                       preferred_auth=["publickey"], **kwargs)

@@ -10,6 +10,7 @@ import uuid
 import asyncssh
 import pytest
 
+from tests.helpers import parked
 from tests.ssh.conftest import CLUSTER, Connect, NodeCAs, processes_with, wait_gone
 from tpemu.agent import ssh_service
 from tpemu.agent.ssh_service import SSHService, refuse_login, resolve_account
@@ -158,7 +159,7 @@ async def test_port_forwarding_when_enabled(cas: NodeCAs) -> None:
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     theirs.setblocking(False)
-    task = asyncio.get_running_loop().create_task(svc.serve(theirs, DialRequest(address="node1")))
+    task = asyncio.get_running_loop().create_task(svc.serve(await parked(theirs), DialRequest(address="node1")))
     try:
         async with asyncssh.connect("node1", sock=ours, username="alice", client_keys=[cas.user_key()],
                                     known_hosts=cas.known_hosts, agent_path=None, config=None) as conn:
@@ -181,7 +182,7 @@ async def test_garbage_ends_the_connection_quietly(node: SSHService, junk: bytes
     theirs.setblocking(False)
     ours.sendall(junk)
     ours.shutdown(socket.SHUT_WR)
-    await asyncio.wait_for(node.serve(theirs, DialRequest(address="node1")), 5)  # returns, never raises
+    await asyncio.wait_for(node.serve(await parked(theirs), DialRequest(address="node1")), 5)  # returns, never raises
     ours.close()
     assert "Traceback" not in caplog.text
 

@@ -40,7 +40,8 @@ def command(sub: Subparsers, name: str, help: str, example: tuple[str, ...] = ()
 
 
 def load_config(path: str | None, data_dir: str | None) -> tuple[Config, list[str]]:
-    """The config from ``path`` (or defaults), with ``--data-dir`` applied; plus ignored keys."""
+    """The config from ``path`` (or defaults), with ``--data-dir`` applied; plus the warnings to
+    log at start-up (Teleport keys not emulated, tpemu keys in their deprecated place)."""
     import yaml
 
     ignored: list[str] = []
@@ -50,7 +51,12 @@ def load_config(path: str | None, data_dir: str | None) -> tuple[Config, list[st
             raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError):
             raw = None
-        ignored = config_mod.ignored_keys(raw)
+        ignored = [f"config key {key} is accepted for compatibility but not emulated by tpemu"
+                   for key in config_mod.ignored_keys(raw)]
+        # The file loads, but Teleport's strict parser would refuse it: say so at start-up.
+        ignored += [f"config key {old} is deprecated: tpemu-only keys live under tpemu: now, write it as "
+                    f"{new} (Teleport refuses unknown keys in its own sections)"
+                    for old, new in config_mod.moved_keys(raw)]
     else:
         cfg = Config()
     if data_dir:

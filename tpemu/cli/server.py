@@ -48,8 +48,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         logs.setup(level, cfg.teleport.log.output)
     except (ValueError, OSError) as exc:
         raise CLIError(f"cannot set up logging: {exc}", 2) from None
-    for key in ignored:
-        log.warning("config key %s is accepted for compatibility but not emulated by tpemu", key)
+    for warning in ignored:
+        log.warning("%s", warning)
     from tpemu.runner import StartError, apply_start_flags, run
 
     try:

@@ -35,7 +35,7 @@ from tpemu import authapi, authclient, pki
 from tpemu.client import profile as profile_mod
 from tpemu.config import Addr
 from tpemu.net import conn_upgrade
-from tpemu.net.relay import Stream, relay
+from tpemu.net.pipe import Pipe, park_streams
 from tpemu.wire import alpn
 
 log = logging.getLogger(__name__)
@@ -238,6 +238,7 @@ async def run_tunnel(login: DBLogin, listen: Addr, ready: Callable[[Addr], None]
     ctx = tunnel_context(login)
     proxy = login.proxy_addr
     active: set[asyncio.Task[Any]] = set()
+    pipes: set[Pipe] = set()
     outer = conn_upgrade.outer_context(login.ca_path)
 
     async def upgrade_needed() -> bool:
@@ -270,7 +271,11 @@ async def run_tunnel(login: DBLogin, listen: Addr, ready: Callable[[Addr], None]
             writer.close()
             return
         log.debug("tunnel: %s → %s (database %s)", peer, proxy, login.name)
-        await relay(Stream(reader, writer, "local"), Stream(up_r, up_w, "proxy"))
+        # From here one Pipe copies both ways; this handler (and its task) ends.
+        pipe = Pipe.join(park_streams(reader, writer), park_streams(up_r, up_w),
+                         on_close=lambda p, exc: pipes.discard(p))
+        if not pipe.closed:
+            pipes.add(pipe)
 
     server = await asyncio.start_server(on_client, listen.host, listen.port)
     sock = server.sockets[0]
@@ -290,6 +295,8 @@ async def run_tunnel(login: DBLogin, listen: Addr, ready: Callable[[Addr], None]
         for task in list(active):
             task.cancel()
         await asyncio.gather(*active, return_exceptions=True)
+        for pipe in list(pipes):
+            pipe.close()
 
 
 # -- client commands and settings ---------------------------------------------------------------------

@@ -46,6 +46,7 @@ from tpemu.client.profile import Profile
 from tpemu.config import Addr
 from tpemu.net import conn_upgrade, go_tls_errors
 from tpemu.net.dial import DialError, SSHTunnel, settings_from
+from tpemu.net.tls import reused_context
 from tpemu.wire import alpn
 
 #: Teleport's node port (``defaults.SSHServerListenPort``): what ``tsh config`` writes.
@@ -195,6 +196,13 @@ def host_ca_keys(profile: Profile) -> list[Any]:
 
 
 def _web_context(profile: Profile, client_cert: bool) -> ssl.SSLContext:
+    if client_cert:
+        return reused_context("web-client-cert", lambda: _build_web_context(profile, True), profile.ca_path,
+                              profile.tls_cert_path, profile.key_path)
+    return reused_context("web", lambda: _build_web_context(profile, False), profile.ca_path)
+
+
+def _build_web_context(profile: Profile, client_cert: bool) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(profile.ca_path))
     # The system's roots too (SSL_CERT_FILE applies), as tsh: a load balancer in front of the
     # proxy may present a publicly signed certificate for the web API.
@@ -265,8 +273,13 @@ async def connect_proxy(creds: Credentials, route: ProxyRoute | None = None,
         route = route_from_ping(await web_get(profile, "/webapi/ping"), web)
     ctx = None
     if route.tls:
-        ctx = ssl.create_default_context(cafile=str(profile.ca_path))
-        ctx.set_alpn_protocols([alpn.PROXY_SSH])
+
+        def build() -> ssl.SSLContext:
+            made = ssl.create_default_context(cafile=str(profile.ca_path))
+            made.set_alpn_protocols([alpn.PROXY_SSH])
+            return made
+
+        ctx = reused_context("proxy-ssh", build, profile.ca_path)
     tunnel: SSHTunnel | conn_upgrade.UpgradedSSHTunnel = SSHTunnel(
         route.host, route.port, ssl_context=ctx, server_hostname=route.host, timeout=timeout)
     if ctx is not None:

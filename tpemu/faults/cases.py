@@ -34,7 +34,7 @@ from cryptography.x509.oid import NameOID
 from tpemu import pki
 from tpemu.faults.engine import FaultProxy
 from tpemu.faults.toxics import Toxic
-from tpemu.net.relay import Stream, relay
+from tpemu.net.pipe import Pipe, park_streams
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,7 @@ class L7LoadBalancer:
         self.client_ctx.set_alpn_protocols(["http/1.1"])
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._pipes: set[Pipe] = set()
 
     async def start(self) -> None:
         host, _, port = self.listen.rpartition(":")
@@ -141,10 +142,15 @@ class L7LoadBalancer:
             log.warning("L7 load balancer: upstream %s unreachable: %s", self.upstream, exc or "timed out")
             writer.close()
             return
-        # The one splice of this module (issue 13's Pipe replaces relay()).
-        await relay(Stream(reader, writer, "client"), Stream(up_r, up_w, "proxy"))
+        # The one splice of this module: a Pipe, which outlives this handler.
+        pipe = Pipe.join(park_streams(reader, writer), park_streams(up_r, up_w),
+                         on_close=lambda p, exc: self._pipes.discard(p))
+        if not pipe.closed:
+            self._pipes.add(pipe)
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        for pipe in list(self._pipes):
+            pipe.close()

@@ -8,20 +8,25 @@ Follows gravitational/teleport ``api/client/alpn_conn_upgrade.go``:
   any other failure means "dial as usual". ``TELEPORT_TLS_ROUTING_CONN_UPGRADE`` overrides the
   test (``OverwriteALPNConnUpgradeRequirementByEnv``: ``true``, or ``addr=yes,other=no``).
 * :func:`open_upgraded` is ``alpnConnUpgradeDialer.DialContext`` + ``upgradeConnThroughWebAPI``:
-  TLS to the load balancer, ``GET /webapi/connectionupgrade`` with ``Upgrade`` and
-  ``X-Teleport-Upgrade`` (``alpn`` or ``alpn-ping``) and ``Connection: Upgrade``, then the
-  connection carries the caller's own TLS (with the real ALPN/SNI and the cluster's CA) inside.
+  TLS to the load balancer, ``GET /webapi/connectionupgrade`` asking for WebSocket
+  (``Sec-WebSocket-Protocol: alpn|alpn-ping``) and, after it, the legacy ``Upgrade``/
+  ``X-Teleport-Upgrade`` types; a 101 with ``Upgrade: websocket`` is checked
+  (``checkWebSocketUpgradeResponse``) and read as binary frames, any other 101 as the legacy
+  stream. The connection then carries the caller's own TLS (real ALPN/SNI, the cluster's CA).
 
 Theory of operation: the caller's TLS runs *inside* the load balancer's TLS, and for ``alpn-ping``
-inside ping framing too. Rather than stack transports, the upgraded stream is relayed to one end
-of a local socket pair and the caller gets the other end: an ordinary socket on which
-``loop.create_connection(sock=…, ssl=…)`` (or asyncssh) does its own TLS. The relay task lives
-as long as either side is open.
+inside ping framing too. uvloop runs TLS only on its own socket transports (``start_tls`` and
+``create_connection(ssl=…)`` refuse any other), so the upgraded stream (ping framing and WebSocket
+frames are :mod:`tpemu.net.streams` layers) is joined by a :class:`~tpemu.net.pipe.Pipe` to
+one end of a local socket pair and the caller gets the other end: an ordinary socket on which
+``loop.create_connection(sock=…, ssl=…)`` (or asyncssh) does its own TLS. This client-side TLS-in-TLS
+is the one place a socket pair remains; no task copies bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import socket
@@ -30,9 +35,11 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from tpemu.net.dial import DialError, open_stream
+from tpemu.net.pipe import Parked, Pipe, park_streams
 from tpemu.net.proxyenv import ProxySettings
-from tpemu.net.relay import PingStream, Stream, relay
-from tpemu.wire import alpn
+from tpemu.net.streams import PingTransport, WebSocketTransport
+from tpemu.net.tls import reused_context
+from tpemu.wire import alpn, websocket
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +52,6 @@ P = TypeVar("P", bound=asyncio.BaseProtocol)
 _TRUE = {"1", "t", "true", "y", "yes", "on"}
 _FALSE = {"0", "f", "false", "n", "no", "off"}
 _decided: dict[tuple[str, int], bool] = {}
-_relays: set[asyncio.Task[Any]] = set()
 
 
 class UpgradeError(DialError):
@@ -76,12 +82,16 @@ def required_by_env(addr: str, value: str) -> bool:
 
 def outer_context(cafile: str | None = None) -> ssl.SSLContext:
     """TLS toward a load balancer: the system's roots (``SSL_CERT_FILE`` applies) plus, when
-    given, the cluster's CA (the proxy itself may answer)."""
-    ctx = ssl.create_default_context()
-    if cafile:
-        ctx.load_verify_locations(cafile=cafile)
-    ctx.set_alpn_protocols([alpn.HTTP11])
-    return ctx
+    given, the cluster's CA (the proxy itself may answer). Built once per process and CA file."""
+
+    def build() -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        if cafile:
+            ctx.load_verify_locations(cafile=cafile)
+        ctx.set_alpn_protocols([alpn.HTTP11])
+        return ctx
+
+    return reused_context("upgrade-outer", build, cafile)
 
 
 def outer_context_from(ctx: ssl.SSLContext) -> ssl.SSLContext:
@@ -148,8 +158,13 @@ async def open_upgraded(host: str, port: int, *, ctx: ssl.SSLContext, ping: bool
     reader, writer = await open_stream(host, port, ssl_context=ctx, server_hostname=host, proxy=proxy,
                                        timeout=timeout)
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    challenge = base64.b64encode(os.urandom(16)).decode("ascii")
+    # upgradeConnThroughWebAPI: WebSocket preferred (applyWebSocketUpgradeHeaders), the legacy
+    # types after it for servers that do not serve WebSocket.
     request = (f"GET {UPGRADE_PATH} HTTP/1.1\r\nHost: {target}\r\nUser-Agent: tpemu\r\n"
-               f"Upgrade: {kind}\r\nX-Teleport-Upgrade: {kind}\r\nConnection: Upgrade\r\n\r\n")
+               f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Protocol: {kind}\r\n"
+               f"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {challenge}\r\n"
+               f"Upgrade: {kind}\r\nX-Teleport-Upgrade: {kind}\r\n\r\n")
     writer.write(request.encode())
     try:
         async with asyncio.timeout(timeout):
@@ -169,17 +184,37 @@ async def open_upgraded(host: str, port: int, *, ctx: ssl.SSLContext, ping: bool
             raise UpgradeError(f'connection upgrade call to "{UPGRADE_PATH}" with upgrade type {kind} failed '
                                f"with status code {status}. Please upgrade the server and try again.")
         raise UpgradeError(f"failed to switch Protocols {status}")
-    log.debug("Performing ALPN legacy connection upgrade for %s.", target)
-    outer: Stream = PingStream(reader, writer, "upgraded") if ping else Stream(reader, writer, "upgraded")
+    headers = _headers(head)
+    upgraded: asyncio.Transport = park_streams(reader, writer)
+    if headers.get("upgrade", "").lower() == "websocket":
+        # checkWebSocketUpgradeResponse
+        if headers.get("sec-websocket-protocol") != kind:
+            writer.close()
+            raise UpgradeError("WebSocket handshake failed: Sec-WebSocket-Protocol does not match")
+        if headers.get("sec-websocket-accept") != websocket.accept_key(challenge):
+            writer.close()
+            raise UpgradeError("WebSocket handshake failed: invalid Sec-WebSocket-Accept")
+        log.debug("Performing ALPN WebSocket connection upgrade for %s.", target)
+        upgraded = WebSocketTransport.wrap(upgraded, client=True)
+    else:
+        log.debug("Performing ALPN legacy connection upgrade for %s.", target)
+        if ping:
+            upgraded = PingTransport.wrap(upgraded)
     mine, theirs = socket.socketpair()
     mine.setblocking(False)
     theirs.setblocking(False)
-    inner_r, inner_w = await asyncio.open_connection(sock=mine, limit=256 * 1024)
-    # The one splice of this module (issue 13's Pipe replaces relay()).
-    task = asyncio.get_running_loop().create_task(relay(outer, Stream(inner_r, inner_w, "local")))
-    _relays.add(task)
-    task.add_done_callback(_relays.discard)
+    local, _ = await asyncio.get_running_loop().connect_accepted_socket(Parked, mine)
+    Pipe.join(upgraded, local)
     return theirs
+
+
+def _headers(head: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            out.setdefault(name.strip().lower(), value.strip())
+    return out
 
 
 async def dial_upgraded(protocol_factory: Callable[[], P], host: str, port: int, *, outer: ssl.SSLContext,

@@ -24,7 +24,7 @@ import logging
 import ssl
 from enum import Enum
 
-from tpemu.net.relay import Stream
+from tpemu.net.streams import Stream
 from tpemu.wire import WireError, resp
 from tpemu.wire import mongo as mongo_wire
 from tpemu.wire import mysql as my
@@ -62,7 +62,7 @@ def mysql_error(message: str, why: Refusal, seq: int) -> bytes:
 
 
 class _Buffered:
-    """Exact reads over a :class:`~tpemu.net.relay.Stream` (which may be ping-framed)."""
+    """Exact reads over a :class:`~tpemu.net.streams.Stream` (which may be over ping framing)."""
 
     def __init__(self, stream: Stream, already: bytes) -> None:
         self.stream = stream

@@ -108,6 +108,7 @@ async def serve_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      server_header: str = "tpemu") -> None:
     """Serve HTTP/1.1 requests on one connection until the client closes or must be closed."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+    upgraded = False
     try:
         for _ in range(max_requests):
             try:
@@ -132,6 +133,7 @@ async def serve_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                 response = Response.error(500, "internal error in tpemu (see the proxy log)")
             if response.upgrade is not None:
                 await _switch(conn, writer, response)
+                upgraded = True  # the upgrade handler owns the connection now (it may outlive us)
                 await response.upgrade(reader, writer, conn.trailing_data[0])
                 return
             await _send(conn, writer, response, server_header)
@@ -144,7 +146,8 @@ async def serve_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     except (ConnectionError, asyncio.IncompleteReadError):
         pass
     finally:
-        writer.close()
+        if not upgraded:
+            writer.close()
 
 
 async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader, timeout: float,

@@ -26,8 +26,9 @@ a Teleport proxy or agent accepts, answering others with Teleport's refusal. Hos
 checked as in ``srv.go`` ``keyAuth`` (publickey auth with a *host* certificate, which stock
 asyncssh refuses because it expects user certificates there).
 
-:func:`attach_socket` is the one place that turns an opened channel into a local endpoint (a
-socketpair end), so a later data plane can replace it in one spot.
+A channel's session is a :class:`tpemu.net.channel.ChannelTransport`: the channel presented as
+an asyncio transport (stderr kept apart), which a :class:`tpemu.net.pipe.Pipe` joins to the other
+hop directly — no socket in between.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -59,8 +59,6 @@ OPEN_CONNECT_FAILED = 2
 #: A request payload larger than this is refused before it is parsed (a DialReq is < 1 KiB; the
 #: tpemu identity it may carry a few KiB).
 MAX_REQUEST_PAYLOAD = 64 * 1024
-#: What one channel's stderr may hold (Teleport reads it to the end for the refusal text).
-MAX_STDERR = 16 * 1024
 WINDOW = 2 * 1024 * 1024
 MAX_PKTSIZE = 32768
 
@@ -111,124 +109,6 @@ class TeleportChannel(SSHForwardChannel[bytes]):
     async def open(self, session: asyncssh.SSHTCPSession[bytes]) -> None:
         """Open this channel toward the peer (no type-specific data, as Teleport opens them)."""
         await self._open_forward(lambda: session, self.chantype.encode())
-
-
-class ChannelStream(asyncssh.SSHTCPSession[bytes]):
-    """The session of a :class:`TeleportChannel`: buffers data until attached, keeps stderr."""
-
-    def __init__(self) -> None:
-        self.chan: TeleportChannel | None = None
-        self.buf = bytearray()
-        self.stderr = bytearray()
-        self.side: _SocketSide | None = None
-        self.eof = False
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def connection_made(self, chan: asyncssh.SSHTCPChannel[bytes]) -> None:
-        self.chan = cast(TeleportChannel, chan)
-
-    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        if datatype == EXTENDED_DATA_STDERR:
-            if len(self.stderr) < MAX_STDERR:
-                self.stderr += data[:MAX_STDERR - len(self.stderr)]
-            return
-        side = self.side
-        if side is not None and side.transport is not None:
-            side.transport.write(data)
-            return
-        self.buf += data
-        if len(self.buf) > WINDOW and self.chan is not None:
-            self.chan.pause_reading()
-
-    def eof_received(self) -> bool:
-        side = self.side
-        if side is not None and side.transport is not None:
-            if side.transport.can_write_eof():
-                side.transport.write_eof()
-        else:
-            self.eof = True
-        return True
-
-    def pause_writing(self) -> None:
-        if self.side is not None and self.side.transport is not None:
-            self.side.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.side is not None and self.side.transport is not None:
-            self.side.transport.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
-        if self.side is not None and self.side.transport is not None:
-            self.side.transport.close()
-
-    def close(self) -> None:
-        if self.chan is not None:
-            self.chan.close()
-
-    async def stderr_text(self, timeout: float) -> str:
-        """What the peer wrote to stderr, read to the channel's end (bounded), trimmed."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await asyncio.shield(self.closed)
-        return self.stderr.decode("utf-8", "replace").strip()
-
-
-class _SocketSide(asyncio.Protocol):
-    __slots__ = ("stream", "transport")
-
-    def __init__(self, stream: ChannelStream) -> None:
-        self.stream = stream
-        self.transport: asyncio.Transport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def data_received(self, data: bytes) -> None:
-        if self.stream.chan is not None:
-            self.stream.chan.write(data)
-
-    def eof_received(self) -> bool:
-        if self.stream.chan is not None:
-            self.stream.chan.write_eof()
-        return True
-
-    def pause_writing(self) -> None:
-        if self.stream.chan is not None:
-            self.stream.chan.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.stream.chan is not None:
-            self.stream.chan.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.stream.chan is not None:
-            self.stream.chan.close()
-
-
-async def attach_socket(stream: ChannelStream) -> socket.socket:
-    """Splice an accepted channel to a new socketpair; returns the caller's end (non-blocking).
-
-    Backpressure crosses both ways (a full SSH window pauses the socket, a full socket pauses the
-    channel); half-close too.
-    """
-    ours, theirs = socket.socketpair()
-    ours.setblocking(False)
-    theirs.setblocking(False)
-    side = _SocketSide(stream)
-    await asyncio.get_running_loop().connect_accepted_socket(lambda: side, ours)
-    assert side.transport is not None
-    pending = bytes(stream.buf)
-    stream.buf.clear()
-    stream.side = side
-    if pending:
-        side.transport.write(pending)
-    if stream.chan is not None:
-        stream.chan.resume_reading()
-    if stream.eof and side.transport.can_write_eof():
-        side.transport.write_eof()
-    return theirs
 
 
 # -- connections ------------------------------------------------------------------------------------

@@ -12,10 +12,11 @@ so a context offering exactly the routed protocol negotiates what the router dec
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
@@ -93,6 +94,37 @@ async def accept_stream(sock: socket.socket, ctx: ssl.SSLContext | None, timeout
             lambda: protocol, sock, ssl=ctx, ssl_handshake_timeout=timeout)
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
     return reader, writer
+
+
+#: Client contexts already built in this process, by what they were built from.
+_REUSED: dict[tuple[object, ...], ssl.SSLContext] = {}
+
+
+def _stamp(path: str | Path | None) -> tuple[str, float]:
+    if path is None:
+        return ("", 0.0)
+    try:
+        return (str(path), os.stat(path).st_mtime)
+    except OSError:
+        return (str(path), -1.0)
+
+
+def reused_context(tag: str, build: Callable[[], ssl.SSLContext], *files: str | Path | None) -> ssl.SSLContext:
+    """The client context ``build()`` makes, built once per process for the same ``tag``, files
+    (their paths and modification times: a new login is seen) and ``SSL_CERT_FILE``/``SSL_CERT_DIR``.
+
+    Why: loading the system's roots (``load_default_certs``) parses ~140 certificates, 30-120 ms of
+    CPU here, and a client that made a fresh context per connection paid it two or three times for
+    each new SSH session through the proxy (issue 13). The caller must not change the context it
+    gets (every setting goes in ``build``).
+    """
+    key = (tag, *(_stamp(f) for f in files), os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    ctx = _REUSED.get(key)
+    if ctx is None:
+        if len(_REUSED) >= 64:
+            _REUSED.clear()  # bounded: old logins' contexts go
+        ctx = _REUSED[key] = build()
+    return ctx
 
 
 def peer_certificate(writer: asyncio.StreamWriter) -> bytes | None:

@@ -75,6 +75,14 @@ class _TLSTransport(asyncio.Transport):
     def is_closing(self) -> bool:
         return self._p.raw is None or self._p.raw.is_closing()
 
+    # A Pipe (tpemu.net.pipe) takes the stream over after the handshake: decrypted bytes then go
+    # to its protocol instead of the StreamReaderProtocol.
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._p.inner = protocol  # type: ignore[assignment]
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._p.inner
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "ssl_object":
             return self._p.sslobj
@@ -104,13 +112,14 @@ class _TLSTransport(asyncio.Transport):
 
 
 class _TLSProtocol(asyncio.Protocol):
-    """The raw socket's protocol: decrypts into ``inner`` (a ``StreamReaderProtocol``)."""
+    """The raw socket's protocol: decrypts into ``inner`` (a ``StreamReaderProtocol``, or the
+    protocol that took the stream over: :meth:`_TLSTransport.set_protocol`)."""
 
     def __init__(self, conn: BIOConnection, inner: asyncio.StreamReaderProtocol) -> None:
         self.sslobj = conn.sslobj
         self.incoming = conn.incoming
         self.outgoing = conn.outgoing
-        self.inner = inner
+        self.inner: asyncio.Protocol = inner
         self.raw: asyncio.Transport | None = None
         self.transport = _TLSTransport(self)
         self._eof = False

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import parked
 from tpemu import identity as ident
 from tpemu.agent.db_service import DatabaseService
 from tpemu.agent.engines import live_pids
@@ -117,7 +118,8 @@ async def exchange(svc: DatabaseService, identity: dict[str, object], first: byt
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     loop = asyncio.get_running_loop()
-    task = asyncio.ensure_future(svc.serve(theirs, DialRequest(conn_type="db", name="pg", identity=identity)))
+    request = DialRequest(conn_type="db", name="pg", identity=identity)
+    task = asyncio.ensure_future(svc.serve(await parked(theirs), request))
     await loop.sock_sendall(ours, first)
     data = b""
     try:

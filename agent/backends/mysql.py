@@ -154,6 +154,8 @@ class MySQLBackend:
         except Exception:
             conn.log.exception("internal error in the emulated MySQL server")
         finally:
+            if conn.sql is not None:  # an open transaction rolls back and its write lock goes
+                conn.sql.close()
             await stream.close()
 
 
@@ -411,7 +413,9 @@ class _Connection:
                 self.init_db(cmd.arg)
             elif cmd.code == my.COM_RESET_CONNECTION:
                 assert self.sql is not None
-                self.sql = self.open_sql(self.sql.user, self.sql.database)
+                old = self.sql
+                old.close()  # COM_RESET_CONNECTION rolls back, as MySQL does
+                self.sql = self.open_sql(old.user, old.database)
                 self.ok()
             elif cmd.code == my.COM_SET_OPTION:
                 self.eof_or_ok()

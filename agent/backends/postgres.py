@@ -152,6 +152,8 @@ class PostgresBackend:
         except Exception:
             conn.log.exception("internal error in the emulated Postgres server")
         finally:
+            if conn.sql is not None:  # an open transaction rolls back and its write lock goes
+                conn.sql.close()
             await stream.close()
 
 

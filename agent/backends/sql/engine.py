@@ -195,7 +195,9 @@ class SqlSession:
         self._db: str | None = None
         self._conn: sqlite3.Connection | None = None
         self._numeric: set[str] | None = None
-        self._translator = Translator(self.dialect, self.variables, self._numeric_columns, lambda: self._db)
+        me = weakref.proxy(self)  # no cycle through the translator's callbacks (see _open)
+        numeric = lambda: me._numeric_columns()  # noqa: E731, PLW0108 (a bound method would hold the session)
+        self._translator = Translator(self.dialect, self.variables, numeric, lambda: me._db)
         self._open(database)
 
     # -- the connection to the current database -----------------------------------------------------------
@@ -231,50 +233,15 @@ class SqlSession:
         conn.execute("PRAGMA foreign_keys = ON")
         if self.dialect is Dialect.POSTGRES:
             conn.execute("PRAGMA case_sensitive_like = ON")  # LIKE is case-sensitive there (ILIKE is not)
-        for name_, nargs, fn in self._functions():
-            conn.create_function(name_, nargs, self._guard(fn), deterministic=name_ not in (
+        # The connection's functions see the session through a weak reference: a strong one would
+        # make session → connection → function → session a cycle that keeps SQLite's descriptors
+        # open until the cyclic collector runs.
+        me = weakref.proxy(self)
+        for name_, nargs, fn in _functions(me):
+            conn.create_function(name_, nargs, _guard(me, fn), deterministic=name_ not in (
                 "tpemu_now", "tpemu_now_local", "tpemu_last_insert_id"))
-        conn.set_progress_handler(self._progress, 20_000)
+        conn.set_progress_handler(_progress(me), 20_000)
         self._conn = conn
-
-    def _functions(self) -> list[tuple[str, int, Callable[..., Any]]]:
-        pg = self.dialect is Dialect.POSTGRES
-        out: list[tuple[str, int, Callable[..., Any]]] = [
-            ("tpemu_check", 4, check_value),
-            ("tpemu_cast", 2, pg_cast),
-            ("tpemu_divisor", 1, _divisor),
-            ("tpemu_decimal", 1, lambda text: text),
-            ("tpemu_void", 0, lambda: ""),
-            ("tpemu_now", 0, lambda: canonical_timestamp(datetime.now(UTC))),
-            ("tpemu_now_local", 0, lambda: datetime.now(UTC).replace(tzinfo=None, microsecond=0).isoformat(sep=" ")),
-            ("tpemu_version", 0, lambda: self.engine.version_string),
-            ("current_user", 0, lambda: self.user),
-            ("current_database", 0, lambda: self._db),
-            ("tpemu_user", 0, lambda: f"{self.user}@{self.client_host}"),
-            ("tpemu_current_user", 0, lambda: f"{self.user}@%" if not pg else self.user),
-            ("tpemu_last_insert_id", 0, lambda: self.last_insert_id),
-            # SQLite's lower()/upper() change ASCII letters only; the servers follow Unicode.
-            ("lower", 1, lambda v: v.lower() if isinstance(v, str) else v),
-            ("upper", 1, lambda v: v.upper() if isinstance(v, str) else v),
-        ]
-        if pg:
-            out += [("substring", 2, _pg_substring), ("substring", 3, _pg_substring),
-                    ("substr", 2, _pg_substring), ("substr", 3, _pg_substring)]
-        return out
-
-    def _guard(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """SQLite reports a function's exception as "user-defined function raised exception": keep
-        ours to raise it after the statement."""
-        def call(*args: Any) -> Any:
-            try:
-                return fn(*args)
-            except SqlError as e:
-                self._udf_error = e
-                raise
-        return call
-
-    def _progress(self) -> int:
-        return 1 if self._deadline and time.monotonic() > self._deadline else 0
 
     def close(self) -> None:
         if self._conn is not None:
@@ -619,6 +586,51 @@ class SqlSession:
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
+
+
+def _functions(self: SqlSession) -> list[tuple[str, int, Callable[..., Any]]]:
+    pg = self.dialect is Dialect.POSTGRES
+    out: list[tuple[str, int, Callable[..., Any]]] = [
+        ("tpemu_check", 4, check_value),
+        ("tpemu_cast", 2, pg_cast),
+        ("tpemu_divisor", 1, _divisor),
+        ("tpemu_decimal", 1, lambda text: text),
+        ("tpemu_void", 0, lambda: ""),
+        ("tpemu_now", 0, lambda: canonical_timestamp(datetime.now(UTC))),
+        ("tpemu_now_local", 0, lambda: datetime.now(UTC).replace(tzinfo=None, microsecond=0).isoformat(sep=" ")),
+        ("tpemu_version", 0, lambda: self.engine.version_string),
+        ("current_user", 0, lambda: self.user),
+        ("current_database", 0, lambda: self._db),
+        ("tpemu_user", 0, lambda: f"{self.user}@{self.client_host}"),
+        ("tpemu_current_user", 0, lambda: f"{self.user}@%" if not pg else self.user),
+        ("tpemu_last_insert_id", 0, lambda: self.last_insert_id),
+        # SQLite's lower()/upper() change ASCII letters only; the servers follow Unicode.
+        ("lower", 1, lambda v: v.lower() if isinstance(v, str) else v),
+        ("upper", 1, lambda v: v.upper() if isinstance(v, str) else v),
+    ]
+    if pg:
+        out += [("substring", 2, _pg_substring), ("substring", 3, _pg_substring),
+                ("substr", 2, _pg_substring), ("substr", 3, _pg_substring)]
+    return out
+
+
+def _guard(self: SqlSession, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """SQLite reports a function's exception as "user-defined function raised exception": keep
+    ours to raise it after the statement."""
+    def call(*args: Any) -> Any:
+        try:
+            return fn(*args)
+        except SqlError as e:
+            self._udf_error = e
+            raise
+    return call
+
+
+
+def _progress(self: SqlSession) -> Callable[[], int]:
+    def check() -> int:
+        return 1 if self._deadline and time.monotonic() > self._deadline else 0
+    return check
 
 
 _NUMERIC_ORDER = (SqlType.BOOL, SqlType.INT2, SqlType.INT4, SqlType.INT8, SqlType.NUMERIC, SqlType.FLOAT4,

@@ -190,11 +190,12 @@ async def test_a_hello_that_goes_away_frees_its_ssh_connection_at_once(tmp_path:
         proxy = cluster.proxy.ssh_proxy
         assert proxy is not None
         before, refused = live(), proxy.stats["refused"]
-        hello = testing.client_hello("localhost", [names.PROXY_SSH])
-        for _ in range(20):
-            _r, w = await asyncio.open_connection("127.0.0.1", cluster.web.port)
-            w.write(hello)
-            await w.drain()
-            w.close()
+        for alpn in ([names.PROXY_SSH], [names.REVERSE_TUNNEL_V2, names.REVERSE_TUNNEL]):  # SSH proxy, tunnel server
+            hello = testing.client_hello("localhost", alpn)
+            for _ in range(20):
+                _r, w = await asyncio.open_connection("127.0.0.1", cluster.web.port)
+                w.write(hello)
+                await w.drain()
+                w.close()
         await wait_for(lambda: proxy.stats["refused"] >= refused + 20, what="the 20 handshakes to fail")
-        assert live() <= before
+        await wait_for(lambda: live() <= before, timeout=10, what="the SSH connection objects to be freed")

@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tpemu-installed
 # Reinstall when a module is added or removed: the strict editable install links files one by one.
-SOURCES := $(shell find tpemu proxy agent auth -name '*.py' -o -name py.typed 2>/dev/null | sort)
+SOURCES := $(shell find tpemu proxy agent auth -name '*.py' -o -name py.typed -o -name '*.html' 2>/dev/null | sort)
 ARGS   ?=
 
 .PHONY: run test test-deps test-fast lint bench bench-full clean install reliability

@@ -45,6 +45,7 @@ from tpemu.agent.tunnel import Offer, TunnelAgent, TunnelTarget
 from tpemu.config import Addr, Config
 from tpemu.net.pipe import Parked
 from tpemu.net.proxyenv import ProxySettings
+from tpemu.net.tls import new_context
 from tpemu.wire import alpn
 from tpemu.wire import tunnel as tw
 
@@ -264,12 +265,17 @@ class AgentProcess:
 
     def _web_client(self, ca_pem: bytes | None) -> authclient.AuthClient:
         assert self.opts.proxy_server is not None
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx = new_context(ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         if ca_pem is None:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         else:
+            # The system's roots as Teleport's web client (api/client/webclient newWebClient: no
+            # RootCAs, so the system pool; SSL_CERT_FILE applies) — a load balancer's own public
+            # certificate in front of the proxy — plus the pinned cluster CA, which signs tpemu's
+            # default web certificate.
+            ctx.load_default_certs()
             ctx.load_verify_locations(cadata=ca_pem.decode())
         ctx.set_alpn_protocols([alpn.HTTP11])
         host = self.opts.proxy_server.host
@@ -371,7 +377,7 @@ class AgentProcess:
             return
         service: Any = offers[0].service
         ctx = self.contexts["kube"]
-        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls = new_context(ssl.PROTOCOL_TLS_SERVER)
         tls.minimum_version = ssl.TLSVersion.TLSv1_2
         tls.load_cert_chain(ctx.files.cert, ctx.files.key)
         tls.load_verify_locations(cafile=str(ctx.files.ca))  # the host CA: the proxy's certificate

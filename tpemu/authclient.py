@@ -37,6 +37,7 @@ from tpemu.config import Addr
 from tpemu.net import cert_probe, conn_upgrade, go_tls_errors
 from tpemu.net.dial import DialError, open_stream
 from tpemu.net.proxyenv import ProxySettings
+from tpemu.net.tls import new_context
 from tpemu.wire import alpn
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class AuthClient:
         """A client presenting ``files`` (cert + key; ``None``: no certificate) and trusting
         ``ca_pem`` (or ``files.ca``), checking the server's name against
         ``<hex(cluster)>.teleport.cluster.local`` as Teleport's clients do."""
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx = new_context(ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         if ca_pem is not None:
             ctx.load_verify_locations(cadata=ca_pem.decode())
@@ -111,7 +112,7 @@ class AuthClient:
     @classmethod
     def insecure(cls, addr: Addr, what: str = "the Auth Service") -> AuthClient:
         """No verification of the server (first contact, before the CA is known and pinned)."""
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx = new_context(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         ctx.set_alpn_protocols([alpn.HTTP11])

@@ -264,7 +264,13 @@ async def run(cfg: Config, roles: tuple[str, ...], all_in_one: bool, trace: str 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # Freed C-heap pages back to the system after bursts (tpemu.net.heap; issue 16's RSS figure).
+    from tpemu.net.heap import HeapTrimmer
+
+    trimmer = HeapTrimmer()
+    trimmer.start()
     await stop.wait()
+    await trimmer.close()
     if proxy is not None:
         log.info("shutting down; routed %s, refused %s", dict(proxy.door.stats.routed),
                  dict(proxy.door.stats.refused))

@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 
 import h11
 
+from tpemu.errors import PeerFault
+
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 64 * 1024
@@ -36,8 +38,8 @@ _HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-autho
 Rewrite = Callable[[list[tuple[str, str]]], Awaitable[list[tuple[str, str]] | str]]
 
 
-class Closed(Exception):
-    pass
+class Closed(PeerFault):
+    """The client or the application closed its side mid-message (a peer fault: nothing to retry here)."""
 
 
 async def _event(conn: h11.Connection, reader: asyncio.StreamReader, timeout: float) -> Any:

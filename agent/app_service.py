@@ -30,6 +30,7 @@ from tpemu import identity as ident
 from tpemu.agent import app_http
 from tpemu.agent.access import RoleCache
 from tpemu.config import App
+from tpemu.errors import PeerFault
 from tpemu.net.channel import open_streams
 from tpemu.net.http_server import Request, Response, serve_http
 from tpemu.net.pipe import Parked, Pipe
@@ -68,7 +69,7 @@ class AppDef:
         return self.uri == EMULATED_ECHO
 
 
-class AppError(Exception):
+class AppError(PeerFault):
     pass
 
 

@@ -62,6 +62,7 @@ import asyncssh
 from tpemu import authclient
 from tpemu.agent.tunnel import Offer
 from tpemu.authclient import HostIdentity
+from tpemu.errors import describe as describe_error
 from tpemu.net.channel import OverTransport
 from tpemu.net.sockets import format_addr
 from tpemu.wire import tunnel as tw
@@ -212,7 +213,7 @@ class SSHService:
                                                   **self._options(request, peer))
         except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
             # ValueError: asyncssh's PacketDecodeError, a peer that is not speaking SSH.
-            log.info("ssh service: connection from %s ended before login: %s", peer, _describe(exc))
+            log.info("ssh service: connection from %s ended before login: %s", peer, describe_error(exc))
             with contextlib.suppress(Exception):
                 transport.close()
             return
@@ -262,14 +263,6 @@ def _peer_of(transport: asyncio.BaseTransport) -> str:
     return format_addr(peer[:2]) if isinstance(peer, tuple) and len(peer) >= 2 else "?"
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, asyncssh.DisconnectError):
-        return exc.reason or type(exc).__name__
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    return str(exc) or type(exc).__name__
-
-
 # -- one connection -------------------------------------------------------------------------------
 
 
@@ -296,7 +289,7 @@ class _NodeServer(asyncssh.SSHServer):
                         "allow this login, or has expired", self.peer, self.login)
         elif self.authenticated:
             log.info("ssh service: peer=%s login=%s disconnected%s", self.peer, self.login,
-                     f" ({_describe(exc)})" if exc else "")
+                     f" ({describe_error(exc)})" if exc else "")
 
     def begin_auth(self, username: str) -> bool:
         self.login = username
@@ -479,9 +472,28 @@ def _set_winsize(fd: int, width: int, height: int, pixwidth: int = 0, pixheight:
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, pixwidth, pixheight))
 
 
+#: Signals whose disposition cannot be changed (and need no reset).
+_FIXED_SIGNALS = {signal.SIGKILL, signal.SIGSTOP}
+
+
+def _default_signals() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # A session starts with every signal at its default and none blocked, as sshd gives its
+    # children (it resets its own handlers to SIG_DFL after fork). Exec only resets *caught*
+    # signals: one this process ignores (SIG_IGN, e.g. SIGINT when tpemu itself was started in the
+    # background by a non-interactive shell) or blocks would be inherited, and a POSIX shell can
+    # then not even trap it ("signals ignored on entry cannot be trapped"), so `trap ... INT` and a
+    # client's signal request did nothing.
+    for sig in signal.valid_signals():
+        if sig not in _FIXED_SIGNALS:
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
 def _take_controlling_tty() -> None:  # pragma: no cover - runs in the child between fork and exec
     # After setsid (start_new_session) the pty slave on stdin becomes the controlling terminal, so
     # the line discipline's Ctrl-C reaches the foreground job and a closed master sends SIGHUP.
+    _default_signals()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
@@ -615,7 +627,8 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             width, height, pixw, pixh = chan.get_terminal_size()
             _set_winsize(slave, width or 80, height or 24, pixw, pixh)
             try:
-                # The hook only makes one ioctl: it takes no lock a thread of this process may hold.
+                # The hook only makes system calls (sigaction, sigprocmask, one ioctl): it takes no
+                # lock a thread of this process may hold.
                 self.proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave,
                                              preexec_fn=_take_controlling_tty, **common)  # noqa: PLW1509
             except OSError:
@@ -628,8 +641,8 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self.stdin = _FdWriter(os.dup(master), self._stdin_low)
             self.readers = [_FdReader(master, self._on_stdout, self._on_reader_eof)]
         else:
-            self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, **common)
+            self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         preexec_fn=_default_signals, **common)  # noqa: PLW1509
             assert self.proc.stdin and self.proc.stdout and self.proc.stderr
             fds = [os.dup(f.fileno()) for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr)]
             for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
@@ -682,12 +695,22 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
     # -- data ----------------------------------------------------------------------------------
 
     def _on_stdout(self, data: bytes) -> None:
-        if not self.closed:
-            self.chan.write(data)
+        self._to_channel(data, self.chan.write)
 
     def _on_stderr(self, data: bytes) -> None:
-        if not self.closed:
-            self.chan.write_stderr(data)
+        self._to_channel(data, self.chan.write_stderr)
+
+    def _to_channel(self, data: bytes, write: Callable[[bytes], None]) -> None:
+        # After a hang-up nobody reads: what the child prints on its way out (drained from the pty
+        # at its exit) is dropped. The channel can also close before we hear of it; a write then
+        # raises BrokenPipeError, which must not end the exit callback (the session would never
+        # finish: issue 16's flaky test_disconnect_mid_session_leaves_nothing_running).
+        if self.closed or self.hung_up:
+            return
+        try:
+            write(data)
+        except BrokenPipeError:
+            self.hang_up("the channel closed")
 
     def _on_reader_eof(self) -> None:
         self._maybe_finish()
@@ -752,7 +775,7 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
     # -- endings -------------------------------------------------------------------------------
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.hang_up("the client went away" if exc is None else f"the connection was lost ({_describe(exc)})")
+        self.hang_up("the client went away" if exc is None else f"the connection was lost ({describe_error(exc)})")
 
     def hang_up(self, why: str) -> None:
         """SIGHUP to every process of the session, SIGKILL after :data:`KILL_GRACE` seconds.

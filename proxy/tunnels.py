@@ -54,6 +54,7 @@ import asyncssh
 
 from tpemu import authapi, sshcert
 from tpemu import identity as ident
+from tpemu.errors import PeerFault
 from tpemu.logs import RateLimiter
 from tpemu.net import teleport_ssh as tssh
 from tpemu.net.channel import ChannelTransport
@@ -94,7 +95,7 @@ ROLE_TUNNEL_TYPES = {"Node": tw.NODE, "Db": tw.DATABASE, "App": tw.APP, "Kube": 
 ROLE_SERVES: dict[str, frozenset[str]] = {role: frozenset({kind}) for role, kind in ROLE_TUNNEL_TYPES.items()}
 
 
-class TunnelError(Exception):
+class TunnelError(PeerFault):
     """A resource cannot be reached; the message is for the client."""
 
 
@@ -194,8 +195,17 @@ class _AcceptedSocket:
         if self.ssl_context is None:
             transport, _ = await loop.connect_accepted_socket(lambda: protocol, self.sock)
         else:
-            transport, _ = await loop.connect_accepted_socket(lambda: protocol, self.sock, ssl=self.ssl_context,
-                                                              ssl_handshake_timeout=self.timeout)
+            try:
+                transport, _ = await loop.connect_accepted_socket(lambda: protocol, self.sock, ssl=self.ssl_context,
+                                                                  ssl_handshake_timeout=self.timeout)
+            except BaseException:
+                # A failed TLS handshake: the SSH connection made for it must not wait for its
+                # login timer to be freed (as proxy/ssh_proxy.py _AcceptedTLS; asyncssh has no
+                # public call, and connection_lost is a no-op without a transport).
+                cancel = getattr(protocol, "_cancel_login_timer", None)
+                if cancel is not None:
+                    cancel()
+                raise
         return transport, protocol
 
 
@@ -355,6 +365,8 @@ class TunnelRegistry:
         self.missed = missed
         self.agents: dict[tuple[str, str], AgentConn] = {}
         self.direct: dict[str, DirectNode] = {}
+        #: Agents dropped for missing ``keep_alive_count_max`` heartbeats in a row (for /metrics).
+        self.heartbeats_missed = 0
         #: The Auth Service's inventory: host id → resources it announced (nodes, databases).
         self.inventory: dict[str, tuple[tw.Resource, ...]] = {}
         self.host_ca_keys: list[asyncssh.SSHKey] = []
@@ -525,6 +537,7 @@ class TunnelRegistry:
             now = time.monotonic()
             for agent in list(self.agents.values()):
                 if now - agent.last_heartbeat > window:
+                    self.heartbeats_missed += 1
                     log.warning("agent %s (%s) missed %d heartbeats (%.0fs); dropping its tunnel", agent.host_id,
                                 agent.hostname or "-", self.missed, now - agent.last_heartbeat)
                     self._lost(agent, None)

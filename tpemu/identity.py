@@ -55,6 +55,7 @@ from cryptography import x509
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
+from tpemu.errors import LocalFault
 from tpemu.wire.alpn import INTERNAL_DOMAIN, cluster_sni
 
 __all__ = ["cluster_sni"]  # re-exported: the SNI that :func:`decode_cluster_sni` reads
@@ -93,6 +94,26 @@ OTHER_TELEPORT_OIDS: Mapping[str, str] = {
 USAGE_DATABASE_ONLY = "usage:db"
 #: ``usage:apps`` (``teleport.UsageAppsOnly``): an application session certificate.
 USAGE_APPS_ONLY = "usage:apps"
+#: ``usage:kube`` (``teleport.UsageKubeOnly``): a certificate only good for Kubernetes access.
+USAGE_KUBE_ONLY = "usage:kube"
+#: What a refused usage is told (``lib/authz`` ``Middleware.GetUser``).
+INVALID_USAGE = "access denied: invalid client certificate"
+
+
+def usage_refusal(usage: tuple[str, ...], accepted: tuple[str, ...], service: str) -> str:
+    """Why a certificate restricted to ``usage`` may not be used by ``service``, or ``""``.
+
+    Teleport's rule (``lib/authz`` / ``lib/auth/middleware.go`` ``Middleware.GetUser`` with each
+    service's ``AcceptedUsage``): a certificate with no usage is good everywhere; one with a usage
+    only where every one of its usages is accepted — the database proxy accepts ``usage:db``
+    (``lib/srv/db/proxyserver.go`` ``NewProxyServer``), the Kubernetes proxy ``usage:kube``
+    (``lib/kube/proxy/server.go`` ``NewTLSServer``), the application proxy ``usage:apps``
+    (``lib/srv/app/server.go``), the Auth API none.
+    """
+    extra = [u for u in usage if u not in accepted]
+    if not extra:
+        return ""
+    return f"{INVALID_USAGE} (a certificate restricted to {', '.join(usage)} is not for {service})"
 
 # -- system roles (api/types/system_role.go) ------------------------------------------------------
 
@@ -104,7 +125,11 @@ ROLE_ADMIN = "Admin"
 ROLE_APP = "App"
 ROLE_KUBE = "Kube"
 ROLE_WINDOWS_DESKTOP = "WindowsDesktop"
-SYSTEM_ROLES = (ROLE_AUTH, ROLE_PROXY, ROLE_NODE, ROLE_DB, ROLE_ADMIN, ROLE_APP, ROLE_KUBE, ROLE_WINDOWS_DESKTOP)
+#: The identity of a process that runs several services: it joins once with the token and asks for
+#: one certificate per service with it (``lib/auth/auth_with_roles.go`` ``GenerateHostCerts``).
+ROLE_INSTANCE = "Instance"
+SYSTEM_ROLES = (ROLE_AUTH, ROLE_PROXY, ROLE_NODE, ROLE_DB, ROLE_ADMIN, ROLE_APP, ROLE_KUBE, ROLE_WINDOWS_DESKTOP,
+                ROLE_INSTANCE)
 _ROLE_BY_LOWER = {r.lower(): r for r in SYSTEM_ROLES}
 _ROLE_BY_LOWER["database"] = ROLE_DB
 _ROLE_BY_LOWER["windows_desktop"] = ROLE_WINDOWS_DESKTOP
@@ -274,7 +299,7 @@ class Identity:
         return x509.Name(rdns)
 
 
-class IdentityError(ValueError):
+class IdentityError(LocalFault, ValueError):
     """A certificate subject that does not hold a valid identity."""
 
 

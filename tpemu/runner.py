@@ -2,11 +2,11 @@
 
 Roles come from ``--roles`` (Teleport's flag) or from the config's ``enabled`` keys
 (``auth_service``, ``proxy_service``, ``ssh_service`` → node, ``db_service`` → db). Without a
-config, ``tpemu start`` is all-in-one: Auth, Proxy, an SSH node and emulated Postgres, MySQL,
-MongoDB and Redis databases, every part talking to the others over loopback as separate
-Teleport processes would: the proxy and the agent join with tokens the Auth Service of this
-process mints for them (as an administrator would with ``tpemu tokens add``), the agent holds
-reverse tunnels to the proxy.
+config, ``tpemu start`` is all-in-one: Auth, Proxy, an SSH node and Postgres, MySQL, MongoDB
+and Redis databases served by embedded real engines (``uri: embedded``), every part talking to
+the others over loopback as separate Teleport processes would: the proxy and the agent join with
+tokens the Auth Service of this process mints for them (as an administrator would with ``tpemu
+tokens add``), the agent holds reverse tunnels to the proxy.
 """
 
 from __future__ import annotations
@@ -23,16 +23,17 @@ from typing import Any
 
 from tpemu import TELEPORT_VERSION, __version__
 from tpemu.config import Addr, App, AppService, Config, Database, DBService
+from tpemu.errors import LocalFault
 
 log = logging.getLogger("tpemu")
 
 ALL_ROLES = ("auth", "proxy", "node", "db", "kube", "app")
 AGENT_ROLES = ("node", "db", "kube", "app")
 #: The databases of the all-in-one cluster.
-EMULATED_DATABASES = (Database(name="pg", protocol="postgres", description="emulated PostgreSQL"),
-                      Database(name="mysql", protocol="mysql", description="emulated MySQL"),
-                      Database(name="mongo", protocol="mongodb", description="emulated MongoDB"),
-                      Database(name="redis", protocol="redis", description="emulated Redis"))
+EMULATED_DATABASES = (Database(name="pg", protocol="postgres", description="embedded PostgreSQL"),
+                      Database(name="mysql", protocol="mysql", description="embedded MySQL (MariaDB)"),
+                      Database(name="mongo", protocol="mongodb", description="embedded MongoDB (nx-27017)"),
+                      Database(name="redis", protocol="redis", description="embedded Redis"))
 
 
 #: The applications of the all-in-one cluster.
@@ -40,7 +41,7 @@ EMULATED_APPS = (App(name="echo", uri="emulated-echo",
                      description="emulated echo app (shows the request and its JWT)"),)
 
 
-class StartError(Exception):
+class StartError(LocalFault):
     """The flags or config do not make a runnable process."""
 
 
@@ -88,8 +89,9 @@ def apply_start_flags(cfg: Config, args: argparse.Namespace, all_in_one: bool) -
     return cfg, roles
 
 
-async def run(cfg: Config, roles: tuple[str, ...], all_in_one: bool) -> int:
-    """Start every role, print the banner, serve until SIGINT/SIGTERM."""
+async def run(cfg: Config, roles: tuple[str, ...], all_in_one: bool, trace: str | None = None) -> int:
+    """Start every role, print the banner, serve until SIGINT/SIGTERM. ``trace``: a JSON-lines
+    file of routing decisions (``tpemu start --trace``)."""
     from tpemu.auth.backend import BackendError
     from tpemu.proxy import workers  # tpemu.proxy is proxy/ (package-dir)
     from tpemu.proxy.auth_routes import AuthLink, JoinError, auth_link_from_config
@@ -216,6 +218,27 @@ async def run(cfg: Config, roles: tuple[str, ...], all_in_one: bool) -> int:
     if not stack:
         print("tpemu: nothing to run: every service is disabled", file=sys.stderr)
         return 2
+    diag = None
+    # Diagnostics and the trace file belong to worker 0 (the process started by the user): the
+    # children would collide on diag_addr. With workers, /metrics and the page show worker 0's
+    # connections only.
+    if worker is None and (cfg.teleport.diag_addr is not None or trace):
+        from tpemu.diag.metrics import Sources
+        from tpemu.diag.server import DiagServer
+
+        diag = DiagServer(Sources(agents=[agent] if agent is not None else [], auth=[auth] if auth else []),
+                          trace_path=trace)
+        if proxy is not None:
+            diag.attach_proxy(proxy)
+        if cfg.teleport.diag_addr is not None:
+            try:
+                await diag.start(cfg.teleport.diag_addr)
+            except OSError as exc:
+                print(f"tpemu: diag_addr {cfg.teleport.diag_addr}: cannot listen: {exc.strerror or exc}",
+                      file=sys.stderr)
+                await shutdown()
+                return 1
+        stack.insert(0, diag)
     stop = asyncio.Event()
     if worker is not None:
         # Worker 0 reads this line, then nothing more from our stdout: the rest goes to stderr.
@@ -225,6 +248,9 @@ async def run(cfg: Config, roles: tuple[str, ...], all_in_one: bool) -> int:
         workers.watch_parent(stop)
     else:
         print(banner(cfg, proxy, all_in_one, auth, agent), flush=True)
+        if diag is not None and diag.addr is not None:
+            print(f"  diagnostics: http://{diag.addr}/metrics  /healthz  /readyz  /routing (live routing page)",
+                  flush=True)
     # Everything made at start-up (modules, certificates, route tables: several hundred thousand
     # objects) lives as long as the process: moved out of the collector's generations, a full
     # collection scans only what connections made since. Without it each full collection walked
@@ -239,7 +265,13 @@ async def run(cfg: Config, roles: tuple[str, ...], all_in_one: bool) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # Freed C-heap pages back to the system after bursts (tpemu.net.heap; issue 16's RSS figure).
+    from tpemu.net.heap import HeapTrimmer
+
+    trimmer = HeapTrimmer()
+    trimmer.start()
     await stop.wait()
+    await trimmer.close()
     if proxy is not None:
         log.info("shutting down; routed %s, refused %s", dict(proxy.door.stats.routed),
                  dict(proxy.door.stats.refused))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import signal
 import uuid
 
 import asyncssh
@@ -73,6 +74,45 @@ async def test_exit_signal_and_signal_request(connect: Connect) -> None:
     assert result.stdout.strip() == "got-int" and result.exit_status == 5
 
 
+@pytest.mark.parametrize("term_type", [None, "xterm"])
+async def test_session_starts_with_default_signal_dispositions(connect: Connect, term_type: str | None) -> None:
+    # Regression (issue 16): a signal this process ignores or blocks (SIGINT is SIG_IGN when tpemu
+    # or pytest was started in the background by a non-interactive shell) was inherited by every
+    # session, whose shell could then not trap it: test_exit_signal_and_signal_request failed
+    # under such a parent. The child resets them, as sshd's children start.
+    conn = await connect("alice")
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        result = await conn.run("grep -E '^Sig(Ign|Blk)' /proc/self/status", term_type=term_type)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    fields = dict(line.split(":\t") for line in str(result.stdout).splitlines())
+    # glibc reserves two real-time signals for itself (32 and 33: thread cancellation, setxid):
+    # no program can set them, so one ignored by an ancestor stays ignored (harmless, and seen
+    # under make). Every other signal must be at its default.
+    settable = sum(1 << (s - 1) for s in signal.valid_signals() if s < 65)
+    assert int(fields["SigIgn"], 16) & settable == 0 and int(fields["SigBlk"], 16) == 0, result.stdout
+
+
+async def test_output_after_the_client_vanished_does_not_stop_the_session_ending(
+        connect: Connect, node: SSHService, caplog: pytest.LogCaptureFixture) -> None:
+    # Regression (issue 16, the flaky test below): what the shell printed on its way out after a
+    # hang-up (here its HUP trap) was drained at its exit and written to the closed channel; the
+    # BrokenPipeError ended the exit callback, so the session never finished (a traceback, and the
+    # session left in node._sessions).
+    conn = await connect("alice")
+    proc = await conn.create_process("trap 'echo bye; exit 0' HUP; echo ready; while :; do sleep 0.1; done",
+                                     term_type="xterm")
+    assert "ready" in await asyncio.wait_for(proc.stdout.readline(), 10)
+    conn.abort()
+    async with asyncio.timeout(15):
+        while node._sessions:
+            await asyncio.sleep(0.05)
+    assert "Exception in callback" not in caplog.text
+
+
 async def test_disconnect_mid_session_leaves_nothing_running(connect: Connect, node: SSHService,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ssh_service, "KILL_GRACE", 0.5)  # SIGKILL comes sooner; the logic is the same
@@ -95,8 +135,11 @@ async def test_disconnect_mid_session_leaves_nothing_running(connect: Connect, n
             await asyncio.sleep(0.05)
     pty_conn.abort()
     await wait_gone(marker + "-pty", timeout=6)
-    async with asyncio.timeout(2):
-        while node._sessions:  # each session ends once its processes are gone
+    # Each session ends once its processes are gone (the SIGKILL of KILL_GRACE at the latest):
+    # about 0.5 s here; the deadline leaves room for a loaded 2-core CI machine. (When this test
+    # failed here it was the exit callback's BrokenPipeError: see the test above.)
+    async with asyncio.timeout(15):
+        while node._sessions:
             await asyncio.sleep(0.05)
 
 

@@ -123,6 +123,11 @@ async def test_kubectl_through_the_web_port(env: kube_env.KubeEnv) -> None:
     assert code == 0 and out == "through stdin\n", err
     code, out, err = await kubectl(env, "alice", "logs", first)
     assert code == 0 and f"pod default/{first} scheduled on node kubeagent" in out, err
+    # What users try next: the "all" category, and the API server's self-reviews.
+    code, out, err = await kubectl(env, "alice", "get", "all")
+    assert code == 0 and f"pod/{first}" in out and "deployment.apps/web" in out, (out, err)
+    code, out, err = await kubectl(env, "alice", "auth", "can-i", "delete", "secrets")
+    assert (code, out.strip()) == (0, "yes"), err
 
     code, out, err = await env.run("alice", sys.executable, "-c", PY_LIST_PODS)
     assert code == 0, err
@@ -133,6 +138,11 @@ async def test_kubectl_through_the_web_port(env: kube_env.KubeEnv) -> None:
 async def test_refusals_are_kubernetes_status(env: kube_env.KubeEnv) -> None:
     code, _, err = await env.run("bob", "tpemu", "kube", "login", "emu")
     assert code == 0, err
+    code, out, err = await kubectl(env, "bob", "auth", "can-i", "list", "pods")
+    assert (code, out.strip()) == (1, "no"), (out, err)
+    code, out, err = await kubectl(env, "bob", "auth", "whoami", "-o", "json")
+    assert code == 0 and json.loads(out)["status"]["userInfo"] == {
+        "username": "bob", "groups": ["system:authenticated"]}, (out, err)
     code, _, err = await kubectl(env, "bob", "get", "pods")
     assert code == 1 and 'Error from server (Forbidden): pods is forbidden: User "bob" cannot list resource "pods" ' \
         'in API group "" in the namespace "default"' in err

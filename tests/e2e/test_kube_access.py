@@ -271,10 +271,11 @@ async def test_directly_joined_kubernetes_service(tmp_path: Path) -> None:
         assert code == 3 and out == "hi\n", (code, out, err)
 
         # The proxy's own host certificate, as the relay uses it: a Proxy's.
-        user = {"username": "alice", "teleport_cluster": kube_env.CLUSTER, "kubernetes_groups": ["system:masters"]}
+        user = {"username": "alice", "groups": ["access"], "teleport_cluster": kube_env.CLUSTER,
+                "kubernetes_groups": ["system:masters"]}
         proxy_files = env.proxy.tls_files
         code, body = await _direct_request(env, proxy_files, json.dumps(user))
-        assert code == 200 and body["kind"] == "NamespaceList", body
+        assert code == 200 and body["kind"] == "NamespaceList", body  # the roles (access) are checked per request
         code, body = await _direct_request(env, proxy_files, None)
         assert (code, body["reason"]) == (401, "Unauthorized"), body
         code, body = await _direct_request(env, proxy_files, "{not json")

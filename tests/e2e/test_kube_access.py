@@ -320,3 +320,21 @@ async def test_roles_kubernetes_labels_decide_kube_login(tmp_path: Path, monkeyp
         assert "Forbidden" in err and "access denied to kubernetes cluster" in err, err
     finally:
         await kube_env.stop(env)
+
+
+async def test_testkit_cluster_with_a_directly_joined_kubernetes_service(tmp_path: Path) -> None:
+    """``tpemu.Cluster(kube=..., kube_direct=True)``: the public test API's direct Kubernetes Service,
+    reached through the proxy's per-request relay (Teleport-Impersonate-User), with kubectl."""
+    from tpemu.testkit import Cluster
+
+    kubectl_bin = need("kubectl")
+    async with Cluster(tmp_path, nodes=(), databases=(), kube="emu", kube_direct=True) as c:
+        alice = await c.user("alice")
+        await alice.kubeconfig()
+        env = {**os.environ, **alice.env(), "NO_PROXY": "*"}
+        for argv, want in ((("get", "ns", "-o", "name"), "namespace/kube-system"),
+                           (("auth", "whoami"), "system:masters"), (("auth", "can-i", "create", "pods"), "yes")):
+            proc = await asyncio.create_subprocess_exec(kubectl_bin, "--request-timeout=20s", *argv, env=env,
+                                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode == 0 and want in out.decode(), (argv, out, err)

@@ -13,12 +13,12 @@ interleave the builds, the order rotated every round; in each round every build 
   CPU per round trip (its ``/proc`` times; one process holds Auth, proxy, agent and the emulated
   backend);
 * ``direct``: the same, straight to the build's emulated Postgres backend served in the client
-  process: the baseline of the issue's "≤ 2.5× direct" ratio;
+  process: the baseline of the issue's "at most 2.5x direct" ratio;
 * ``ssh``: SSH session setup with a new proxy connection (TLS + SSH to the proxy, the
   ``proxy:node`` subsystem through the tunnel, the user's SSH session to the node, ``exec true``),
   ms.
 
-Each figure is the median of its round medians; the spread (min–max of the round medians) is
+Each figure is the median of its round medians; the spread (lowest to highest round median) is
 printed beside it. For before/after figures on a shared machine, not absolute numbers.
 """
 
@@ -131,15 +131,13 @@ def run(revs: list[str], rounds: int, n_pg: int, n_ssh: int) -> dict[str, Any]:
 def table(result: dict[str, Any]) -> str:
     lines = [f"{'build':12s} {'pg µs':>14s} {'tpemu CPU µs/rtt':>20s} {'direct µs':>14s} {'ratio':>6s} "
              f"{'SSH setup ms':>16s}"]
+    def cell(f: dict[str, Any], key: str, fmt: str = "{:.0f}") -> str:
+        lo, hi = f["spread"][key]
+        return f"{fmt.format(f[key])} ({fmt.format(lo)}–{fmt.format(hi)})"
+
     for name, f in result["builds"].items():
-        sp = f["spread"]
-
-        def cell(key: str, fmt: str = "{:.0f}") -> str:
-            lo, hi = sp[key]
-            return f"{fmt.format(f[key])} ({fmt.format(lo)}–{fmt.format(hi)})"
-
-        lines.append(f"{name:12s} {cell('pg_us'):>14s} {cell('pg_cpu_us'):>20s} {cell('direct_us'):>14s} "
-                     f"{f['pg_ratio_to_direct']:>6.2f} {cell('ssh_ms', '{:.1f}'):>16s}")
+        lines.append(f"{name:12s} {cell(f, 'pg_us'):>14s} {cell(f, 'pg_cpu_us'):>20s} {cell(f, 'direct_us'):>14s} "
+                     f"{f['pg_ratio_to_direct']:>6.2f} {cell(f, 'ssh_ms', '{:.1f}'):>16s}")
     return "\n".join(lines)
 
 

@@ -35,12 +35,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from asyncssh.constants import MSG_IGNORE
 from asyncssh.encryption import ChachaEncryption, Encryption, GCMEncryption
 from asyncssh.logging import SSHLogger
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 #: The payload of the ignore packet asyncssh inserts (``String(b'')``).
 _EMPTY_STRING = b"\x00\x00\x00\x00"

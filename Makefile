@@ -4,10 +4,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tpemu-installed
 # Reinstall when a module is added or removed: the strict editable install links files one by one.
-SOURCES := $(shell find tpemu proxy agent auth -name '*.py' -o -name py.typed 2>/dev/null | sort)
+SOURCES := $(shell find tpemu proxy agent auth -name '*.py' -o -name py.typed -o -name '*.html' 2>/dev/null | sort)
 ARGS   ?=
 
-.PHONY: run test test-deps test-fast lint bench bench-full clean install
+.PHONY: run test test-deps test-fast lint bench bench-full clean install reliability
 
 install: $(STAMP)
 
@@ -25,7 +25,7 @@ run: $(STAMP)
 
 ## test: install tpemu and the real servers/clients the tests drive, then run every test
 test: $(STAMP) test-deps
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -rs $(ARGS)
 
 test-deps:
 	@tools/install-test-deps.sh
@@ -46,6 +46,12 @@ bench: $(STAMP)
 bench-full: $(STAMP)
 	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || $(BIN)/python -m pip install -q 'matplotlib>=3.7' >/dev/null
 	$(BIN)/tpemu bench --profile full $(ARGS)
+
+## reliability: fuzzers (atheris), 10x load, faults, the authorization matrix; figures in RELIABILITY.md
+reliability: $(STAMP) test-deps
+	@$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/python -m pip install -q '.[fuzz]' >/dev/null || \
+		echo "atheris has no wheel here: the parser fuzz falls back to hypothesis"
+	$(BIN)/python -m bench.reliability.run $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -68,6 +68,7 @@ from tpemu.net.db_refusal import Refusal, refuse
 from tpemu.net.memory import transport_pair
 from tpemu.net.pipe import Pipe, park_streams
 from tpemu.net.streams import Stream
+from tpemu.net.tls import new_context
 from tpemu.wire import WireError
 from tpemu.wire import mysql as my
 from tpemu.wire import postgres as pg
@@ -551,7 +552,7 @@ class DatabaseService:
 
 
 def _client_context(served: _Served, cert: bytes, key: bytes, cas: bytes) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx = new_context(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     mode = served.tls_mode
     if mode == "insecure":

@@ -45,6 +45,7 @@ from tpemu.agent.tunnel import Offer, TunnelAgent, TunnelTarget
 from tpemu.config import Addr, Config
 from tpemu.net.pipe import Parked
 from tpemu.net.proxyenv import ProxySettings
+from tpemu.net.tls import new_context
 from tpemu.wire import alpn
 from tpemu.wire import tunnel as tw
 
@@ -188,28 +189,72 @@ class AgentProcess:
         if identity is not None and why is None and (identity.host_id != host_id or identity.role != system_role):
             why = f"it is for {identity.role} {identity.host_id}"
         if identity is None or why is not None:
-            if not self.opts.token:
+            if len(self.opts.roles) > 1:
+                # Teleport's multi-service process: one join as Instance with every service's role,
+                # then one certificate per service from that identity (lib/service/connect.go;
+                # GenerateHostCerts), so a single-use token of type node,db starts --roles node,db.
+                identity = await self._from_instance(system_role, host_id)
+            elif not self.opts.token:
                 raise AgentError(f"the {role} service has no identity in {folder} ({why}) and no join token "
                                  "(--token, or teleport.auth_token; make one with: tpemu tokens add --type "
                                  f"{role})")
-            identity = await self._join(system_role, host_id)
+            else:
+                identity = await self._join(system_role, host_id)
             await asyncio.to_thread(identity.save, folder)
             log.info("%s service joined cluster %s as host %s (%s)", role, identity.cluster_name, host_id,
                      "through the proxy" if self.via_proxy else "directly at the Auth Service")
         return identity, identity.files(folder)
 
-    async def _join(self, system_role: str, host_id: str) -> authclient.HostIdentity:
+    async def _instance(self, host_id: str) -> authclient.HostIdentity:
+        """The process's Instance identity (``<data_dir>/instance/``), joining once if needed."""
+        folder = self.data_dir / "instance"
+        roles = tuple(ROLES[r] for r in self.opts.roles)
+        identity = authclient.HostIdentity.load(folder)
+        why = "none saved" if identity is None else identity.usable()
+        if identity is not None and why is None and identity.host_id != host_id:
+            why = f"it is for host {identity.host_id}"
+        if identity is not None and why is None:
+            held = ident.from_certificate(identity.cert).system_roles
+            if not set(roles) <= set(held):
+                why = f"it holds {', '.join(held) or 'no roles'}, not {', '.join(roles)}"
+        if identity is None or why is not None:
+            if not self.opts.token:
+                raise AgentError(f"the agent has no instance identity in {folder} ({why}) and no join token "
+                                 "(--token, or teleport.auth_token; make one with: tpemu tokens add --type "
+                                 f"{','.join(self.opts.roles)})")
+            identity = await self._join(ident.ROLE_INSTANCE, host_id, roles)
+            await asyncio.to_thread(identity.save, folder)
+            log.info("joined cluster %s once as instance %s for %s", identity.cluster_name, host_id, ", ".join(roles))
+        return identity
+
+    async def _from_instance(self, system_role: str, host_id: str) -> authclient.HostIdentity:
+        instance = await self._instance(host_id)
+        files = instance.files(self.data_dir / "instance")
+        kind = authclient.key_kind_of(pki.load_certs(instance.ca_pems)[0])
+        key = await asyncio.to_thread(pki.generate_key, kind)
+        body = authclient.host_certs_request(key, system_role, host_id, self.nodename, [self.nodename])
+        try:
+            answer = await self._auth_client(instance, files).call("POST", "/v1/hosts/certs", body)
+        except authapi.AuthAPIError as exc:
+            raise AgentError(f"getting the {system_role} certificate with the instance identity failed: "
+                             f"{exc.message}") from None
+        return authclient.identity_from_certs(answer, key, host_id, system_role, instance.cluster_name)
+
+    async def _join(self, system_role: str, host_id: str,
+                    system_roles: tuple[str, ...] = ()) -> authclient.HostIdentity:
         principals = [self.nodename]
         try:
             if not self.via_proxy:
                 assert self.opts.auth_server is not None
                 # The cluster name comes from the Auth Service's CA certificate.
                 return await authclient.join(self.opts.auth_server, self.opts.token, system_role, host_id,
-                                             self.nodename, principals=principals, ca_pins=self.opts.ca_pins)
+                                             self.nodename, principals=principals, ca_pins=self.opts.ca_pins,
+                                             system_roles=system_roles)
             ca_pem = await self._proxy_ca()
             kind = authclient.key_kind_of(x509.load_pem_x509_certificate(ca_pem))
             key = await asyncio.to_thread(pki.generate_key, kind)
-            body = authclient.register_request(key, self.opts.token, system_role, host_id, self.nodename, principals)
+            body = authclient.register_request(key, self.opts.token, system_role, host_id, self.nodename, principals,
+                                               system_roles=system_roles)
             answer = await self._web_client(ca_pem).call("POST", "/webapi/host/credentials", body)
             cluster = x509.load_pem_x509_certificate(ca_pem).subject.get_attributes_for_oid(
                 x509.oid.NameOID.COMMON_NAME)[0].value
@@ -220,12 +265,17 @@ class AgentProcess:
 
     def _web_client(self, ca_pem: bytes | None) -> authclient.AuthClient:
         assert self.opts.proxy_server is not None
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx = new_context(ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         if ca_pem is None:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         else:
+            # The system's roots as Teleport's web client (api/client/webclient newWebClient: no
+            # RootCAs, so the system pool; SSL_CERT_FILE applies) — a load balancer's own public
+            # certificate in front of the proxy — plus the pinned cluster CA, which signs tpemu's
+            # default web certificate.
+            ctx.load_default_certs()
             ctx.load_verify_locations(cadata=ca_pem.decode())
         ctx.set_alpn_protocols([alpn.HTTP11])
         host = self.opts.proxy_server.host
@@ -327,7 +377,7 @@ class AgentProcess:
             return
         service: Any = offers[0].service
         ctx = self.contexts["kube"]
-        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls = new_context(ssl.PROTOCOL_TLS_SERVER)
         tls.minimum_version = ssl.TLSVersion.TLSv1_2
         tls.load_cert_chain(ctx.files.cert, ctx.files.key)
         tls.load_verify_locations(cafile=str(ctx.files.ca))  # the host CA: the proxy's certificate

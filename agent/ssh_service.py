@@ -479,9 +479,28 @@ def _set_winsize(fd: int, width: int, height: int, pixwidth: int = 0, pixheight:
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, pixwidth, pixheight))
 
 
+#: Signals whose disposition cannot be changed (and need no reset).
+_FIXED_SIGNALS = {signal.SIGKILL, signal.SIGSTOP}
+
+
+def _default_signals() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # A session starts with every signal at its default and none blocked, as sshd gives its
+    # children (it resets its own handlers to SIG_DFL after fork). Exec only resets *caught*
+    # signals: one this process ignores (SIG_IGN, e.g. SIGINT when tpemu itself was started in the
+    # background by a non-interactive shell) or blocks would be inherited, and a POSIX shell can
+    # then not even trap it ("signals ignored on entry cannot be trapped"), so `trap ... INT` and a
+    # client's signal request did nothing.
+    for sig in signal.valid_signals():
+        if sig not in _FIXED_SIGNALS:
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
 def _take_controlling_tty() -> None:  # pragma: no cover - runs in the child between fork and exec
     # After setsid (start_new_session) the pty slave on stdin becomes the controlling terminal, so
     # the line discipline's Ctrl-C reaches the foreground job and a closed master sends SIGHUP.
+    _default_signals()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
@@ -615,7 +634,8 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             width, height, pixw, pixh = chan.get_terminal_size()
             _set_winsize(slave, width or 80, height or 24, pixw, pixh)
             try:
-                # The hook only makes one ioctl: it takes no lock a thread of this process may hold.
+                # The hook only makes system calls (sigaction, sigprocmask, one ioctl): it takes no
+                # lock a thread of this process may hold.
                 self.proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave,
                                              preexec_fn=_take_controlling_tty, **common)  # noqa: PLW1509
             except OSError:
@@ -628,8 +648,8 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self.stdin = _FdWriter(os.dup(master), self._stdin_low)
             self.readers = [_FdReader(master, self._on_stdout, self._on_reader_eof)]
         else:
-            self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, **common)
+            self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         preexec_fn=_default_signals, **common)  # noqa: PLW1509
             assert self.proc.stdin and self.proc.stdout and self.proc.stderr
             fds = [os.dup(f.fileno()) for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr)]
             for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):

@@ -6,7 +6,9 @@ The other end, and the protocol, are described in ``tpemu.proxy.tunnels`` (Telep
 1. dials the proxy through :func:`tpemu.net.dial.dial` — so ``HTTPS_PROXY``/``HTTP_PROXY``/
    ``NO_PROXY`` apply exactly as to every other dial — either to the web port with TLS and ALPN
    ``teleport-reversetunnelv2``, ``teleport-reversetunnel`` (TLS routing; the proxy's certificate
-   is checked against the cluster's host CA), or to ``tunnel_listen_addr`` in plain SSH;
+   is checked against the cluster's host CA), or to ``tunnel_listen_addr`` in plain SSH; with TLS
+   routing behind a layer-7 load balancer (tsh's test dial says so), that TLS runs inside the ALPN
+   connection upgrade (:mod:`tpemu.net.conn_upgrade`);
 2. logs in as ``<host_id>.<cluster>`` with SSH publickey auth presenting its host certificate,
    and checks the proxy's SSH host certificate against the host CA;
 3. opens a ``teleport-heartbeat`` channel and sends a ``ping`` request at once, then every
@@ -42,10 +44,12 @@ from tpemu import TELEPORT_VERSION
 from tpemu.authclient import HostIdentity
 from tpemu.config import Addr
 from tpemu.identity import host_fqdn
+from tpemu.net import conn_upgrade
 from tpemu.net import teleport_ssh as tssh
 from tpemu.net.channel import ChannelTransport
 from tpemu.net.dial import DialError, SSHTunnel
 from tpemu.net.proxyenv import ProxySettings
+from tpemu.net.tls import new_context
 from tpemu.wire import alpn
 from tpemu.wire import tunnel as tw
 from tpemu.wire.errors import WireError
@@ -88,6 +92,8 @@ class TunnelState:
     attempts: int = 0
     connects: int = 0
     last_error: str = ""
+    #: The last tunnel went through the ALPN connection upgrade (a layer-7 load balancer in front).
+    upgraded: bool = False
 
 
 class TunnelAgent:
@@ -158,7 +164,7 @@ class TunnelAgent:
                     self.target = self.resolve()
 
     def _ssl_context(self) -> ssl.SSLContext:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx = new_context(ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_verify_locations(cadata=self.identity.ca_pems.decode())
         ctx.set_alpn_protocols([alpn.REVERSE_TUNNEL_V2, alpn.REVERSE_TUNNEL])
@@ -167,8 +173,22 @@ class TunnelAgent:
     async def _connect_and_serve(self) -> None:
         t = self.target
         ctx = self._ssl_context() if t.tls_routing else None
-        tunnel = SSHTunnel(t.addr.host, t.addr.port, ssl_context=ctx,
-                           server_hostname=t.server_name or t.addr.host, proxy=self.proxy, timeout=15.0)
+        server_name = t.server_name or t.addr.host
+        tunnel: SSHTunnel | conn_upgrade.UpgradedSSHTunnel = SSHTunnel(
+            t.addr.host, t.addr.port, ssl_context=ctx, server_hostname=server_name, proxy=self.proxy, timeout=15.0)
+        self.state.upgraded = False
+        if ctx is not None:
+            # lib/reversetunnel/agentpool.go updateRemote: with TLS routing the agent runs
+            # IsALPNConnUpgradeRequired against the proxy address (cached per address); behind a
+            # layer-7 load balancer the tunnel's TLS (ALPN teleport-reversetunnel, the cluster's CA)
+            # runs inside /webapi/connectionupgrade, as agent_dialer.go's ALPN dialer does.
+            outer = conn_upgrade.outer_context_from(ctx)
+            if await conn_upgrade.upgrade_required(t.addr.host, t.addr.port, outer, proxy=self.proxy):
+                log.info("%s to %s: the address answers without Teleport's ALPN (a layer-7 load balancer): "
+                         "using the ALPN connection upgrade", self.name, t.addr)
+                tunnel = conn_upgrade.UpgradedSSHTunnel(t.addr.host, t.addr.port, outer=outer, inner=ctx,
+                                                        server_hostname=server_name, proxy=self.proxy)
+                self.state.upgraded = True
         loop = asyncio.get_running_loop()
         options = await tssh.client_options(
             host=t.addr.host, port=t.addr.port, username=self.fqdn, client_keys=[(self._key, self._cert)],

@@ -30,6 +30,7 @@ POST     /v1/{nodes,proxies,db_servers}        that host's role, Admin resource 
 GET      /v1/{nodes,proxies,db_servers}        any certificate         → {"items": [...]}
 DELETE   /v1/{nodes,proxies,db_servers}/{name} Admin
 POST     /v1/db/certs                          Db, Admin               {public_key, server_names, ttl}
+POST     /v1/hosts/certs                       Instance                HostCertsRequest → Certs (its roles)
 =======  ====================================  ======================  ================================
 """
 
@@ -164,6 +165,7 @@ class AuthAPI:
         r("DELETE", "/v1/users/{name}", admin, self._delete_user)
         r("PUT", "/v1/users/{name}/password", admin, self._set_password)
         r("POST", "/v1/db/certs", frozenset({ident.ROLE_DB, ident.ROLE_ADMIN}), self._db_cert)
+        r("POST", "/v1/hosts/certs", frozenset({ident.ROLE_INSTANCE}), self._host_certs)
         r("POST", "/v1/apps/token", frozenset({ident.ROLE_APP, ident.ROLE_ADMIN}), self._app_token)
         r("GET", "/v1/jwks", ANYONE, self._jwks)
         r("POST", "/v1/{kind}", frozenset(HOSTS), self._heartbeat)
@@ -429,6 +431,11 @@ class AuthAPI:
 
     async def _db_cert(self, request: Request, caller: Caller, p: dict[str, str]) -> Response:
         return Response.json(await self.server.sign_database_cert(authapi.body_object(request.json())))
+
+    async def _host_certs(self, request: Request, caller: Caller, p: dict[str, str]) -> Response:
+        assert caller.identity is not None
+        return Response.json(await self.server.generate_host_certs(caller.identity, caller.host_id,
+                                                                   authapi.body_object(request.json())))
 
     async def _app_token(self, request: Request, caller: Caller, p: dict[str, str]) -> Response:
         return Response.json(await self.server.generate_app_token(authapi.body_object(request.json())))

@@ -122,12 +122,13 @@ class AuthServer:
 
     def host_certs(self, host_id: str, nodename: str, role: str, tls_public: object, ssh_public: bytes = b"",
                    principals: Iterable[str] = (), dns_names: Iterable[str] = (),
-                   ttl: dt.timedelta = authority_mod.HOST_CERT_TTL) -> dict[str, Any]:
+                   ttl: dt.timedelta = authority_mod.HOST_CERT_TTL,
+                   system_roles: tuple[str, ...] = ()) -> dict[str, Any]:
         """``proto.Certs`` JSON for a host: TLS (and SSH if ``ssh_public``) plus the host CA."""
         host = self.ca(CAType.HOST)
         principals = [p for p in principals if p]
         tls = authority_mod.issue_host_tls(host, tls_public, host_id, role, [nodename, *principals], dns_names,
-                                           ttl=ttl, now=self._now())
+                                           system_roles=system_roles, ttl=ttl, now=self._now())
         ssh = b""
         if ssh_public:
             ssh = authority_mod.issue_host_ssh(host, ssh_public, host_id, nodename, role, principals, ttl)
@@ -146,6 +147,7 @@ class AuthServer:
             raise authapi.BadParameter(str(exc)) from None
         if role in (ident.ROLE_ADMIN, ident.ROLE_AUTH):
             raise authapi.AccessDenied(f"role {role} cannot join with a token")
+        system_roles = _instance_roles(body, role)
         token_name = authapi.field_str(body, "token", max_len=256)
         tls_pem = authapi.unb64(body.get("public_tls_key"), "public_tls_key")
         ssh_line = authapi.unb64(body["public_ssh_key"], "public_ssh_key") if body.get("public_ssh_key") else b""
@@ -160,18 +162,49 @@ class AuthServer:
                       for p in authapi.field_list(body, "additional_principals")]
         dns_names = authapi.field_list(body, "dns_names")
         try:
-            token = await self.tokens.use(token_name, role, who=f"{host_id}@{remote or '?'}")
+            token = await self.tokens.use(token_name, role, who=f"{host_id}@{remote or '?'}",
+                                          system_roles=system_roles)
         except authapi.AccessDenied as exc:
             log.warning("join refused: host %s (%s) as %s from %s: %s", host_id, nodename or "-", role,
                         remote or "?", exc)
             raise
         try:
             certs = await asyncio.to_thread(self.host_certs, host_id, nodename, role, tls_public, ssh_line,
-                                            principals, dns_names)
+                                            principals, dns_names, authority_mod.HOST_CERT_TTL, system_roles)
         except ValueError as exc:
             raise authapi.BadParameter(str(exc)) from None
-        log.info("host %s (%s) joined as %s from %s with token %s", host_id, nodename or "-", role, remote or "?",
+        log.info("host %s (%s) joined as %s%s from %s with token %s", host_id, nodename or "-", role,
+                 f" ({', '.join(system_roles)})" if system_roles else "", remote or "?",
                  "(static)" if token.static else mask(token.name))
+        return certs
+
+    async def generate_host_certs(self, caller: ident.Identity, caller_host_id: str,
+                                  body: dict[str, Any]) -> dict[str, Any]:
+        """``GenerateHostCerts`` for an ``Instance`` identity: a certificate for one of the system
+        roles it holds (``lib/auth/auth_with_roles.go``: the host ID must be the caller's own —
+        "username mismatch" — and an instance cert may only ask for a role in its SystemRoles)."""
+        host_id = authapi.field_str(body, "host_id", required=True, max_len=128)
+        if host_id != caller_host_id:
+            raise authapi.AccessDenied(f"username mismatch {caller.username!r} and "
+                                       f"{ident.host_fqdn(host_id, self.cluster_name)!r}")
+        try:
+            role = ident.parse_system_role(authapi.field_str(body, "role", required=True))
+        except ValueError as exc:
+            raise authapi.BadParameter(str(exc)) from None
+        if role not in caller.system_roles or role in (ident.ROLE_ADMIN, ident.ROLE_AUTH, ident.ROLE_INSTANCE):
+            raise authapi.AccessDenied(f"roles do not match: the instance certificate of {host_id} holds "
+                                       f"{', '.join(caller.system_roles) or 'no system roles'}, not {role}")
+        nodename = authapi.field_str(body, "node_name", max_len=253)
+        tls_pem = authapi.unb64(body.get("public_tls_key"), "public_tls_key")
+        ssh_line = authapi.unb64(body["public_ssh_key"], "public_ssh_key") if body.get("public_ssh_key") else b""
+        try:
+            tls_public = pki.load_public_key(tls_pem)
+            certs = await asyncio.to_thread(self.host_certs, host_id, nodename, role, tls_public, ssh_line,
+                                            authapi.field_list(body, "additional_principals"),
+                                            authapi.field_list(body, "dns_names"))
+        except ValueError as exc:
+            raise authapi.BadParameter(str(exc)) from None
+        log.info("host %s (%s): %s certificate issued to its instance identity", host_id, nodename or "-", role)
         return certs
 
     # -- users ------------------------------------------------------------------------------------
@@ -327,8 +360,9 @@ class AuthServer:
             roles = ident.parse_system_roles(authapi.field_list(body, "roles"))
         except ValueError as exc:
             raise authapi.BadParameter(str(exc)) from None
-        if ident.ROLE_ADMIN in roles or ident.ROLE_AUTH in roles:
-            raise authapi.BadParameter("tokens cannot grant the Admin or Auth role")
+        if ident.ROLE_ADMIN in roles or ident.ROLE_AUTH in roles or ident.ROLE_INSTANCE in roles:
+            raise authapi.BadParameter("tokens cannot grant the Admin or Auth role, nor Instance (an instance joins "
+                                       "with a token that allows each of its services' roles)")
         ttl = authapi.duration_ns(body, "ttl", authapi.DEFAULT_TOKEN_TTL)
         return await self.tokens.create(roles, ttl, bool(body.get("single_use")),
                                         authapi.field_str(body, "token", max_len=256))
@@ -415,3 +449,20 @@ def _ssh_to_pem(line: bytes) -> bytes:
         raise authapi.BadParameter(f"pub_key: not an SSH public key: {exc}") from None
     pem: bytes = key.export_public_key("pkcs8-pem")
     return pem
+
+
+def _instance_roles(body: dict[str, Any], role: str) -> tuple[str, ...]:
+    """``RegisterUsingTokenRequest.SystemRoles``: only for an ``Instance`` join, and then required."""
+    raw = body.get("system_roles")
+    if role != ident.ROLE_INSTANCE:
+        if raw:
+            raise authapi.AccessDenied(f"additional system role encoding not supported for certs of type {role}")
+        return ()
+    try:
+        roles = ident.parse_system_roles(authapi.field_list(body, "system_roles"))
+    except ValueError as exc:
+        raise authapi.BadParameter(f"system_roles: {exc}") from None
+    bad = [r for r in roles if r in (ident.ROLE_ADMIN, ident.ROLE_AUTH, ident.ROLE_INSTANCE)]
+    if bad:
+        raise authapi.AccessDenied(f"an instance cannot hold the {', '.join(bad)} role")
+    return roles

@@ -29,6 +29,7 @@ from tpemu.auth.authority import CAType
 from tpemu.auth.backend import Backend
 from tpemu.auth.server import AuthServer
 from tpemu.config import Addr, Config, Storage
+from tpemu.net.tls import new_context
 from tpemu.wire import alpn
 
 log = logging.getLogger(__name__)
@@ -118,7 +119,7 @@ class AuthService:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         pki.write_private(self.dir / "auth.key", pki.key_pem(key))
         pki.write_public(self.dir / "auth.crt", pki.cert_pem(cert))
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx = new_context(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(self.dir / "auth.crt", self.dir / "auth.key")
         ctx.load_verify_locations(cadata=(server.ca(CAType.HOST).tls_cert_pem

@@ -131,16 +131,23 @@ class TokenStore:
         except NotFound:
             raise authapi.NotFound(f'token "{mask(name)}" not found') from None
 
-    async def use(self, name: str, role: str, who: str = "") -> ProvisionToken:
+    async def use(self, name: str, role: str, who: str = "", system_roles: tuple[str, ...] = ()) -> ProvisionToken:
         """Check that ``name`` lets a host join as ``role`` and, if single-use, mark it used.
 
+        For ``Instance`` the token must allow every one of ``system_roles`` (Teleport's
+        ``checkTokenJoinRequestCommon``): one join, one use, for all the services of a process.
         Raises :class:`~tpemu.authapi.AccessDenied` with the specific reason.
         """
+        if system_roles:
+            checked = system_roles
+        else:
+            checked = (role,)
         if not name:
             raise authapi.AccessDenied("missing join token")
         for token in self.static:
             if hmac.compare_digest(token.name.encode(), name.encode()):
-                self._check_role(token, role)
+                for r in checked:
+                    self._check_role(token, r)
                 return token
         key = PREFIX + name
         now = self.clock()
@@ -153,7 +160,8 @@ class TokenStore:
             token = ProvisionToken.from_json(item.value)
             if token.expires is not None and token.expires <= now:
                 raise authapi.AccessDenied(f'token "{mask(name)}" expired at {authapi.rfc3339(token.expires)}')
-            self._check_role(token, role)
+            for r in checked:
+                self._check_role(token, r)
             if not token.single_use:
                 return token
             if token.used_at is not None:

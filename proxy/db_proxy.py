@@ -39,6 +39,7 @@ import logging
 import secrets
 import ssl
 import weakref
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -160,6 +161,8 @@ class DatabaseProxy:
         self._dialer = dialer
         self.handshake_timeout = handshake_timeout
         self.dial_timeout = dial_timeout
+        #: Bytes relayed by (route, ``in`` client→database / ``out``), for /metrics.
+        self.bytes: Counter[tuple[str, str]] = Counter()
         self.limiter = RateLimiter()
         self._mysql_ids = itertools.count(1)
         #: Connections relayed to an agent, and refused ones by reason.
@@ -444,6 +447,8 @@ class DatabaseProxy:
                  client.identity.username if client.identity else "?", name)
 
         def closed(pipe: Pipe, exc: BaseException | None) -> None:
+            self.bytes[(acc.route.name, "in")] += pipe.a_to_b
+            self.bytes[(acc.route.name, "out")] += pipe.b_to_a
             log.debug("%s: database %s closed; %d bytes up, %d down%s", acc.ctx, name, pipe.a_to_b, pipe.b_to_a,
                       f" ({exc})" if exc else "")
 

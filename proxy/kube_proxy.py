@@ -31,7 +31,7 @@ from tpemu.logs import RateLimiter
 from tpemu.net.http_server import Request, Response, serve_http
 from tpemu.net.pipe import Pipe, park_streams
 from tpemu.net.sockets import format_addr
-from tpemu.net.tls import ContextCache, accept_stream, peer_certificate
+from tpemu.net.tls import ContextCache, accept_stream, new_context, peer_certificate
 from tpemu.pki import TLSFiles
 from tpemu.proxy.frontdoor import Accepted
 from tpemu.wire import WireError, alpn
@@ -146,7 +146,7 @@ class KubeProxy:
         addrs = [str((i.get("spec") or {}).get("addr")) for i in items or [] if isinstance(i, dict)
                  and (i.get("metadata") or {}).get("name") == cluster and (i.get("spec") or {}).get("addr")
                  and not (i.get("spec") or {}).get("use_tunnel")]
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx = new_context(ssl.PROTOCOL_TLS_CLIENT)
         ctx.load_verify_locations(cafile=str(files.ca))
         ctx.load_cert_chain(files.cert, files.key)
         ctx.set_alpn_protocols([alpn.HTTP11])

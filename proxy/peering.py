@@ -41,7 +41,7 @@ from tpemu import authapi
 from tpemu import identity as ident
 from tpemu.logs import RateLimiter
 from tpemu.net.pipe import Pipe, park_streams
-from tpemu.net.tls import accept_stream
+from tpemu.net.tls import accept_stream, new_context
 from tpemu.proxy.frontdoor import Accepted
 from tpemu.wire import tunnel as tw
 
@@ -98,12 +98,12 @@ class Peering:
         """Serve ``peer_listen_addr`` and let the tunnel registry dial through peers."""
         files = self.proxy.tls_files
         host_ca = files.ca  # the host CA only: user certificates cannot peer
-        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server = new_context(ssl.PROTOCOL_TLS_SERVER)
         server.minimum_version = ssl.TLSVersion.TLSv1_2
         server.load_cert_chain(files.cert, files.key)
         server.load_verify_locations(cafile=str(host_ca))
         server.verify_mode = ssl.CERT_REQUIRED
-        client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client = new_context(ssl.PROTOCOL_TLS_CLIENT)
         client.minimum_version = ssl.TLSVersion.TLSv1_2
         client.load_cert_chain(files.cert, files.key)
         client.load_verify_locations(cafile=str(host_ca))

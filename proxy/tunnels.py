@@ -355,6 +355,8 @@ class TunnelRegistry:
         self.missed = missed
         self.agents: dict[tuple[str, str], AgentConn] = {}
         self.direct: dict[str, DirectNode] = {}
+        #: Agents dropped for missing ``keep_alive_count_max`` heartbeats in a row (for /metrics).
+        self.heartbeats_missed = 0
         #: The Auth Service's inventory: host id → resources it announced (nodes, databases).
         self.inventory: dict[str, tuple[tw.Resource, ...]] = {}
         self.host_ca_keys: list[asyncssh.SSHKey] = []
@@ -525,6 +527,7 @@ class TunnelRegistry:
             now = time.monotonic()
             for agent in list(self.agents.values()):
                 if now - agent.last_heartbeat > window:
+                    self.heartbeats_missed += 1
                     log.warning("agent %s (%s) missed %d heartbeats (%.0fs); dropping its tunnel", agent.host_id,
                                 agent.hostname or "-", self.missed, now - agent.last_heartbeat)
                     self._lost(agent, None)

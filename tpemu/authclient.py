@@ -37,6 +37,7 @@ from tpemu.config import Addr
 from tpemu.net import cert_probe, conn_upgrade, go_tls_errors
 from tpemu.net.dial import DialError, open_stream
 from tpemu.net.proxyenv import ProxySettings
+from tpemu.net.tls import new_context
 from tpemu.wire import alpn
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class AuthClient:
         """A client presenting ``files`` (cert + key; ``None``: no certificate) and trusting
         ``ca_pem`` (or ``files.ca``), checking the server's name against
         ``<hex(cluster)>.teleport.cluster.local`` as Teleport's clients do."""
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx = new_context(ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         if ca_pem is not None:
             ctx.load_verify_locations(cadata=ca_pem.decode())
@@ -111,7 +112,7 @@ class AuthClient:
     @classmethod
     def insecure(cls, addr: Addr, what: str = "the Auth Service") -> AuthClient:
         """No verification of the server (first contact, before the CA is known and pinned)."""
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx = new_context(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         ctx.set_alpn_protocols([alpn.HTTP11])
@@ -309,14 +310,15 @@ async def fetch_host_ca(addr: Addr, ca_pins: Iterable[str] = ()) -> list[x509.Ce
 
 async def join(addr: Addr, token: str, role: str, host_id: str, nodename: str, cluster_name: str = "",
                principals: Iterable[str] = (), dns_names: Iterable[str] = (), ca_pins: Iterable[str] = (),
-               key_kind: str = "") -> HostIdentity:
-    """Join the cluster whose Auth Service is at ``addr`` with ``token``, as ``role``."""
+               key_kind: str = "", system_roles: Iterable[str] = ()) -> HostIdentity:
+    """Join the cluster whose Auth Service is at ``addr`` with ``token``, as ``role`` (``Instance``
+    with ``system_roles`` for a process running several services)."""
     cas = await fetch_host_ca(addr, ca_pins)
     ca_pem = b"".join(pki.cert_pem(c) for c in cas)
     if not cluster_name:
         cluster_name = cas[0].subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)[0].value  # type: ignore[assignment]
     key = await asyncio.to_thread(pki.generate_key, key_kind or key_kind_of(cas[0]))
-    body = register_request(key, token, role, host_id, nodename, principals, dns_names)
+    body = register_request(key, token, role, host_id, nodename, principals, dns_names, system_roles)
     client = AuthClient.with_identity(addr, cluster_name, None, ca_pem)
     answer = await client.call("POST", "/v1/tokens/register", body)
     return identity_from_certs(answer, key, host_id, role, cluster_name)
@@ -331,14 +333,26 @@ def key_kind_of(ca: x509.Certificate) -> str:
 
 
 def register_request(key: pki.PrivateKey, token: str, role: str, host_id: str, nodename: str,
-                     principals: Iterable[str] = (), dns_names: Iterable[str] = ()) -> dict[str, Any]:
-    """A ``RegisterUsingTokenRequest`` body for ``key``."""
+                     principals: Iterable[str] = (), dns_names: Iterable[str] = (),
+                     system_roles: Iterable[str] = ()) -> dict[str, Any]:
+    """A ``RegisterUsingTokenRequest`` body for ``key`` (``system_roles``: for role ``Instance``)."""
     import asyncssh
 
     ssh_public = asyncssh.import_private_key(pki.key_pem(key)).export_public_key("openssh")
-    return {"hostID": host_id, "node_name": nodename, "role": role, "token": token,
+    body = {"hostID": host_id, "node_name": nodename, "role": role, "token": token,
             "additional_principals": list(principals), "dns_names": list(dns_names),
             "public_tls_key": authapi.b64(pki.public_key_pem(key)), "public_ssh_key": authapi.b64(ssh_public)}
+    if system_roles:
+        body["system_roles"] = list(system_roles)
+    return body
+
+
+def host_certs_request(key: pki.PrivateKey, role: str, host_id: str, nodename: str,
+                       principals: Iterable[str] = (), dns_names: Iterable[str] = ()) -> dict[str, Any]:
+    """A ``HostCertsRequest`` body (``POST /v1/hosts/certs`` with an Instance identity)."""
+    body = register_request(key, "", role, host_id, nodename, principals, dns_names)
+    del body["token"], body["hostID"]
+    return {**body, "host_id": host_id}
 
 
 def identity_from_certs(answer: Any, key: pki.PrivateKey, host_id: str, role: str, cluster_name: str) -> HostIdentity:

@@ -104,7 +104,11 @@ ROLE_ADMIN = "Admin"
 ROLE_APP = "App"
 ROLE_KUBE = "Kube"
 ROLE_WINDOWS_DESKTOP = "WindowsDesktop"
-SYSTEM_ROLES = (ROLE_AUTH, ROLE_PROXY, ROLE_NODE, ROLE_DB, ROLE_ADMIN, ROLE_APP, ROLE_KUBE, ROLE_WINDOWS_DESKTOP)
+#: The identity of a process that runs several services: it joins once with the token and asks for
+#: one certificate per service with it (``lib/auth/auth_with_roles.go`` ``GenerateHostCerts``).
+ROLE_INSTANCE = "Instance"
+SYSTEM_ROLES = (ROLE_AUTH, ROLE_PROXY, ROLE_NODE, ROLE_DB, ROLE_ADMIN, ROLE_APP, ROLE_KUBE, ROLE_WINDOWS_DESKTOP,
+                ROLE_INSTANCE)
 _ROLE_BY_LOWER = {r.lower(): r for r in SYSTEM_ROLES}
 _ROLE_BY_LOWER["database"] = ROLE_DB
 _ROLE_BY_LOWER["windows_desktop"] = ROLE_WINDOWS_DESKTOP

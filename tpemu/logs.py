@@ -27,15 +27,62 @@ def level_from_name(name: str) -> int:
         raise ValueError(f"unknown log severity {name!r} (TRACE, DEBUG, INFO, WARN or ERROR)") from None
 
 
-def setup(level: int | str = logging.INFO, output: str = "stderr") -> None:
-    """Configure the root logger once, for the CLI."""
+#: Teleport's JSON level names (``lib/utils/log/slog_json_handler.go``, ``NewSlogJSONHandler``).
+_JSON_LEVELS = {TRACE: "trace", logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning",
+                logging.ERROR: "error", logging.CRITICAL: "fatal"}
+#: The fields ``log.format.extra_fields`` may select; ``level`` and ``message`` are always there.
+JSON_FIELDS = ("timestamp", "component", "caller")
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object a line with Teleport's field names (``log.format.output: json``): as
+    ``lib/utils/log/slog_json_handler.go`` writes them — ``timestamp`` (RFC 3339), ``level``
+    (lower case, ``warning`` not ``warn``), ``caller`` (``file:line``), ``message``, ``component``
+    (here the logger name without its ``tpemu.`` prefix). ``extra_fields`` keeps only the listed
+    optional fields, as Teleport's ``ConfiguredFields`` do; empty means all of them."""
+
+    def __init__(self, extra_fields: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        unknown = [f for f in extra_fields if f not in (*JSON_FIELDS, "level", "message")]
+        if unknown:
+            raise ValueError(f"log.format.extra_fields: unknown field(s) {', '.join(unknown)} "
+                             f"(choose from {', '.join(JSON_FIELDS)})")
+        self.fields = set(extra_fields) if extra_fields else set(JSON_FIELDS)
+
+    def format(self, record: logging.LogRecord) -> str:
+        import datetime as dt
+        import json
+        import os
+
+        out: dict[str, object] = {}
+        if "timestamp" in self.fields:
+            out["timestamp"] = dt.datetime.fromtimestamp(record.created, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        out["level"] = _JSON_LEVELS.get(record.levelno, record.levelname.lower())
+        if "caller" in self.fields:
+            out["caller"] = f"{os.path.basename(record.pathname)}:{record.lineno}"
+        out["message"] = record.getMessage()
+        if "component" in self.fields:
+            out["component"] = record.name.removeprefix("tpemu.")
+        if record.exc_info:
+            out["error"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def setup(level: int | str = logging.INFO, output: str = "stderr", fmt: str = "text",
+          extra_fields: tuple[str, ...] = ()) -> None:
+    """Configure the root logger once, for the CLI. ``fmt``: ``text`` or ``json``
+    (``log.format.output``)."""
     if isinstance(level, str):
         level = level_from_name(level)
+    if fmt not in ("text", "json"):
+        raise ValueError(f"log.format.output: {fmt!r} is not text or json")
+    formatter = JSONFormatter(extra_fields) if fmt == "json" else \
+        logging.Formatter("%(asctime)s %(levelname)-5s [%(name)s] %(message)s")
     if output in ("stderr", "stdout"):
         handler: logging.Handler = logging.StreamHandler(sys.stderr if output == "stderr" else sys.stdout)
     else:
         handler = logging.FileHandler(output)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-5s [%(name)s] %(message)s"))
+    handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -88,8 +88,9 @@ def apply_start_flags(cfg: Config, args: argparse.Namespace, all_in_one: bool) -
     return cfg, roles
 
 
-async def run(cfg: Config, roles: tuple[str, ...], all_in_one: bool) -> int:
-    """Start every role, print the banner, serve until SIGINT/SIGTERM."""
+async def run(cfg: Config, roles: tuple[str, ...], all_in_one: bool, trace: str | None = None) -> int:
+    """Start every role, print the banner, serve until SIGINT/SIGTERM. ``trace``: a JSON-lines
+    file of routing decisions (``tpemu start --trace``)."""
     from tpemu.auth.backend import BackendError
     from tpemu.proxy import workers  # tpemu.proxy is proxy/ (package-dir)
     from tpemu.proxy.auth_routes import AuthLink, JoinError, auth_link_from_config
@@ -216,6 +217,27 @@ async def run(cfg: Config, roles: tuple[str, ...], all_in_one: bool) -> int:
     if not stack:
         print("tpemu: nothing to run: every service is disabled", file=sys.stderr)
         return 2
+    diag = None
+    # Diagnostics and the trace file belong to worker 0 (the process started by the user): the
+    # children would collide on diag_addr. With workers, /metrics and the page show worker 0's
+    # connections only.
+    if worker is None and (cfg.teleport.diag_addr is not None or trace):
+        from tpemu.diag.metrics import Sources
+        from tpemu.diag.server import DiagServer
+
+        diag = DiagServer(Sources(agents=[agent] if agent is not None else [], auth=[auth] if auth else []),
+                          trace_path=trace)
+        if proxy is not None:
+            diag.attach_proxy(proxy)
+        if cfg.teleport.diag_addr is not None:
+            try:
+                await diag.start(cfg.teleport.diag_addr)
+            except OSError as exc:
+                print(f"tpemu: diag_addr {cfg.teleport.diag_addr}: cannot listen: {exc.strerror or exc}",
+                      file=sys.stderr)
+                await shutdown()
+                return 1
+        stack.insert(0, diag)
     stop = asyncio.Event()
     if worker is not None:
         # Worker 0 reads this line, then nothing more from our stdout: the rest goes to stderr.
@@ -225,6 +247,9 @@ async def run(cfg: Config, roles: tuple[str, ...], all_in_one: bool) -> int:
         workers.watch_parent(stop)
     else:
         print(banner(cfg, proxy, all_in_one, auth, agent), flush=True)
+        if diag is not None and diag.addr is not None:
+            print(f"  diagnostics: http://{diag.addr}/metrics  /healthz  /readyz  /routing (live routing page)",
+                  flush=True)
     # Everything made at start-up (modules, certificates, route tables: several hundred thousand
     # objects) lives as long as the process: moved out of the collector's generations, a full
     # collection scans only what connections made since. Without it each full collection walked

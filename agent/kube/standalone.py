@@ -26,6 +26,7 @@ from pathlib import Path
 from tpemu.agent.kube import http as khttp
 from tpemu.agent.kube.api import EmulatedAPI, status_reply
 from tpemu.agent.kube.status import StatusError
+from tpemu.net.tls import new_context
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ async def serve(api: EmulatedAPI, host: str, port: int, tls: ssl.SSLContext,
 
 
 def tls_context(cert: Path, key: Path, client_ca: Path) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = new_context(ssl.PROTOCOL_TLS_SERVER)  # honours SSLKEYLOGFILE
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(cert), str(key))
     ctx.load_verify_locations(str(client_ca))

@@ -4,7 +4,9 @@ The seed's troubleshooting case "Authentication handshake failed": a plain ALPN 
 LB gets the LB's certificate, and the client says it in Go's words (``x509: certificate is valid
 for …, not <hex>.teleport.cluster.local``). The ALPN connection upgrade (lib/web/conn_upgrade.go,
 api/client/alpn_conn_upgrade.go) makes SSH and Postgres work through the same LB, detected as
-tsh detects it (IsALPNConnUpgradeRequired).
+tsh detects it (IsALPNConnUpgradeRequired); an agent that knows the proxy only by the LB's
+address joins through it and holds its reverse tunnel inside the upgrade, as Teleport's agent
+pool does (lib/reversetunnel/agentpool.go updateRemote).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from tests.e2e.test_db_access import CLUSTER as DB_CLUSTER
 from tests.e2e.test_db_access import need, real_pg, start_env, stop_env, template
 from tests.helpers import ssh_cluster
 from tests.multiproxy.lb import nginx_l7
+from tpemu import authclient, config
 from tpemu.client import db as db_mod
 from tpemu.client import login as login_mod
 from tpemu.client import profile as profile_mod
@@ -100,3 +103,56 @@ async def test_psql_through_nginx_with_the_upgrade(tmp_path: Path, template: Pat
             assert env.proxy.conn_upgrade.stats["websocket/alpn-ping"] >= 1
     finally:
         await stop_env(env)
+
+
+async def test_agent_joins_and_tunnels_through_nginx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tpemu.agent.process import AgentOptions, AgentProcess
+    from tpemu.agent.services import MAKERS
+
+    async with ssh_cluster(tmp_path) as c:
+        with nginx_l7(str(c.web)) as lb:
+            monkeypatch.setenv("SSL_CERT_FILE", str(lb.ca))  # the LB's CA as a system root
+            conn_upgrade._decided.clear()
+
+            def agent(name: str, token: str) -> AgentProcess:
+                cfg = config.from_dict({
+                    "teleport": {"data_dir": str(tmp_path / name), "nodename": name},
+                    "auth_service": {"enabled": False, "keep_alive_interval": "1s"},
+                    "proxy_service": {"enabled": False}, "ssh_service": {"listen_addr": "127.0.0.1:0"}})
+                return AgentProcess(cfg, AgentOptions(("node",), proxy_server=Addr("localhost", lb.port),
+                                                      token=token, ca_pins=(c.auth.ca_pin,), nodename=name),
+                                    MAKERS)
+
+            # Forced off: the agent's first call to the Auth Service through the proxy (ALPN
+            # teleport-auth@) meets the LB's certificate, in the seed's words.
+            monkeypatch.setenv(conn_upgrade.ENV_VAR, "false")
+            refused = agent("lbnode-off", await c.token("Node", single_use=True))
+            try:
+                with pytest.raises(authclient.ServerCertUntrusted) as info:
+                    await refused.start()
+                assert ("x509: certificate is valid for *.lb.tpemu.test, lb.tpemu.test, localhost, not "
+                        f"{alpn.cluster_sni(CLUSTER)}") in str(info.value)
+            finally:
+                await refused.close()
+            monkeypatch.delenv(conn_upgrade.ENV_VAR)
+
+            before = dict(c.proxy.conn_upgrade.stats)
+            node = agent("lbnode", await c.token("Node", single_use=True))
+            await node.start()
+            try:
+                await node.wait_connected(timeout=20.0)
+                assert all(t.state.upgraded for t in node.tunnels)
+                after = c.proxy.conn_upgrade.stats
+                assert after["websocket/alpn"] > before.get("websocket/alpn", 0), after
+                # A user reaches the node whose only way in is the tunnel through the LB.
+                creds = ssh_mod.Credentials.load(c.users["alice"].profile)
+                proxy = await ssh_mod.connect_proxy(creds)
+                try:
+                    conn = await ssh_mod.connect_node(proxy, creds, ssh_mod.parse_target("alice@lbnode", CLUSTER))
+                    async with conn:
+                        result = await conn.run("echo via-the-lb-tunnel")
+                finally:
+                    proxy.close()
+                assert result.stdout == "via-the-lb-tunnel\n"
+            finally:
+                await node.close()

@@ -27,10 +27,13 @@ def register(sub: Subparsers) -> None:
         "tpemu inspect 16:03:01:00:c8:01:00:00:c4   # hex from Wireshark's 'copy as hex'",
         "tpemu inspect --file first-bytes.bin --listener web -c teleport.yaml",
         "tpemu inspect --proxy-protocol 0d0a0d0a000d0a515549540a...",
+        "tcpdump -i lo -w cap.pcap port 3080 & …; tpemu inspect --pcap cap.pcap",
     ))
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("hex", nargs="?", help="the prefix as hex (spaces, colons and 0x allowed)")
     src.add_argument("--file", help="a file holding the raw bytes")
+    src.add_argument("--pcap", metavar="FILE", help="a capture (pcap/pcapng): explain every TCP stream in it "
+                     "(needs dpkt: pip install 'tpemu[pcap]')")
     s.add_argument("-c", "--config", help="route with this config (pass-through rules, listener mode)")
     s.add_argument("--listener", default="web", help="which listener received it (web, ssh, tunnel, postgres, …)")
     s.add_argument("--proxy-protocol", action="store_true", help="as if proxy_protocol were on")
@@ -92,6 +95,16 @@ def parse_hex(text: str) -> bytes:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from tpemu.proxy.explain import explain
 
+    if args.pcap:
+        from tpemu.diag.pcap import PcapError, explain_capture
+
+        cfg, _ = load_config(args.config, None)
+        try:
+            text, pcode = explain_capture(Path(args.pcap), cfg, args.listener, args.proxy_protocol)
+        except PcapError as exc:
+            raise CLIError(str(exc), 2) from None
+        print(text)
+        return pcode
     if args.file:
         try:
             data = Path(args.file).read_bytes()

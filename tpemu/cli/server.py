@@ -18,6 +18,7 @@ def register(sub: Subparsers) -> None:
     s = command(sub, "start", "run a cluster (all-in-one without --config)", (
         "tpemu start                                  # auth + proxy + node + db on 127.0.0.1:3080",
         "tpemu start -c teleport.yaml --roles proxy",
+        "tpemu start --diag-addr 127.0.0.1:3000 --trace decisions.jsonl   # then open http://127.0.0.1:3000/routing",
         "tpemu start --roles node --proxy proxy.example:3080 --token /var/lib/tpemu/token --nodename n1",
     ))
     s.add_argument("-c", "--config", help="teleport.yaml-shaped config file")
@@ -33,6 +34,9 @@ def register(sub: Subparsers) -> None:
                    "SSH agents only)")
     s.add_argument("--ca-pin", action="append", default=[], help="sha256:… pin of the cluster CA (teleport.ca_pin)")
     s.add_argument("--nodename", help="this host's name (teleport.nodename)")
+    s.add_argument("--diag-addr", help="serve /metrics, /healthz, /readyz and the live /routing page on "
+                   "HOST:PORT (teleport.diag_addr)")
+    s.add_argument("--trace", metavar="FILE", help="append every routing decision to FILE as JSON lines")
     s.set_defaults(func=cmd_start)
 
     s = command(sub, "configure", "print a commented default config", (
@@ -45,7 +49,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     cfg, ignored = load_config(args.config, args.data_dir)
     level = args.log_level or ("DEBUG" if args.debug else cfg.teleport.log.severity)
     try:
-        logs.setup(level, cfg.teleport.log.output)
+        logs.setup(level, cfg.teleport.log.output, cfg.teleport.log.format.output,
+                   tuple(cfg.teleport.log.format.extra_fields))
     except (ValueError, OSError) as exc:
         raise CLIError(f"cannot set up logging: {exc}", 2) from None
     for warning in ignored:
@@ -56,7 +61,17 @@ def cmd_start(args: argparse.Namespace) -> int:
         cfg, roles = apply_start_flags(cfg, args, all_in_one=args.config is None)
     except StartError as exc:
         raise CLIError(str(exc), 2) from None
-    return run_loop(lambda: run(cfg, roles, all_in_one=args.config is None), args.loop)
+    if args.diag_addr:
+        import dataclasses
+
+        from tpemu.config import Addr
+
+        try:
+            diag = Addr.parse(args.diag_addr, default_port=3000)
+        except ValueError as exc:
+            raise CLIError(f"--diag-addr: {exc}", 2) from None
+        cfg = dataclasses.replace(cfg, teleport=dataclasses.replace(cfg.teleport, diag_addr=diag))
+    return run_loop(lambda: run(cfg, roles, all_in_one=args.config is None, trace=args.trace), args.loop)
 
 
 def cmd_configure(args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ from tpemu import pki
 from tpemu.faults.engine import FaultProxy
 from tpemu.faults.toxics import Toxic
 from tpemu.net.pipe import Pipe, park_streams
+from tpemu.net.tls import new_context
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class L7LoadBalancer:
     def __init__(self, listen: str, upstream: str, folder: Path, names: tuple[str, ...] = SEED_LB_NAMES) -> None:
         self.listen, self.upstream, self.folder, self.names = listen, upstream, folder, names
         self.ca, cert, key = lb_identity(folder, names)
-        self.server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.server_ctx = new_context(ssl.PROTOCOL_TLS_SERVER)
         self.server_ctx.load_cert_chain(cert, key)
         # Only HTTP: a Teleport ALPN offered by the client is not negotiated (no ALPN in the answer,
         # as an AWS ALB does), so TLS routing cannot work through this LB.

@@ -13,12 +13,13 @@ import ssl
 from tpemu.net import go_tls_errors
 from tpemu.net.dial import DialError, open_stream
 from tpemu.net.proxyenv import ProxySettings
+from tpemu.net.tls import new_context
 
 log = logging.getLogger(__name__)
 
 
 def _same_trust(ctx: ssl.SSLContext, verify: bool) -> ssl.SSLContext:
-    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    probe = new_context(ssl.PROTOCOL_TLS_CLIENT)
     probe.check_hostname = False
     probe.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
     if verify:

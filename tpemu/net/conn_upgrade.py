@@ -38,7 +38,7 @@ from tpemu.net.dial import DialError, open_stream
 from tpemu.net.pipe import Parked, Pipe, park_streams
 from tpemu.net.proxyenv import ProxySettings
 from tpemu.net.streams import PingTransport, WebSocketTransport
-from tpemu.net.tls import reused_context
+from tpemu.net.tls import new_context, reused_context
 from tpemu.wire import alpn, websocket
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ async def upgrade_required(host: str, port: int, ctx: ssl.SSLContext, *, proxy: 
 
 def _probe_context(ctx: ssl.SSLContext) -> ssl.SSLContext:
     # The caller's trust, with ALPN teleport-reversetunnel: only a Teleport proxy negotiates it.
-    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    probe = new_context(ssl.PROTOCOL_TLS_CLIENT)
     probe.check_hostname = ctx.check_hostname
     probe.verify_mode = ctx.verify_mode
     if ctx.verify_mode != ssl.CERT_NONE:

@@ -84,6 +84,9 @@ class Response:
     headers: list[tuple[str, str]] = field(default_factory=list)
     #: For a 101 answer: who owns the connection next (Go's ``http.Hijacker``).
     upgrade: Upgrader | None = None
+    #: A body written as it is produced (server-sent events): the head goes out without a
+    #: Content-Length, ``stream`` writes until it returns, then the connection closes.
+    stream: Callable[[asyncio.StreamWriter], Awaitable[None]] | None = None
 
     @classmethod
     def json(cls, obj: Any, status: int = 200) -> Response:
@@ -131,6 +134,9 @@ async def serve_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
             except Exception:
                 log.exception("handler for %s %s failed", request.method, request.path)
                 response = Response.error(500, "internal error in tpemu (see the proxy log)")
+            if response.stream is not None:
+                await _stream(writer, response, server_header)
+                return
             if response.upgrade is not None:
                 await _switch(conn, writer, response)
                 upgraded = True  # the upgrade handler owns the connection now (it may outlive us)
@@ -204,3 +210,15 @@ async def _switch(conn: h11.Connection, writer: asyncio.StreamWriter, response: 
     lines += [f"{k}: {v}".encode("latin-1") for k, v in response.headers]
     writer.write(b"\r\n".join(lines) + b"\r\n\r\n")
     await writer.drain()
+
+
+async def _stream(writer: asyncio.StreamWriter, response: Response, server: str) -> None:
+    # Written by hand: h11 would frame the body (chunked), which EventSource accepts too, but
+    # a close-delimited body is the plainest form of a never-ending response.
+    assert response.stream is not None
+    lines = [f"HTTP/1.1 {response.status} {_REASONS.get(response.status, b'').decode()}".encode(),
+             f"Server: {server}".encode(), b"Connection: close", b"Cache-Control: no-cache"]
+    lines += [f"{k}: {v}".encode("latin-1") for k, v in response.headers]
+    writer.write(b"\r\n".join(lines) + b"\r\n\r\n")
+    await writer.drain()
+    await response.stream(writer)

@@ -20,11 +20,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
+def new_context(protocol: ssl._SSLMethod) -> ssl.SSLContext:
+    """``ssl.SSLContext(protocol)`` that honours ``SSLKEYLOGFILE`` (NSS key log format, which
+    Wireshark reads to decrypt a capture), as ``ssl.create_default_context`` already does for
+    the contexts it makes. Every TLS endpoint tpemu owns is made here or by that function."""
+    ctx = ssl.SSLContext(protocol)
+    path = os.environ.get("SSLKEYLOGFILE")
+    if path:
+        ctx.keylog_filename = path
+    return ctx
+
+
 def server_context(cert: Path, key: Path, alpn: Sequence[str] = (), client_ca: Path | None = None,
                    verify_client: bool = False) -> ssl.SSLContext:
     """A TLS 1.2+ server context; with ``client_ca``, client certificates are requested and
     verified (``verify_client`` makes them mandatory)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = new_context(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(cert, key)
     if alpn:
@@ -111,14 +122,17 @@ def _stamp(path: str | Path | None) -> tuple[str, float]:
 
 def reused_context(tag: str, build: Callable[[], ssl.SSLContext], *files: str | Path | None) -> ssl.SSLContext:
     """The client context ``build()`` makes, built once per process for the same ``tag``, files
-    (their paths and modification times: a new login is seen) and ``SSL_CERT_FILE``/``SSL_CERT_DIR``.
+    (their paths and modification times: a new login is seen), ``SSL_CERT_FILE``/``SSL_CERT_DIR`` and
+    ``SSLKEYLOGFILE``.
 
     Why: loading the system's roots (``load_default_certs``) parses ~140 certificates, 30-120 ms of
     CPU here, and a client that made a fresh context per connection paid it two or three times for
     each new SSH session through the proxy (issue 13). The caller must not change the context it
     gets (every setting goes in ``build``).
     """
-    key = (tag, *(_stamp(f) for f in files), os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+    # SSLKEYLOGFILE too: a context built before it was set would not log (the contexts read it when made).
+    key = (tag, *(_stamp(f) for f in files), os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"),
+           os.environ.get("SSLKEYLOGFILE"))
     ctx = _REUSED.get(key)
     if ctx is None:
         if len(_REUSED) >= 64:

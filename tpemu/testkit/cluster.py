@@ -69,13 +69,16 @@ class Cluster:
     for the default embedded set, a list of :class:`~tpemu.config.Database` (or config dicts) or
     ``()`` for none; ``mode``: ``multiplex`` (TLS routing, every protocol on the web port) or
     ``separate``; ``proxy``/``auth``: extra ``proxy_service``/``auth_service`` config keys.
-    ``path``: the folder to work in (default: a temporary one, removed on close).
+    ``path``: the folder to work in (default: a temporary one, removed on close). ``diag``: serve
+    the diagnostics (``/metrics``, ``/healthz``, ``/readyz``, ``/routing``) on a port of their own
+    (:attr:`diag_addr`); ``trace``: write every routing decision to this JSON-lines file.
     """
 
     def __init__(self, path: str | Path | None = None, *, nodes: Sequence[str] = ("node1",),
                  databases: bool | Sequence[Database | Mapping[str, Any]] = True, mode: str = "multiplex",
                  cluster_name: str = CLUSTER, proxy: Mapping[str, Any] | None = None,
-                 auth: Mapping[str, Any] | None = None, heartbeat: str = "1s", nodename: str = "proxyhost") -> None:
+                 auth: Mapping[str, Any] | None = None, heartbeat: str = "1s", nodename: str = "proxyhost",
+                 diag: bool = False, trace: str | Path | None = None) -> None:
         if mode not in ("multiplex", "separate"):
             raise ValueError(f"mode must be multiplex or separate, got {mode!r}")
         self._own_dir = path is None
@@ -101,6 +104,10 @@ class Cluster:
         self.users: dict[str, User] = {}
         self._saved_poll: float | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._want_diag = diag
+        self._trace = str(trace) if trace is not None else None
+        #: The :class:`tpemu.diag.server.DiagServer` (with ``diag=`` or ``trace=``).
+        self.diag: Any = None
 
     # -- life cycle ---------------------------------------------------------------------------------
 
@@ -126,6 +133,14 @@ class Cluster:
                             mint=lambda: auth.mint_token(("Proxy",), ttl=300.0, single_use=True))
             self.proxy = ProxyService(self.cfg, auth=link)
             await self.proxy.start()
+            if self._want_diag or self._trace:
+                from tpemu.diag.metrics import Sources
+                from tpemu.diag.server import DiagServer
+
+                self.diag = DiagServer(Sources(auth=[auth]), trace_path=self._trace)
+                self.diag.attach_proxy(self.proxy)
+                if self._want_diag:
+                    await self.diag.start(Addr("127.0.0.1", 0))
             for name in self._nodes:
                 await self.add_node(name)
             if self._databases:
@@ -136,6 +151,9 @@ class Cluster:
             raise
 
     async def close(self) -> None:
+        if self.diag is not None:
+            await self.diag.close()
+            self.diag = None
         for user in list(self.users.values()):
             await user.close()
         self.users.clear()
@@ -188,6 +206,14 @@ class Cluster:
         return addr
 
     @property
+    def diag_addr(self) -> Addr:
+        """Where the diagnostics listen (``Cluster(diag=True)``)."""
+        if self.diag is None or self.diag.addr is None:
+            raise RuntimeError("this cluster serves no diagnostics: tpemu.Cluster(diag=True)")
+        addr: Addr = self.diag.addr
+        return addr
+
+    @property
     def auth_addr(self) -> Addr:
         addr: Addr = self.auth.addr
         return addr
@@ -236,6 +262,8 @@ class Cluster:
             self._saved_poll, tunnels.DIRECT_POLL = tunnels.DIRECT_POLL, 0.2
         agent = AgentProcess(cfg, opts, MAKERS)
         self.agents[key] = agent
+        if self.diag is not None:
+            self.diag.sources.agents.append(agent)
         await agent.start()
         await agent.wait_connected()
         host_id = agent.contexts["node"].identity.host_id
@@ -262,6 +290,8 @@ class Cluster:
         agent = AgentProcess(cfg, AgentOptions(("db",), proxy_server=self.web, token=token,
                                                ca_pins=(self.auth.ca_pin,), nodename=name), MAKERS)
         self.agents[name] = agent
+        if self.diag is not None:
+            self.diag.sources.agents.append(agent)
         await agent.start()
         await agent.wait_connected()
         wanted = {d.name for d in dbs}

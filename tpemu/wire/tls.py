@@ -243,8 +243,12 @@ def _first_bytes(data: bytes | bytearray | memoryview) -> str:
 # them; a client whose hellos never repeat (a browser that permutes its extensions) only pays
 # for the full parse.
 
-_MAX_LAYOUTS = 256
-_MAX_RESULTS = 256
+# Keyed by peer-controlled bytes, so the bound is what a hostile client can make the proxy hold:
+# 64 layouts x 64 results (~4,000 hellos, a few MB) rather than 256 x 256 (65,536: tens of MB,
+# most of the RSS a 100,000-connection fuzz left behind, issue 16). Real clients repeat a handful
+# of layouts.
+_MAX_LAYOUTS = 64
+_MAX_RESULTS = 64
 #: Extensions whose contents change from one connection of a client to the next.
 _VOLATILE = frozenset({41, 51, 44, 35, 0xFE0D})
 

@@ -16,7 +16,7 @@ $(BIN)/python:
 
 $(STAMP): pyproject.toml $(SOURCES) | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-	$(BIN)/python -m pip install -q -e '.[test,dev]' --config-settings editable_mode=strict
+	$(BIN)/python -m pip install -q -e '.[test,dev,engines]' --config-settings editable_mode=strict
 	@echo "$(SOURCES)" > $@
 
 ## run: install, then start an all-in-one cluster on 127.0.0.1:3080 (ARGS="--config f.yaml" to change)

@@ -27,11 +27,19 @@ What arrives on the channel after the dial, per protocol (the proxy's side is
   the client.
 * **mongodb**, **redis** — the client's bytes from the first one (TLS already ended at the proxy).
 
-Emulated backends (``uri: emulated``) are one instance per database, shared by its connections,
-and get a :class:`~tpemu.agent.backends.base.Session` (no password asked; the backend refuses a
-user or database other than the session's). Real servers (``uri: host:port``) are reached with
-TLS per ``tls.mode``: ``verify-full`` (default), ``verify-ca``, ``insecure``, or ``disabled``
-(tpemu's addition: plain TCP, for servers without TLS such as the nx-27017 Mongo server).
+What serves a database is its ``uri`` (:mod:`tpemu.agent.engines` says more):
+
+* ``embedded`` (the default): a real engine (PostgreSQL, Redis, nx-27017, MariaDB) this service
+  starts on the first connection and supervises, reached through its unix socket exactly as a
+  user's server is (TLS ``disabled``), after the database user and name the caller's certificate
+  allows were created in it. No engine installed: one WARNING line at start-up naming what to
+  install, and the in-process emulator serves instead.
+* ``emulated``: the in-process emulator, one instance per database, shared by its connections; it
+  gets a :class:`~tpemu.agent.backends.base.Session` (no password asked; the backend refuses a user
+  or database other than the session's).
+* ``host:port``: the user's own server, reached with TLS per ``tls.mode``: ``verify-full``
+  (default), ``verify-ca``, ``insecure``, or ``disabled`` (tpemu's addition: plain TCP, for
+  servers without TLS such as the nx-27017 Mongo server).
 
 Use: the agent process calls :func:`make_offers` for its ``db`` role (one
 :class:`~tpemu.agent.tunnel.Offer` per database, all served by one :class:`DatabaseService` whose
@@ -48,11 +56,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
+import shutil
 import ssl
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tpemu import TELEPORT_VERSION, authapi, pki
@@ -62,6 +73,8 @@ from tpemu.agent.backends.mongo import MongoBackend
 from tpemu.agent.backends.mysql import MySQLBackend
 from tpemu.agent.backends.postgres import PostgresBackend
 from tpemu.agent.backends.redis import RedisBackend
+from tpemu.agent.engines import Endpoint, Engine, EngineUnavailable, engine_for
+from tpemu.agent.engines.redis import auth_command, read_simple_reply
 from tpemu.config import Addr, Database
 from tpemu.net.channel import open_streams
 from tpemu.net.db_refusal import Refusal, refuse
@@ -147,12 +160,20 @@ class _Served:
     db: Database
     backend: EmulatedBackend | None
     addr: Addr | None
+    engine: Engine | None = None
     #: db user → (SSL context with that user's client certificate, when it stops being reused).
     contexts: dict[str, tuple[ssl.SSLContext, float]] = field(default_factory=dict)
 
     @property
     def tls_mode(self) -> str:
-        return self.db.tls.mode or "verify-full"
+        return "disabled" if self.engine is not None else self.db.tls.mode or "verify-full"
+
+    @property
+    def target(self) -> str:
+        """What serves this database, for logs."""
+        if self.engine is not None:
+            return f"the embedded {self.engine.label}"
+        return str(self.addr) if self.addr is not None else "the emulated backend"
 
 
 def _join(client: Stream, backend: Stream, first: bytes = b"") -> Pipe:
@@ -165,12 +186,19 @@ class DatabaseService:
     """Serves the configured databases to connections arriving through the reverse tunnel."""
 
     def __init__(self, databases: Sequence[Database], cert_issuer: CertIssuer | None = None, *,
-                 connect_timeout: float = 10.0, startup_timeout: float = 10.0) -> None:
+                 connect_timeout: float = 10.0, startup_timeout: float = 10.0, data_dir: Path | None = None,
+                 engine_start_timeout: float = 60.0) -> None:
+        """``data_dir`` holds the embedded engines' data (``<data_dir>/<database name>/``); without
+        it, a temporary folder removed at :meth:`close`."""
         self.cert_issuer = cert_issuer
         self.connect_timeout = connect_timeout
         self.startup_timeout = startup_timeout
+        self.engine_start_timeout = engine_start_timeout
         self._served: dict[str, _Served] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._temp_data: Path | None = None
+        if data_dir is None:  # created by the first engine that starts
+            data_dir = self._temp_data = Path(tempfile.gettempdir()) / f"tpemu-engines-{secrets.token_hex(6)}"
         for i, db in enumerate(databases):
             where = f"db_service.databases[{i}]"
             if db.protocol not in PROTOCOLS:
@@ -179,7 +207,14 @@ class DatabaseService:
                 raise ValueError(f"{where}.name: database {db.name!r} is configured twice")
             if (db.tls.mode or "verify-full") not in TLS_MODES:
                 raise ValueError(f"{where}.tls.mode: must be one of {', '.join(TLS_MODES)}, got {db.tls.mode!r}")
-            if db.uri == "emulated":
+            if db.uri == "embedded":
+                engine, why = engine_for(db.protocol, db.name, data_dir / db.name)
+                if engine is None:
+                    log.warning("db=%s: %s; the in-process emulator serves it instead (uri: emulated)", db.name, why)
+                    self._served[db.name] = _Served(db, _new_backend(db.protocol), None)
+                else:
+                    self._served[db.name] = _Served(db, None, None, engine)
+            elif db.uri == "emulated":
                 self._served[db.name] = _Served(db, _new_backend(db.protocol), None)
             else:
                 addr = Addr.parse(db.uri.removeprefix(f"{db.protocol}://").split("/", 1)[0])
@@ -196,12 +231,22 @@ class DatabaseService:
         served = self._served.get(name)
         return served.backend if served is not None else None
 
-    def reset(self) -> None:
-        """Empty every emulated backend (fresh ones); real servers are left alone. For
+    def engine(self, name: str) -> Engine | None:
+        """The embedded engine of database ``name`` (``None`` when something else serves it)."""
+        served = self._served.get(name)
+        return served.engine if served is not None else None
+
+    async def reset(self) -> None:
+        """Empty every emulated backend (fresh ones) and every running embedded engine (its
+        databases dropped, its keys flushed); real servers are left alone. For
         ``tpemu.Cluster.reset()`` between tests: connections already open keep their old backend."""
         for served in self._served.values():
             if served.backend is not None:
                 served.backend = _new_backend(served.db.protocol)
+        engines = [s.engine for s in self._served.values() if s.engine is not None]
+        for result in await asyncio.gather(*(e.reset() for e in engines), return_exceptions=True):
+            if isinstance(result, BaseException):
+                log.warning("db: resetting an embedded engine failed: %s", result)
 
     def resources(self) -> tuple[Resource, ...]:
         """What this service announces in the tunnel heartbeat (``kind: db``)."""
@@ -223,11 +268,16 @@ class DatabaseService:
         return out
 
     async def close(self) -> None:
+        """End the emulated sessions, stop the embedded engines."""
         tasks = list(self._tasks)
         for t in tasks:
             t.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        engines = [s.engine for s in self._served.values() if s.engine is not None]
+        await asyncio.gather(*(e.close() for e in engines), return_exceptions=True)
+        if self._temp_data is not None:
+            shutil.rmtree(self._temp_data, ignore_errors=True)
 
     # -- one connection ---------------------------------------------------------------------------
 
@@ -314,22 +364,21 @@ class DatabaseService:
             return
         self.stats["served"] += 1
         log.info("db=%s proto=postgres teleport_user=%s db_user=%s db_name=%s client=%s: connecting to %s",
-                 served.db.name, identity.username, db_user, db_name, request.client_src_addr or "?",
-                 served.addr or "the emulated backend")
+                 served.db.name, identity.username, db_user, db_name, request.client_src_addr or "?", served.target)
         if served.backend is not None:
             # The emulated server reads the StartupMessage itself: put it back in front.
             reader, writer = await open_streams(park_streams(client.reader, client.writer), prefeed=raw)
             await served.backend.handle(reader, writer, self._session(identity, db_user, db_name, request))
             return
         try:
-            backend = await self._connect_postgres(served, db_user)
+            backend = await self._connect_postgres(served, db_user, db_name)
         except BackendUnavailable as exc:
             await self._refuse_raw(client, "postgres", self._unavailable(served, exc), Refusal.UNAVAILABLE)
             return
         _join(client, backend, first=raw)
 
-    async def _connect_postgres(self, served: _Served, db_user: str) -> Stream:
-        reader, writer = await self._open(served)
+    async def _connect_postgres(self, served: _Served, db_user: str, db_name: str) -> Stream:
+        reader, writer = await self._open(served, access=(db_user, db_name))
         if served.tls_mode == "disabled":
             return Stream(reader, writer, "backend")
         ctx = await self._tls_context(served, db_user)
@@ -374,7 +423,7 @@ class DatabaseService:
         self.stats["served"] += 1
         log.info("db=%s proto=mysql teleport_user=%s db_user=%s db_name=%s client=%s: connecting to %s",
                  served.db.name, identity.username, response.username, response.database or "-",
-                 request.client_src_addr or "?", served.addr or "the emulated backend")
+                 request.client_src_addr or "?", served.target)
         backend_task: asyncio.Task[None] | None = None
         try:
             if served.backend is not None:
@@ -389,7 +438,7 @@ class DatabaseService:
                 backend = Stream(r, w, "backend")
                 ctx = None
             else:
-                r, w = await self._open(served)
+                r, w = await self._open(served, access=(response.username, response.database or ""))
                 backend = Stream(r, w, "backend")
                 ctx = None if served.tls_mode == "disabled" else await self._tls_context(served, response.username)
             result = await self._mysql_handshake(served, backend, response, ctx)
@@ -468,7 +517,7 @@ class DatabaseService:
                 raise BackendUnavailable("the MySQL handshake did not finish")
         except (TimeoutError, ssl.SSLError, OSError, asyncio.IncompleteReadError, WireError) as exc:
             backend.close()
-            raise BackendUnavailable(f"MySQL handshake with {served.addr or 'the emulated backend'} failed: "
+            raise BackendUnavailable(f"MySQL handshake with {served.target} failed: "
                                      f"{_why(exc)}") from None
 
     # -- mongodb, redis ---------------------------------------------------------------------------
@@ -493,14 +542,15 @@ class DatabaseService:
             return
         self.stats["served"] += 1
         log.info("db=%s proto=%s teleport_user=%s db_user=%s db_name=%s client=%s: connecting to %s", served.db.name,
-                 protocol, identity.username, db_user, db_name or "-", request.client_src_addr or "?",
-                 served.addr or "the emulated backend")
+                 protocol, identity.username, db_user, db_name or "-", request.client_src_addr or "?", served.target)
         if served.backend is not None:
             await served.backend.handle(client.reader, client.writer,
                                         self._session(identity, db_user, db_name, request))
             return
         try:
-            r, w = await self._open(served, tls_user=db_user)
+            r, w = await self._open(served, tls_user=db_user, access=(db_user, db_name or ""))
+            if served.engine is not None and protocol == "redis":
+                await self._redis_login(served, r, w, db_user)
         except BackendUnavailable as exc:
             await self._refuse_raw(client, protocol, self._unavailable(served, exc), Refusal.UNAVAILABLE)
             return
@@ -508,16 +558,38 @@ class DatabaseService:
 
     # -- reaching real servers --------------------------------------------------------------------
 
+    async def _redis_login(self, served: _Served, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                           db_user: str) -> None:
+        """Authenticate an embedded Redis session as the ACL user ``db_user`` (created by the engine)."""
+        if db_user == "default":
+            return
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                writer.write(auth_command(db_user))
+                await writer.drain()
+                answer = await read_simple_reply(reader)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                EngineUnavailable) as exc:
+            writer.close()
+            raise BackendUnavailable(f"AUTH with {served.target} failed: {_why(exc)}") from None
+        if answer != b"+OK":
+            writer.close()
+            raise BackendUnavailable(f"{served.target} refused AUTH as {db_user!r}: "
+                                     f"{answer.decode('utf-8', 'replace')}")
+
     def _server_hostname(self, served: _Served) -> str | None:
         if served.tls_mode != "verify-full":
             return None
         assert served.addr is not None
         return served.db.tls.server_name or served.addr.host
 
-    async def _open(self, served: _Served, tls_user: str | None = None) -> tuple[asyncio.StreamReader,
-                                                                              asyncio.StreamWriter]:
+    async def _open(self, served: _Served, tls_user: str | None = None, access: tuple[str, str] = ("", "")
+                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A connection to the real server (TLS from the first byte if ``tls_user`` is given and the
-        mode is not ``disabled``); raises :class:`BackendUnavailable`."""
+        mode is not ``disabled``); for an embedded engine, started if needed, after the
+        ``access`` (database user, name) pair exists in it. Raises :class:`BackendUnavailable`."""
+        if served.engine is not None:
+            return await self._open_engine(served, served.engine, access)
         addr = served.addr
         assert addr is not None
         ctx = None
@@ -533,6 +605,21 @@ class DatabaseService:
             raise BackendUnavailable(f"TLS with the server at {addr} failed: {_why(exc)}") from None
         except OSError as exc:
             raise BackendUnavailable(f"cannot connect to {addr}: {exc.strerror or exc}") from None
+
+    async def _open_engine(self, served: _Served, engine: Engine, access: tuple[str, str]
+                           ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        endpoint: Endpoint | None = None
+        try:
+            endpoint = await engine.ensure_access(*access, timeout=self.engine_start_timeout)
+            async with asyncio.timeout(self.connect_timeout):
+                return await endpoint.open()
+        except EngineUnavailable as exc:
+            raise BackendUnavailable(f"the embedded {engine.label} engine is not running: {exc}") from None
+        except TimeoutError:
+            raise BackendUnavailable(f"connecting to {served.target} at {endpoint} timed out") from None
+        except OSError as exc:
+            why = exc.strerror or exc
+            raise BackendUnavailable(f"cannot connect to {served.target} at {endpoint}: {why}") from None
 
     async def _tls_context(self, served: _Served, db_user: str) -> ssl.SSLContext:
         cached = served.contexts.get(db_user)
@@ -594,8 +681,11 @@ async def make_offers(ctx: AgentContext) -> list[Offer]:
     """The agent's ``db`` role: one offer per configured database, one service for all of them."""
     from tpemu.agent.tunnel import Offer
 
-    service = DatabaseService(ctx.cfg.db_service.databases, cert_issuer=auth_cert_issuer(ctx.auth))
+    service = DatabaseService(ctx.cfg.db_service.databases, cert_issuer=auth_cert_issuer(ctx.auth),
+                              data_dir=ctx.data_dir / "engines")
     for db in service.databases:
+        engine = service.engine(db.name)
         log.info("database service: %s (%s) → %s", db.name, db.protocol,
-                 "emulated backend" if db.uri == "emulated" else db.uri)
+                 f"embedded {engine.label}, started on the first connection (data {engine.data_dir})"
+                 if engine is not None else "emulated backend" if db.uri in ("emulated", "embedded") else db.uri)
     return [Offer(resource, service) for resource in service.resources()]

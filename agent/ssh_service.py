@@ -729,12 +729,22 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
     # -- data ----------------------------------------------------------------------------------
 
     def _on_stdout(self, data: bytes) -> None:
-        if not self.closed:
-            self.chan.write(data)
+        self._to_channel(data, self.chan.write)
 
     def _on_stderr(self, data: bytes) -> None:
-        if not self.closed:
-            self.chan.write_stderr(data)
+        self._to_channel(data, self.chan.write_stderr)
+
+    def _to_channel(self, data: bytes, write: Callable[[bytes], None]) -> None:
+        # After a hang-up nobody reads: what the child prints on its way out (drained from the pty
+        # at its exit) is dropped. The channel can also close before we hear of it; a write then
+        # raises BrokenPipeError, which must not end the exit callback (the session would never
+        # finish: issue 16's flaky test_disconnect_mid_session_leaves_nothing_running).
+        if self.closed or self.hung_up:
+            return
+        try:
+            write(data)
+        except BrokenPipeError:
+            self.hang_up("the channel closed")
 
     def _on_reader_eof(self) -> None:
         self._maybe_finish()

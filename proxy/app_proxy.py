@@ -111,6 +111,10 @@ class AppProxy:
             identity = ident.from_der(der)
         except ident.IdentityError as exc:
             return None, f"the client certificate holds no valid identity: {exc}"
+        # lib/srv/app/server.go: Middleware with AcceptedUsage UsageAppsOnly.
+        refused = ident.usage_refusal(identity.usage, (ident.USAGE_APPS_ONLY,), "application access")
+        if refused:
+            return None, refused
         routed = identity.route_to_app.name
         if not routed:
             return None, "the client certificate is not an application certificate: run 'tpemu apps login NAME'"

@@ -470,6 +470,10 @@ def _identity_of(writer: asyncio.StreamWriter) -> tuple[ident.Identity | None, s
         return None, ("a client certificate is required: run 'tpemu db login NAME' and connect with its "
                       "certificate, or use 'tpemu proxy db --tunnel NAME'")
     try:
-        return ident.from_der(der), ""
+        identity = ident.from_der(der)
     except ident.IdentityError as exc:
         return None, f"the client certificate holds no valid identity: {exc}"
+    # A usage-restricted certificate is good for database access only if that is its usage
+    # (lib/srv/db/proxyserver.go NewProxyServer: AcceptedUsage UsageDatabaseOnly).
+    refused = ident.usage_refusal(identity.usage, (ident.USAGE_DATABASE_ONLY,), "database access")
+    return (None, refused) if refused else (identity, "")

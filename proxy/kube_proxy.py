@@ -97,6 +97,14 @@ class KubeProxy:
             self.limiter.warning(log, "kube-auth", "%s: kube request refused: %s", acc.ctx, why)
             await self._answer(acc, reader, writer, status(401, "Unauthorized", why))
             return
+        # lib/kube/proxy/server.go NewTLSServer: Middleware with AcceptedUsage UsageKubeOnly (a
+        # database-only or app-session certificate is no Kubernetes credential). AccessDenied is a 403.
+        refused = ident.usage_refusal(identity.usage, (ident.USAGE_KUBE_ONLY,), "Kubernetes access")
+        if refused:
+            self.stats["denied"] += 1
+            self.limiter.warning(log, "kube-auth", "%s: kube request refused: %s", acc.ctx, refused)
+            await self._answer(acc, reader, writer, status(403, "Forbidden", refused))
+            return
         cluster = identity.kubernetes_cluster or self._only_cluster()
         if not cluster:
             self.stats["denied"] += 1

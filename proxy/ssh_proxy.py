@@ -433,8 +433,20 @@ class _AcceptedTLS:
         # Return the protocol made here: uvloop's connect_accepted_socket(ssl=…) returns its own
         # SSL protocol rather than the application's.
         protocol = session_factory()
-        transport, _ = await loop.connect_accepted_socket(lambda: protocol, self.sock, ssl=self.ctx,
-                                                          ssl_handshake_timeout=self.timeout)
+        try:
+            transport, _ = await loop.connect_accepted_socket(lambda: protocol, self.sock, ssl=self.ctx,
+                                                              ssl_handshake_timeout=self.timeout)
+        except BaseException:
+            # The SSH connection object exists before TLS is done, with its login timer armed
+            # (LOGIN_TIMEOUT): a client that sends a ClientHello and goes away would keep it, and
+            # what it references, alive for 30 s — a flood of such hellos held memory for every
+            # one (the reliability suite's network fuzz). Ending it here frees it at once.
+            # connection_lost does nothing on a connection that never had a transport, so the
+            # timer is cancelled directly (asyncssh has no public call for it).
+            cancel = getattr(protocol, "_cancel_login_timer", None)
+            if cancel is not None:
+                cancel()
+            raise
         return transport, protocol
 
 

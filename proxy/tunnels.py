@@ -194,8 +194,17 @@ class _AcceptedSocket:
         if self.ssl_context is None:
             transport, _ = await loop.connect_accepted_socket(lambda: protocol, self.sock)
         else:
-            transport, _ = await loop.connect_accepted_socket(lambda: protocol, self.sock, ssl=self.ssl_context,
-                                                              ssl_handshake_timeout=self.timeout)
+            try:
+                transport, _ = await loop.connect_accepted_socket(lambda: protocol, self.sock, ssl=self.ssl_context,
+                                                                  ssl_handshake_timeout=self.timeout)
+            except BaseException:
+                # A failed TLS handshake: the SSH connection made for it must not wait for its
+                # login timer to be freed (as proxy/ssh_proxy.py _AcceptedTLS; asyncssh has no
+                # public call, and connection_lost is a no-op without a transport).
+                cancel = getattr(protocol, "_cancel_login_timer", None)
+                if cancel is not None:
+                    cancel()
+                raise
         return transport, protocol
 
 

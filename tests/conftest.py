@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import time
@@ -16,6 +17,22 @@ import uvloop
 from tpemu import config
 from tpemu.proxy.decide import ListenerKind
 from tpemu.proxy.service import ProxyService
+
+
+def _no_engine_left(session: pytest.Session) -> None:
+    """No embedded database engine may outlive the tests (every cluster stops its own): one that
+    did is stopped here, by its PID, and fails the run."""
+    import signal
+
+    from tpemu.agent.engines import live_pids
+
+    left = live_pids()
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if left:
+        print(f"\ntpemu: embedded engine processes left running after the tests (killed): {left}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
@@ -99,6 +116,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _no_engine_left(session)
     stray = sorted(n for n in set(os.listdir(os.getcwd())) - _STARTED_WITH if not n.startswith("."))
     if stray:
         print(f"\nERROR: the tests left new files in {os.getcwd()}: {', '.join(stray)} (write to tmp_path)")

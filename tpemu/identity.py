@@ -93,6 +93,26 @@ OTHER_TELEPORT_OIDS: Mapping[str, str] = {
 USAGE_DATABASE_ONLY = "usage:db"
 #: ``usage:apps`` (``teleport.UsageAppsOnly``): an application session certificate.
 USAGE_APPS_ONLY = "usage:apps"
+#: ``usage:kube`` (``teleport.UsageKubeOnly``): a certificate only good for Kubernetes access.
+USAGE_KUBE_ONLY = "usage:kube"
+#: What a refused usage is told (``lib/authz`` ``Middleware.GetUser``).
+INVALID_USAGE = "access denied: invalid client certificate"
+
+
+def usage_refusal(usage: tuple[str, ...], accepted: tuple[str, ...], service: str) -> str:
+    """Why a certificate restricted to ``usage`` may not be used by ``service``, or ``""``.
+
+    Teleport's rule (``lib/authz`` / ``lib/auth/middleware.go`` ``Middleware.GetUser`` with each
+    service's ``AcceptedUsage``): a certificate with no usage is good everywhere; one with a usage
+    only where every one of its usages is accepted — the database proxy accepts ``usage:db``
+    (``lib/srv/db/proxyserver.go`` ``NewProxyServer``), the Kubernetes proxy ``usage:kube``
+    (``lib/kube/proxy/server.go`` ``NewTLSServer``), the application proxy ``usage:apps``
+    (``lib/srv/app/server.go``), the Auth API none.
+    """
+    extra = [u for u in usage if u not in accepted]
+    if not extra:
+        return ""
+    return f"{INVALID_USAGE} (a certificate restricted to {', '.join(usage)} is not for {service})"
 
 # -- system roles (api/types/system_role.go) ------------------------------------------------------
 

@@ -2,11 +2,11 @@
 
 Roles come from ``--roles`` (Teleport's flag) or from the config's ``enabled`` keys
 (``auth_service``, ``proxy_service``, ``ssh_service`` → node, ``db_service`` → db). Without a
-config, ``tpemu start`` is all-in-one: Auth, Proxy, an SSH node and emulated Postgres, MySQL,
-MongoDB and Redis databases, every part talking to the others over loopback as separate
-Teleport processes would: the proxy and the agent join with tokens the Auth Service of this
-process mints for them (as an administrator would with ``tpemu tokens add``), the agent holds
-reverse tunnels to the proxy.
+config, ``tpemu start`` is all-in-one: Auth, Proxy, an SSH node and Postgres, MySQL, MongoDB
+and Redis databases served by embedded real engines (``uri: embedded``), every part talking to
+the others over loopback as separate Teleport processes would: the proxy and the agent join with
+tokens the Auth Service of this process mints for them (as an administrator would with ``tpemu
+tokens add``), the agent holds reverse tunnels to the proxy.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ log = logging.getLogger("tpemu")
 ALL_ROLES = ("auth", "proxy", "node", "db", "kube", "app")
 AGENT_ROLES = ("node", "db", "kube", "app")
 #: The databases of the all-in-one cluster.
-EMULATED_DATABASES = (Database(name="pg", protocol="postgres", description="emulated PostgreSQL"),
-                      Database(name="mysql", protocol="mysql", description="emulated MySQL"),
-                      Database(name="mongo", protocol="mongodb", description="emulated MongoDB"),
-                      Database(name="redis", protocol="redis", description="emulated Redis"))
+EMULATED_DATABASES = (Database(name="pg", protocol="postgres", description="embedded PostgreSQL"),
+                      Database(name="mysql", protocol="mysql", description="embedded MySQL (MariaDB)"),
+                      Database(name="mongo", protocol="mongodb", description="embedded MongoDB (nx-27017)"),
+                      Database(name="redis", protocol="redis", description="embedded Redis"))
 
 
 #: The applications of the all-in-one cluster.
@@ -264,7 +264,13 @@ async def run(cfg: Config, roles: tuple[str, ...], all_in_one: bool, trace: str 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # Freed C-heap pages back to the system after bursts (tpemu.net.heap; issue 16's RSS figure).
+    from tpemu.net.heap import HeapTrimmer
+
+    trimmer = HeapTrimmer()
+    trimmer.start()
     await stop.wait()
+    await trimmer.close()
     if proxy is not None:
         log.info("shutting down; routed %s, refused %s", dict(proxy.door.stats.routed),
                  dict(proxy.door.stats.refused))

@@ -40,20 +40,16 @@ one database may not run data commands on another one.
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
 import functools
 import hashlib
-import hmac
 import itertools
 import logging
 import math
 import os
 import re
 import secrets
-import stringprep
 import time
-import unicodedata
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -65,6 +61,15 @@ from tpemu.logs import TRACE, RateLimiter, hexdump
 from tpemu.wire import bson, mongo
 from tpemu.wire.bson import Binary, Int64, ObjectId, Regex
 from tpemu.wire.errors import LimitExceeded, WireError
+from tpemu.wire.scram import (
+    DIGESTS,
+    ScramError,
+    ScramSecret,
+    ScramServer,
+    make_secret,
+    mongodb_sha1_password,
+    parse_client_first,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -803,52 +808,15 @@ class _Cursor:
     last_used: float = field(default_factory=time.monotonic)
 
 
-# =========================================================================== SCRAM
+# =========================================================================== SCRAM (tpemu.wire.scram)
+
+_MECHANISMS = ("SCRAM-SHA-1", "SCRAM-SHA-256")
 
 
-def _saslprep(text: str) -> str:
-    """SASLprep (RFC 4013) for stored strings, as pymongo applies it to SCRAM-SHA-256 passwords."""
-    if text.isascii():
-        return text
-    mapped = "".join(" " if stringprep.in_table_c12(ch) else ch for ch in text if not stringprep.in_table_b1(ch))
-    text = unicodedata.normalize("NFKC", mapped)
-    if not text:
-        return text
-    prohibited = (stringprep.in_table_c12, stringprep.in_table_c21_c22, stringprep.in_table_c3,
-                  stringprep.in_table_c4, stringprep.in_table_c5, stringprep.in_table_c6, stringprep.in_table_c7,
-                  stringprep.in_table_c8, stringprep.in_table_c9, stringprep.in_table_a1)
-    if any(check(ch) for ch in text for check in prohibited):
-        raise ValueError("password contains a character SASLprep prohibits")
-    if any(stringprep.in_table_d1(ch) for ch in text) and (
-            not (stringprep.in_table_d1(text[0]) and stringprep.in_table_d1(text[-1]))
-            or any(stringprep.in_table_d2(ch) for ch in text)):
-        raise ValueError("password violates SASLprep's bidirectional rule")
-    return text
-
-
-@dataclass(frozen=True)
-class _ScramCredential:
-    salt: bytes
-    iterations: int
-    stored_key: bytes
-    server_key: bytes
-
-
-_MECHANISMS = {"SCRAM-SHA-1": "sha1", "SCRAM-SHA-256": "sha256"}
-
-
-def _scram_credential(mechanism: str, user: str, password: str, iterations: int) -> _ScramCredential:
-    digest = _MECHANISMS[mechanism]
+def _scram_secret(mechanism: str, user: str, password: str, iterations: int) -> ScramSecret:
     if mechanism == "SCRAM-SHA-1":
-        # MongoDB's SCRAM-SHA-1 salts the legacy MONGODB-CR digest, not the password itself.
-        secret = hashlib.md5(f"{user}:mongo:{password}".encode()).hexdigest().encode()
-    else:
-        secret = _saslprep(password).encode("utf-8")
-    salt = os.urandom(16 if mechanism == "SCRAM-SHA-1" else 28)
-    salted = hashlib.pbkdf2_hmac(digest, secret, salt, iterations)
-    client_key = hmac.new(salted, b"Client Key", digest).digest()
-    return _ScramCredential(salt, iterations, hashlib.new(digest, client_key).digest(),
-                            hmac.new(salted, b"Server Key", digest).digest())
+        return make_secret(mongodb_sha1_password(user, password), os.urandom(16), iterations, "sha1", prepare=False)
+    return make_secret(password, os.urandom(28), iterations, "sha256")
 
 
 @dataclass
@@ -856,21 +824,10 @@ class _ScramConversation:
     mechanism: str
     user: str
     db: str
-    credential: _ScramCredential | None
-    client_first_bare: bytes
-    server_first: bytes
-    nonce: bytes
+    exchange: ScramServer
+    known: bool
     skip_empty_exchange: bool
     done: bool = False
-
-
-def _scram_attrs(payload: bytes) -> dict[bytes, bytes]:
-    attrs = {}
-    for part in payload.split(b","):
-        if len(part) < 2 or part[1:2] != b"=":
-            raise CommandError(18, "AuthenticationFailed", "Authentication failed.")
-        attrs[part[:1]] = part[2:]
-    return attrs
 
 
 # =========================================================================== the server
@@ -907,10 +864,10 @@ class MongoBackend:
         self.write_timeout = write_timeout
         self.max_cursors = max_cursors
         self.cursor_timeout = cursor_timeout
-        self.users: dict[str, dict[str, _ScramCredential]] | None = None
+        self.users: dict[str, dict[str, ScramSecret]] | None = None
         if users is not None:
             self.users = {
-                name: {mech: _scram_credential(mech, name, password, scram_iterations) for mech in _MECHANISMS}
+                name: {mech: _scram_secret(mech, name, password, scram_iterations) for mech in _MECHANISMS}
                 for name, password in users.items()
             }
         self.databases: dict[str, dict[str, Collection]] = {}
@@ -1229,28 +1186,24 @@ class MongoBackend:
                                f"Received authentication for mechanism {mechanism} which is not enabled "
                                f"(the tpemu emulator supports {' and '.join(_MECHANISMS)})")
         payload = _payload(cmd.get("payload"))
-        if not payload.startswith(b"n,"):
-            raise CommandError(18, "AuthenticationFailed", "Authentication failed: channel binding is "
-                                                           f"{EMULATOR_NOTE}")
-        bare = payload[payload.index(b",", 2) + 1:] if payload.count(b",") >= 2 else b""
-        attrs = _scram_attrs(bare)
-        if b"n" not in attrs or b"r" not in attrs:
-            raise CommandError(18, "AuthenticationFailed", "Authentication failed.")
         try:
-            user = attrs[b"n"].decode("utf-8").replace("=2C", ",").replace("=3D", "=")
-        except UnicodeDecodeError:
-            raise CommandError(18, "AuthenticationFailed", "Authentication failed.") from None
-        creds = self.users.get(user, {}).get(mechanism)
-        if creds is None:
-            # Go on with a made-up salt so the reply does not reveal whether the user exists.
-            creds_salt, iterations = hashlib.sha256(user.encode() + b"tpemu").digest()[:16], 15000
-        else:
-            creds_salt, iterations = creds.salt, creds.iterations
-        nonce = attrs[b"r"] + base64.b64encode(secrets.token_bytes(24))
-        server_first = b"r=" + nonce + b",s=" + base64.b64encode(creds_salt) + b",i=" + str(iterations).encode()
+            user = parse_client_first(payload).username
+        except ScramError as e:
+            raise CommandError(18, "AuthenticationFailed", f"Authentication failed: {e}") from None
+        secret = self.users.get(user, {}).get(mechanism)
+        known = secret is not None
+        if secret is None:
+            # Go on with a made-up secret so the reply does not reveal whether the user exists.
+            salt = hashlib.sha256(user.encode() + b"tpemu").digest()[:16]
+            secret = ScramSecret(salt, 15000, secrets.token_bytes(32), secrets.token_bytes(32), DIGESTS[mechanism])
+        exchange = ScramServer(secret)
+        try:
+            server_first = exchange.first(payload)
+        except ScramError as e:
+            raise CommandError(18, "AuthenticationFailed", f"Authentication failed: {e}") from None
         options = cmd.get("options")
         skip = bool(options.get("skipEmptyExchange")) if isinstance(options, dict) else False
-        conn.scram = _ScramConversation(mechanism, user, db, creds, bare, server_first, nonce, skip)
+        conn.scram = _ScramConversation(mechanism, user, db, exchange, known, skip)
         return {"conversationId": 1, "done": False, "payload": server_first}
 
     def _sasl_continue(self, conn: _Connection, db: str, cmd: dict[str, Any]) -> dict[str, Any]:
@@ -1263,31 +1216,20 @@ class MongoBackend:
             return {"conversationId": 1, "done": True, "payload": b""}
         conn.scram = None
         failed = CommandError(18, "AuthenticationFailed", "Authentication failed.")
-        if b",p=" not in payload:
-            raise failed
-        without_proof, proof_b64 = payload.rsplit(b",p=", 1)
-        attrs = _scram_attrs(without_proof)
-        if attrs.get(b"c") != b"biws" or attrs.get(b"r") != conv.nonce or conv.credential is None:
-            logger.info("mongodb conn=%d peer=%s: SCRAM authentication of %r failed", conn.id, conn.peer, conv.user)
-            raise failed
-        digest = _MECHANISMS[conv.mechanism]
-        auth_message = b",".join((conv.client_first_bare, conv.server_first, without_proof))
-        signature = hmac.new(conv.credential.stored_key, auth_message, digest).digest()
         try:
-            proof = base64.b64decode(proof_b64, validate=True)
-        except ValueError:
+            server_final = conv.exchange.final(payload)
+        except ScramError as e:
+            logger.info("mongodb conn=%d peer=%s: SCRAM authentication of %r failed: %s", conn.id, conn.peer,
+                        conv.user, e)
             raise failed from None
-        client_key = bytes(a ^ b for a, b in zip(proof, signature)) if len(proof) == len(signature) else b""
-        if not hmac.compare_digest(hashlib.new(digest, client_key).digest(), conv.credential.stored_key):
-            logger.info("mongodb conn=%d peer=%s: wrong password for %r", conn.id, conn.peer, conv.user)
+        if not conv.known:  # a made-up secret cannot verify, but keep the rule explicit
             raise failed
         conn.user, conn.user_db = conv.user, conv.db
         logger.debug("mongodb conn=%d: authenticated %r on %s with %s", conn.id, conv.user, conv.db, conv.mechanism)
-        server_sig = base64.b64encode(hmac.new(conv.credential.server_key, auth_message, digest).digest())
         if not conv.skip_empty_exchange:
             conv.done = True
             conn.scram = conv
-        return {"conversationId": 1, "done": conv.skip_empty_exchange, "payload": b"v=" + server_sig}
+        return {"conversationId": 1, "done": conv.skip_empty_exchange, "payload": server_final}
 
     # ------------------------------------------------------------------ namespaces
 

@@ -9,7 +9,8 @@ statements when CLIENT_MULTI_STATEMENTS is on), COM_PING, COM_QUIT, COM_INIT_DB,
 COM_RESET_CONNECTION, COM_SET_OPTION. Other commands (prepared statements, COM_FIELD_LIST,
 replication …) get an ERR saying the emulator does not support them; the connection stays open.
 
-SQL runs in :mod:`tpemu.agent.backends.sql` (one in-memory store per backend instance). Every
+SQL runs in :mod:`tpemu.agent.backends.sql` (SQLite behind a dialect shim, one store per backend
+instance; what it cannot run as MySQL would is refused with error 1235). Every
 read has a size cap (``max_packet``) and a deadline (``handshake_timeout`` for the connection
 phase, ``idle_timeout`` between commands, ``message_timeout`` within a packet).
 
@@ -153,6 +154,8 @@ class MySQLBackend:
         except Exception:
             conn.log.exception("internal error in the emulated MySQL server")
         finally:
+            if conn.sql is not None:  # an open transaction rolls back and its write lock goes
+                conn.sql.close()
             await stream.close()
 
 
@@ -410,7 +413,9 @@ class _Connection:
                 self.init_db(cmd.arg)
             elif cmd.code == my.COM_RESET_CONNECTION:
                 assert self.sql is not None
-                self.sql = self.open_sql(self.sql.user, self.sql.database)
+                old = self.sql
+                old.close()  # COM_RESET_CONNECTION rolls back, as MySQL does
+                self.sql = self.open_sql(old.user, old.database)
                 self.ok()
             elif cmd.code == my.COM_SET_OPTION:
                 self.eof_or_ok()
@@ -434,7 +439,11 @@ class _Connection:
         if self.b.engine.database(name, create=False) is None:
             self.err(my.ER_BAD_DB, "42000", f"Unknown database '{name}'")
             return
-        self.sql.database = name
+        try:
+            self.sql.database = name
+        except SqlError as e:
+            self.err(e.kind.mysql_errno, e.kind.mysql_state, e.message)
+            return
         self.ok()
 
     def query(self, arg: bytes) -> None:

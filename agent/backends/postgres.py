@@ -9,7 +9,8 @@ protocol (several statements per string, EmptyQueryResponse) and the extended on
 Describe, Execute with row limits and PortalSuspended, Close, Sync, Flush; text and binary
 formats); ErrorResponse with SQLSTATE, then skip-to-Sync in the extended protocol; Terminate.
 
-SQL itself runs in :mod:`tpemu.agent.backends.sql` (one in-memory store per backend instance).
+SQL itself runs in :mod:`tpemu.agent.backends.sql` (SQLite behind a dialect shim, one store per
+backend instance; what it cannot run as PostgreSQL would is refused with SQLSTATE 0A000).
 Every read has a size cap (``max_message``) and a deadline (``startup_timeout`` for the
 start-up and authentication, ``idle_timeout`` between messages, ``message_timeout`` within one).
 
@@ -151,6 +152,8 @@ class PostgresBackend:
         except Exception:
             conn.log.exception("internal error in the emulated Postgres server")
         finally:
+            if conn.sql is not None:  # an open transaction rolls back and its write lock goes
+                conn.sql.close()
             await stream.close()
 
 
@@ -450,6 +453,7 @@ class _Connection:
                 return
             if isinstance(decoded, pg.Sync):
                 self.skip_to_sync = False
+                self.end_implicit()
                 self.end_of_batch()
                 self.send(pg.encode_ready_for_query(self.status()))
                 await self.flush()
@@ -531,8 +535,19 @@ class _Connection:
                     break
                 if self.out_size > 65536:
                     await self.flush()
+        self.end_implicit()
         self.send(pg.encode_ready_for_query(self.status()))
         await self.flush()
+
+    def end_implicit(self) -> None:
+        """A query string or an extended-protocol batch ended: its implicit transaction commits
+        (rolled back if one of its statements failed), as PostgreSQL's autocommit does."""
+        if self.sql is None:
+            return
+        try:
+            self.sql.end_batch()
+        except SqlError as e:
+            self.send(pg.encode_error_response(e.message, e.kind.pg_code, "ERROR"))
 
     def row_description(self, columns: tuple[Column, ...], formats: tuple[int, ...]) -> bytes:
         fields = []

@@ -28,6 +28,7 @@ from typing import Any
 from tpemu import testing
 from tpemu.wire import (
     bson,
+    hello_detail,
     http,
     mongo,
     mysql,
@@ -121,6 +122,7 @@ PARSERS: list[tuple[str, Callable[[bytes], Any]]] = [
     ("websocket.FrameDecoder.feed", _websocket),
     ("tunnel.parse_dial_payload", tunnel.parse_dial_payload),
     ("resp.CommandReader", _resp_stream),
+    ("hello_detail.describe", hello_detail.describe),
 ]
 
 COUNTS = [0] * len(PARSERS)
@@ -164,7 +166,7 @@ def seeds() -> list[bytes]:
             bytes([13]) + b"n,,n=alice,r=abcdefgh",
             bytes([14]) + b"\x07\x81\x85\x01\x02\x03\x04ignor",  # a masked text frame "hello"
             bytes([15]) + b'{"address":"node:3022","server_id":"n1.c","conn_type":"node"}',
-            bytes([16]) + b"\x05*1\r\n$4\r\nPING\r\nPING\r\n"]
+            bytes([16]) + b"\x05*1\r\n$4\r\nPING\r\nPING\r\n", bytes([17]) + hello]
 
 
 def run_atheris(runs: int, corpus: Path, max_len: int = 4096) -> dict[str, Any]:

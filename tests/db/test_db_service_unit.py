@@ -64,9 +64,14 @@ def test_config_errors_name_the_key() -> None:
         DatabaseService([Database(name="x", protocol="postgres", uri="127.0.0.1:1", tls=DatabaseTLS(mode="bogus"))])
     svc = DatabaseService([PG, REDIS, Database(name="real", protocol="mysql", uri="mysql://127.0.0.1:3306")])
     assert [(r.kind, r.name, r.protocol, r.addr) for r in svc.resources()] == [
-        ("db", "pg", "postgres", "emulated"), ("db", "cache", "redis", "emulated"), ("db", "real", "mysql",
+        ("db", "pg", "postgres", "embedded"), ("db", "cache", "redis", "embedded"), ("db", "real", "mysql",
                                                                                      "mysql://127.0.0.1:3306")]
-    assert svc.backend("pg") is not None and svc.backend("real") is None
+    # uri: embedded (the default) is a real engine, started on the first connection: nothing runs yet.
+    engine = svc.engine("pg")
+    assert engine is not None and engine.process is None and svc.backend("pg") is None
+    assert svc.backend("real") is None and svc.engine("real") is None
+    emulated = DatabaseService([Database(name="pg", protocol="postgres", uri="emulated")])
+    assert emulated.backend("pg") is not None and emulated.engine("pg") is None
 
 
 async def test_unknown_database_and_bad_identity_refused_in_protocol() -> None:

@@ -171,3 +171,31 @@ async def test_expired_certificate(tmp_path: Path) -> None:
         # Past the client's own check, the proxy refuses it.
         with pytest.raises(SSHError, match="refused the certificate of alice"):
             await ssh_mod.connect_proxy(creds)
+
+
+async def test_a_hello_that_goes_away_frees_its_ssh_connection_at_once(tmp_path: Path) -> None:
+    # Issue 16 (network fuzz): a ClientHello for teleport-proxy-ssh followed by a close left the SSH
+    # connection object made for it alive until its 30 s login timer fired, so a flood of such
+    # hellos held memory for each one.
+    import gc
+
+    from tpemu import testing
+    from tpemu.wire import alpn as names
+
+    def live() -> int:
+        gc.collect()
+        return sum(isinstance(o, asyncssh.SSHServerConnection) for o in gc.get_objects())
+
+    async with Cluster(tmp_path, nodes=(), databases=()) as cluster:
+        proxy = cluster.proxy.ssh_proxy
+        assert proxy is not None
+        before, refused = live(), proxy.stats["refused"]
+        for alpn in ([names.PROXY_SSH], [names.REVERSE_TUNNEL_V2, names.REVERSE_TUNNEL]):  # SSH proxy, tunnel server
+            hello = testing.client_hello("localhost", alpn)
+            for _ in range(20):
+                _r, w = await asyncio.open_connection("127.0.0.1", cluster.web.port)
+                w.write(hello)
+                await w.drain()
+                w.close()
+        await wait_for(lambda: proxy.stats["refused"] >= refused + 20, what="the 20 handshakes to fail")
+        await wait_for(lambda: live() <= before, timeout=10, what="the SSH connection objects to be freed")

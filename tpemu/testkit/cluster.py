@@ -188,7 +188,9 @@ class Cluster:
                 for offer in offers:
                     reset = getattr(offer.service, "reset", None)
                     if reset is not None:
-                        reset()
+                        result = reset()
+                        if asyncio.iscoroutine(result):  # the Database Service empties its engines
+                            await result
 
     # -- where things are ---------------------------------------------------------------------------
 

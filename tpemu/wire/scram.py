@@ -1,9 +1,11 @@
-"""SCRAM-SHA-256, server side (pure, no I/O).
+"""SCRAM-SHA-256 and SCRAM-SHA-1, server side (pure, no I/O): the one implementation the emulated
+PostgreSQL and MongoDB servers share.
 
-Spec: RFC 5802 (SCRAM), RFC 7677 (SCRAM-SHA-256), password normalisation per RFC 4013
+Spec: RFC 5802 (SCRAM, SCRAM-SHA-1), RFC 7677 (SCRAM-SHA-256), password normalisation per RFC 4013
 (SASLprep) the way PostgreSQL applies it (``src/common/saslprep.c``: a password that is not
 valid for SASLprep is used as it is). Channel binding (``-PLUS``) is not offered, so a client
-may send the ``n`` or ``y`` GS2 flag but not ``p``.
+may send the ``n`` or ``y`` GS2 flag but not ``p``. MongoDB's SCRAM-SHA-1 salts the legacy
+MONGODB-CR digest instead of the password (:func:`mongodb_sha1_password`, as the drivers do).
 
 The exchange, in the server's terms::
 
@@ -28,6 +30,8 @@ from dataclasses import dataclass
 from tpemu.wire.errors import WireError
 
 MECHANISM = "SCRAM-SHA-256"
+#: SCRAM mechanism name → the hash it uses.
+DIGESTS = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-1": "sha1"}
 DEFAULT_ITERATIONS = 4096
 #: A client message longer than this is refused (nonces are ~24-32 characters in practice).
 MAX_MESSAGE = 4096
@@ -49,6 +53,7 @@ class ScramSecret:
     iterations: int
     stored_key: bytes
     server_key: bytes
+    digest: str = "sha256"
 
 
 def saslprep(password: str) -> str:
@@ -72,14 +77,22 @@ def saslprep(password: str) -> str:
     return out
 
 
-def make_secret(password: str, salt: bytes | None = None, iterations: int = DEFAULT_ITERATIONS) -> ScramSecret:
-    """Derive the stored secret: SaltedPassword = Hi(password, salt, i); StoredKey = H(ClientKey)."""
+def make_secret(password: str, salt: bytes | None = None, iterations: int = DEFAULT_ITERATIONS,
+                digest: str = "sha256", *, prepare: bool = True) -> ScramSecret:
+    """Derive the stored secret: SaltedPassword = Hi(password, salt, i); StoredKey = H(ClientKey).
+    ``prepare=False`` skips SASLprep (SCRAM-SHA-1 of MongoDB, whose "password" is a hex digest)."""
     if salt is None:
         salt = secrets.token_bytes(16)
-    salted = hashlib.pbkdf2_hmac("sha256", saslprep(password).encode("utf-8"), salt, iterations)
-    client_key = hmac.digest(salted, b"Client Key", "sha256")
-    return ScramSecret(salt, iterations, hashlib.sha256(client_key).digest(),
-                       hmac.digest(salted, b"Server Key", "sha256"))
+    text = saslprep(password) if prepare else password
+    salted = hashlib.pbkdf2_hmac(digest, text.encode("utf-8"), salt, iterations)
+    client_key = hmac.digest(salted, b"Client Key", digest)
+    return ScramSecret(salt, iterations, hashlib.new(digest, client_key).digest(),
+                       hmac.digest(salted, b"Server Key", digest), digest)
+
+
+def mongodb_sha1_password(user: str, password: str) -> str:
+    """What MongoDB's SCRAM-SHA-1 salts: the MONGODB-CR digest ``md5("user:mongo:password")`` in hex."""
+    return hashlib.md5(f"{user}:mongo:{password}".encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +183,7 @@ def parse_client_final(data: bytes) -> ClientFinal:
 
 
 class ScramServer:
-    """One server-side SCRAM-SHA-256 exchange (two steps; not reusable)."""
+    """One server-side SCRAM exchange (two steps; not reusable), with the secret's hash."""
 
     def __init__(self, secret: ScramSecret, server_nonce: str | None = None) -> None:
         self.secret = secret
@@ -201,21 +214,22 @@ class ScramServer:
         if fin.nonce != cf.nonce + self.server_nonce:
             raise ScramError("SCRAM nonce in client-final-message does not match")
         auth_message = f"{cf.bare},{self._server_first},{fin.without_proof}".encode()
-        signature = hmac.digest(self.secret.stored_key, auth_message, "sha256")
+        digest = self.secret.digest
+        signature = hmac.digest(self.secret.stored_key, auth_message, digest)
         if len(fin.proof) != len(signature):
             raise ScramVerificationFailed("SCRAM proof has the wrong length")
         client_key = bytes(a ^ b for a, b in zip(fin.proof, signature))
-        if not hmac.compare_digest(hashlib.sha256(client_key).digest(), self.secret.stored_key):
+        if not hmac.compare_digest(hashlib.new(digest, client_key).digest(), self.secret.stored_key):
             raise ScramVerificationFailed("SCRAM proof does not match: wrong password")
-        server_sig = hmac.digest(self.secret.server_key, auth_message, "sha256")
+        server_sig = hmac.digest(self.secret.server_key, auth_message, digest)
         return b"v=" + base64.b64encode(server_sig)
 
 
 def client_proof(password: str, client_first_bare: str, server_first: str, final_without_proof: str,
-                 salt: bytes, iterations: int) -> bytes:
+                 salt: bytes, iterations: int, digest: str = "sha256") -> bytes:
     """The ClientProof a client computes (for tests and tools): ClientKey XOR HMAC(StoredKey, AuthMessage)."""
-    salted = hashlib.pbkdf2_hmac("sha256", saslprep(password).encode("utf-8"), salt, iterations)
-    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    salted = hashlib.pbkdf2_hmac(digest, saslprep(password).encode("utf-8"), salt, iterations)
+    client_key = hmac.digest(salted, b"Client Key", digest)
     auth_message = f"{client_first_bare},{server_first},{final_without_proof}".encode()
-    signature = hmac.digest(hashlib.sha256(client_key).digest(), auth_message, "sha256")
+    signature = hmac.digest(hashlib.new(digest, client_key).digest(), auth_message, digest)
     return bytes(a ^ b for a, b in zip(client_key, signature))

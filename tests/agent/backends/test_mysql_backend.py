@@ -122,6 +122,35 @@ async def test_mariadb_cli_caching_sha2_without_tls(serve: Start, rsa_key: Any) 
 
 
 @pytest.mark.e2e
+async def test_pymysql_rollback_undoes_and_refusals_change_nothing(serve: Start) -> None:
+    port = await serve(MySQLBackend(USERS, database="app"))
+
+    def work() -> None:
+        conn = connect(port, database="app", ssl_disabled=True)  # PyMySQL: autocommit off
+        try:
+            with conn.cursor() as cur:
+                cur.execute("CREATE TABLE t (id INT PRIMARY KEY, name VARCHAR(3))")
+                cur.execute("INSERT INTO t VALUES (1, 'a')")
+                conn.rollback()
+                cur.execute("SELECT COUNT(*) FROM t")
+                assert cur.fetchone() == (0,)
+                with pytest.raises(pymysql.err.DataError) as e:  # strict mode: refused, not truncated
+                    cur.execute("INSERT INTO t VALUES (2, 'toolong')")
+                assert e.value.args[0] == 1406
+                with pytest.raises(pymysql.err.NotSupportedError) as ns:
+                    cur.execute("SELECT LENGTH('x')")  # bytes in MySQL, characters in SQLite: refused
+                assert ns.value.args[0] == 1235 and "not supported by the tpemu emulator" in ns.value.args[1]
+                cur.execute("INSERT INTO t VALUES (3, 'c')")
+                conn.commit()
+                cur.execute("SELECT id FROM t")
+                assert cur.fetchall() == ((3,),)
+        finally:
+            conn.close()
+
+    await asyncio.to_thread(work)
+
+
+@pytest.mark.e2e
 async def test_pymysql_native_password_round_trip(serve: Start) -> None:
     port = await serve(MySQLBackend(USERS, database="app"))
 

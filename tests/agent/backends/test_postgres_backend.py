@@ -106,11 +106,49 @@ async def test_psql_scripts_and_errors(serve: Start) -> None:
     assert out.splitlines() == ["CREATE TABLE", "INSERT 0 2", "1|a", "2|b"]  # psql 15 prints every result
     code, out, err = await psql(port, "select relname from pg_class")
     assert code == 1
-    assert "catalog table pg_catalog.pg_class is not supported by the tpemu emulator" in err
+    assert "the system catalog pg_class" in err and "is not supported by the tpemu emulator" in err
     code, out, err = await psql(port, "selec 1")
-    assert code == 1 and 'syntax error at or near "selec"' in err
+    assert code == 1 and "syntax error at or near" in err
     code, out, err = await psql(port, "select count(*) from t")
     assert (code, out) == (0, "2")
+
+
+@pytest.mark.e2e
+@needs_psql
+async def test_psql_rollback_join_and_catalog_refusal(serve: Start) -> None:
+    """The issue's case: ROLLBACK undoes the change (the hand-written engine kept it), a join runs,
+    and ``\\dt`` (a pg_catalog query SQLite cannot answer as PostgreSQL would) is refused with 0A000."""
+    port = await serve(PostgresBackend(USERS))
+    code, _, err = await psql(port, "create table t (id int primary key, name text); "
+                                    "insert into t values (1, 'a'), (2, 'b')")
+    assert code == 0, err
+    code, out, err = await psql(port, "begin; update t set name = upper(name); rollback; select * from t order by id")
+    assert (code, out.splitlines()) == (0, ["BEGIN", "UPDATE 2", "ROLLBACK", "1|a", "2|b"]), err
+    code, out, err = await psql(port, "select a.name, b.name from t a join t b on b.id = 3 - a.id order by 1")
+    assert (code, out.splitlines()) == (0, ["a|b", "b|a"]), err
+    code, out, err = await psql(port, "\\dt")
+    assert code == 1 and "system catalog" in err and "not supported by the tpemu emulator" in err, err
+
+
+@pytest.mark.e2e
+async def test_asyncpg_transactions_and_batches_roll_back(serve: Start) -> None:
+    port = await serve(PostgresBackend(USERS))
+    conn = await asyncpg.connect(host="127.0.0.1", port=port, user="alice", password="s3cret pw", database="app",
+                                 ssl=False)
+    try:
+        await conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
+        with pytest.raises(ZeroDivisionError):
+            async with conn.transaction():
+                await conn.execute("INSERT INTO t VALUES (1)")
+                raise ZeroDivisionError
+        assert await conn.fetchval("SELECT count(*) FROM t") == 0
+        with pytest.raises(asyncpg.UniqueViolationError):  # one batch up to Sync: all or nothing, as PostgreSQL
+            await conn.executemany("INSERT INTO t VALUES ($1)", [(1,), (2,), (1,)])
+        assert await conn.fetchval("SELECT count(*) FROM t") == 0
+        with pytest.raises(asyncpg.FeatureNotSupportedError, match="arithmetic on numeric"):
+            await conn.fetchval("SELECT 0.1 + 0.2")  # PostgreSQL says 0.3; SQLite's floats would not
+    finally:
+        await conn.close()
 
 
 # --- asyncpg ---------------------------------------------------------------------------------
@@ -190,7 +228,10 @@ async def test_psycopg_transactions_and_parameters(serve: Start, tls: Any) -> No
             assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
             with pytest.raises(psycopg.errors.InFailedSqlTransaction):
                 await cur.execute("SELECT 1")
-            await conn.rollback()
+            await conn.rollback()  # the inserts of this transaction go with it, as in PostgreSQL
+            await cur.execute("SELECT count(*) FROM t")
+            assert await cur.fetchone() == (0,)
+            await cur.executemany("INSERT INTO t VALUES (%s, %s, %s)", [(1, "a", 1.5), (2, "b'q", None)])
             await cur.execute("DELETE FROM t WHERE id = %s", [2])
             assert cur.rowcount == 1
             await conn.commit()
@@ -390,4 +431,4 @@ def test_constructor_validates_the_auth_method() -> None:
     with pytest.raises(ValueError):
         PostgresBackend(USERS, "kerberos")  # type: ignore[arg-type]
     assert PostgresBackend.protocol == "postgres"
-    assert isinstance(PostgresBackend(None).engine.database("postgres", create=False), dict)
+    assert PostgresBackend(None).engine.database("postgres", create=False) is not None

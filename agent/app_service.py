@@ -31,6 +31,7 @@ import h11
 from tpemu import authapi
 from tpemu import identity as ident
 from tpemu.config import App
+from tpemu.errors import PeerFault
 from tpemu.net.channel import open_streams
 from tpemu.net.http_server import Request, Response, serve_http
 from tpemu.net.pipe import Parked, Pipe
@@ -69,7 +70,7 @@ class AppDef:
         return self.uri == EMULATED_ECHO
 
 
-class AppError(Exception):
+class AppError(PeerFault):
     pass
 
 

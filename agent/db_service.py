@@ -76,6 +76,8 @@ from tpemu.agent.backends.redis import RedisBackend
 from tpemu.agent.engines import Endpoint, Engine, EngineUnavailable, engine_for
 from tpemu.agent.engines.redis import auth_command, read_simple_reply
 from tpemu.config import Addr, Database
+from tpemu.errors import PeerFault
+from tpemu.errors import describe as describe_error
 from tpemu.net.channel import open_streams
 from tpemu.net.db_refusal import Refusal, refuse
 from tpemu.net.memory import transport_pair
@@ -106,7 +108,7 @@ CLIENT_CERT_TTL = 3600.0
 CertIssuer = Callable[[str], Awaitable[tuple[bytes, bytes, bytes]]]
 
 
-class BackendUnavailable(Exception):
+class BackendUnavailable(PeerFault):
     """The database server cannot be reached or refused the connection; the message says why."""
 
 
@@ -393,7 +395,7 @@ class DatabaseService:
                 await writer.start_tls(ctx, server_hostname=self._server_hostname(served))
         except (TimeoutError, ssl.SSLError, OSError, asyncio.IncompleteReadError) as exc:
             writer.close()
-            raise BackendUnavailable(f"TLS with the server at {served.addr} failed: {_why(exc)}") from None
+            raise BackendUnavailable(f"TLS with the server at {served.addr} failed: {describe_error(exc)}") from None
         return Stream(reader, writer, "backend")
 
     # -- mysql ------------------------------------------------------------------------------------
@@ -518,7 +520,7 @@ class DatabaseService:
         except (TimeoutError, ssl.SSLError, OSError, asyncio.IncompleteReadError, WireError) as exc:
             backend.close()
             raise BackendUnavailable(f"MySQL handshake with {served.target} failed: "
-                                     f"{_why(exc)}") from None
+                                     f"{describe_error(exc)}") from None
 
     # -- mongodb, redis ---------------------------------------------------------------------------
 
@@ -571,7 +573,7 @@ class DatabaseService:
         except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                 EngineUnavailable) as exc:
             writer.close()
-            raise BackendUnavailable(f"AUTH with {served.target} failed: {_why(exc)}") from None
+            raise BackendUnavailable(f"AUTH with {served.target} failed: {describe_error(exc)}") from None
         if answer != b"+OK":
             writer.close()
             raise BackendUnavailable(f"{served.target} refused AUTH as {db_user!r}: "
@@ -602,7 +604,7 @@ class DatabaseService:
         except TimeoutError:
             raise BackendUnavailable(f"connecting to {addr} timed out after {self.connect_timeout:g}s") from None
         except ssl.SSLError as exc:
-            raise BackendUnavailable(f"TLS with the server at {addr} failed: {_why(exc)}") from None
+            raise BackendUnavailable(f"TLS with the server at {addr} failed: {describe_error(exc)}") from None
         except OSError as exc:
             raise BackendUnavailable(f"cannot connect to {addr}: {exc.strerror or exc}") from None
 
@@ -663,18 +665,6 @@ def _client_context(served: _Served, cert: bytes, key: bytes, cas: bytes) -> ssl
         finally:
             os.unlink(path)
     return ctx
-
-
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"certificate verify failed: {exc.verify_message}"
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, asyncio.IncompleteReadError):
-        return "the server closed the connection"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
 
 
 async def make_offers(ctx: AgentContext) -> list[Offer]:

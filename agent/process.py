@@ -43,6 +43,7 @@ from tpemu import TELEPORT_VERSION, authapi, authclient, pki
 from tpemu import identity as ident
 from tpemu.agent.tunnel import Offer, TunnelAgent, TunnelTarget
 from tpemu.config import Addr, Config
+from tpemu.errors import LocalFault
 from tpemu.net.pipe import Parked
 from tpemu.net.proxyenv import ProxySettings
 from tpemu.net.tls import new_context
@@ -61,7 +62,7 @@ DIRECT_JOIN_REFUSED = ("Direct Auth Service joining is only supported for Telepo
                        "enroll applications, databases, and for other discovery-based features, is not supported.")
 
 
-class AgentError(Exception):
+class AgentError(LocalFault):
     """The agent cannot start (the message says why and what to change)."""
 
 

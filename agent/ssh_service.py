@@ -62,6 +62,7 @@ import asyncssh
 from tpemu import authclient
 from tpemu.agent.tunnel import Offer
 from tpemu.authclient import HostIdentity
+from tpemu.errors import describe as describe_error
 from tpemu.net.channel import OverTransport
 from tpemu.net.sockets import format_addr
 from tpemu.wire import tunnel as tw
@@ -212,7 +213,7 @@ class SSHService:
                                                   **self._options(request, peer))
         except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
             # ValueError: asyncssh's PacketDecodeError, a peer that is not speaking SSH.
-            log.info("ssh service: connection from %s ended before login: %s", peer, _describe(exc))
+            log.info("ssh service: connection from %s ended before login: %s", peer, describe_error(exc))
             with contextlib.suppress(Exception):
                 transport.close()
             return
@@ -262,14 +263,6 @@ def _peer_of(transport: asyncio.BaseTransport) -> str:
     return format_addr(peer[:2]) if isinstance(peer, tuple) and len(peer) >= 2 else "?"
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, asyncssh.DisconnectError):
-        return exc.reason or type(exc).__name__
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    return str(exc) or type(exc).__name__
-
-
 # -- one connection -------------------------------------------------------------------------------
 
 
@@ -296,7 +289,7 @@ class _NodeServer(asyncssh.SSHServer):
                         "allow this login, or has expired", self.peer, self.login)
         elif self.authenticated:
             log.info("ssh service: peer=%s login=%s disconnected%s", self.peer, self.login,
-                     f" ({_describe(exc)})" if exc else "")
+                     f" ({describe_error(exc)})" if exc else "")
 
     def begin_auth(self, username: str) -> bool:
         self.login = username
@@ -809,7 +802,7 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
     # -- endings -------------------------------------------------------------------------------
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.hang_up("the client went away" if exc is None else f"the connection was lost ({_describe(exc)})")
+        self.hang_up("the client went away" if exc is None else f"the connection was lost ({describe_error(exc)})")
 
     def hang_up(self, why: str) -> None:
         """SIGHUP to every process of the session, SIGKILL after :data:`KILL_GRACE` seconds.

@@ -28,6 +28,8 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from enum import Enum
 
+from tpemu.errors import LocalFault
+
 log = logging.getLogger(__name__)
 
 #: How often expired items are swept (seconds).
@@ -39,7 +41,7 @@ MAX_KEY = 1024
 MAX_VALUE = 4 * 1024 * 1024
 
 
-class BackendError(Exception):
+class BackendError(LocalFault):
     """A backend operation failed; the subclasses are the expected outcomes."""
 
 

@@ -35,13 +35,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from tpemu.errors import LocalFault
+
 CONFIG_DIR = Path(__file__).with_name("peers")
 PEERS = ("tpemu-uvloop", "tpemu-asyncio", "tpemu-2workers", "haproxy", "nginx", "sslh")
 NGINX_MODULE_DIRS = (Path("/usr/lib/nginx/modules"), Path("/usr/share/nginx/modules"), Path("/usr/lib64/nginx/modules"))
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-class PeerError(RuntimeError):
+class PeerError(LocalFault, RuntimeError):
     """A peer whose binary exists did not start, or started but did not route the probe."""
 
 

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from tpemu import authapi, authclient, pki
 from tpemu import identity as ident
 from tpemu.config import Addr
+from tpemu.errors import PeerFault
 from tpemu.net.http_server import Request, Response
 from tpemu.proxy.frontdoor import Accepted
 from tpemu.proxy.passthrough import splice_to_target
@@ -63,7 +64,7 @@ class AuthLink:
     mint: Callable[[], Awaitable[str]] | None = None
 
 
-class JoinError(Exception):
+class JoinError(PeerFault):
     """The proxy could not get an identity from the Auth Service (the message says why)."""
 
 

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tpemu.config import Addr
+from tpemu.errors import describe as describe_error
 from tpemu.logs import TRACE, RateLimiter, hexdump
-from tpemu.net import go_tls_errors
 from tpemu.net.sockets import close_with_answer, format_addr, peer_closed, set_rcvlowat, sockaddr
 from tpemu.proxy.decide import ListenerKind, ListenerPolicy, NeedMore, ProxyHeaderSeen, Refused, Routed, classify
 from tpemu.proxy.route import Route, RouteTable
@@ -363,7 +363,7 @@ class _Sniffer:
             self._arm()
             return
         except OSError as exc:
-            self._refuse(Refused("read-error", f"read failed: {go_tls_errors.describe(exc) or exc.strerror or exc}"))
+            self._refuse(Refused("read-error", f"read failed: {describe_error(exc)}"))
             return
         if n == 0:
             self._finish_quiet("closed before sending anything")
@@ -449,7 +449,7 @@ class _Sniffer:
         try:
             got = self.sock.recv(header.length)
         except OSError as exc:
-            self._refuse(Refused("read-error", f"read failed: {go_tls_errors.describe(exc) or exc.strerror or exc}"))
+            self._refuse(Refused("read-error", f"read failed: {describe_error(exc)}"))
             return
         if len(got) != header.length:  # cannot happen: the bytes were peeked
             self._refuse(Refused("read-error", "PROXY header vanished from the receive queue"))

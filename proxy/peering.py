@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from tpemu import authapi
 from tpemu import identity as ident
+from tpemu.errors import PeerFault
 from tpemu.logs import RateLimiter
 from tpemu.net.pipe import Pipe, park_streams
 from tpemu.net.tls import accept_stream, new_context
@@ -58,7 +59,7 @@ ROLE_REQUIRED = "proxy system role required"
 UNEXPECTED_PEER = "connected to unexpected proxy"
 
 
-class PeerError(Exception):
+class PeerError(PeerFault):
     """A peer could not be used; the message says why."""
 
 

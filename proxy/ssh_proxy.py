@@ -42,7 +42,8 @@ import asyncssh
 
 from tpemu import authapi, authclient
 from tpemu import identity as ident
-from tpemu.net import go_tls_errors
+from tpemu.errors import PeerFault
+from tpemu.errors import describe as describe_error
 from tpemu.net.channel import ChannelTransport
 from tpemu.net.http_server import Request, Response
 from tpemu.net.pipe import Pipe
@@ -78,7 +79,7 @@ class NodeDialer(Protocol):
         ...
 
 
-class ProxyTargetError(ValueError):
+class ProxyTargetError(PeerFault, ValueError):
     """A ``proxy:`` subsystem name that does not parse."""
 
 
@@ -169,7 +170,7 @@ def match_nodes(nodes: list[NodeRecord], host: str, port: int) -> list[NodeRecor
     return by_id or out
 
 
-class NodeLookupError(Exception):
+class NodeLookupError(PeerFault):
     """The node a client named is unknown or ambiguous."""
 
 
@@ -285,7 +286,7 @@ class SSHProxy:
         except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
             # ValueError: asyncssh's PacketDecodeError, a peer that is not speaking SSH after all.
             self.stats["refused"] += 1
-            log.info("%s: SSH connection ended before login: %s", acc.ctx, _describe(exc))
+            log.info("%s: SSH connection ended before login: %s", acc.ctx, describe_error(exc))
             with contextlib.suppress(OSError):
                 acc.sock.close()
             return
@@ -314,8 +315,8 @@ class SSHProxy:
         try:
             transport = await self.dialer.dial(request, timeout=DIAL_TIMEOUT)
         except (TunnelError, OSError, TimeoutError) as exc:
-            msg = str(exc) or type(exc).__name__
-            raise DialFailed(f"failed connecting to node {node.hostname} ({node.host_id}): {msg}") from None
+            why = describe_error(exc)
+            raise DialFailed(f"failed connecting to node {node.hostname} ({node.host_id}): {why}") from None
         log.info("%s: login=%s → node %s (%s) %s", acc.ctx, login, node.hostname, node.host_id,
                  "through its tunnel" if node.use_tunnel else f"at {node.addr}")
         self.stats["sessions"] += 1
@@ -406,19 +407,8 @@ class _DirectSession(ChannelTransport):
         super().connection_lost(exc)
 
 
-class DialFailed(Exception):
+class DialFailed(PeerFault):
     """Reaching a node failed; the message is for the user."""
-
-
-def _describe(exc: BaseException) -> str:
-    go = go_tls_errors.describe(exc)  # Teleport's words ("read: connection reset by peer", …)
-    if go is not None:
-        return go
-    if isinstance(exc, asyncssh.DisconnectError):
-        return exc.reason or type(exc).__name__
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    return str(exc) or type(exc).__name__
 
 
 class _AcceptedTLS:

@@ -54,6 +54,7 @@ import asyncssh
 
 from tpemu import authapi, sshcert
 from tpemu import identity as ident
+from tpemu.errors import PeerFault
 from tpemu.logs import RateLimiter
 from tpemu.net import teleport_ssh as tssh
 from tpemu.net.channel import ChannelTransport
@@ -94,7 +95,7 @@ ROLE_TUNNEL_TYPES = {"Node": tw.NODE, "Db": tw.DATABASE, "App": tw.APP, "Kube": 
 ROLE_SERVES: dict[str, frozenset[str]] = {role: frozenset({kind}) for role, kind in ROLE_TUNNEL_TYPES.items()}
 
 
-class TunnelError(Exception):
+class TunnelError(PeerFault):
     """A resource cannot be reached; the message is for the client."""
 
 

@@ -50,6 +50,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tpemu.config import Addr, Config
+from tpemu.errors import LocalFault
 from tpemu.net.tls import ContextCache
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ SELF_SIGNED_CERT = "webproxy_cert.pem"
 SELF_SIGNED_VALIDITY = dt.timedelta(days=825)
 
 
-class WebCertError(ValueError):
+class WebCertError(LocalFault, ValueError):
     """A configured web certificate cannot be used; the message is Teleport's."""
 
 

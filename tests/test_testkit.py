@@ -18,6 +18,7 @@ import pytest
 import redis
 
 import tpemu
+from tests.conftest import need
 from tpemu.testkit import Cluster, SyncCluster, SyncUser
 
 TPEMU = str(Path(sys.executable).parent / "tpemu")
@@ -97,6 +98,59 @@ def test_cluster_marker_nodes_cli_and_openssh(tpemu_cluster: SyncCluster, tpemu_
     ssh = subprocess.run(["ssh", "-F", str(tpemu_user.ssh_config()), "-o", "BatchMode=yes",
                           tpemu_user.ssh_target("web2"), "echo $((6 * 7))"], capture_output=True, text=True, timeout=30)
     assert (ssh.returncode, ssh.stdout) == (0, "42\n"), ssh.stderr
+
+
+@pytest.mark.e2e
+@pytest.mark.tpemu_cluster(nodes=(), databases=(), kube="emu", apps=True)
+def test_cluster_marker_kube_and_apps_with_kubectl_and_curl(tpemu_cluster: SyncCluster,
+                                                            tpemu_user: SyncUser) -> None:
+    kubectl, curl = need("kubectl"), need("curl")
+    kubeconfig = tpemu_user.kubeconfig()  # tpemu kube login emu
+    env = {**os.environ, **tpemu_user.env(), "NO_PROXY": "*"}
+    assert env["KUBECONFIG"] == str(kubeconfig)
+    res = subprocess.run([kubectl, "--request-timeout=20s", "get", "namespaces", "-o", "name"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "namespace/default" in res.stdout.split(), res.stderr
+    login = tpemu_user.app_login("echo")  # tpemu apps login echo: curl through the web port, by SNI
+    command = login.curl().split()
+    assert command[0] == "curl" and command[-1] == login.url()
+    res = subprocess.run([curl, "-sS", *command[1:-1], login.url() + "from-testkit"], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    echoed = json.loads(res.stdout)
+    assert echoed["path"] == "/from-testkit" and echoed["headers"]["teleport-jwt-assertion"].count(".") == 2
+
+
+async def test_kube_refusal_and_a_tcp_app_tunnel(tmp_path: Path) -> None:
+    import asyncio
+
+    from tpemu.client.kube import KubeError
+
+    async def upper(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(1024):
+            writer.write(data.upper())
+            await writer.drain()
+        writer.close()
+
+    backend = await asyncio.start_server(upper, "127.0.0.1", 0)
+    port = backend.sockets[0].getsockname()[1]
+    try:
+        async with Cluster(tmp_path, nodes=(), databases=(), kube="emu",
+                           apps=[{"name": "upper", "uri": f"tcp://127.0.0.1:{port}"}]) as c:
+            carol = await c.user("carol", kube_groups=())
+            with pytest.raises(KubeError, match="does not allow Kubernetes access"):
+                await carol.kubeconfig()
+            alice = await c.user("alice")
+            local = await alice.app_tunnel("upper")
+            assert await alice.app_tunnel("upper") == local  # one tunnel per app
+            reader, writer = await asyncio.open_connection("127.0.0.1", local)
+            writer.write(b"through teleport-tcp")
+            await writer.drain()
+            assert await asyncio.wait_for(reader.readexactly(20), 10) == b"THROUGH TELEPORT-TCP"
+            writer.close()
+            assert (await alice.kubeconfig()).read_text().count("server: https://") == 1
+    finally:
+        backend.close()
 
 
 async def test_async_cluster(tmp_path: Path) -> None:

@@ -34,9 +34,13 @@ _map_service_folders_in_checkout()
 
 
 def __getattr__(name: str) -> object:
-    # ``tpemu.Cluster`` / ``tpemu.SyncCluster`` without importing every service on ``import tpemu``.
+    # ``tpemu.Cluster`` / ``tpemu.SyncCluster`` / the error roots without importing every service on ``import tpemu``.
     if name in ("Cluster", "SyncCluster"):
         from tpemu import testkit
 
         return getattr(testkit, name)
+    if name in ("TpemuError", "PeerFault", "LocalFault"):  # the error model (tpemu.errors)
+        from tpemu import errors
+
+        return getattr(errors, name)
     raise AttributeError(f"module 'tpemu' has no attribute {name!r}")

@@ -15,6 +15,8 @@ import base64
 import datetime as dt
 from typing import Any
 
+from tpemu.errors import PeerFault
+
 #: Default lifetime of dynamic join tokens (``tctl tokens add``: 30 minutes).
 DEFAULT_TOKEN_TTL = 30 * 60.0
 #: Default lifetime of user certificates (``tsh login``: 12 hours) and the cap (a role's
@@ -26,7 +28,7 @@ SERVER_ANNOUNCE_TTL = 600.0
 NS = 1_000_000_000
 
 
-class AuthAPIError(Exception):
+class AuthAPIError(PeerFault):
     """An error the Auth API answers with; ``status`` is the HTTP status."""
 
     status = 500

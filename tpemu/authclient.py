@@ -34,6 +34,7 @@ from cryptography import x509
 from tpemu import TELEPORT_VERSION, authapi, pki
 from tpemu import identity as ident
 from tpemu.config import Addr
+from tpemu.errors import describe as describe_error
 from tpemu.net import cert_probe, conn_upgrade, go_tls_errors
 from tpemu.net.dial import DialError, open_stream
 from tpemu.net.proxyenv import ProxySettings
@@ -154,7 +155,7 @@ class AuthClient:
             msg = _alert_message(exc)
             if msg:
                 raise ClientCertRefused(f"{self.what} refused our certificate: {msg}") from None
-            why = go_tls_errors.describe(exc) or exc
+            why = describe_error(exc)
             raise authapi.Unavailable(f"TLS handshake with {self.what} at {self.addr} failed: {why}") from None
         except OSError as exc:
             raise authapi.Unavailable(f"cannot reach {self.what} at {self.addr}: "

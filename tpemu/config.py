@@ -28,8 +28,10 @@ from typing import Any
 
 import yaml
 
+from tpemu.errors import LocalFault
 
-class ConfigError(ValueError):
+
+class ConfigError(LocalFault, ValueError):
     """A configuration value is wrong; the message starts with the key path."""
 
     def __init__(self, path: str, message: str) -> None:

@@ -55,6 +55,7 @@ from cryptography import x509
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
+from tpemu.errors import LocalFault
 from tpemu.wire.alpn import INTERNAL_DOMAIN, cluster_sni
 
 __all__ = ["cluster_sni"]  # re-exported: the SNI that :func:`decode_cluster_sni` reads
@@ -298,7 +299,7 @@ class Identity:
         return x509.Name(rdns)
 
 
-class IdentityError(ValueError):
+class IdentityError(LocalFault, ValueError):
     """A certificate subject that does not hold a valid identity."""
 
 

@@ -30,6 +30,8 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from tpemu.errors import LocalFault
+
 PREFIX = "tpemu-lab-"
 ROUTER = PREFIX + "router"
 BASE = "10.77"
@@ -123,7 +125,7 @@ def plan() -> list[list[str]]:
     return cmds
 
 
-class LabError(Exception):
+class LabError(LocalFault):
     """The lab cannot be built or removed here; the message says why."""
 
 

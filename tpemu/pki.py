@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tpemu.errors import PeerFault
 from tpemu.wire.alpn import INTERNAL_DOMAIN, cluster_sni
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -220,7 +221,7 @@ def _is_ip(text: str) -> bool:
 # -- verification, pins, host ids (used by the Auth Service, the proxy and agents) -----------------
 
 
-class CertificateError(ValueError):
+class CertificateError(PeerFault, ValueError):
     """A certificate that does not verify; ``reason`` is a short stable code
     (``unknown-authority``, ``expired``, ``not-yet-valid``, ``bad-signature``)."""
 

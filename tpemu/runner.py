@@ -23,6 +23,7 @@ from typing import Any
 
 from tpemu import TELEPORT_VERSION, __version__
 from tpemu.config import Addr, App, AppService, Config, Database, DBService
+from tpemu.errors import LocalFault
 
 log = logging.getLogger("tpemu")
 
@@ -40,7 +41,7 @@ EMULATED_APPS = (App(name="echo", uri="emulated-echo",
                      description="emulated echo app (shows the request and its JWT)"),)
 
 
-class StartError(Exception):
+class StartError(LocalFault):
     """The flags or config do not make a runnable process."""
 
 

@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from tpemu.agent.backends.base import Session
+from tpemu.errors import PeerFault
 from tpemu.logs import TRACE, RateLimiter, hexdump
 from tpemu.wire import bson, mongo
 from tpemu.wire.bson import Binary, Int64, ObjectId, Regex
@@ -107,7 +108,7 @@ def _warn_rejected(peer: str, message: str, *args: Any, data: bytes = b"") -> No
         logger.log(TRACE, "mongodb peer=%s: first bytes of the rejected message:\n%s", peer, hexdump(data))
 
 
-class CommandError(Exception):
+class CommandError(PeerFault):
     """A command failed: becomes ``{ok: 0, errmsg, code, codeName}``."""
 
     def __init__(self, code: int, code_name: str, message: str) -> None:

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from tpemu.agent.backends.base import Session
+from tpemu.errors import PeerFault
 from tpemu.logs import RateLimiter
 from tpemu.wire import resp
 from tpemu.wire.errors import WireError
@@ -71,7 +72,7 @@ Value = bytes | dict[bytes, bytes] | deque[bytes]
 _rejections = RateLimiter()
 
 
-class ReplyError(Exception):
+class ReplyError(PeerFault):
     """A command failed; ``message`` starts with the error code (ERR, WRONGTYPE, …)."""
 
     def __init__(self, message: str) -> None:

@@ -89,6 +89,7 @@ class Engine(ABC):
         self._provisioned_for = 0
         self._provision_lock = asyncio.Lock()
         self._temp_dirs: list[Path] = []
+        self._binaries: set[Path] = set()
 
     # -- what each engine defines -----------------------------------------------------------------
 
@@ -167,10 +168,22 @@ class Engine(ABC):
         path.chmod(0o700)
         return path
 
+    def reach_binaries(self, binary: Path) -> None:
+        """Let the engine's user reach ``binary``'s folder: a pip wheel's engine lives in the venv,
+        and a venv inside a private folder (``mktemp -d`` makes 0700 ones, so does pytest's
+        ``/tmp/pytest-of-root``) cannot be entered by the unprivileged user ("initdb: Permission
+        denied"). Only the search bit is added to the folders above it, as for the data."""
+        if self.user is not None:
+            self._binaries.add(binary)
+            grant_traverse(binary)
+
     def grant(self) -> None:
-        """Make the data directory reachable by the engine's user again (before each start)."""
+        """Make the data directory and the binaries reachable by the engine's user again (before
+        each start: a crash restart may follow someone's ``chmod``)."""
         if self.user is not None:
             grant_traverse(self.data_dir / "x")
+            for binary in self._binaries:
+                grant_traverse(binary)
 
     def socket_dir(self, preferred: Path, socket_name: str) -> Path:
         """``preferred`` if a socket in it fits ``sun_path``, else a private folder in the system

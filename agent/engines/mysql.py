@@ -71,6 +71,8 @@ class MariaDBEngine(Engine):
 
     async def prepare(self) -> EngineProcess:
         self.own_dir(self.data_dir)
+        self.reach_binaries(self.server)
+        self.reach_binaries(self.install)
         self.sockdir = self.socket_dir(self.data_dir / "run", SOCKET)
         if not (self.datadir / "mysql").exists():
             async def install(where: Path) -> None:

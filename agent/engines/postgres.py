@@ -69,6 +69,7 @@ class PostgresEngine(Engine):
 
     async def prepare(self) -> EngineProcess:
         self.own_dir(self.data_dir)
+        self.reach_binaries(self.bin / "postgres")
         self.sockdir = self.socket_dir(self.data_dir / "run", SOCKET)
         if not (self.pgdata / "PG_VERSION").exists():
             async def initdb(where: Path) -> None:

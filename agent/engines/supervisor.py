@@ -31,6 +31,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+from tpemu.errors import LocalFault
+
 log = logging.getLogger(__name__)
 
 BACKOFF_FIRST = 0.25
@@ -45,8 +47,9 @@ def live_pids() -> dict[int, str]:
     return dict(_LIVE)
 
 
-class EngineUnavailable(Exception):
-    """The engine cannot be started or did not become ready; the message says why."""
+class EngineUnavailable(LocalFault):
+    """The engine cannot be started or did not become ready; the message says why (a local fault:
+    a missing binary, a data dir, this machine's resources)."""
 
 
 def _pdeathsig() -> Callable[[], None] | None:

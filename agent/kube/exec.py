@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tpemu.agent.kube import websocket as ws
+from tpemu.errors import describe as describe_error
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +71,6 @@ def _make_workdir(workdir: Path) -> None:
     workdir.mkdir(mode=0o700, exist_ok=True)
 
 
-def _why(exc: BaseException) -> str:
-    return getattr(exc, "strerror", None) or str(exc)
-
-
 def exit_status(code: int) -> dict[str, Any]:
     """The ``Status`` on the error channel for an exit code (client-go's ``errorDecoderV4`` reads it)."""
     if code == 0:
@@ -102,7 +99,7 @@ async def run(stream: ws.ChannelStream, argv: list[str], pod: str, workdir: Path
             start_new_session=True, close_fds=True, **extra)
     except (OSError, subprocess.SubprocessError) as exc:
         message = (f"OCI runtime exec failed: exec failed: unable to start container process: exec: "
-                   f"\"{argv[0]}\": {_why(exc)}: unknown")
+                   f"\"{argv[0]}\": {describe_error(exc)}: unknown")
         await stream.write(ws.ERROR, json.dumps({"metadata": {}, "status": "Failure", "message": message,
                                                  "reason": "InternalError",
                                                  "details": {"causes": [{"message": message}]},
@@ -210,7 +207,7 @@ async def run_tty(stream: ws.ChannelStream, argv: list[str], pod: str, workdir: 
         os.close(master)
         os.close(slave)
         await stream.write(ws.ERROR, json.dumps(exit_status(127) | {"message": f"exec: \"{argv[0]}\": "
-                                                                     f"{_why(exc)}"}).encode())
+                                                                     f"{describe_error(exc)}"}).encode())
         await stream.close()
         return 127
     os.close(slave)

@@ -18,6 +18,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import h11
 
+from tpemu.errors import PeerFault
+
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 64 * 1024
@@ -73,7 +75,7 @@ class Upgraded:
     """The handler took the connection over (a 101 was sent); the loop ends."""
 
 
-class TooLarge(Exception):
+class TooLarge(PeerFault):
     pass
 
 

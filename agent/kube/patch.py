@@ -18,6 +18,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from tpemu.errors import PeerFault
+
 #: ``patchMergeKey`` of the built-in types' lists (``k8s.io/api`` struct tags).
 MERGE_KEYS = {
     "containers": "name", "initContainers": "name", "ephemeralContainers": "name", "volumes": "name",
@@ -27,7 +29,7 @@ MERGE_KEYS = {
 }
 
 
-class PatchError(ValueError):
+class PatchError(PeerFault, ValueError):
     """A patch that cannot be applied; the message is for the client (422/400 Status)."""
 
 

@@ -36,6 +36,7 @@ import yaml
 
 from tpemu.agent.kube import http as khttp
 from tpemu.agent.kube.status import StatusError
+from tpemu.errors import LocalFault
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,9 @@ _HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-enco
                   "upgrade", "host", "content-length", "authorization"})
 
 
-class KubeconfigError(Exception):
-    pass
+class KubeconfigError(LocalFault):
+    """kubernetes_service.kubeconfig_file cannot be used (unreadable, a missing context, an exec
+    plugin); the message says which and why."""
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tpemu.errors import PeerFault
+
 REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed",
            406: "NotAcceptable", 409: "Conflict", 410: "Expired", 413: "RequestEntityTooLarge",
            415: "UnsupportedMediaType", 422: "Invalid", 429: "TooManyRequests", 500: "InternalError",
            503: "ServiceUnavailable", 504: "Timeout"}
 
 
-class StatusError(Exception):
+class StatusError(PeerFault):
     """A request that ends in a ``Status`` reply."""
 
     def __init__(self, code: int, message: str, reason: str = "", details: dict[str, Any] | None = None) -> None:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tpemu.errors import PeerFault
+
 Obj = dict[str, Any]
 
 #: How many past changes a watch can resume from.
@@ -41,7 +43,7 @@ class Event:
     obj: Obj
 
 
-class TooOld(Exception):
+class TooOld(PeerFault):
     """The resourceVersion a watch asked for is older than the change window."""
 
 

@@ -16,13 +16,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from tpemu.errors import LocalFault
+
 SOURCE = Path(__file__).with_name("loadgen.c")
 BINARY = Path(__file__).with_name("loadgen")
 #: Seconds a run may take beyond its own duration before it is killed.
 GRACE = 20.0
 
 
-class LoadgenError(RuntimeError):
+class LoadgenError(LocalFault, RuntimeError):
     """The load generator could not be built, or a run failed or did not answer in time."""
 
 

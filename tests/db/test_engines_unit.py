@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -168,3 +169,28 @@ async def test_nothing_reaches_the_engine_before_rbac_and_close_leaves_no_proces
     assert pid is not None and pid not in live_pids()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the engine runs as its own unprivileged user only when tpemu is root")
+@pytest.mark.skipif(pg_engine.bin_dir()[1] != "pgserver", reason=f"no pgserver wheel: {pg_engine.INSTALL_HINT}")
+async def test_engine_binaries_inside_a_private_folder_are_reachable(tmp_path: Path) -> None:
+    # A fresh clone made with `mktemp -d` is a 0700 folder, and the pgserver wheel sits in its venv:
+    # PostgreSQL refuses root, and its user could not even run initdb ("Permission denied") until the
+    # engine added the traverse bit to the folders above its binaries.
+    where, _ = pg_engine.bin_dir()
+    assert where is not None
+    private = tmp_path / "clone"
+    private.mkdir(mode=0o700)
+    site = private / "venv" / "site-packages"
+    for name in ("pgserver", "pgserver.libs"):  # initdb's RPATH is $ORIGIN/../../../pgserver.libs
+        await asyncio.to_thread(shutil.copytree, where.parents[2] / name, site / name, symlinks=True)
+    private.chmod(0o700)
+    engine = pg_engine.PostgresEngine("pg", tmp_path / "data", site / "pgserver" / "pginstall" / "bin",
+                                      "a copy of pgserver's")
+    try:
+        endpoint = await engine.ensure_access("alice", "app", timeout=60)
+        assert private.stat().st_mode & 0o777 == 0o701  # search only: the clone stays unreadable
+        assert "alice" in await engine.psql("SELECT rolname FROM pg_roles WHERE rolname = 'alice'")
+        assert endpoint.unix
+    finally:
+        await engine.close()

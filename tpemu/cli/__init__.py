@@ -1,8 +1,9 @@
 """The ``tpemu`` command line (glue): one module per command group, registered on one parser.
 
 Configures logging (the only place that does, in :mod:`tpemu.cli.server`), picks the event loop
-(uvloop unless ``--loop asyncio``) and turns every expected failure into one clear line on stderr
-and a non-zero exit code; tracebacks are for bugs only.
+(uvloop unless ``--loop asyncio``) and turns every expected failure (a
+:class:`tpemu.errors.TpemuError`) into one clear line on stderr and its exit code; tracebacks are
+for bugs only.
 
 Adding a command group: create ``tpemu/cli/<group>.py`` with ``ORDER = <int>`` (its place in
 ``tpemu --help``) and ``register(sub)``, which adds its sub-commands with
@@ -22,6 +23,8 @@ from types import ModuleType
 from tpemu import TELEPORT_VERSION, __version__
 from tpemu.cli.common import CLIError, examples
 from tpemu.config import ConfigError
+from tpemu.errors import TpemuError, exit_code
+from tpemu.errors import describe as describe_error
 
 __all__ = ["CLIError", "build_parser", "main"]
 
@@ -59,10 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except ConfigError as exc:
         print(f"tpemu: config error: {exc}", file=sys.stderr)
-        return 2
-    except CLIError as exc:
-        print(f"tpemu: {exc}", file=sys.stderr)
-        return exc.code
+        return exc.exit_code
+    except TpemuError as exc:
+        # Every expected failure (tpemu.errors): one line, and the error's exit code
+        # (2 for a local fault, 1 for a peer fault, or the command's own).
+        print(f"tpemu: {describe_error(exc)}", file=sys.stderr)
+        return exit_code(exc)
     except KeyboardInterrupt:
         return 130
 

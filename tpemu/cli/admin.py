@@ -94,18 +94,11 @@ def read_password(path: str | None, confirm: bool) -> str:
 
 
 def _admin_call(args: argparse.Namespace, fn: Callable[[Any], Coroutine[Any, Any, Any]]) -> Any:
-    from tpemu import authapi
-    from tpemu.client.admin import AdminError, admin_client
+    from tpemu.client.admin import admin_client
 
     cfg, _ = load_config(args.config, args.data_dir)
-    try:
-        client = admin_client(cfg.data_dir(), args.auth_server)
-    except AdminError as exc:
-        raise CLIError(str(exc)) from None
-    try:
-        return asyncio.run(fn(client))
-    except authapi.AuthAPIError as exc:
-        raise CLIError(exc.message) from None
+    client = admin_client(cfg.data_dir(), args.auth_server)
+    return asyncio.run(fn(client))
 
 
 def cmd_tokens_add(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from tpemu.cli.common import CLIError, Subparsers, command, home, proxy_kinds
+from tpemu.cli.common import Subparsers, command, home, proxy_kinds
 from tpemu.config import Addr
 
 ORDER = 76
@@ -40,21 +40,13 @@ def register(sub: Subparsers) -> None:
 
 
 def _call(fn: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-    from tpemu.client.apps import AppsError
-
-    try:
-        return asyncio.run(fn())
-    except AppsError as exc:
-        raise CLIError(str(exc)) from None
+    return asyncio.run(fn())
 
 
 def _prof(args: argparse.Namespace) -> Any:
-    from tpemu.client.apps import AppsError, current_profile
+    from tpemu.client.apps import current_profile
 
-    try:
-        return current_profile(home(args))
-    except AppsError as exc:
-        raise CLIError(str(exc)) from None
+    return current_profile(home(args))
 
 
 def cmd_apps_ls(args: argparse.Namespace) -> int:
@@ -92,12 +84,7 @@ def cmd_proxy_app(args: argparse.Namespace) -> int:
     prof = _prof(args)
 
     async def run() -> None:
-        from tpemu.client.apps import AppsError
-
-        try:
-            login = find_login(prof, args.name)
-        except AppsError as exc:
-            raise CLIError(str(exc)) from None
+        login = find_login(prof, args.name)
 
         def ready(addr: Addr) -> None:
             print(f"Proxying connections to {args.name} on {addr}", flush=True)

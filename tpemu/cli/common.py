@@ -12,15 +12,19 @@ from typing import Any
 
 from tpemu import config as config_mod
 from tpemu.config import Config
+from tpemu.errors import TpemuError
 
 #: The object ``add_subparsers()`` returns (argparse keeps its class private).
 Subparsers = Any
 
 
-class CLIError(Exception):
+class CLIError(TpemuError):
+    """A command cannot do what was asked; the message is for the user, ``code`` the exit code
+    (also ``exit_code``, as for every :class:`tpemu.errors.TpemuError`)."""
+
     def __init__(self, message: str, code: int = 1) -> None:
         super().__init__(message)
-        self.code = code
+        self.code = self.exit_code = code
 
 
 def examples(*lines: str) -> str:

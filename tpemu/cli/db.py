@@ -72,35 +72,24 @@ def register(sub: Subparsers) -> None:
 
 
 def _db_call(fn: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-    from tpemu.client.db import DBError
-
-    try:
-        return asyncio.run(fn())
-    except DBError as exc:
-        raise CLIError(str(exc)) from None
+    return asyncio.run(fn())
 
 
 def _db_profile(args: argparse.Namespace) -> Any:
-    from tpemu.client.db import DBError, current_profile
+    from tpemu.client.db import current_profile
 
-    try:
-        return current_profile(home(args))
-    except DBError as exc:
-        raise CLIError(str(exc)) from None
+    return current_profile(home(args))
 
 
 def _db_login_for(args: argparse.Namespace) -> Any:
     """The saved login for ``args.name``, logging in first when it is missing or differs."""
-    from tpemu.client.db import DBError, db_login, logins
+    from tpemu.client.db import db_login, logins
 
     prof = _db_profile(args)
     saved = logins(prof).get(args.name)
     if saved is not None and (args.db_user in (None, saved.db_user)) and (args.db_name in (None, saved.db_name)):
         return saved
-    try:
-        return _db_call(lambda: db_login(prof, args.name, args.db_user, args.db_name))
-    except DBError as exc:
-        raise CLIError(str(exc)) from None
+    return _db_call(lambda: db_login(prof, args.name, args.db_user, args.db_name))
 
 
 def cmd_db_ls(args: argparse.Namespace) -> int:
@@ -161,21 +150,15 @@ def cmd_db_connect(args: argparse.Namespace) -> int:
 
 
 def _saved_login(args: argparse.Namespace) -> Any:
-    from tpemu.client.db import DBError, find_login
+    from tpemu.client.db import find_login
 
-    try:
-        return find_login(_db_profile(args), args.name)
-    except DBError as exc:
-        raise CLIError(str(exc)) from None
+    return find_login(_db_profile(args), args.name)
 
 
 def cmd_db_env(args: argparse.Namespace) -> int:
-    from tpemu.client.db import DBError, env_lines
+    from tpemu.client.db import env_lines
 
-    try:
-        print("\n".join(env_lines(_saved_login(args))))
-    except DBError as exc:
-        raise CLIError(str(exc)) from None
+    print("\n".join(env_lines(_saved_login(args))))
     return 0
 
 

@@ -96,13 +96,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from tpemu.proxy.explain import explain
 
     if args.pcap:
-        from tpemu.diag.pcap import PcapError, explain_capture
+        from tpemu.diag.pcap import explain_capture
 
         cfg, _ = load_config(args.config, None)
-        try:
-            text, pcode = explain_capture(Path(args.pcap), cfg, args.listener, args.proxy_protocol)
-        except PcapError as exc:
-            raise CLIError(str(exc), 2) from None
+        text, pcode = explain_capture(Path(args.pcap), cfg, args.listener, args.proxy_protocol)
         print(text)
         return pcode
     if args.file:

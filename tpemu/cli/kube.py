@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from tpemu.cli.common import CLIError, Subparsers, command, home
+from tpemu.cli.common import Subparsers, command, home
 
 ORDER = 75
 
@@ -33,12 +33,7 @@ def register(sub: Subparsers) -> None:
 
 
 def _call(fn: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-    from tpemu.client.kube import KubeError
-
-    try:
-        return asyncio.run(fn())
-    except KubeError as exc:
-        raise CLIError(str(exc)) from None
+    return asyncio.run(fn())
 
 
 def cmd_kube_ls(args: argparse.Namespace) -> int:

@@ -55,12 +55,9 @@ def cmd_start(args: argparse.Namespace) -> int:
         raise CLIError(f"cannot set up logging: {exc}", 2) from None
     for warning in ignored:
         log.warning("%s", warning)
-    from tpemu.runner import StartError, apply_start_flags, run
+    from tpemu.runner import apply_start_flags, run
 
-    try:
-        cfg, roles = apply_start_flags(cfg, args, all_in_one=args.config is None)
-    except StartError as exc:
-        raise CLIError(str(exc), 2) from None
+    cfg, roles = apply_start_flags(cfg, args, all_in_one=args.config is None)
     if args.diag_addr:
         import dataclasses
 

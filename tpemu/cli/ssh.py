@@ -76,12 +76,7 @@ def _profile(args: argparse.Namespace) -> Any:
 
 
 def _run_ssh(coro_fn: Callable[[], Coroutine[Any, Any, int]]) -> int:
-    from tpemu.client.ssh import SSHError
-
-    try:
-        return asyncio.run(coro_fn())
-    except SSHError as exc:
-        raise CLIError(str(exc), exc.code) from None
+    return asyncio.run(coro_fn())
 
 
 def cmd_ssh(args: argparse.Namespace) -> int:
@@ -133,10 +128,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     from tpemu.client import ssh as ssh_mod
 
     prof = _profile(args)
-    try:
-        text = ssh_mod.openssh_config(prof, port=args.port, login=args.login)
-    except ssh_mod.SSHError as exc:
-        raise CLIError(str(exc), exc.code) from None
+    text = ssh_mod.openssh_config(prof, port=args.port, login=args.login)
     try:
         sys.stdout.write(text)
         sys.stdout.flush()

@@ -13,9 +13,10 @@ from typing import Any
 
 from tpemu import authapi, authclient, pki
 from tpemu.config import Addr
+from tpemu.errors import LocalFault
 
 
-class AdminError(Exception):
+class AdminError(LocalFault):
     """The command cannot run (no admin identity, bad address); the message is for the user."""
 
 

@@ -27,13 +27,14 @@ from tpemu import authapi, pki
 from tpemu.client import profile as profile_mod
 from tpemu.client.db import auth_client
 from tpemu.config import Addr
+from tpemu.errors import PeerFault
 from tpemu.net.pipe import Parked, Pipe, park_streams
 from tpemu.wire import alpn
 
 log = logging.getLogger(__name__)
 
 
-class AppsError(Exception):
+class AppsError(PeerFault):
     """An apps command failed; the message is for the user."""
 
 

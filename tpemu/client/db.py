@@ -34,6 +34,7 @@ from urllib.parse import quote
 from tpemu import authapi, authclient, pki
 from tpemu.client import profile as profile_mod
 from tpemu.config import Addr
+from tpemu.errors import PeerFault
 from tpemu.net import conn_upgrade
 from tpemu.net.pipe import Pipe, park_streams
 from tpemu.wire import alpn
@@ -47,7 +48,7 @@ CLIENTS = {"postgres": ("psql",), "mysql": ("mariadb", "mysql"), "mongodb": ("mo
            "redis": ("redis-cli",)}
 
 
-class DBError(Exception):
+class DBError(PeerFault):
     """A database command failed; the message is for the user."""
 
 

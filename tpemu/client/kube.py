@@ -33,12 +33,13 @@ from tpemu import authapi, pki
 from tpemu.client import profile as profile_mod
 from tpemu.client.db import auth_client
 from tpemu.config import Addr
+from tpemu.errors import PeerFault
 from tpemu.wire import alpn
 
 API_DOMAIN = alpn.INTERNAL_DOMAIN
 
 
-class KubeError(Exception):
+class KubeError(PeerFault):
     """A kube command failed; the message is for the user."""
 
 

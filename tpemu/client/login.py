@@ -27,9 +27,10 @@ import asyncssh
 from tpemu import authapi, pki, sshcert
 from tpemu.client import profile as profile_mod
 from tpemu.config import Addr
+from tpemu.errors import PeerFault
 
 
-class LoginError(Exception):
+class LoginError(PeerFault):
     """Login failed; the message is for the user."""
 
 

@@ -44,7 +44,9 @@ from tpemu import authapi, sshcert
 from tpemu.authclient import AuthClient
 from tpemu.client.profile import Profile
 from tpemu.config import Addr
-from tpemu.net import conn_upgrade, go_tls_errors
+from tpemu.errors import PeerFault
+from tpemu.errors import describe as describe_error
+from tpemu.net import conn_upgrade
 from tpemu.net.dial import DialError, SSHTunnel, settings_from
 from tpemu.net.tls import reused_context
 from tpemu.wire import alpn
@@ -65,12 +67,12 @@ ENCRYPTION_ALGS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20
                    "aes256-ctr", "aes192-ctr", "aes128-ctr")
 
 
-class SSHError(Exception):
+class SSHError(PeerFault):
     """An SSH operation failed; the message is for the user, ``code`` is the exit code."""
 
     def __init__(self, message: str, code: int = EXIT_CONNECTION) -> None:
         super().__init__(message)
-        self.code = code
+        self.code = self.exit_code = code
 
 
 # -- targets --------------------------------------------------------------------------------------
@@ -310,18 +312,7 @@ async def connect_proxy(creds: Credentials, route: ProxyRoute | None = None,
     except ssl.SSLCertVerificationError as exc:
         raise SSHError(f"cannot verify the proxy's certificate: {exc.verify_message}") from None
     except (OSError, asyncssh.Error, TimeoutError) as exc:
-        raise SSHError(f"SSH to the proxy at {route} failed: {_reason(exc)}") from None
-
-
-def _reason(exc: BaseException) -> str:
-    go = go_tls_errors.describe(exc)  # Teleport's words: "connection reset by peer", "first record …"
-    if go is not None:
-        return go
-    if isinstance(exc, asyncssh.DisconnectError):
-        return exc.reason or type(exc).__name__
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    return str(exc) or type(exc).__name__
+        raise SSHError(f"SSH to the proxy at {route} failed: {describe_error(exc)}") from None
 
 
 class _SubsystemChannel(asyncssh.SSHClientSession):  # type: ignore[type-arg]
@@ -407,7 +398,7 @@ async def connect_node(proxy: asyncssh.SSHClientConnection, creds: Credentials, 
         raise SSHError(f"node {target.host} is not trusted: {exc.reason} (its host certificate must be signed by "
                        f"the host CA of {creds.profile.cluster} and name {target.host!r})") from None
     except (OSError, asyncssh.Error, TimeoutError) as exc:
-        raise SSHError(tunnel.error() or f"SSH to node {target.host} failed: {_reason(exc)}") from None
+        raise SSHError(tunnel.error() or f"SSH to node {target.host} failed: {describe_error(exc)}") from None
 
 
 # -- running a command or a shell ------------------------------------------------------------------

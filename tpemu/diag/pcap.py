@@ -16,13 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tpemu.errors import LocalFault
+
 #: Client bytes kept per stream: enough for the largest ClientHello the router accepts.
 MAX_BYTES = 32 * 1024
 #: Streams explained at most (a capture of a load test has thousands: the first ones are shown).
 MAX_STREAMS = 1000
 
 
-class PcapError(Exception):
+class PcapError(LocalFault):
     """The capture cannot be read (the message says why)."""
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tpemu.errors import LocalFault
+
 STREAMS = ("upstream", "downstream")
 #: The attributes of each type, with toxiproxy's defaults.
 TYPES: dict[str, dict[str, int]] = {
@@ -35,7 +37,7 @@ TYPES: dict[str, dict[str, int]] = {
 MAX_ATTRIBUTE = 10**12
 
 
-class ToxicError(ValueError):
+class ToxicError(LocalFault, ValueError):
     """A toxic description that cannot be used; the message names the field (an HTTP 400)."""
 
 

@@ -24,7 +24,8 @@ import ssl
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from tpemu.net import go_tls_errors
+from tpemu.errors import PeerFault
+from tpemu.errors import describe as describe_error
 from tpemu.net.proxyenv import ProxySettings, ProxyURL, from_environment
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ MAX_CONNECT_RESPONSE = 16 * 1024
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 
-class DialError(OSError):
+class DialError(PeerFault, OSError):
     """A dial failed; the message says where (direct, or which proxy) and why."""
 
 
@@ -95,7 +96,7 @@ async def dial(protocol_factory: Callable[[], P], host: str, port: int, *,
         raise DialError(f"dial {host}:{port}: TLS certificate verification failed: {exc.verify_message}") from None
     except OSError as exc:
         where = f"proxy {via}" if via else f"{host}:{port}"
-        why = go_tls_errors.describe(exc) or exc.strerror or exc  # Teleport's words where it has some
+        why = describe_error(exc)  # Teleport's words where it has some
         raise DialError(f"dial {host}:{port}: cannot connect to {where}: {why}") from None
 
 

@@ -19,6 +19,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import h11
 
+from tpemu.errors import PeerFault
+
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 16 * 1024
@@ -31,7 +33,7 @@ _REASONS = {200: b"OK", 201: b"Created", 204: b"No Content", 301: b"Moved Perman
             500: b"Internal Server Error", 502: b"Bad Gateway", 503: b"Service Unavailable"}
 
 
-class HTTPError(Exception):
+class HTTPError(PeerFault):
     """An error answered to the client with ``status`` and a JSON body."""
 
     def __init__(self, status: int, message: str) -> None:

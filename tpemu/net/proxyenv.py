@@ -23,11 +23,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from tpemu.errors import LocalFault
+
 LOOPBACK_SWITCH = "TPEMU_PROXY_LOOPBACK"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-class ProxyConfigError(ValueError):
+class ProxyConfigError(LocalFault, ValueError):
     """An HTTPS_PROXY/HTTP_PROXY value tpemu (like Teleport) will not use."""
 
 

@@ -8,7 +8,8 @@ it in, giving connection strings, local tunnels and an OpenSSH config. ``tpemu.t
 mode or testcontainers: real sockets, real TLS, unmodified clients.
 """
 
-from tpemu.testkit.cluster import PASSWORD, Cluster, User
+from tpemu.testkit.cluster import PASSWORD, Cluster
 from tpemu.testkit.sync import SyncCluster, SyncUser
+from tpemu.testkit.user import User
 
 __all__ = ["PASSWORD", "Cluster", "SyncCluster", "SyncUser", "User"]

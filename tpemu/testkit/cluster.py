@@ -25,16 +25,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
-from urllib.parse import quote
 
 from tpemu import config
 from tpemu.config import Addr, Database, DBService
+from tpemu.testkit.user import User
 
 #: Every test user's password (tests log in with it; it is no secret).
 PASSWORD = "correct horse battery staple"
 CLUSTER = "tpemu.local"
-#: The SSH port written into ``ssh_config()`` (the proxy only reads it from ProxyCommand's %p).
-NODE_PORT = 3022
 
 
 async def wait_for(cond: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
@@ -43,6 +41,15 @@ async def wait_for(cond: Callable[[], bool], timeout: float = 15.0, what: str = 
     while not cond():
         if time.monotonic() > deadline:
             raise TimeoutError(f"tpemu.Cluster: timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def _wait_listed(server: Any, kind: str, name: str, timeout: float = 15.0) -> None:
+    """Poll the Auth Service's presence list ``kind`` (``kube_servers`` …) until ``name`` is in it."""
+    deadline = time.monotonic() + timeout
+    while name not in {item["metadata"]["name"] for item in await server.list_servers(kind)}:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"tpemu.Cluster: timed out waiting for the Auth Service to list {kind} {name}")
         await asyncio.sleep(0.02)
 
 
@@ -72,13 +79,18 @@ class Cluster:
     ``path``: the folder to work in (default: a temporary one, removed on close). ``diag``: serve
     the diagnostics (``/metrics``, ``/healthz``, ``/readyz``, ``/routing``) on a port of their own
     (:attr:`diag_addr`); ``trace``: write every routing decision to this JSON-lines file.
+    ``kube``: also start a Kubernetes Service agent serving the emulated cluster of this name
+    (``kube_direct``: joined at the Auth Service and listening on its own port instead of a reverse
+    tunnel); ``apps``: an Application Service on the same agent (``True``: the emulated ``echo``
+    app and Teleport's ``dumper`` debug app; or a list of ``app_service.apps`` entries).
     """
 
     def __init__(self, path: str | Path | None = None, *, nodes: Sequence[str] = ("node1",),
                  databases: bool | Sequence[Database | Mapping[str, Any]] = True, mode: str = "multiplex",
                  cluster_name: str = CLUSTER, proxy: Mapping[str, Any] | None = None,
                  auth: Mapping[str, Any] | None = None, heartbeat: str = "1s", nodename: str = "proxyhost",
-                 diag: bool = False, trace: str | Path | None = None) -> None:
+                 diag: bool = False, trace: str | Path | None = None, kube: str | None = None,
+                 kube_direct: bool = False, apps: bool | Sequence[Mapping[str, Any]] = False) -> None:
         if mode not in ("multiplex", "separate"):
             raise ValueError(f"mode must be multiplex or separate, got {mode!r}")
         self._own_dir = path is None
@@ -88,10 +100,13 @@ class Cluster:
         self.heartbeat = heartbeat
         self._nodes = tuple(nodes)
         self._databases = databases
+        self._kube, self._kube_direct, self._apps = kube, kube_direct, apps
         proxy_cfg: dict[str, Any] = {"web_listen_addr": "127.0.0.1:0", **(proxy or {})}
         if mode == "separate":
             proxy_cfg.setdefault("listen_addr", "127.0.0.1:0")
             proxy_cfg.setdefault("tunnel_listen_addr", "127.0.0.1:0")
+            if kube is not None:
+                proxy_cfg.setdefault("kube_listen_addr", "127.0.0.1:0")
         self.cfg = config.from_dict({
             "teleport": {"data_dir": str(self.root / "data"), "nodename": nodename},
             "auth_service": {"listen_addr": "127.0.0.1:0", "cluster_name": cluster_name, "proxy_listener_mode": mode,
@@ -146,6 +161,8 @@ class Cluster:
             if self._databases:
                 specs = default_databases() if self._databases is True else self._databases
                 await self.add_databases(specs)
+            if self._kube is not None or self._apps:
+                await self.add_kube_apps(self._kube, self._apps, direct=self._kube_direct)
         except BaseException:
             await self.close()
             raise
@@ -229,6 +246,13 @@ class Cluster:
         """The cluster CA certificate (PEM) clients verify the proxy with."""
         return self.data_dir / "pki" / "ca.crt"
 
+    @property
+    def kube_name(self) -> str:
+        """The emulated Kubernetes cluster's name (``Cluster(kube=…)``)."""
+        if self._kube is None:
+            raise RuntimeError("this cluster serves no Kubernetes cluster: tpemu.Cluster(kube='emu')")
+        return self._kube
+
     def databases(self) -> list[Any]:
         """The databases the proxy can reach now (``tpemu.wire.tunnel.Resource``)."""
         return [r for a, r in self.proxy.tunnels.resources("db") if a.transport_ready]
@@ -301,6 +325,49 @@ class Cluster:
                        what=f"the proxy to reach databases {', '.join(sorted(wanted))}")
         return agent
 
+    async def add_kube_apps(self, kube: str | None = "emu", apps: bool | Sequence[Mapping[str, Any]] = False, *,
+                            direct: bool = False, name: str = "kubeagent") -> Any:
+        """Start an agent with the Kubernetes Service (serving the emulated cluster ``kube``) and/or
+        the Application Service (``apps``); returns once the proxy and the Auth Service list them.
+        ``direct``: the Kubernetes Service joins the Auth Service and listens on its own port
+        (``kubernetes_service.listen_addr``) instead of holding a reverse tunnel."""
+        from tpemu.agent.process import AgentOptions, AgentProcess
+        from tpemu.agent.services import MAKERS
+
+        roles = (("kube",) if kube is not None else ()) + (("app",) if apps else ())
+        if not roles:
+            raise ValueError("add_kube_apps: name a Kubernetes cluster (kube=) or applications (apps=)")
+        doc: dict[str, Any] = {"teleport": {"data_dir": str(self.root / "agents" / name), "nodename": name},
+                               "auth_service": {"enabled": False, "keep_alive_interval": self.heartbeat},
+                               "proxy_service": {"enabled": False}, "ssh_service": {"enabled": False}}
+        if kube is not None:
+            doc["kubernetes_service"] = {"enabled": True, "kube_cluster_name": kube,
+                                         **({"listen_addr": "127.0.0.1:0"} if direct else {})}
+        app_list = [{"name": "echo", "uri": "emulated-echo"}] if apps is True else [dict(a) for a in apps or ()]
+        if apps:
+            doc["app_service"] = {"enabled": True, "debug_app": apps is True, "apps": app_list}
+        token = await self.token(*(r.capitalize() for r in roles))
+        where: dict[str, Any] = {"auth_server": self.auth_addr} if direct else {"proxy_server": self.web}
+        agent = AgentProcess(config.from_dict(doc), AgentOptions(roles, token=token, ca_pins=(self.auth.ca_pin,),
+                                                                 nodename=name, **where),
+                             {r: MAKERS[r] for r in roles})
+        self.agents[name] = agent
+        if self.diag is not None:
+            self.diag.sources.agents.append(agent)
+        await agent.start()
+        await agent.wait_connected()
+        admin = self.auth.server
+        if kube is not None:
+            # The proxy reaches it (its tunnel, or the address it announced) and Auth lists it.
+            await wait_for(lambda: direct or kube in {r.name for _, r in self.proxy.tunnels.resources("kube")},
+                           what=f"the tunnel of Kubernetes cluster {kube}")
+            await _wait_listed(admin, "kube_servers", kube)
+        if apps:
+            wanted = {a["name"] for a in app_list} | ({"dumper"} if apps is True else set())
+            await wait_for(lambda: wanted <= {r.name for _, r in self.proxy.tunnels.resources("app")},
+                           what=f"the tunnel of applications {', '.join(sorted(wanted))}")
+        return agent
+
     def db_service(self, name: str = "db") -> Any:
         """The :class:`tpemu.agent.db_service.DatabaseService` of the database agent ``name``."""
         return self.agents[name].offers["db"][0].service
@@ -317,21 +384,24 @@ class Cluster:
 
     async def add_user(self, name: str, *, logins: Sequence[str] = (), db_users: Sequence[str] = (),
                        db_names: Sequence[str] = (), roles: Sequence[str] = ("access",),
+                       kube_groups: Sequence[str] = (), kube_users: Sequence[str] = (),
                        password: str = PASSWORD) -> None:
         """Create (or replace) a user in the Auth Service, as ``tpemu users add`` does."""
+        traits = {"logins": list(logins), "db_users": list(db_users), "db_names": list(db_names),
+                  "kubernetes_groups": list(kube_groups), "kubernetes_users": list(kube_users)}
         body = {"user": {"kind": "user", "version": "v2", "metadata": {"name": name},
-                         "spec": {"roles": list(roles), "traits": {"logins": list(logins), "db_users": list(db_users),
-                                                                   "db_names": list(db_names)}}},
-                "password": password}
+                         "spec": {"roles": list(roles), "traits": traits}}, "password": password}
         await self.auth.server.upsert_user(body, create_only=False)
 
     async def user(self, name: str = "alice", *, logins: Sequence[str] | None = None,
                    db_users: Sequence[str] | None = None, db_names: Sequence[str] | None = None,
-                   roles: Sequence[str] = ("access",), ttl: float = 3600.0, home: str | Path | None = None) -> User:
+                   roles: Sequence[str] = ("access",), ttl: float = 3600.0, home: str | Path | None = None,
+                   kube_groups: Sequence[str] = ("system:masters",), kube_users: Sequence[str] = ()) -> User:
         """Create user ``name`` and log it in through the proxy (a profile as ``tpemu login`` writes).
 
         Defaults: SSH logins ``root``, the local user and ``name``; database user ``name``;
-        database name ``postgres``. The first of each is what the connection helpers use.
+        database name ``postgres``; Kubernetes group ``system:masters`` (``kube_groups=()`` and
+        ``kube_users=()``: no Kubernetes access). The first of each is what the helpers use.
         """
         from tpemu.client import login as login_mod
 
@@ -339,7 +409,8 @@ class Cluster:
             logins = list(dict.fromkeys(("root", getpass.getuser(), name)))
         db_users = (name,) if db_users is None else tuple(db_users)
         db_names = ("postgres",) if db_names is None else tuple(db_names)
-        await self.add_user(name, logins=logins, db_users=db_users, db_names=db_names, roles=roles)
+        await self.add_user(name, logins=logins, db_users=db_users, db_names=db_names, roles=roles,
+                            kube_groups=kube_groups, kube_users=kube_users)
         folder = Path(home) if home is not None else self.root / "users" / name
         prof = await asyncio.to_thread(login_mod.login, folder, self.web, name, PASSWORD, ttl,
                                        login_mod.Trust(self.ca))
@@ -350,138 +421,3 @@ class Cluster:
         self.users[name] = user
         return user
 
-
-class User:
-    """A logged-in user (``cluster.user(...)``): its profile and the ways in to the cluster."""
-
-    def __init__(self, cluster: Cluster, name: str, home: Path, profile: Any, logins: tuple[str, ...],
-                 db_users: tuple[str, ...], db_names: tuple[str, ...]) -> None:
-        self.cluster = cluster
-        self.name = name
-        #: The profile folder (``--home`` / ``$TPEMU_HOME`` for the tpemu CLI).
-        self.home = home
-        self.profile = profile
-        self.logins = logins
-        self.db_users = db_users
-        self.db_names = db_names
-        self._logins: dict[tuple[str, str, str], Any] = {}
-        self._tunnels: dict[tuple[str, str, str], tuple[int, asyncio.Event, asyncio.Task[None]]] = {}
-        self._lock = asyncio.Lock()
-
-    def env(self) -> dict[str, str]:
-        """Environment for running the ``tpemu`` CLI as this user (``TPEMU_HOME``)."""
-        return {"TPEMU_HOME": str(self.home)}
-
-    # -- databases ------------------------------------------------------------------------------------
-
-    def _protocol(self, db: str) -> str:
-        for r in self.cluster.databases():
-            if r.name == db:
-                protocol: str = r.protocol
-                return protocol
-        known = ", ".join(sorted({r.name for r in self.cluster.databases()})) or "none"
-        raise LookupError(f"tpemu.Cluster: no database {db!r} (databases: {known})")
-
-    def _route(self, db: str, db_user: str | None, db_name: str | None) -> tuple[str, str, str]:
-        protocol = self._protocol(db)
-        if db_user is None:
-            if not self.db_users:
-                raise ValueError(f"user {self.name!r} has no database users (cluster.user(..., db_users=[…]))")
-            db_user = self.db_users[0]
-        if db_name is None:
-            db_name = self.db_names[0] if self.db_names and protocol in ("postgres", "mongodb") else ""
-        return db, db_user, db_name
-
-    async def db_login(self, db: str, db_user: str | None = None, db_name: str | None = None) -> Any:
-        """A database certificate routed to ``db`` (``tpemu db login``): a :class:`tpemu.client.db.DBLogin`."""
-        from tpemu.client.db import db_login
-
-        key = self._route(db, db_user, db_name)
-        async with self._lock:
-            if key not in self._logins:
-                login = await db_login(self.profile, key[0], key[1], key[2] or None)
-                # db_login keeps one certificate per database; keep this route's apart.
-                cert = Path(login.cert_path)
-                mine = cert.with_name(f"{key[0]}-{key[1]}-{key[2] or '_'}-x509.pem")
-                shutil.copyfile(cert, mine)
-                self._logins[key] = dataclasses.replace(login, cert_path=str(mine))
-            return self._logins[key]
-
-    async def db_env(self, db: str = "pg", db_user: str | None = None, db_name: str | None = None) -> dict[str, str]:
-        """libpq environment variables straight to the proxy (``tpemu db env``): Postgres only."""
-        from tpemu.client.db import direct_postgres
-
-        login = await self.db_login(db, db_user, db_name)
-        if login.protocol != "postgres":
-            raise ValueError(f"db_env is for Postgres databases; {db} is {login.protocol}: use db_url or tunnel")
-        names = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "dbname": "PGDATABASE", "sslmode": "PGSSLMODE",
-                 "sslrootcert": "PGSSLROOTCERT", "sslcert": "PGSSLCERT", "sslkey": "PGSSLKEY"}
-        return {names[k]: v for k, v in direct_postgres(login).items()}
-
-    async def db_url(self, db: str = "pg", db_user: str | None = None, db_name: str | None = None) -> str:
-        """A connection URL for the protocol's usual clients.
-
-        Postgres: straight to the proxy with the user's certificate (``sslmode=verify-full``), as
-        ``tsh db config`` prints. MySQL, MongoDB, Redis: a plain local :meth:`tunnel` (those clients
-        cannot put Teleport's ALPN on the connection themselves).
-        """
-        login = await self.db_login(db, db_user, db_name)
-        user, name = quote(login.db_user, safe=""), quote(login.db_name, safe="")
-        if login.protocol == "postgres":
-            web = self.cluster.web
-            query = "&".join(f"{k}={quote(v, safe='/')}" for k, v in (
-                ("sslmode", "verify-full"), ("sslrootcert", login.ca_path), ("sslcert", login.cert_path),
-                ("sslkey", login.key_path)))
-            return f"postgresql://{user}@{web.host}:{web.port}/{name or user}?{query}"
-        port = await self.tunnel(db, db_user, db_name)
-        if login.protocol == "mysql":
-            return f"mysql://{user}@127.0.0.1:{port}/{name}"
-        if login.protocol == "mongodb":
-            return f"mongodb://127.0.0.1:{port}/{name}?directConnection=true"
-        return f"redis://127.0.0.1:{port}/0"
-
-    async def tunnel(self, db: str, db_user: str | None = None, db_name: str | None = None, port: int = 0) -> int:
-        """A plain TCP port on 127.0.0.1 that carries each connection to ``db`` in TLS with this
-        user's certificate (``tpemu proxy db --tunnel``); the same port again for the same route."""
-        from tpemu.client.db import run_tunnel
-
-        key = self._route(db, db_user, db_name)
-        if key in self._tunnels:
-            return self._tunnels[key][0]
-        login = await self.db_login(*key)
-        loop = asyncio.get_running_loop()
-        ready: asyncio.Future[Addr] = loop.create_future()
-        stop = asyncio.Event()
-        task = asyncio.ensure_future(run_tunnel(login, Addr("127.0.0.1", port), ready.set_result, stop))
-        waiting: set[asyncio.Future[Any]] = {ready, task}
-        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        if ready not in done:
-            ready.cancel()
-            task.result()  # raises why the tunnel could not listen
-            raise RuntimeError("the tunnel stopped before it listened")
-        bound = ready.result().port
-        self._tunnels[key] = (bound, stop, task)
-        return bound
-
-    async def close(self) -> None:
-        """Stop this user's tunnels."""
-        for _, stop, task in self._tunnels.values():
-            stop.set()
-            with contextlib.suppress(Exception):
-                await task
-        self._tunnels.clear()
-
-    # -- SSH ----------------------------------------------------------------------------------------------
-
-    def ssh_config(self, login: str | None = None, port: int = NODE_PORT) -> Path:
-        """Write the OpenSSH config block (``tpemu config``) to ``<home>/ssh_config`` and return the
-        path: ``ssh -F PATH NODE.CLUSTER cmd`` then goes through the proxy with this user's certificate."""
-        from tpemu.client.ssh import openssh_config
-
-        path = self.home / "ssh_config"
-        path.write_text(openssh_config(self.profile, port=port, login=login or self.logins[0]), encoding="utf-8")
-        return path
-
-    def ssh_target(self, node: str, login: str | None = None) -> str:
-        """``LOGIN@NODE.CLUSTER``: the host name the config's ``Host *.CLUSTER`` block matches."""
-        return f"{login or self.logins[0]}@{node}.{self.profile.cluster}"

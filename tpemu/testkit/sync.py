@@ -15,7 +15,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from tpemu.config import Addr
-from tpemu.testkit.cluster import Cluster, User
+from tpemu.testkit.cluster import Cluster
+from tpemu.testkit.user import User
 
 T = TypeVar("T")
 #: How long one call may take (a start with several agents is a few seconds on a busy machine).
@@ -103,6 +104,9 @@ class SyncCluster:
     def add_databases(self, databases: Sequence[Any], name: str = "db") -> Any:
         return self.call(self.cluster.add_databases(databases, name))
 
+    def add_kube_apps(self, kube: str | None = "emu", apps: Any = False, **options: Any) -> Any:
+        return self.call(self.cluster.add_kube_apps(kube, apps, **options))
+
     @property
     def web(self) -> Addr:
         return self.cluster.web
@@ -146,3 +150,12 @@ class SyncUser:
 
     def ssh_target(self, node: str, login: str | None = None) -> str:
         return self.user.ssh_target(node, login)
+
+    def kubeconfig(self, kube: str | None = None, path: str | Path | None = None) -> Path:
+        return self._cluster.call(self.user.kubeconfig(kube, path))
+
+    def app_login(self, app: str) -> Any:
+        return self._cluster.call(self.user.app_login(app))
+
+    def app_tunnel(self, app: str, port: int = 0) -> int:
+        return self._cluster.call(self.user.app_tunnel(app, port))

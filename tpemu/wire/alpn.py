@@ -14,6 +14,8 @@ import binascii
 from dataclasses import dataclass
 from enum import Enum
 
+from tpemu.errors import PeerFault
+
 HTTP11 = "http/1.1"
 HTTP2 = "h2"
 PROXY_SSH = "teleport-proxy-ssh"
@@ -127,7 +129,7 @@ SSH_PROXY_PROTOCOLS: tuple[str, ...] = (PROXY_SSH,)
 DATABASE_SERVER_PROTOCOLS: tuple[str, ...] = (*SUPPORTED_PROTOCOLS, POSTGRESQL_NATIVE)
 
 
-class NoOverlap(ValueError):
+class NoOverlap(PeerFault, ValueError):
     """No offered name is one the server speaks: Go's ``negotiateALPN`` error."""
 
 

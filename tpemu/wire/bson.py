@@ -46,6 +46,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from tpemu.errors import LocalFault
 from tpemu.wire.errors import LimitExceeded, WireError
 
 #: MongoDB's maxBsonObjectSize: the largest document a server stores.
@@ -68,7 +69,7 @@ class BSONError(WireError):
     """Malformed BSON from the peer."""
 
 
-class BSONEncodeError(ValueError):
+class BSONEncodeError(LocalFault, ValueError):
     """A value this codec cannot encode (a local fault, not the peer's)."""
 
 

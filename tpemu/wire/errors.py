@@ -5,8 +5,10 @@ Every parser in ``tpemu.wire`` returns a value, returns ``None`` ("need more byt
 ``WireError``. Subclasses carry what the glue needs to answer the peer in its own protocol.
 """
 
+from tpemu.errors import PeerFault
 
-class WireError(Exception):
+
+class WireError(PeerFault):
     """The peer sent bytes that do not follow the protocol."""
 
 

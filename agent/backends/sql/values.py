@@ -20,6 +20,8 @@ from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeAlias
 
+from tpemu.errors import PeerFault
+
 Value: TypeAlias = bool | int | float | Decimal | str | datetime | date | None
 
 
@@ -91,7 +93,7 @@ class ErrorKind(enum.Enum):
         return self.value[2]
 
 
-class SqlError(Exception):
+class SqlError(PeerFault):
     """A statement failed; ``kind`` gives each protocol its error code."""
 
     def __init__(self, kind: ErrorKind, message: str) -> None:

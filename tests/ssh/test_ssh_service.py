@@ -142,7 +142,10 @@ async def test_a_session_under_a_default_parent_is_spawned_without_the_fork_hook
         for sig, previous in caught.items():
             signal.signal(sig, previous)
     fields = dict(line.split(":\t") for line in str(result.stdout).splitlines())
-    assert int(fields["SigIgn"], 16) == 0 and int(fields["SigBlk"], 16) == 0, result.stdout
+    # glibc's own signals 32/33 cannot be set by any program (see the test above): an ancestor's
+    # SIG_IGN on them (GNU make's) stays with or without the hook; every other one is default.
+    settable = sum(1 << (s - 1) for s in signal.valid_signals() if s < 65)
+    assert int(fields["SigIgn"], 16) & settable == 0 and int(fields["SigBlk"], 16) == 0, result.stdout
     assert hooks == [None]
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:

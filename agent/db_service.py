@@ -34,9 +34,11 @@ What serves a database is its ``uri`` (:mod:`tpemu.agent.engines` says more):
   user's server is (TLS ``disabled``), after the database user and name the caller's certificate
   allows were created in it. No engine installed: one WARNING line at start-up naming what to
   install, and the in-process emulator serves instead.
-* ``emulated``: the in-process emulator, one instance per database, shared by its connections; it
-  gets a :class:`~tpemu.agent.backends.base.Session` (no password asked; the backend refuses a user
-  or database other than the session's).
+* ``emulated``: the in-process emulator (Postgres, MySQL, Redis), one instance per database, shared
+  by its connections; it gets a :class:`~tpemu.agent.backends.base.Session` (no password asked; the
+  backend refuses a user or database other than the session's). MongoDB has none: nx-27017 (a
+  pure-Python dependency of tpemu, always installed) serves ``emulated`` MongoDB databases exactly
+  as it serves ``embedded`` ones.
 * ``host:port``: the user's own server, reached with TLS per ``tls.mode``: ``verify-full``
   (default), ``verify-ca``, ``insecure``, or ``disabled`` (tpemu's addition: plain TCP, for
   servers without TLS such as the nx-27017 Mongo server).
@@ -69,7 +71,6 @@ from typing import TYPE_CHECKING, Any
 from tpemu import TELEPORT_VERSION, authapi, pki
 from tpemu import identity as ident
 from tpemu.agent.backends.base import EmulatedBackend, Session
-from tpemu.agent.backends.mongo import MongoBackend
 from tpemu.agent.backends.mysql import MySQLBackend
 from tpemu.agent.backends.postgres import PostgresBackend
 from tpemu.agent.backends.redis import RedisBackend
@@ -152,9 +153,9 @@ def _new_backend(protocol: str) -> EmulatedBackend:
         return PostgresBackend(users=None)
     if protocol == "mysql":
         return MySQLBackend(users=None)
-    if protocol == "mongodb":
-        return MongoBackend(users=None)
-    return RedisBackend(users=None)
+    if protocol == "redis":
+        return RedisBackend(users=None)
+    raise ValueError(f"no in-process emulator for protocol {protocol!r}")
 
 
 @dataclass
@@ -163,6 +164,8 @@ class _Served:
     backend: EmulatedBackend | None
     addr: Addr | None
     engine: Engine | None = None
+    #: Why nothing can serve this database (an embedded-only engine that is not installed).
+    unavailable: str = ""
     #: db user → (SSL context with that user's client certificate, when it stops being reused).
     contexts: dict[str, tuple[ssl.SSLContext, float]] = field(default_factory=dict)
 
@@ -175,7 +178,9 @@ class _Served:
         """What serves this database, for logs."""
         if self.engine is not None:
             return f"the embedded {self.engine.label}"
-        return str(self.addr) if self.addr is not None else "the emulated backend"
+        if self.addr is not None:
+            return str(self.addr)
+        return "nothing (no engine installed)" if self.unavailable else "the emulated backend"
 
 
 def _join(client: Stream, backend: Stream, first: bytes = b"") -> Pipe:
@@ -209,7 +214,13 @@ class DatabaseService:
                 raise ValueError(f"{where}.name: database {db.name!r} is configured twice")
             if (db.tls.mode or "verify-full") not in TLS_MODES:
                 raise ValueError(f"{where}.tls.mode: must be one of {', '.join(TLS_MODES)}, got {db.tls.mode!r}")
-            if db.uri == "embedded":
+            if db.protocol == "mongodb" and db.uri in ("embedded", "emulated"):
+                engine, why = engine_for(db.protocol, db.name, data_dir / db.name)
+                if engine is None:  # only a broken install: nx-27017 is a dependency of tpemu
+                    log.warning("db=%s: %s; tpemu has no in-process MongoDB emulator, so its connections are "
+                                "refused", db.name, why)
+                self._served[db.name] = _Served(db, None, None, engine, unavailable=why)
+            elif db.uri == "embedded":
                 engine, why = engine_for(db.protocol, db.name, data_dir / db.name)
                 if engine is None:
                     log.warning("db=%s: %s; the in-process emulator serves it instead (uri: emulated)", db.name, why)
@@ -593,7 +604,8 @@ class DatabaseService:
         if served.engine is not None:
             return await self._open_engine(served, served.engine, access)
         addr = served.addr
-        assert addr is not None
+        if addr is None:
+            raise BackendUnavailable(served.unavailable or "nothing serves this database")
         ctx = None
         if tls_user is not None and served.tls_mode != "disabled":
             ctx = await self._tls_context(served, tls_user)
@@ -675,7 +687,11 @@ async def make_offers(ctx: AgentContext) -> list[Offer]:
                               data_dir=ctx.data_dir / "engines")
     for db in service.databases:
         engine = service.engine(db.name)
-        log.info("database service: %s (%s) → %s", db.name, db.protocol,
-                 f"embedded {engine.label}, started on the first connection (data {engine.data_dir})"
-                 if engine is not None else "emulated backend" if db.uri in ("emulated", "embedded") else db.uri)
+        if engine is not None:
+            what = f"embedded {engine.label}, started on the first connection (data {engine.data_dir})"
+        elif service.backend(db.name) is not None:
+            what = "emulated backend"
+        else:
+            what = db.uri if db.uri not in ("emulated", "embedded") else "nothing (no engine installed)"
+        log.info("database service: %s (%s) → %s", db.name, db.protocol, what)
     return [Offer(resource, service) for resource in service.resources()]

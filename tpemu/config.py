@@ -363,8 +363,8 @@ class Database:
     name: str = ""
     protocol: str = ""
     #: ``embedded`` (default): a real engine the agent starts and supervises (PostgreSQL, Redis,
-    #: nx-27017, MariaDB; see ``tpemu.agent.engines``); ``emulated``: tpemu's in-process emulator;
-    #: ``host:port``: your own server.
+    #: nx-27017, MariaDB; see ``tpemu.agent.engines``); ``emulated``: tpemu's in-process emulator
+    #: (Postgres, MySQL, Redis; MongoDB has none, nx-27017 serves it); ``host:port``: your own server.
     uri: str = "embedded"
     description: str = ""
     static_labels: Mapping[str, str] = _f(factory=dict)

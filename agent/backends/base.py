@@ -32,7 +32,7 @@ class Session:
 
 
 class EmulatedBackend(Protocol):
-    #: ``postgres``, ``mysql``, ``mongodb`` or ``redis`` (the ``db_service`` protocol names).
+    #: ``postgres``, ``mysql`` or ``redis`` (the ``db_service`` protocol names).
     protocol: ClassVar[str]
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,

@@ -4,7 +4,8 @@
   a crash restarted with backoff and logged, a child that ignores SIGTERM killed after the stop
   timeout, nothing left running.
 * ``uri: embedded`` with no engine installed: one start-up line naming what to install, and the
-  in-process emulator serves.
+  in-process emulator serves. MongoDB (no emulator): nx-27017 serves ``emulated`` and ``embedded``
+  alike; without it, connections are refused in MongoDB's protocol naming what to install.
 * A caller the RBAC refuses, or bytes that are not a StartupMessage, never start the engine (no
   byte reaches it unauthenticated); an allowed caller gets the real PostgreSQL, and closing the
   service leaves no engine process.
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import os
 import shutil
@@ -28,8 +30,10 @@ from tpemu import identity as ident
 from tpemu.agent.db_service import DatabaseService
 from tpemu.agent.engines import live_pids
 from tpemu.agent.engines import postgres as pg_engine
+from tpemu.agent.engines.mongo import MongoEngine
 from tpemu.agent.engines.supervisor import EngineProcess, EngineUnavailable
 from tpemu.config import Database
+from tpemu.wire import mongo as mongo_wire
 from tpemu.wire import postgres as pg
 from tpemu.wire.tunnel import DialRequest
 
@@ -194,3 +198,69 @@ async def test_engine_binaries_inside_a_private_folder_are_reachable(tmp_path: P
         assert endpoint.unix
     finally:
         await engine.close()
+
+
+def mongo_alice() -> dict[str, object]:
+    return ident.Identity("alice", database_users=("alice",), database_names=("app",),
+                          route_to_database=ident.RouteToDatabase("mongo", "mongodb", "alice", "app")).to_json()
+
+
+async def mongo_exchange(svc: DatabaseService, body: dict[str, object]) -> mongo_wire.OpMsg:
+    """One OP_MSG through a tunnelled connection to database ``mongo``; the reply."""
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(svc.serve(await parked(theirs), DialRequest(conn_type="db", name="mongo",
+                                                                              identity=mongo_alice())))
+    await loop.sock_sendall(ours, mongo_wire.encode_op_msg(7, 0, body))
+    data = b""
+    try:
+        async with asyncio.timeout(30):
+            while (parsed := mongo_wire.parse_message(data)) is None:
+                chunk = await loop.sock_recv(ours, 65536)
+                assert chunk, f"closed after {data!r}"
+                data += chunk
+    finally:
+        ours.close()
+        await task
+    reply = parsed[0]
+    assert isinstance(reply, mongo_wire.OpMsg) and reply.header.response_to == 7
+    return reply
+
+
+@pytest.mark.parametrize("uri", ["emulated", "embedded"])
+async def test_mongodb_is_served_by_nx27017_for_emulated_and_embedded(tmp_path: Path, uri: str) -> None:
+    # tpemu has no in-process MongoDB emulator: `uri: emulated` means the nx-27017 engine too.
+    svc = DatabaseService([Database(name="mongo", protocol="mongodb", uri=uri)], data_dir=tmp_path / "engines")
+    engine = svc.engine("mongo")
+    try:
+        assert isinstance(engine, MongoEngine) and svc.backend("mongo") is None and engine.process is None
+        reply = await mongo_exchange(svc, {"insert": "t", "documents": [{"_id": 1}], "$db": "app"})
+        assert reply.body["n"] == 1 and reply.body["ok"] == 1
+        found = await mongo_exchange(svc, {"find": "t", "filter": {}, "$db": "app"})
+        assert found.body["cursor"]["firstBatch"] == [{"_id": 1}]
+        assert engine.process is not None and engine.process.pid in live_pids()
+    finally:
+        await svc.close()
+
+
+async def test_mongodb_without_nx27017_is_refused_naming_it(monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    # Only a broken install lacks nx-27017 (a dependency of tpemu): one line at start-up, and each
+    # connection gets MongoDB's own error naming what to install; the other databases still work.
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "nx_27017" else real_find_spec(name, *a))
+    with caplog.at_level(logging.WARNING, "tpemu.agent.db_service"):
+        svc = DatabaseService([Database(name="mongo", protocol="mongodb", uri="emulated"),
+                               Database(name="pg", protocol="postgres", uri="emulated")])
+    lines = [r.message for r in caplog.records]
+    assert len(lines) == 1 and "pip install nx-27017" in lines[0] and "no in-process MongoDB emulator" in lines[0]
+    try:
+        assert svc.engine("mongo") is None and svc.backend("mongo") is None
+        reply = await mongo_exchange(svc, {"ping": 1, "$db": "app"})
+        assert reply.body["ok"] == 0
+        assert "is unavailable: no MongoDB engine: pip install nx-27017" in reply.body["errmsg"]
+        assert svc.stats["unavailable"] == 1
+    finally:
+        await svc.close()

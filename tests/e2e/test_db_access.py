@@ -1,5 +1,5 @@
 """Database access end to end: Auth, the proxy and a Database Service; real clients (psql, mariadb,
-redis-cli, pymongo, asyncpg, psycopg, PyMySQL, redis-py) against the emulated backends and against
+redis-cli, pymongo, asyncpg, psycopg, PyMySQL, redis-py) against the default databases (embedded engines) and against
 real servers (PostgreSQL 15, MariaDB, redis-server with TLS, the nx-27017 Mongo-wire server).
 
 The Auth Service, the proxy and an agent with the ``db`` role run in this process on port 0: the

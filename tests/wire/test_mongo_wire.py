@@ -1,7 +1,8 @@
 """tpemu.wire.mongo: message framing, OP_MSG, OP_QUERY, OP_REPLY, OP_COMPRESSED, CRC-32C.
 
-Provenance: the client messages are captured in the test from pymongo talking to the emulated
-server (its handshake, ping/insert/find OP_MSGs, the insert with a kind-1 document sequence);
+Provenance: the client messages are captured in the test from pymongo talking to nx-27017 (the
+MongoDB engine behind the Database Service) through a tee (its handshake, ping/insert/find
+OP_MSGs, the insert with a kind-1 document sequence), and nx-27017's replies from the same tee;
 the legacy OP_QUERY handshake is built per the spec with pymongo's bson; OP_COMPRESSED comes
 from pymongo's own (private) message builder with its zlib context; CRC-32C vectors are RFC 3720 appendix B.4's.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 import bson as pybson
@@ -21,7 +23,7 @@ from hypothesis import strategies as st
 from pymongo.compression_support import ZlibContext
 from pymongo.message import _op_msg
 
-from tpemu.agent.backends.mongo import MongoBackend
+from tpemu.agent.engines.mongo import MongoEngine
 from tpemu.wire import bson, mongo
 from tpemu.wire.errors import LimitExceeded, WireError
 
@@ -35,32 +37,47 @@ def split_messages(stream: bytes) -> list[bytes]:
     return out
 
 
+@dataclass
+class Capture:
+    """What crossed the tee, per connection, as complete messages."""
+
+    client: list[list[bytes]]  # pymongo's requests
+    server: list[list[bytes]]  # nx-27017's replies
+
+
 @pytest.fixture(scope="module")
-def pymongo_messages() -> list[list[bytes]]:
-    """The messages pymongo sent to the emulator, per connection: connect, ping, insert_many, find."""
-    captured: list[bytearray] = []
+def capture(tmp_path_factory: pytest.TempPathFactory) -> Capture:
+    """pymongo talking to nx-27017 (the MongoDB engine) through a tee: connect, ping, insert_many, find."""
+    seen: list[tuple[bytearray, bytearray]] = []
 
     async def main() -> None:
-        backend = MongoBackend()
+        engine = MongoEngine("wire", tmp_path_factory.mktemp("mongo-wire"))
+        endpoint = await engine.ensure_access("", "", timeout=60)
         handlers: set[asyncio.Task[None]] = set()
 
         async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             handlers.add(asyncio.current_task())  # type: ignore[arg-type]
-            tee = asyncio.StreamReader()
-            seen = bytearray()
-            captured.append(seen)
+            requests, replies = bytearray(), bytearray()
+            seen.append((requests, replies))
+            up_reader, up_writer = await endpoint.open()
 
-            async def pump() -> None:
+            async def upstream() -> None:
                 while data := await reader.read(65536):
-                    seen.extend(data)
-                    tee.feed_data(data)
-                tee.feed_eof()
+                    requests.extend(data)
+                    up_writer.write(data)
+                    await up_writer.drain()
+                up_writer.write_eof()
 
-            task = asyncio.create_task(pump())
+            task = asyncio.create_task(upstream())
             try:
-                await backend.handle(tee, writer)
+                while data := await up_reader.read(65536):
+                    replies.extend(data)
+                    writer.write(data)
+                    await writer.drain()
             finally:
                 task.cancel()
+                up_writer.close()
+                writer.close()
                 handlers.discard(asyncio.current_task())  # type: ignore[arg-type]
 
         server = await asyncio.start_server(on_client, "127.0.0.1", 0)
@@ -76,16 +93,23 @@ def pymongo_messages() -> list[list[bytes]]:
             finally:
                 client.close()
 
-        await asyncio.to_thread(use_client)
-        for _ in range(100):
-            if not handlers:
-                break
-            await asyncio.sleep(0.02)
-        server.close()
-        await server.wait_closed()
+        try:
+            await asyncio.to_thread(use_client)
+            async with asyncio.timeout(5):  # pymongo closed its sockets: the tee's handlers end
+                while handlers:
+                    await asyncio.sleep(0.02)
+        finally:
+            server.close()
+            await server.wait_closed()
+            await engine.close()
 
     asyncio.run(main())
-    return [split_messages(bytes(c)) for c in captured]
+    return Capture([split_messages(bytes(c)) for c, _ in seen], [split_messages(bytes(r)) for _, r in seen])
+
+
+@pytest.fixture(scope="module")
+def pymongo_messages(capture: Capture) -> list[list[bytes]]:
+    return capture.client
 
 
 def parse_three_ways(raw: bytes) -> mongo.Message:
@@ -128,6 +152,23 @@ def test_reencoding_matches_pymongo(pymongo_messages: list[list[bytes]]) -> None
         elif isinstance(msg, mongo.OpQuery):
             assert mongo.encode_op_query(h.request_id, msg.collection, msg.query, msg.flags, msg.skip,
                                          msg.limit) == raw
+
+
+def test_nx27017_replies_parse_and_answer_their_requests(capture: Capture) -> None:
+    """A real server's replies (nx-27017 as the engine runs it): OP_MSG, each answering a request."""
+    for requests, replies in zip(capture.client, capture.server, strict=True):
+        asked = {parse_three_ways(raw).header.request_id for raw in requests}
+        assert len(replies) == len(requests)  # pymongo sent nothing with moreToCome
+        for raw in replies:
+            msg = parse_three_ways(raw)
+            assert isinstance(msg, mongo.OpMsg) and msg.header.response_to in asked
+            assert msg.body["ok"] == 1.0
+            h = msg.header
+            assert mongo.encode_op_msg(h.request_id, h.response_to, msg.body, msg.flags, msg.sequences) == raw
+    bodies = [parse_three_ways(raw).body for conn in capture.server for raw in conn]  # type: ignore[union-attr]
+    found = next(b for b in bodies if "cursor" in b)
+    assert [d["_id"] for d in found["cursor"]["firstBatch"]] == [1, 2]
+    assert any(b.get("n") == 3 for b in bodies)  # the insert_many's reply
 
 
 def legacy_handshake() -> bytes:

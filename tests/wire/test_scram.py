@@ -1,6 +1,7 @@
-"""tpemu.wire.scram: the server side of SCRAM-SHA-256.
+"""tpemu.wire.scram: the server side of SCRAM-SHA-256 and SCRAM-SHA-1.
 
-The main vector is the example exchange of RFC 7677 §3 (user "user", password "pencil").
+The main vectors are the example exchanges of RFC 7677 §3 (SHA-256) and RFC 5802 §5 (SHA-1),
+both user "user", password "pencil".
 Real clients (psql, asyncpg, psycopg) authenticate against it in
 tests/agent/backends/test_postgres_backend.py.
 """
@@ -32,6 +33,19 @@ def test_rfc7677_example() -> None:
     ex = rfc_exchange()
     assert ex.first(RFC7677_CLIENT_FIRST) == RFC7677_SERVER_FIRST
     assert ex.final(RFC7677_CLIENT_FINAL) == RFC7677_SERVER_FINAL
+
+
+def test_rfc5802_sha1_example() -> None:
+    secret = scram.make_secret("pencil", base64.b64decode("QSXCR+Q6sek8bf92"), 4096, scram.DIGESTS["SCRAM-SHA-1"])
+    ex = scram.ScramServer(secret, "3rfcNHYJY1ZVvWVs7j")
+    assert ex.first(b"n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL") == (
+        b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096")
+    assert ex.final(b"c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=") == (
+        b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ=")
+    wrong = scram.ScramServer(scram.make_secret("pencil!", secret.salt, 4096, "sha1"), "3rfcNHYJY1ZVvWVs7j")
+    wrong.first(b"n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL")
+    with pytest.raises(scram.ScramVerificationFailed):
+        wrong.final(b"c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=")
 
 
 def test_wrong_password_fails_verification() -> None:

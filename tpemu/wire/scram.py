@@ -1,11 +1,12 @@
-"""SCRAM-SHA-256 and SCRAM-SHA-1, server side (pure, no I/O): the one implementation the emulated
-PostgreSQL and MongoDB servers share.
+"""SCRAM-SHA-256 and SCRAM-SHA-1, server side (pure, no I/O): the emulated PostgreSQL server's.
 
 Spec: RFC 5802 (SCRAM, SCRAM-SHA-1), RFC 7677 (SCRAM-SHA-256), password normalisation per RFC 4013
 (SASLprep) the way PostgreSQL applies it (``src/common/saslprep.c``: a password that is not
 valid for SASLprep is used as it is). Channel binding (``-PLUS``) is not offered, so a client
-may send the ``n`` or ``y`` GS2 flag but not ``p``. MongoDB's SCRAM-SHA-1 salts the legacy
-MONGODB-CR digest instead of the password (:func:`mongodb_sha1_password`, as the drivers do).
+may send the ``n`` or ``y`` GS2 flag but not ``p``. The hash is the secret's (``digest``):
+SHA-256 for Postgres; SHA-1 is RFC 5802's own example (MongoDB's SCRAM-SHA-1 would salt the
+MONGODB-CR digest instead of the password; no server of tpemu needs it since the in-process
+MongoDB emulator was retired for nx-27017).
 
 The exchange, in the server's terms::
 
@@ -78,21 +79,14 @@ def saslprep(password: str) -> str:
 
 
 def make_secret(password: str, salt: bytes | None = None, iterations: int = DEFAULT_ITERATIONS,
-                digest: str = "sha256", *, prepare: bool = True) -> ScramSecret:
-    """Derive the stored secret: SaltedPassword = Hi(password, salt, i); StoredKey = H(ClientKey).
-    ``prepare=False`` skips SASLprep (SCRAM-SHA-1 of MongoDB, whose "password" is a hex digest)."""
+                digest: str = "sha256") -> ScramSecret:
+    """Derive the stored secret: SaltedPassword = Hi(SASLprep(password), salt, i); StoredKey = H(ClientKey)."""
     if salt is None:
         salt = secrets.token_bytes(16)
-    text = saslprep(password) if prepare else password
-    salted = hashlib.pbkdf2_hmac(digest, text.encode("utf-8"), salt, iterations)
+    salted = hashlib.pbkdf2_hmac(digest, saslprep(password).encode("utf-8"), salt, iterations)
     client_key = hmac.digest(salted, b"Client Key", digest)
     return ScramSecret(salt, iterations, hashlib.new(digest, client_key).digest(),
                        hmac.digest(salted, b"Server Key", digest), digest)
-
-
-def mongodb_sha1_password(user: str, password: str) -> str:
-    """What MongoDB's SCRAM-SHA-1 salts: the MONGODB-CR digest ``md5("user:mongo:password")`` in hex."""
-    return hashlib.md5(f"{user}:mongo:{password}".encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

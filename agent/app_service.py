@@ -8,8 +8,8 @@ from the ``tsh apps login`` certificate). Then:
   with the headers Teleport's forwarder sets — ``teleport-jwt-assertion``, a JWT the Auth Service
   signs with the cluster's JWT key for this user and app (``GenerateAppToken``; verifiable with
   the proxy's ``/.well-known/jwks.json``; a client-supplied one is removed), and
-  ``X-Forwarded-For``/``-Host``/``-Proto``/``-Server``; bodies are buffered (at most
-  :data:`MAX_BODY` each way) rather than streamed.
+  ``X-Forwarded-For``/``-Host``/``-Proto``/``-Server``; bodies stream both ways
+  (:mod:`tpemu.agent.app_http`).
 * **TCP apps** (``uri: tcp://host:port``): the connection is spliced to the address.
 * **Emulated apps**: ``uri: emulated-echo`` answers every request with a JSON echo of what it
   received (method, path, headers — the JWT among them); ``debug_app: true`` adds Teleport's
@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import h11
-
 from tpemu import authapi
 from tpemu import identity as ident
+from tpemu.agent import app_http
+from tpemu.agent.access import RoleCache
 from tpemu.config import App
 from tpemu.errors import PeerFault
 from tpemu.net.channel import open_streams
@@ -46,8 +45,8 @@ log = logging.getLogger(__name__)
 APP = "app"
 JWT_HEADER = "teleport-jwt-assertion"
 EMULATED_ECHO = "emulated-echo"
+#: Request bodies to the emulated apps (echo, dumper), which answer whole.
 MAX_BODY = 10 * 1024 * 1024
-BACKEND_TIMEOUT = 30.0
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                          "transfer-encoding", "upgrade", "content-length", JWT_HEADER})
 
@@ -101,6 +100,7 @@ class AppService:
         self.auth = auth
         self.cluster = cluster
         self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
+        self.access = RoleCache(auth)
 
     def resources(self) -> tuple[Resource, ...]:
         return tuple(Resource(APP, a.name, a.labels, protocol=a.kind, description=a.description,
@@ -137,12 +137,28 @@ class AppService:
         if app is None:
             transport.close()
             return
+        reason = await self.access.check(identity.groups, "app_labels", app.labels)
+        if reason:
+            # lib/srv/app authorize: CheckAccess(app) per connection, whatever the certificate says.
+            log.warning("app service: %s refused app %s: %s", identity.username, app.name, reason)
+            if app.kind != "tcp":
+                body = f"access denied to application {app.name!r}: {reason}\n".encode()
+                transport.write(b"HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+            transport.close()
+            return
         client = request.client_src_addr.rsplit(":", 1)[0]
         log.info("app service: %s → app %s (%s)", identity.username, app.name, app.kind)
         if app.kind == "tcp":
             await self._tcp(app, transport)
             return
         reader, writer = await open_streams(transport)
+        if not app.emulated:
+            async def rewrite(headers: list[tuple[str, str]]) -> list[tuple[str, str]] | str:
+                return await self._headers(app, identity, headers, client, request.client_dst_addr)
+
+            await app_http.relay(reader, writer, app.uri, rewrite, app.insecure_skip_verify, app.name)
+            return
 
         async def handle(req: Request) -> Response:
             return await self._http(app, identity, req, client, request.client_dst_addr)
@@ -162,64 +178,25 @@ class AppService:
             return
         Pipe.join(channel, backend, name=f"app {app.name}")  # the channel to the app: no socket, no task
 
-    async def _http(self, app: AppDef, identity: ident.Identity, req: Request, client: str, host: str) -> Response:
+    async def _headers(self, app: AppDef, identity: ident.Identity, incoming: list[tuple[str, str]], client: str,
+                       host: str) -> list[tuple[str, str]] | str:
+        """The headers toward the app (lib/srv/app forwarder: the JWT, X-Forwarded-*), or why not."""
         try:
             token = await self.token(identity, app)
         except authapi.AuthAPIError as exc:
             log.warning("app service: no JWT for %s: %s", identity.username, exc.message)
-            return Response.text(f"the Auth Service did not sign a token for this request: {exc.message}\n", 502)
-        headers = [(k, v) for k, v in req.headers if k not in _HOP_BY_HOP and not k.startswith("x-forwarded-")]
-        headers += [(JWT_HEADER, token), ("x-forwarded-for", client), ("x-forwarded-host",
-                                                                        req.header("host") or host),
-                    ("x-forwarded-proto", "https"), ("x-forwarded-server", app.name)]
-        forwarded = Request(req.method, req.target, headers, req.body, req.peer, req.tls)
-        if app.emulated:
-            return echo(forwarded, app.name)
-        try:
-            return await forward(app, forwarded)
-        except (OSError, TimeoutError, h11.ProtocolError, AppError) as exc:
-            log.warning("app service: app %s (%s) failed: %s", app.name, app.uri, exc)
-            return Response.text(f"application {app.name!r} is unreachable: {exc or type(exc).__name__}\n", 502)
+            return f"the Auth Service did not sign a token for this request: {exc.message}\n"
+        given_host = next((v for k, v in incoming if k == "host"), "")
+        headers = [(k, v) for k, v in incoming if k not in _HOP_BY_HOP and not k.startswith("x-forwarded-")]
+        return [*headers, (JWT_HEADER, token), ("x-forwarded-for", client), ("x-forwarded-host", given_host or host),
+                ("x-forwarded-proto", "https"), ("x-forwarded-server", app.name)]
 
-
-async def forward(app: AppDef, req: Request) -> Response:
-    """One HTTP/1.1 request to the application (a new connection each time)."""
-    target = urlsplit(app.uri)
-    tls: ssl.SSLContext | None = None
-    if target.scheme == "https":
-        tls = ssl.create_default_context()
-        if app.insecure_skip_verify:
-            tls.check_hostname = False
-            tls.verify_mode = ssl.CERT_NONE
-    port = target.port or (443 if tls else 80)
-    conn = h11.Connection(h11.CLIENT)
-    async with asyncio.timeout(BACKEND_TIMEOUT):
-        reader, writer = await asyncio.open_connection(target.hostname, port, ssl=tls)
-        try:
-            headers = [(k, v) for k, v in req.headers if k != "host"]
-            headers = [("host", target.netloc), *headers, ("content-length", str(len(req.body))),
-                       ("connection", "close")]
-            writer.write((conn.send(h11.Request(method=req.method, target=req.target, headers=headers)) or b"") +
-                         (conn.send(h11.Data(data=req.body)) or b"") + (conn.send(h11.EndOfMessage()) or b""))
-            await writer.drain()
-            status, out_headers, body = 0, [], bytearray()
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(await reader.read(65536))
-                elif isinstance(event, h11.Response):
-                    status = event.status_code
-                    out_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in event.headers
-                                   if k.decode("latin-1").lower() not in _HOP_BY_HOP]
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                    if len(body) > MAX_BODY:
-                        raise AppError(f"the response is larger than {MAX_BODY} bytes")
-                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                    break
-        finally:
-            writer.close()
-    return Response(status, bytes(body), out_headers)
+    async def _http(self, app: AppDef, identity: ident.Identity, req: Request, client: str, host: str) -> Response:
+        """The emulated apps (echo, dumper): answered here, whole."""
+        headers = await self._headers(app, identity, list(req.headers), client, host)
+        if isinstance(headers, str):
+            return Response.text(headers, 502)
+        return echo(Request(req.method, req.target, headers, req.body, req.peer, req.tls), app.name)
 
 
 async def make_offers(ctx: AgentContext) -> list[Offer]:

@@ -156,7 +156,8 @@ class AuthAPI:
         r("GET", "/v1/tokens", admin, self._list_tokens)
         r("POST", "/v1/tokens", admin, self._create_token)
         r("DELETE", "/v1/tokens/{token}", admin, self._delete_token)
-        r("GET", "/v1/roles/{name}", admin, self._get_role)
+        # Agents read roles to check access per connection (Teleport's builtin Kube/App roles read KindRole).
+        r("GET", "/v1/roles/{name}", frozenset({ident.ROLE_ADMIN, ident.ROLE_APP, ident.ROLE_KUBE}), self._get_role)
         r("PUT", "/v1/roles/{name}", admin, self._upsert_role)
         r("GET", "/v1/users", admin, self._list_users)
         r("POST", "/v1/users", admin, self._create_user)

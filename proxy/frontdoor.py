@@ -187,9 +187,10 @@ class FrontDoor:
             sock.bind(sockaddr_)
             sock.listen(backlog)
             sock.setblocking(False)
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            # Name the listener: the runner prints filename ("cannot listen: … (kube listener …)").
+            raise OSError(exc.errno, exc.strerror, f"{policy.kind.value} listener {addr}") from None
         host, port = sockaddr(sock.getsockname())
         listener = Listener(policy, sock, Addr(host, port))
         self.listeners.append(listener)

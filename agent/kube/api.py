@@ -6,7 +6,8 @@ form is not offered, so clients fall back to it as against an older server), ``/
 OpenAPI v3 index whose documents declare the ``fieldValidation`` parameter (kubectl then leaves
 validation to the server instead of downloading schemas), and the REST paths of
 ``api-conventions.md`` for the types of :mod:`tpemu.agent.kube.resources` (handled in
-:mod:`tpemu.agent.kube.objects`).
+:mod:`tpemu.agent.kube.objects`), and the self-reviews of ``kubectl auth can-i|whoami``
+(:mod:`tpemu.agent.kube.reviews`).
 
 **Who is asking.** The Kubernetes Service in front (``tpemu.agent.kube.service``, Teleport's kube
 forwarder) authenticates the Teleport user and sets ``Impersonate-User`` / ``Impersonate-Group``,
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tpemu.agent.kube import resources as res
+from tpemu.agent.kube import reviews
 from tpemu.agent.kube.controller import Controller
 from tpemu.agent.kube.http import Reply, Request, Streamed, Upgraded
 from tpemu.agent.kube.status import StatusError, forbidden
@@ -163,6 +165,8 @@ class EmulatedAPI:
             if listing is None:
                 raise _unknown_path(request)
             return json_reply(listing)
+        if len(rest) == 1 and (group, version, rest[0]) in reviews.PATHS:
+            return reviews.serve(request, user, group, version, rest[0])  # kubectl auth can-i / whoami
         target = _target(group, version, rest)
         if target is None:
             raise _unknown_path(request)

@@ -1,10 +1,11 @@
 """Kubernetes' protobuf encoding of request bodies, for the objects kubectl's generators send (pure).
 
-``kubectl create namespace|configmap|secret|deployment`` send ``application/vnd.kubernetes.protobuf``
+``kubectl create namespace|configmap|secret|deployment`` and ``kubectl auth can-i|whoami`` send
+``application/vnd.kubernetes.protobuf``
 (``k8s.io/apimachinery/pkg/runtime/serializer/protobuf``): the 4-byte magic ``k8s\\0``, then a
 ``runtime.Unknown`` (1 ``typeMeta`` {1 apiVersion, 2 kind}, 2 ``raw``, 3 contentEncoding,
 4 contentType) whose ``raw`` is the object in the field numbering of ``k8s.io/api``'s
-``generated.proto``. This module decodes those four kinds into the JSON form the rest of the
+``generated.proto``. This module decodes those kinds into the JSON form the rest of the
 emulated API uses. A field it does not know, with a non-empty value, is an error naming the field
 (the request is then refused with 415 and "send JSON"), never silently dropped.
 """
@@ -173,6 +174,18 @@ _DEPLOYMENT_SPEC = _message("DeploymentSpec", {1: ("replicas", _int, False), 2: 
                                               3: ("template", _TEMPLATE, False), 4: ("strategy", _STRATEGY, False)})
 _EMPTY = _message("Status", {})
 
+
+def _ignored(value: Any, depth: int) -> dict[str, Any]:
+    """A field the server computes and never reads from the request (a review's ``status``: kubectl
+    auth whoami sends an empty ``userInfo`` in it), skipped whatever it holds."""
+    if not isinstance(value, bytes):
+        raise ProtobufError("expected a message")
+    return {}
+_RESOURCE_ATTRIBUTES = _message("ResourceAttributes", {
+    1: ("namespace", _s, False), 2: ("verb", _s, False), 3: ("group", _s, False), 4: ("version", _s, False),
+    5: ("resource", _s, False), 6: ("subresource", _s, False), 7: ("name", _s, False)})
+_NON_RESOURCE_ATTRIBUTES = _message("NonResourceAttributes", {1: ("path", _s, False), 2: ("verb", _s, False)})
+
 KINDS: dict[str, Callable[[Any, int], dict[str, Any]]] = {
     "Namespace": _message("Namespace", {1: ("metadata", OBJECT_META, False),
                                         2: ("spec", _message("NamespaceSpec", {1: ("finalizers", _s, True)}), False),
@@ -184,6 +197,15 @@ KINDS: dict[str, Callable[[Any, int], dict[str, Any]]] = {
                                   5: ("immutable", _bool, False)}),
     "Deployment": _message("Deployment", {1: ("metadata", OBJECT_META, False), 2: ("spec", _DEPLOYMENT_SPEC, False),
                                           3: ("status", _EMPTY, False)}),
+    # kubectl auth can-i / whoami (k8s.io/api authorization/v1 and authentication/v1 generated.proto).
+    "SelfSubjectAccessReview": _message("SelfSubjectAccessReview", {
+        1: ("metadata", OBJECT_META, False),
+        2: ("spec", _message("SelfSubjectAccessReviewSpec", {1: ("resourceAttributes", _RESOURCE_ATTRIBUTES, False),
+                                                            2: ("nonResourceAttributes", _NON_RESOURCE_ATTRIBUTES,
+                                                                False)}), False),
+        3: ("status", _ignored, False)}),
+    "SelfSubjectReview": _message("SelfSubjectReview", {1: ("metadata", OBJECT_META, False),
+                                                        2: ("status", _ignored, False)}),
 }
 
 

@@ -46,6 +46,9 @@ MAX_HEAD = 64 * 1024
 MAX_WHOLE = 3 << 20
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 120.0
+#: Between two chunks of a streamed answer (a quiet ``watch``): the API server's own
+#: ``--min-request-timeout`` (1800 s) bounds a watch, so a quiet one must live that long here.
+STREAM_TIMEOUT = 1800.0
 _HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
                   "upgrade", "host", "content-length", "authorization"})
 
@@ -241,11 +244,11 @@ class RemoteAPI:
         return khttp.Upgraded()
 
 
-async def _next(conn: h11.Connection, reader: asyncio.StreamReader) -> Any:
+async def _next(conn: h11.Connection, reader: asyncio.StreamReader, timeout: float = READ_TIMEOUT) -> Any:
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            async with asyncio.timeout(READ_TIMEOUT):
+            async with asyncio.timeout(timeout):
                 data = await reader.read(65536)
             conn.receive_data(data)
             continue
@@ -261,7 +264,7 @@ async def _chunks(conn: h11.Connection, reader: asyncio.StreamReader,
     try:
         while True:
             try:
-                event = await _next(conn, reader)
+                event = await _next(conn, reader, STREAM_TIMEOUT)
             except (StatusError, TimeoutError, OSError, h11.ProtocolError):
                 return
             if isinstance(event, h11.Data):

@@ -40,6 +40,9 @@ class ResourceType:
     columns: tuple[Column, ...] = ()
     cells: Callable[[Obj, dt.datetime], list[Any]] | None = None
     subresources: tuple[str, ...] = ()
+    #: Discovery ``categories``: ``all`` makes ``kubectl get all`` include the type, as the API
+    #: server's own types do (pods, services, deployments, …).
+    categories: tuple[str, ...] = ()
 
     @property
     def group_version(self) -> str:
@@ -57,6 +60,8 @@ class ResourceType:
                                                           "watch"))}
         if self.short_names:
             entry["shortNames"] = list(self.short_names)
+        if self.categories:
+            entry["categories"] = list(self.categories)
         out = [entry]
         for sub in self.subresources:
             verbs = {"log": ["get"], "exec": ["create", "get"], "status": ["get", "patch", "update"],
@@ -157,7 +162,7 @@ TYPES: tuple[ResourceType, ...] = (
                   Column("Node", "string", "Name of the Node this pod is assigned to.", 1),
                   Column("Nominated Node", "string", "Name of the node nominated by the scheduler.", 1),
                   Column("Readiness Gates", "string", "The readiness gates of the pod.", 1)),
-                 _pod_cells, ("log", "exec", "status")),
+                 _pod_cells, ("log", "exec", "status"), ("all",)),
     ResourceType("", "v1", "ConfigMap", "configmaps", "configmap", True, ("cm",),
                  (_NAME, Column("Data", "string", "Number of keys"), _AGE), _cm_cells),
     ResourceType("", "v1", "Secret", "secrets", "secret", True, (),
@@ -167,7 +172,7 @@ TYPES: tuple[ResourceType, ...] = (
                  (_NAME, Column("Type", "string", "The type of the service"),
                   Column("Cluster-IP", "string", "The cluster IP"),
                   Column("External-IP", "string", "External IPs"),
-                  Column("Port(s)", "string", "The ports of the service"), _AGE), _svc_cells),
+                  Column("Port(s)", "string", "The ports of the service"), _AGE), _svc_cells, (), ("all",)),
     ResourceType("apps", "v1", "Deployment", "deployments", "deployment", True, ("deploy",),
                  (_NAME, Column("Ready", "string", "Number of the pod with ready state"),
                   Column("Up-to-date", "string", "Total number of non-terminated pods targeted by this deployment "
@@ -177,27 +182,38 @@ TYPES: tuple[ResourceType, ...] = (
                   Column("Containers", "string", "Names of each container in the template.", 1),
                   Column("Images", "string", "Images referenced by each container in the template.", 1),
                   Column("Selector", "string", "Label selector for pods.", 1)),
-                 _deploy_cells, ("status", "scale")),
+                 _deploy_cells, ("status", "scale"), ("all",)),
+)
+
+#: Create-only review types the API server answers without storing anything
+#: (``k8s.io/api/authorization/v1`` SelfSubjectAccessReview, ``authentication/v1``
+#: SelfSubjectReview: ``kubectl auth can-i`` and ``kubectl auth whoami``), served by
+#: :mod:`tpemu.agent.kube.reviews`.
+REVIEWS: tuple[tuple[str, str, str, str], ...] = (
+    ("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview"),
+    ("authentication.k8s.io", "v1", "selfsubjectreviews", "SelfSubjectReview"),
 )
 
 BY_PATH: dict[tuple[str, str, str], ResourceType] = {(t.group, t.version, t.plural): t for t in TYPES}
 BY_KEY: dict[str, ResourceType] = {t.key: t for t in TYPES}
 #: The API groups besides the core group, with their versions.
 GROUPS: dict[str, tuple[str, ...]] = {}
-for _t in TYPES:
-    if _t.group:
-        GROUPS.setdefault(_t.group, ())
-        if _t.version not in GROUPS[_t.group]:
-            GROUPS[_t.group] = (*GROUPS[_t.group], _t.version)
+for _group, _version in [(t.group, t.version) for t in TYPES] + [(r[0], r[1]) for r in REVIEWS]:
+    if _group:
+        GROUPS.setdefault(_group, ())
+        if _version not in GROUPS[_group]:
+            GROUPS[_group] = (*GROUPS[_group], _version)
 
 
 def resource_list(group: str, version: str) -> Obj | None:
     """The ``APIResourceList`` of one group version, or ``None`` when it is not served."""
     types = [t for t in TYPES if t.group == group and t.version == version]
-    if not types:
+    reviews = [{"name": plural, "singularName": plural[:-1], "namespaced": False, "kind": kind, "verbs": ["create"]}
+               for g, v, plural, kind in REVIEWS if g == group and v == version]
+    if not types and not reviews:
         return None
-    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": types[0].group_version,
-            "resources": [e for t in types for e in t.discovery()]}
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": f"{group}/{version}" if group else version,
+            "resources": [e for t in types for e in t.discovery()] + reviews}
 
 
 def group_list() -> Obj:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tpemu import identity as ident
+from tpemu.agent.access import RoleCache
 from tpemu.agent.kube import http as khttp
 from tpemu.agent.kube import remote
 from tpemu.agent.kube.api import EmulatedAPI, status_reply
@@ -89,7 +90,8 @@ class KubeService:
     """Serves the kube clusters of one agent (one emulated cluster per name)."""
 
     def __init__(self, clusters: Sequence[Cluster], labels: dict[str, str] | None = None,
-                 real: bool = False) -> None:
+                 real: bool = False, access: RoleCache | None = None) -> None:
+        self.access = access
         self.clusters = {c.name: c for c in clusters}
         self.labels = labels or {}
         self.description = "Kubernetes cluster (kubeconfig)" if real else "emulated Kubernetes API"
@@ -131,6 +133,12 @@ class KubeService:
         async def handle(request: khttp.Request) -> khttp.Reply | khttp.Streamed | khttp.Upgraded:
             try:
                 cluster = self._cluster(cluster_name or identity.kubernetes_cluster)
+                if self.access is not None:
+                    # lib/kube/proxy forwarder authorize: the roles' kubernetes_labels, per request.
+                    reason = await self.access.check(identity.groups, "kubernetes_labels", self.labels)
+                    if reason:
+                        raise StatusError(403, f"access denied to kubernetes cluster {cluster.name!r}: {reason}",
+                                          "Forbidden")
                 user, groups = principals(identity, request)
             except StatusError as exc:
                 log.info("kube service: %s %s %s refused: %s", identity.username, request.method,
@@ -211,7 +219,7 @@ async def make_offers(ctx: AgentContext) -> list[Offer]:
         cluster = EmulatedAPI(name, ctx.data_dir, node_name=ctx.nodename)
         log.info("kubernetes service: cluster %s (emulated Kubernetes API, objects in %s)", name,
                  ctx.data_dir / "kube" / f"{name}.sqlite")
-    service = KubeService([cluster], dict(ks.labels), real=bool(ks.kubeconfig_file))
+    service = KubeService([cluster], dict(ks.labels), real=bool(ks.kubeconfig_file), access=RoleCache(ctx.auth))
     return [Offer(r, service) for r in service.resources()]
 
 

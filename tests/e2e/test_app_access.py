@@ -18,6 +18,7 @@ import pytest
 
 from tests import kube_env
 from tests.conftest import need
+from tpemu.agent import access
 
 pytestmark = pytest.mark.e2e
 
@@ -113,7 +114,8 @@ async def test_tcp_app_through_a_local_tunnel(tmp_path: Path) -> None:
         backend.close()
 
 
-async def test_roles_app_labels_decide_which_app_certificates_are_issued(tmp_path: Path) -> None:
+async def test_roles_app_labels_decide_which_app_certificates_are_issued(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A role allowing only ``env: dev`` apps: ``tpemu apps login`` gets a certificate for the dev
     app, Auth refuses one for the prod app (Teleport's app_labels check, ``lib/services/role.go``),
     and the dev certificate does not open the prod app at the proxy."""
@@ -144,5 +146,82 @@ async def test_roles_app_labels_decide_which_app_certificates_are_issued(tmp_pat
         assert out.endswith("403") and "not 'prod'" in out, (out, err)
         code, out, err = await env.run("dave", curl, "-sS", *command[1:])
         assert code == 0 and json.loads(out)["app"] == "echo", (out, err)
+        # The agent checks the roles per connection (lib/srv/app authorize): once the role no longer
+        # allows env=dev, the certificate dave already holds stops opening the app.
+        monkeypatch.setattr(access, "TTL", 0.2)
+        await admin.call("PUT", "/v1/roles/dev-apps", {"kind": "role", "metadata": {"name": "dev-apps"},
+                                                       "spec": {"allow": {"app_labels": {"env": "staging"}}}})
+        async with asyncio.timeout(20):
+            while True:
+                code, out, err = await env.run("dave", curl, "-sS", "-w", "%{http_code}", *command[1:])
+                if out.endswith("403"):
+                    break
+                await asyncio.sleep(0.1)
+        assert "access denied to application 'echo'" in out, out
     finally:
         await kube_env.stop(env)
+
+
+async def test_http_app_bodies_stream_both_ways(tmp_path: Path) -> None:
+    """Bodies are relayed as they arrive (Teleport forwards with a reverse proxy, never holding a
+    body): a 24 MiB upload and a 24 MiB download (past the old 10 MiB buffer) pass with curl, and
+    the first line of a response reaches curl while the app still holds back the rest."""
+    curl = need("curl")
+    release = asyncio.Event()
+    big = 24 << 20
+
+    async def app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        path = head.split()[1]
+        if path == "/upload":
+            length = int(next(h.split(":", 1)[1] for h in head.split("\r\n") if h.lower().startswith("content-length")))
+            seen = 0
+            while seen < length:
+                seen += len(await reader.read(1 << 16))
+            body = f"received {seen}".encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        elif path == "/download":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % big)
+            for _ in range(big >> 20):
+                writer.write(b"x" * (1 << 20))
+                await writer.drain()
+        else:  # /slow: chunked, the second chunk only once the test has seen the first
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nfirst\n\r\n")
+            await writer.drain()
+            await asyncio.wait_for(release.wait(), 20)
+            writer.write(b"7\r\nsecond\n\r\n0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(app, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    env = await kube_env.start(tmp_path, apps=True, users={"alice": {}},
+                               app_list=[{"name": "files", "uri": f"http://127.0.0.1:{port}"},
+                                         {"name": "gone", "uri": "http://127.0.0.1:1"}])
+    try:
+        code, out, err = await env.run("alice", "tpemu", "apps", "login", "files")
+        assert code == 0, err
+        command = out.strip().splitlines()[-1].split()
+        upload = tmp_path / "upload.bin"
+        upload.write_bytes(b"u" * big)
+        code, out, err = await env.run("alice", curl, "-sS", "--data-binary", f"@{upload}", *command[1:-1],
+                                       command[-1] + "upload")
+        assert code == 0 and out == f"received {big}", (out[:200], err)
+        code, out, err = await env.run("alice", curl, "-sS", "-o", str(tmp_path / "down.bin"), "-w",
+                                       "%{size_download}", *command[1:-1], command[-1] + "download")
+        assert code == 0 and out == str(big), (out, err)
+        slow = await asyncio.create_subprocess_exec(curl, "-sSN", *command[1:-1], command[-1] + "slow",
+                                                    stdout=subprocess.PIPE, env=env.env("alice"))
+        assert slow.stdout is not None
+        assert await asyncio.wait_for(slow.stdout.readline(), 20) == b"first\n"
+        release.set()
+        assert await asyncio.wait_for(slow.stdout.read(), 20) == b"second\n"
+        assert await slow.wait() == 0
+        code, out, err = await env.run("alice", "tpemu", "apps", "login", "gone")
+        assert code == 0, err
+        gone = out.strip().splitlines()[-1].split()
+        code, out, err = await env.run("alice", curl, "-sS", "-w", "%{http_code}", *gone[1:])
+        assert out.endswith("502") and "application 'gone' is unreachable" in out, (out, err)
+    finally:
+        await kube_env.stop(env)
+        server.close()

@@ -25,6 +25,7 @@ import pytest
 
 from tests import kube_env
 from tests.conftest import need
+from tpemu.agent import access
 from tpemu.agent.kube import controller
 from tpemu.proxy.decide import ListenerKind
 
@@ -122,6 +123,11 @@ async def test_kubectl_through_the_web_port(env: kube_env.KubeEnv) -> None:
     assert code == 0 and out == "through stdin\n", err
     code, out, err = await kubectl(env, "alice", "logs", first)
     assert code == 0 and f"pod default/{first} scheduled on node kubeagent" in out, err
+    # What users try next: the "all" category, and the API server's self-reviews.
+    code, out, err = await kubectl(env, "alice", "get", "all")
+    assert code == 0 and f"pod/{first}" in out and "deployment.apps/web" in out, (out, err)
+    code, out, err = await kubectl(env, "alice", "auth", "can-i", "delete", "secrets")
+    assert (code, out.strip()) == (0, "yes"), err
 
     code, out, err = await env.run("alice", sys.executable, "-c", PY_LIST_PODS)
     assert code == 0, err
@@ -132,6 +138,11 @@ async def test_kubectl_through_the_web_port(env: kube_env.KubeEnv) -> None:
 async def test_refusals_are_kubernetes_status(env: kube_env.KubeEnv) -> None:
     code, _, err = await env.run("bob", "tpemu", "kube", "login", "emu")
     assert code == 0, err
+    code, out, err = await kubectl(env, "bob", "auth", "can-i", "list", "pods")
+    assert (code, out.strip()) == (1, "no"), (out, err)
+    code, out, err = await kubectl(env, "bob", "auth", "whoami", "-o", "json")
+    assert code == 0 and json.loads(out)["status"]["userInfo"] == {
+        "username": "bob", "groups": ["system:authenticated"]}, (out, err)
     code, _, err = await kubectl(env, "bob", "get", "pods")
     assert code == 1 and 'Error from server (Forbidden): pods is forbidden: User "bob" cannot list resource "pods" ' \
         'in API group "" in the namespace "default"' in err
@@ -231,7 +242,7 @@ async def test_directly_joined_kubernetes_service(tmp_path: Path) -> None:
         await kube_env.stop(env)
 
 
-async def test_roles_kubernetes_labels_decide_kube_login(tmp_path: Path) -> None:
+async def test_roles_kubernetes_labels_decide_kube_login(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Teleport's kubernetes_labels check (``lib/services/role.go``): a role without a matching
     ``kubernetes_labels`` rule (the preset ``editor``, or a deny rule) gets no certificate for the
     cluster, even with kubernetes_groups traits; ``access`` does."""
@@ -249,5 +260,16 @@ async def test_roles_kubernetes_labels_decide_kube_login(tmp_path: Path) -> None
         assert code != 0 and "denied by role 'no-kube'" in out + err, (out, err)
         code, out, err = await env.run("alice", "tpemu", "kube", "login", kube_env.KUBE)
         assert code == 0, err
+        code, out, err = await kubectl(env, "alice", "get", "ns")
+        assert code == 0, err
+        # Checked per request by the Kubernetes Service too: a role change reaches a live certificate.
+        monkeypatch.setattr(access, "TTL", 0.2)
+        await admin.call("PUT", "/v1/roles/access", {"kind": "role", "metadata": {"name": "access"},
+                                                     "spec": {"deny": {"kubernetes_labels": {"*": "*"}}}})
+        async with asyncio.timeout(20):
+            while (await kubectl(env, "alice", "get", "ns"))[0] == 0:
+                await asyncio.sleep(0.1)
+        code, out, err = await kubectl(env, "alice", "get", "ns")
+        assert "Forbidden" in err and "access denied to kubernetes cluster" in err, err
     finally:
         await kube_env.stop(env)

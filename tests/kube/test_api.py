@@ -54,7 +54,8 @@ DEPLOY = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "w
 async def test_discovery(api: EmulatedAPI) -> None:
     assert (await call(api, "GET", "/api"))[1]["versions"] == ["v1"]
     groups = (await call(api, "GET", "/apis"))[1]
-    assert [g["name"] for g in groups["groups"]] == ["apps"]
+    # apps for the stored types; the two review groups of kubectl auth can-i / whoami (reviews.py).
+    assert [g["name"] for g in groups["groups"]] == ["apps", "authorization.k8s.io", "authentication.k8s.io"]
     core = (await call(api, "GET", "/api/v1"))[1]
     names = {r["name"] for r in core["resources"]}
     assert {"namespaces", "pods", "pods/log", "pods/exec", "configmaps", "secrets"} <= names
@@ -62,7 +63,7 @@ async def test_discovery(api: EmulatedAPI) -> None:
     assert apps["groupVersion"] == "apps/v1" and "deployments" in {r["name"] for r in apps["resources"]}
     assert (await call(api, "GET", "/version"))[1]["minor"] == "32"
     index = (await call(api, "GET", "/openapi/v3"))[1]["paths"]
-    assert set(index) == {"api/v1", "apis/apps/v1"}
+    assert set(index) == {"api/v1", "apis/apps/v1", "apis/authorization.k8s.io/v1", "apis/authentication.k8s.io/v1"}
     doc = (await call(api, "GET", "/openapi/v3/apis/apps/v1"))[1]
     op = doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"]
     assert "fieldValidation" in {p["name"] for p in op["parameters"]}

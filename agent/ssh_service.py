@@ -490,6 +490,31 @@ def _default_signals() -> None:  # pragma: no cover - runs in the child between 
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
+#: What ``subprocess`` resets in the child itself (``restore_signals=True``: Python ignores them).
+_RESTORED_SIGNALS = {getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)}
+
+
+def _exec_gives_default_signals() -> bool:
+    """Whether a child exec'd from this thread starts as :func:`_default_signals` would leave it,
+    without running that hook: no signal blocked in this thread, none ignored (exec resets caught
+    signals to their default; ``restore_signals`` resets the ones Python ignores).
+
+    Why it matters: a ``preexec_fn`` makes ``subprocess`` fork (copy the page tables of this
+    whole process: ~9 ms at 136 MB RSS here) instead of vfork (~0.15 ms), on every session.
+    """
+    if signal.pthread_sigmask(signal.SIG_BLOCK, ()):
+        return False
+    for sig in signal.valid_signals():
+        if sig in _FIXED_SIGNALS or sig in _RESTORED_SIGNALS:
+            continue
+        try:
+            if signal.getsignal(sig) == signal.SIG_IGN:
+                return False
+        except (OSError, ValueError):
+            continue
+    return True
+
+
 def _take_controlling_tty() -> None:  # pragma: no cover - runs in the child between fork and exec
     # After setsid (start_new_session) the pty slave on stdin becomes the controlling terminal, so
     # the line discipline's Ctrl-C reaches the foreground job and a closed master sends SIGHUP.
@@ -641,8 +666,10 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self.stdin = _FdWriter(os.dup(master), self._stdin_low)
             self.readers = [_FdReader(master, self._on_stdout, self._on_reader_eof)]
         else:
+            # Without the hook when it has nothing to do (the usual case): vfork instead of fork.
+            hook = None if _exec_gives_default_signals() else _default_signals
             self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         preexec_fn=_default_signals, **common)  # noqa: PLW1509
+                                         preexec_fn=hook, **common)  # noqa: PLW1509
             assert self.proc.stdin and self.proc.stdout and self.proc.stderr
             fds = [os.dup(f.fileno()) for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr)]
             for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):

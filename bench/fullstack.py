@@ -17,6 +17,7 @@ process logs in as a user and measures, with the same client code ``tpemu`` uses
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import statistics
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,42 +53,51 @@ def run_fullstack(profile: str = "quick", log: Log = print) -> dict[str, Any]:
     except ImportError:
         return {"skipped": "asyncpg is not installed (a test dependency)"}
     n = 20 if profile == "quick" else 60
-    tpemu = Path(sys.executable).with_name("tpemu")
-    with tempfile.TemporaryDirectory(prefix="tpemu-bench-full-") as tmp:
-        work = Path(tmp)
-        web, auth = _free_port(), _free_port()
-        cfg = work / "cluster.yaml"
-        cfg.write_text(f"""teleport: {{data_dir: {work / 'data'}, nodename: bench-node, log: {{severity: WARN}}}}
+    with tempfile.TemporaryDirectory(prefix="tpemu-bench-full-") as tmp, cluster(Path(tmp)) as (_proc, home):
+        import uvloop
+
+        return uvloop.run(_measure(home, n, log))
+
+
+@contextlib.contextmanager
+def cluster(work: Path, env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """A ``tpemu start`` all-in-one cluster in ``work`` with user alice logged in; yields the
+    process and the client home. ``env``: the environment of every tpemu command (a build's
+    ``PYTHONPATH``, :mod:`bench.fullstack_builds`); by default this interpreter's ``tpemu``."""
+    tpemu = [str(Path(sys.executable).with_name("tpemu"))] if env is None else [
+        sys.executable, "-c", "import sys; from tpemu.cli import main; sys.exit(main())"]
+    web, auth = _free_port(), _free_port()
+    cfg = work / "cluster.yaml"
+    cfg.write_text(f"""teleport: {{data_dir: {work / 'data'}, nodename: bench-node, log: {{severity: WARN}}}}
 auth_service: {{listen_addr: "127.0.0.1:{auth}"}}
 proxy_service: {{web_listen_addr: "127.0.0.1:{web}"}}
 db_service:
   enabled: yes
   databases: [{{name: pg, protocol: postgres, uri: emulated}}]
 """)
-        logf = work / "tpemu.log"
-        with logf.open("wb") as f:
-            proc = subprocess.Popen([str(tpemu), "start", "--config", str(cfg)], stdout=f, stderr=subprocess.STDOUT)
+    logf = work / "tpemu.log"
+    with logf.open("wb") as f:
+        proc = subprocess.Popen([*tpemu, "start", "--config", str(cfg)], stdout=f, stderr=subprocess.STDOUT, env=env,
+                                cwd=work)  # not the repository: ``-c`` puts the cwd first on sys.path
+    try:
+        _wait_log(logf, "agent:", proc)
+        pw = work / "pw"
+        pw.write_text(PASSWORD)
+        subprocess.run([*tpemu, "users", "add", "alice", "--logins", "alice", "--db-users", "alice",
+                        "--db-names", "postgres", "--password-file", str(pw), "--data-dir", str(work / "data")],
+                       check=True, capture_output=True, timeout=60, env=env, cwd=work)
+        home = work / "home"
+        subprocess.run([*tpemu, "login", "--proxy", f"127.0.0.1:{web}", "--user", "alice", "--password-file",
+                        str(pw), "--home", str(home), "--ca", str(work / "data" / "pki" / "ca.crt")],
+                       check=True, capture_output=True, timeout=60, env=env, cwd=work)
+        time.sleep(1.0)  # the agent's first heartbeats
+        yield proc, home
+    finally:
+        proc.terminate()
         try:
-            _wait_log(logf, "agent:", proc)
-            pw = work / "pw"
-            pw.write_text(PASSWORD)
-            subprocess.run([str(tpemu), "users", "add", "alice", "--logins", "alice", "--db-users", "alice",
-                            "--db-names", "postgres", "--password-file", str(pw), "--data-dir", str(work / "data")],
-                           check=True, capture_output=True, timeout=60)
-            home = work / "home"
-            subprocess.run([str(tpemu), "login", "--proxy", f"127.0.0.1:{web}", "--user", "alice", "--password-file",
-                            str(pw), "--home", str(home), "--ca", str(work / "data" / "pki" / "ca.crt")],
-                           check=True, capture_output=True, timeout=60)
-            time.sleep(1.0)  # the agent's first heartbeats
-            import uvloop
-
-            return uvloop.run(_measure(home, n, log))
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 async def _measure(home: Path, n: int, log: Log) -> dict[str, Any]:

@@ -45,6 +45,8 @@ from asyncssh.constants import EXTENDED_DATA_STDERR, MSG_CHANNEL_OPEN
 from asyncssh.misc import ChannelOpenError
 from asyncssh.packet import SSHPacket
 
+from tpemu.net.ssh_lean import LeanChannel, LeanConnection
+
 log = logging.getLogger(__name__)
 
 CHAN_HEARTBEAT = "teleport-heartbeat"
@@ -67,7 +69,7 @@ MAX_PKTSIZE = 32768
 RequestHandler = Callable[["TeleportChannel", str, bytes], bool | None]
 
 
-class TeleportChannel(SSHForwardChannel[bytes]):
+class TeleportChannel(LeanChannel, SSHForwardChannel[bytes]):
     """An SSH channel of a Teleport type: raw bytes, stderr both ways, requests to a callback."""
 
     _read_datatypes = {EXTENDED_DATA_STDERR}
@@ -134,7 +136,7 @@ def _dispatch_open(conn: Any, packet: SSHPacket, handler: OpenHandler) -> None:
         conn.send_channel_open_failure(send_chan, exc.code, exc.reason, exc.lang)
 
 
-class TunnelServerConnection(asyncssh.SSHServerConnection):
+class TunnelServerConnection(LeanConnection, asyncssh.SSHServerConnection):
     """The proxy's end: channel opens go to ``on_open``; host certificates to ``check_cert``."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, options: asyncssh.SSHServerConnectionOptions,
@@ -173,7 +175,7 @@ class TunnelServerConnection(asyncssh.SSHServerConnection):
         return None
 
 
-class TunnelClientConnection(asyncssh.SSHClientConnection):
+class TunnelClientConnection(LeanConnection, asyncssh.SSHClientConnection):
     """The agent's end: channel opens go to ``on_open``; ``x-teleport-version`` is answered."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, options: asyncssh.SSHClientConnectionOptions,

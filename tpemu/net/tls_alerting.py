@@ -155,6 +155,8 @@ class _TLSProtocol(asyncio.Protocol):
                 self.inner.eof_received()
                 break
             self.inner.data_received(chunk)
+            if not self.incoming.pending and not self.sslobj.pending():
+                break  # all taken: a read now would only raise SSLWantReadError (costly, once per record)
         self.flush()  # post-handshake messages (TLS 1.3 tickets, key updates)
 
     def eof_received(self) -> bool | None:

@@ -36,6 +36,8 @@ _HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-autho
 
 #: The caller's header rewrite: (incoming headers without hop-by-hop ones) → headers to send.
 Rewrite = Callable[[list[tuple[str, str]]], Awaitable[list[tuple[str, str]] | str]]
+#: The caller's response-head rewrite: (status, headers) → headers (``rewrite.redirect``).
+ResponseRewrite = Callable[[int, list[tuple[str, str]]], list[tuple[str, str]]]
 
 
 class Closed(PeerFault):
@@ -61,7 +63,8 @@ def _text(conn: h11.Connection, status: int, message: str) -> bytes:
 
 
 async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, uri: str, rewrite: Rewrite,
-                insecure_skip_verify: bool = False, name: str = "app") -> None:
+                insecure_skip_verify: bool = False, name: str = "app",
+                response: ResponseRewrite | None = None) -> None:
     """Serve the client's requests on ``reader``/``writer`` by relaying each to ``uri``."""
     client = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
     try:
@@ -74,7 +77,7 @@ async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, uri:
                 return
             if not isinstance(event, h11.Request):
                 return
-            if not await _one(client, event, reader, writer, uri, rewrite, insecure_skip_verify, name):
+            if not await _one(client, event, reader, writer, uri, rewrite, insecure_skip_verify, name, response):
                 return
             if client.our_state is not h11.DONE or client.their_state is not h11.DONE:
                 return
@@ -86,7 +89,8 @@ async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, uri:
 
 
 async def _one(client: h11.Connection, req: h11.Request, reader: asyncio.StreamReader,
-               writer: asyncio.StreamWriter, uri: str, rewrite: Rewrite, insecure: bool, name: str) -> bool:
+               writer: asyncio.StreamWriter, uri: str, rewrite: Rewrite, insecure: bool, name: str,
+               response: ResponseRewrite | None = None) -> bool:
     incoming = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in req.headers]
     length = next((v for k, v in incoming if k == "content-length"), None)
     chunked = any(k == "transfer-encoding" for k, _ in incoming)
@@ -113,8 +117,9 @@ async def _one(client: h11.Connection, req: h11.Request, reader: asyncio.StreamR
     try:
         framing = [("content-length", length)] if length is not None else (
             [("transfer-encoding", "chunked")] if chunked else [])
-        out = [("host", target.netloc), *[(k, v) for k, v in headers if k != "host"], *framing,
-               ("connection", "close")]
+        # The caller's Host (the app's own, or a rewrite.headers "Host"), else the app's.
+        host = next((v for k, v in headers if k == "host"), target.netloc)
+        out = [("host", host), *[(k, v) for k, v in headers if k != "host"], *framing, ("connection", "close")]
         b_writer.write(backend.send(h11.Request(method=req.method, target=req.target, headers=out)) or b"")
         # The request body, as it arrives.
         while True:
@@ -141,6 +146,8 @@ async def _one(client: h11.Connection, req: h11.Request, reader: asyncio.StreamR
             return False
         resp_headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers
                         if k.decode("latin-1").lower() not in _HOP or k.decode("latin-1").lower() == "content-length"]
+        if response is not None:
+            resp_headers = response(head.status_code, resp_headers)
         writer.write(client.send(h11.Response(status_code=head.status_code, headers=resp_headers,
                                               reason=head.reason)) or b"")
         # The response body, as it arrives.

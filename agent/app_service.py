@@ -29,6 +29,7 @@ from tpemu import authapi
 from tpemu import identity as ident
 from tpemu.agent import app_http
 from tpemu.agent.access import RoleCache
+from tpemu.agent.app_rewrite import Rewrite, RewriteError
 from tpemu.config import App
 from tpemu.errors import PeerFault
 from tpemu.net.channel import open_streams
@@ -59,6 +60,8 @@ class AppDef:
     labels: dict[str, str]
     public_addr: str = ""
     insecure_skip_verify: bool = False
+    #: ``rewrite`` (headers, redirect), compiled.
+    rewrite: Rewrite | None = None
 
     @property
     def kind(self) -> str:
@@ -80,8 +83,12 @@ def app_defs(apps: tuple[App, ...], debug_app: bool) -> list[AppDef]:
             raise AppError(f"app_service.apps: every app needs a name and a uri (got {app.name!r}, {app.uri!r})")
         if app.uri != EMULATED_ECHO and urlsplit(app.uri).scheme not in ("http", "https", "tcp"):
             raise AppError(f"app {app.name!r}: uri must be http://, https://, tcp:// or {EMULATED_ECHO}")
+        try:
+            rewrite = Rewrite(app.name, app.rewrite.headers, app.rewrite.redirect)
+        except RewriteError as exc:
+            raise AppError(f"app_service.apps: {exc}") from None
         out.append(AppDef(app.name, app.uri, app.description, dict(app.labels), app.public_addr,
-                          app.insecure_skip_verify))
+                          app.insecure_skip_verify, rewrite if rewrite.headers or rewrite.redirect else None))
     if debug_app:
         out.append(AppDef("dumper", EMULATED_ECHO, "Teleport's debug app: echoes each request", {}))
     return out
@@ -157,7 +164,17 @@ class AppService:
             async def rewrite(headers: list[tuple[str, str]]) -> list[tuple[str, str]] | str:
                 return await self._headers(app, identity, headers, client, request.client_dst_addr)
 
-            await app_http.relay(reader, writer, app.uri, rewrite, app.insecure_skip_verify, app.name)
+            public_port = int(request.client_dst_addr.rsplit(":", 1)[1]) if ":" in request.client_dst_addr and \
+                request.client_dst_addr.rsplit(":", 1)[1].isdigit() else 0
+            public_host = identity.route_to_app.public_addr.rsplit(":", 1)[0] or app.public_addr
+
+            def response(status: int, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+                if app.rewrite is None:
+                    return headers
+                return [(k, app.rewrite.location(status, v, public_host, public_port) if k.lower() == "location"
+                         else v) for k, v in headers]
+
+            await app_http.relay(reader, writer, app.uri, rewrite, app.insecure_skip_verify, app.name, response)
             return
 
         async def handle(req: Request) -> Response:
@@ -188,6 +205,13 @@ class AppService:
             return f"the Auth Service did not sign a token for this request: {exc.message}\n"
         given_host = next((v for k, v in incoming if k == "host"), "")
         headers = [(k, v) for k, v in incoming if k not in _HOP_BY_HOP and not k.startswith("x-forwarded-")]
+        if not app.emulated:
+            # oxy's forwarder: the request goes out with the app's own host (outReq.Host = target.Host).
+            headers = [(k, v) for k, v in headers if k != "host"] + [("host", urlsplit(app.uri).netloc)]
+        if app.rewrite is not None:
+            # lib/srv/app/transport.go rewriteRequest: rewrite.headers, then the JWT (reserved names
+            # never come from the rewrite, so the order only matters for what the app sees first).
+            headers = app.rewrite.request_headers(headers, identity.traits, identity.username)
         return [*headers, (JWT_HEADER, token), ("x-forwarded-for", client), ("x-forwarded-host", given_host or host),
                 ("x-forwarded-proto", "https"), ("x-forwarded-server", app.name)]
 

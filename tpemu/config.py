@@ -462,6 +462,16 @@ class KubernetesService:
 
 
 @dataclass(frozen=True)
+class AppRewrite:
+    """``lib/config/fileconf.go`` ``Rewrite`` (applied by ``tpemu.agent.app_rewrite``)."""
+    #: Hosts whose redirects (``3xx`` ``Location``) are sent to the app's public address.
+    redirect: tuple[str, ...] = ()
+    #: ``"Name: value"`` request headers; the value may use ``{{internal.X}}``/``{{external.X}}``.
+    headers: tuple[str, ...] = ()
+    jwt_claims: object = _ignored()
+
+
+@dataclass(frozen=True)
 class App:
     name: str = ""
     #: ``http://host:port``, ``https://…``, ``tcp://host:port``, or ``emulated-echo`` (tpemu's echo app).
@@ -470,7 +480,7 @@ class App:
     description: str = ""
     labels: Mapping[str, str] = _f(factory=dict)
     insecure_skip_verify: bool = False
-    rewrite: object = _ignored()
+    rewrite: AppRewrite = _f(factory=AppRewrite)
     commands: object = _ignored()
     aws: object = _ignored()
     cloud: object = _ignored()

@@ -225,3 +225,49 @@ async def test_http_app_bodies_stream_both_ways(tmp_path: Path) -> None:
     finally:
         await kube_env.stop(env)
         server.close()
+
+
+async def test_rewrite_headers_and_redirect_with_curl(tmp_path: Path) -> None:
+    """``rewrite`` as Teleport's app agent applies it (``lib/srv/app/transport.go`` rewriteHeaders,
+    rewriteRedirect): the app sees the configured ``Host``, one ``X-Logins`` per login of the user
+    (``{{internal.logins}}``), ``{{external.team}}`` with a prefix, the client's own ``X-Logins``
+    replaced, a header whose trait is missing not set; a redirect to a listed host comes back to
+    curl pointing at the app's public address on the proxy's port."""
+    curl = need("curl")
+
+    async def app(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).decode("latin-1")
+        lines = head.split("\r\n")
+        if lines[0].split()[1] == "/redir":
+            writer.write(b"HTTP/1.1 302 Found\r\nLocation: http://grafana.internal:3000/login?next=%2F\r\n"
+                         b"Content-Length: 0\r\n\r\n")
+        else:
+            body = json.dumps([line.split(":", 1)[0].lower() + ":" + line.split(":", 1)[1].strip()
+                               for line in lines[1:] if ":" in line]).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(app, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    rewrite = {"headers": ["Host: grafana.example.com", "X-Logins: {{internal.logins}}",
+                           "X-Team: team-{{external.team}}", "X-Missing: {{external.nope}}"],
+               "redirect": ["grafana.internal"]}
+    env = await kube_env.start(tmp_path, apps=True, users={"alice": {"team": ["blue"]}},
+                               app_list=[{"name": "grafana", "uri": f"http://127.0.0.1:{port}", "rewrite": rewrite}])
+    try:
+        code, out, err = await env.run("alice", "tpemu", "apps", "login", "grafana")
+        assert code == 0, err
+        command = out.strip().splitlines()[-1].split()
+        code, out, err = await env.run("alice", curl, "-sS", "-H", "X-Logins: forged", *command)
+        assert code == 0, (out, err)
+        seen = json.loads(out)
+        assert "host:grafana.example.com" in seen and "x-logins:alice" in seen and "x-team:team-blue" in seen, seen
+        assert "x-logins:forged" not in seen and not any(h.startswith("x-missing") for h in seen), seen
+        code, out, err = await env.run("alice", curl, "-sS", "-o", "/dev/null", "-w", "%{redirect_url}",
+                                       *command[1:-1], command[-1] + "redir")
+        web = env.proxy.info.bound[kube_env.ListenerKind.WEB]
+        assert code == 0 and out == f"https://grafana.{kube_env.CLUSTER}:{web.port}/login?next=%2F", (out, err)
+    finally:
+        await kube_env.stop(env)
+        server.close()

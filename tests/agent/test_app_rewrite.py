@@ -115,4 +115,5 @@ def test_app_defs_refuse_a_bad_rewrite_at_start() -> None:
                        "'X-Forwarded-Host' is reserved and can't be rewritten"):
         app_defs(bad.app_service.apps, False)
     with pytest.raises(config.ConfigError, match="rewrite.headers"):
-        config.from_dict({"app_service": {"apps": [{"name": "g", "uri": "http://x", "rewrite": {"headers": [{"X": 1}]}}]}})
+        config.from_dict({"app_service": {"apps": [{"name": "g", "uri": "http://x",
+                                                    "rewrite": {"headers": [{"X": 1}]}}]}})

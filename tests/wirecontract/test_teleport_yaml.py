@@ -93,6 +93,8 @@ TELEPORT_KEYS: dict[str, set[str]] = {
     "Database": {"name", "description", "protocol", "uri", "ca_cert_file", "tls", "mysql", "static_labels",
                  "dynamic_labels", "aws", "gcp", "ad", "azure", "admin_user", "oracle"},
     "DatabaseTLS": {"mode", "server_name", "ca_cert_file", "trust_system_cert_pool"},
+    # lib/config/fileconf.go Rewrite (an app's rewrite block).
+    "AppRewrite": {"redirect", "headers", "jwt_claims"},
     "AppService": {"enabled", "listen_addr", "debug_app", "apps", "resources"},
     "App": {"name", "description", "uri", "public_addr", "labels", "commands", "insecure_skip_verify", "rewrite",
             "aws", "cloud", "required_apps", "use_any_proxy_public_addr", "cors", "tcp_ports", "mcp"},

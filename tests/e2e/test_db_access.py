@@ -197,7 +197,8 @@ async def stop_env(env: Env) -> None:
 
 EMULATED = [{"name": "pg", "protocol": "postgres", "description": "emulated Postgres",
              "static_labels": {"env": "test"}},
-            {"name": "my", "protocol": "mysql"}, {"name": "mongo", "protocol": "mongodb"},
+            {"name": "my", "protocol": "mysql"},
+            {"name": "mongo", "protocol": "mongodb", "description": "the embedded MongoDB wire server (nx-27017)"},
             {"name": "cache", "protocol": "redis"}]
 
 
@@ -281,6 +282,10 @@ async def test_db_ls_login_config_env(env: Env) -> None:
     assert lines[0].split()[:3] == ["Name", "Protocol", "Description"]
     assert any(line.split()[:2] == ["pg", "postgres"] and "env=test" in line for line in lines), out
     assert {line.split()[0] for line in lines[1:]} == {"cache", "mongo", "my", "pg"}
+    # Columns line up whatever a cell's length (a long description used to push the next ones right).
+    starts = [lines[0].index(h) for h in ("Protocol", "Description", "Labels", "Last heartbeat", "Connect")]
+    for line in lines[1:]:
+        assert all(line[i - 1] == " " and line[i] != " " for i in starts), out
     code, out, err = await env.cli("db", "login", "pg")
     assert code == 0, err
     assert "Logged into database pg (postgres) as database user 'alice', database 'app'" in out

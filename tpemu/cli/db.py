@@ -105,14 +105,17 @@ def cmd_db_ls(args: argparse.Namespace) -> int:
         return 0
     from tpemu.client.ssh import heartbeat_age
 
-    print(f"{'Name':<24} {'Protocol':<10} {'Description':<24} {'Labels':<16} {'Last heartbeat':<15} Connect")
+    rows = [("Name", "Protocol", "Description", "Labels", "Last heartbeat", "Connect")]
     for d in items:
         labels = ",".join(f"{k}={v}" for k, v in sorted(d.labels.items()))
         login = active.get(d.name)
-        mark = f"> {d.name}" if login else d.name
-        connect = f"tpemu db connect {d.name}" + (f" (as {login.db_user})" if login else "")
-        print(f"{mark:<24} {d.protocol:<10} {d.description or '-':<24} {labels or '-':<16} "
-              f"{'disconnected' if d.connected is False else heartbeat_age(d.last_heartbeat):<15} {connect}")
+        rows.append((f"> {d.name}" if login else d.name, d.protocol, d.description or "-", labels or "-",
+                     "disconnected" if d.connected is False else heartbeat_age(d.last_heartbeat),
+                     f"tpemu db connect {d.name}" + (f" (as {login.db_user})" if login else "")))
+    # Each column as wide as its longest cell (a long description must not push the next ones).
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print(" ".join(f"{cell:<{w}}" for cell, w in zip(r, widths, strict=False)) + " " + r[-1])
     return 0
 
 

@@ -46,6 +46,9 @@ TUNNEL_ALPN = {"postgres": alpn.POSTGRES, "mysql": alpn.MYSQL, "mongodb": alpn.M
 #: The CLI client per protocol, in order of preference.
 CLIENTS = {"postgres": ("psql",), "mysql": ("mariadb", "mysql"), "mongodb": ("mongosh", "mongo"),
            "redis": ("redis-cli",)}
+#: Where the CLI clients come from (Debian packages; mongosh is on npm only).
+CLIENT_INSTALL = {"postgres": "apt-get install postgresql-client", "mysql": "apt-get install mariadb-client",
+                  "mongodb": "npm install -g mongosh", "redis": "apt-get install redis-tools"}
 
 
 class DBError(PeerFault):
@@ -308,7 +311,8 @@ def client_binary(protocol: str) -> str:
         path = shutil.which(name)
         if path:
             return path
-    raise DBError(f"no {' or '.join(CLIENTS[protocol])} found in PATH")
+    raise DBError(f"no {' or '.join(CLIENTS[protocol])} found in PATH (install it: {CLIENT_INSTALL[protocol]}; "
+                  "or run 'tpemu proxy db --tunnel NAME' and point any client at the port it prints)")
 
 
 def tunnel_command(login: DBLogin, port: int, binary: str | None = None) -> list[str]:

@@ -8,7 +8,9 @@ the user's ``kubernetes_users``/``kubernetes_groups``. The proxy ends TLS (offer
 only, so Go's client speaks HTTP/1.1 and ``exec`` upgrades to a WebSocket on the same stream),
 checks the certificate against the user CA, finds the agent serving that cluster
 (``TunnelRegistry.dial``, ``conn_type: kube``, the identity as JSON) and relays the HTTP stream to
-it; the agent's Kubernetes Service authorizes each request and sets the impersonation headers.
+it; the agent's Kubernetes Service authorizes each request and sets the impersonation headers. A
+Kubernetes Service joined directly to Auth is reached on its own address instead, each request
+carrying the user in ``Teleport-Impersonate-User`` (:meth:`KubeProxy._relay_direct`).
 
 Refusals are Kubernetes ``Status`` replies (kubectl prints them as ``Error from server (…)``):
 no client certificate → ``401 Unauthorized``; no cluster named and none or several served →
@@ -28,14 +30,17 @@ from tpemu import authapi
 from tpemu import identity as ident
 from tpemu.config import Addr
 from tpemu.logs import RateLimiter
+from tpemu.net import kube_http as khttp
 from tpemu.net.http_server import Request, Response, serve_http
+from tpemu.net.kube_forward import FORWARDED_IP, FORWARDED_USER, RemoteAPI, Upstream
+from tpemu.net.kube_status import StatusError
 from tpemu.net.pipe import Pipe, park_streams
 from tpemu.net.sockets import format_addr
 from tpemu.net.tls import ContextCache, accept_stream, new_context, peer_certificate
 from tpemu.pki import TLSFiles
 from tpemu.proxy.frontdoor import Accepted
-from tpemu.wire import WireError, alpn
-from tpemu.wire.tunnel import MAX_FRAME, DialRequest, DialResponse, Resource, decode_frame
+from tpemu.wire import alpn
+from tpemu.wire.tunnel import DialRequest, Resource
 
 log = logging.getLogger(__name__)
 KUBE = "kube"
@@ -121,7 +126,8 @@ class KubeProxy:
                 raise LookupError("no agent is connected to this proxy (no reverse tunnels)")
             agent = await dialer.dial(request, timeout=self.dial_timeout)
         except Exception as exc:  # the tunnel registry's errors (TunnelError, timeouts) end here
-            agent = await self._dial_direct(acc, cluster, request) if "not found" in str(exc) else None
+            if "not found" in str(exc) and await self._relay_direct(acc, reader, writer, cluster, identity):
+                return
             if agent is None:
                 self.stats["unavailable"] += 1
                 message = f'kubernetes cluster "{cluster}" is unavailable: {exc}'
@@ -138,46 +144,64 @@ class KubeProxy:
 
         Pipe.join(park_streams(reader, writer), agent, on_close=closed)  # the tunnel channel: no socket
 
-    async def _dial_direct(self, acc: Accepted, cluster: str, request: DialRequest) -> asyncio.Transport | None:
-        """A Kubernetes Service joined directly to Auth: mTLS to the address of its ``kube_server``
-        resource with the proxy's host certificate, the dial request frame, its answer."""
+    async def _relay_direct(self, acc: Accepted, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                            cluster: str, identity: ident.Identity) -> bool:
+        """A Kubernetes Service joined directly to Auth, reached as Teleport 17's proxy reaches it
+        (``lib/kube/proxy/transport.go`` ``newLocalClusterTransport``): the proxy reads the user's
+        requests and sends each over mTLS with its *own* host certificate to the address of the
+        cluster's ``kube_server`` resource, naming the user in ``Teleport-Impersonate-User`` (the
+        identity as JSON) and ``Teleport-Impersonate-IP`` (``lib/kube/internal/http.go``
+        ``ImpersonatorRoundTripper``); the client's own headers of those names are dropped.
+        (Teleport before 15 had the proxy ask Auth for a user certificate per user for this hop,
+        ``ProcessKubeCSR`` in ``lib/auth/kube.go``.) Returns whether such a service exists (the
+        relay then ran to the end of the client's connection)."""
         got = self._direct() if self._direct is not None else None
         if got is None:
-            return None
+            return False
         auth, files = got
         try:
             data = await auth.call("GET", "/v1/kube_servers")
         except authapi.AuthAPIError as exc:
             log.debug("kube: listing kube_servers failed: %s", exc.message)
-            return None
+            return False
         items = data.get("items") if isinstance(data, dict) else None
-        addrs = [str((i.get("spec") or {}).get("addr")) for i in items or [] if isinstance(i, dict)
-                 and (i.get("metadata") or {}).get("name") == cluster and (i.get("spec") or {}).get("addr")
-                 and not (i.get("spec") or {}).get("use_tunnel")]
+        addrs = [Addr.parse(str((i.get("spec") or {}).get("addr")), default_port=3026) for i in items or []
+                 if isinstance(i, dict) and (i.get("metadata") or {}).get("name") == cluster
+                 and (i.get("spec") or {}).get("addr") and not (i.get("spec") or {}).get("use_tunnel")]
+        if not addrs:
+            return False
         ctx = new_context(ssl.PROTOCOL_TLS_CLIENT)
         ctx.load_verify_locations(cafile=str(files.ca))
         ctx.load_cert_chain(files.cert, files.key)
         ctx.set_alpn_protocols([alpn.HTTP11])
-        for text in addrs:
-            addr = Addr.parse(text, default_port=3026)
-            try:
-                async with asyncio.timeout(self.dial_timeout):
-                    # The Kubernetes Service's host certificate names *.teleport.cluster.local.
-                    r, w = await asyncio.open_connection(addr.host, addr.port, ssl=ctx,
-                                                         server_hostname=f"kube.{alpn.INTERNAL_DOMAIN}")
-                    w.write(request.encode())
-                    head = await r.readexactly(4)
-                    frame = decode_frame(head + await r.readexactly(min(int.from_bytes(head, "big"), MAX_FRAME)))
-                    answer = DialResponse.from_json(frame[0]) if frame else DialResponse(False, "no answer")
-            except (OSError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError, WireError) as exc:
-                self.limiter.warning(log, "kube-direct", "%s: kubernetes service %s at %s: %s", acc.ctx, cluster,
-                                     addr, exc)
-                continue
-            if answer.ok:
-                log.info("%s: kubernetes cluster %s served directly at %s", acc.ctx, cluster, addr)
-                return park_streams(r, w)  # the rest (bytes after the answer kept) joins a Pipe
-            w.close()
-        return None
+        # The Kubernetes Service's host certificate names *.teleport.cluster.local.
+        upstreams = [RemoteAPI(cluster, Upstream(a.host, a.port, f"kube.{alpn.INTERNAL_DOMAIN}", ctx)) for a in addrs]
+        forwarded = json.dumps(identity.to_json(), separators=(",", ":"))
+        source = format_addr(acc.peer)
+        self.stats["relayed"] += 1
+        log.info("%s: user %s → kubernetes cluster %s, served directly at %s", acc.ctx, identity.username, cluster,
+                 ", ".join(str(a) for a in addrs))
+
+        async def handle(request: khttp.Request) -> khttp.Reply | khttp.Streamed | khttp.Upgraded:
+            for name in (FORWARDED_USER, FORWARDED_IP):
+                request.headers.pop(name, None)
+                request.multi.pop(name, None)
+            request.headers[FORWARDED_USER] = forwarded
+            request.headers[FORWARDED_IP] = source
+            failure = StatusError(503, f'kubernetes cluster "{cluster}" is unavailable', "ServiceUnavailable")
+            for upstream in upstreams:  # the next one only when this one cannot be reached
+                try:
+                    return await upstream.handle(request)
+                except StatusError as exc:
+                    if exc.code != 503:
+                        return khttp.Reply(exc.code, exc.body())
+                    failure = exc
+                    self.limiter.warning(log, "kube-direct", "%s: %s", acc.ctx, exc.message)
+            return khttp.Reply(failure.code, failure.body())
+
+        await khttp.serve(reader, writer, handle, lambda code, message: khttp.Reply(
+            code, StatusError(code, message).body()), peer=source)
+        return True
 
     def _only_cluster(self) -> str:
         dialer = self._dialer()

@@ -66,10 +66,10 @@ def test_every_public_exception_has_the_one_root() -> None:
 
 
 def test_kinds_and_kept_bases() -> None:
-    from tpemu.agent.kube.status import StatusError
     from tpemu.auth.backend import NotFound as BackendNotFound
     from tpemu.config import ConfigError
     from tpemu.net.dial import DialError
+    from tpemu.net.kube_status import StatusError
     from tpemu.wire.tls import NotTLS
 
     # A peer's malformed bytes, a refused dial, a Kubernetes Status: the peer's fault, exit code 1.

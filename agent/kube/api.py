@@ -31,9 +31,9 @@ from typing import Any
 from tpemu.agent.kube import resources as res
 from tpemu.agent.kube import reviews
 from tpemu.agent.kube.controller import Controller
-from tpemu.agent.kube.http import Reply, Request, Streamed, Upgraded
-from tpemu.agent.kube.status import StatusError, forbidden
 from tpemu.agent.kube.store import Store
+from tpemu.net.kube_http import Reply, Request, Streamed, Upgraded
+from tpemu.net.kube_status import StatusError, forbidden
 
 log = logging.getLogger(__name__)
 

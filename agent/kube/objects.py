@@ -31,9 +31,9 @@ from tpemu.agent.kube import protobuf as kproto
 from tpemu.agent.kube import resources as res
 from tpemu.agent.kube import websocket as ws
 from tpemu.agent.kube.controller import now_stamp, random_suffix
-from tpemu.agent.kube.http import Reply, Request, Streamed, Upgraded, switch_protocols
-from tpemu.agent.kube.status import StatusError, already_exists, conflict, invalid, not_found
 from tpemu.agent.kube.store import Store, TooOld
+from tpemu.net.kube_http import Reply, Request, Streamed, Upgraded, switch_protocols
+from tpemu.net.kube_status import StatusError, already_exists, conflict, invalid, not_found
 
 if TYPE_CHECKING:
     from tpemu.agent.kube.api import EmulatedAPI, Target, User

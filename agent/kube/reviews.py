@@ -20,8 +20,8 @@ import yaml
 
 from tpemu.agent.kube import protobuf as kproto
 from tpemu.agent.kube import resources as res
-from tpemu.agent.kube.http import Reply, Request
-from tpemu.agent.kube.status import StatusError
+from tpemu.net.kube_http import Reply, Request
+from tpemu.net.kube_status import StatusError
 
 #: (group, version, plural) → kind, for the request router.
 PATHS: dict[tuple[str, str, str], str] = {(g, v, p): k for g, v, p, k in res.REVIEWS}

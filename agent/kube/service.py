@@ -1,10 +1,15 @@
 """The agent's Kubernetes Service: Teleport's kube forwarder in front of the emulated API (glue).
 
 Connections arrive through the reverse tunnel (``conn_type: kube``, the kube cluster's name, and
-the caller's identity as the proxy verified it from the client certificate) or on the service's
-own ``kubernetes_service.listen_addr`` (3026: TLS with the user's certificate, verified here
-against the user CA). Each HTTP request then goes through what Teleport's forwarder does
-(``lib/kube/proxy/forwarder.go``):
+the caller's identity as the proxy verified it from the client certificate) or, for a service
+joined directly to the Auth Service, on its own ``kubernetes_service.listen_addr`` (3026) as
+Teleport 17's proxy reaches it: mTLS with the *proxy's* host certificate, and on every request the
+user's identity in ``Teleport-Impersonate-User`` (JSON) and the client's address in
+``Teleport-Impersonate-IP`` (``lib/kube/proxy/transport.go`` ``newLocalClusterTransport``,
+``lib/kube/internal/http.go`` ``ImpersonatorRoundTripper``), accepted only from a Proxy
+(``lib/authz/middleware.go`` ``Middleware.ServeHTTP``: "Credentials forwarding is only permitted for Proxy") and
+removed before anything goes on. Each HTTP request then goes through what Teleport's forwarder
+does (``lib/kube/proxy/forwarder.go``):
 
 * **who**: ``setupContext`` takes the Kubernetes users and groups from the identity
   (``kubernetes_users``/``kubernetes_groups``, the user's traits); with neither the request is
@@ -23,6 +28,7 @@ against the user CA). Each HTTP request then goes through what Teleport's forwar
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import ssl
 from collections.abc import Sequence
@@ -31,13 +37,13 @@ from typing import TYPE_CHECKING
 
 from tpemu import identity as ident
 from tpemu.agent.access import RoleCache
-from tpemu.agent.kube import http as khttp
 from tpemu.agent.kube import remote
 from tpemu.agent.kube.api import EmulatedAPI, status_reply
-from tpemu.agent.kube.status import StatusError
+from tpemu.net import kube_http as khttp
 from tpemu.net.channel import open_streams
-from tpemu.wire import WireError
-from tpemu.wire.tunnel import MAX_FRAME, DialRequest, DialResponse, Resource, decode_frame
+from tpemu.net.kube_forward import FORWARDED_IP, FORWARDED_USER
+from tpemu.net.kube_status import StatusError
+from tpemu.wire.tunnel import DialRequest, Resource
 
 if TYPE_CHECKING:
     from tpemu.agent.process import AgentContext
@@ -86,6 +92,37 @@ def principals(identity: ident.Identity, request: khttp.Request) -> tuple[str, t
     return user, chosen
 
 
+def forwarded_identity(raw: str, forwarder: ident.Identity | None) -> ident.Identity:
+    """The user a proxy forwards in ``Teleport-Impersonate-User``, as ``lib/authz/middleware.go`` ``Middleware``
+    ``ServeHTTP`` and ``extractIdentityFromImpersonationHeader`` decide; raises :class:`StatusError`.
+
+    ``forwarder``: the TLS peer, whose certificate the listener verified against this cluster's
+    host CA (so its cluster is the local one). The header's JSON is tpemu's identity JSON
+    (:meth:`tpemu.identity.Identity.to_json`), not Go's ``tlsca.Identity`` field names: both ends
+    of this hop are tpemu."""
+    if forwarder is None or not forwarder.is_system(ident.ROLE_PROXY):
+        name = forwarder.username if forwarder is not None else "-"
+        if raw:
+            raise StatusError(403, "Credentials forwarding is only permitted for Proxy", "Forbidden")
+        # Teleport would serve the certificate's own identity; a host identity has no Kubernetes
+        # principals, so the forwarder would refuse it anyway.
+        raise StatusError(403, f"access denied: {name} is not a Proxy, and only a Proxy may forward users "
+                          "to this Kubernetes Service", "Forbidden")
+    if not raw:
+        raise StatusError(401, "Unauthorized: the proxy forwarded no user (Teleport-Impersonate-User)", "Unauthorized")
+    try:
+        who = ident.Identity.from_json(json.loads(raw))
+    except (ValueError, ident.IdentityError) as exc:
+        raise StatusError(400, f"invalid Teleport-Impersonate-User header: {exc}", "BadRequest") from None
+    if who.system_roles or any(g in ident.SYSTEM_ROLES for g in who.groups):
+        raise StatusError(403, "can not impersonate a system role", "Forbidden")
+    if who.teleport_cluster and forwarder.teleport_cluster and who.teleport_cluster != forwarder.teleport_cluster:
+        # Teleport serves such a user as a RemoteUser of a trusted cluster; tpemu has none.
+        raise StatusError(403, f"can not impersonate users of cluster {who.teleport_cluster!r}: trusted clusters "
+                          "are not emulated", "Forbidden")
+    return who
+
+
 class KubeService:
     """Serves the kube clusters of one agent (one emulated cluster per name)."""
 
@@ -129,20 +166,31 @@ class KubeService:
                               request.client_src_addr)
 
     async def serve_http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                         identity: ident.Identity, cluster_name: str, peer: str) -> None:
+                         identity: ident.Identity | None, cluster_name: str, peer: str,
+                         forwarder: ident.Identity | None = None) -> None:
+        """Serve one connection's requests: as ``identity`` (the tunnel's dial request), or, with
+        ``identity=None``, as the identity ``forwarder`` (the TLS peer) forwards on each request."""
         async def handle(request: khttp.Request) -> khttp.Reply | khttp.Streamed | khttp.Upgraded:
+            # Never passed on, whoever sent them (through the tunnel a client could).
+            raw = request.headers.pop(FORWARDED_USER, "")
+            client = request.headers.pop(FORWARDED_IP, "")
+            request.multi.pop(FORWARDED_USER, None)
+            request.multi.pop(FORWARDED_IP, None)
+            who: ident.Identity | None = identity
             try:
-                cluster = self._cluster(cluster_name or identity.kubernetes_cluster)
+                if who is None:
+                    who = forwarded_identity(raw, forwarder)
+                cluster = self._cluster(cluster_name or who.kubernetes_cluster)
                 if self.access is not None:
                     # lib/kube/proxy forwarder authorize: the roles' kubernetes_labels, per request.
-                    reason = await self.access.check(identity.groups, "kubernetes_labels", self.labels)
+                    reason = await self.access.check(who.groups, "kubernetes_labels", self.labels)
                     if reason:
                         raise StatusError(403, f"access denied to kubernetes cluster {cluster.name!r}: {reason}",
                                           "Forbidden")
-                user, groups = principals(identity, request)
+                user, groups = principals(who, request)
             except StatusError as exc:
-                log.info("kube service: %s %s %s refused: %s", identity.username, request.method,
-                         request.path, exc.message)
+                log.info("kube service: %s %s %s refused: %s", who.username if who is not None else "-",
+                         request.method, request.path, exc.message)
                 return status_reply(exc)
             for name in _IMPERSONATION:
                 request.headers.pop(name, None)
@@ -150,8 +198,8 @@ class KubeService:
             # setupImpersonationHeaders: what Teleport sends toward the cluster.
             request.headers["impersonate-user"] = user
             request.multi["impersonate-group"] = list(groups)
-            log.debug("kube service: %s as %s %s: %s %s", identity.username, user, ",".join(groups),
-                      request.method, request.target[:200])
+            log.debug("kube service: %s%s as %s %s: %s %s", who.username, f" (from {client})" if client else "", user,
+                      ",".join(groups), request.method, request.target[:200])
             return await cluster.handle(request)
 
         await khttp.serve(reader, writer, handle, lambda code, message: status_reply(StatusError(code, message)),
@@ -162,11 +210,10 @@ class KubeService:
     async def listen(self, host: str, port: int, tls: ssl.SSLContext) -> tuple[str, int]:
         """Serve the proxy directly (a Kubernetes Service joined to the Auth Service, no tunnel).
 
-        TLS with a client certificate that must be a *Proxy* host certificate of this cluster (the
-        context verifies it against the host CA); then, as on a tunnel channel, one
-        :class:`~tpemu.wire.tunnel.DialRequest` frame with the user's identity as the proxy verified
-        it, answered by a :class:`~tpemu.wire.tunnel.DialResponse`, then the user's HTTP stream.
-        (Teleport's proxy gets a user certificate for the hop instead, ``ProcessKubeCSR``.)
+        TLS with a client certificate of this cluster's host CA (the context verifies it); each
+        request then names its user in ``Teleport-Impersonate-User``, which only a *Proxy*
+        certificate may send (see the module docstring and :func:`forwarded_identity`). The
+        cluster is the one the user's identity names (``KubernetesCluster``), as in Teleport.
         """
         self._tls = tls
 
@@ -174,25 +221,11 @@ class KubeService:
             peer = writer.get_extra_info("peername")
             try:
                 caller = ident.from_der(writer.get_extra_info("ssl_object").getpeercert(binary_form=True) or b"")
-                if not caller.is_system(ident.ROLE_PROXY):
-                    raise ident.IdentityError(f"{caller.username} is not a proxy")
-                async with asyncio.timeout(10):
-                    # Exactly the frame: what follows is the user's HTTP stream, read by serve_http.
-                    head = await reader.readexactly(4)
-                    length = int.from_bytes(head, "big")
-                    if length > MAX_FRAME:
-                        raise WireError(f"dial request of {length} bytes")
-                    frame = decode_frame(head + await reader.readexactly(length))
-                assert frame is not None
-                request = DialRequest.from_json(frame[0])
-                identity = ident.Identity.from_json(request.identity or {})
-            except (ident.IdentityError, WireError, ValueError, TimeoutError, ConnectionError, OSError,
-                    asyncio.IncompleteReadError) as exc:
+            except (ident.IdentityError, ValueError, OSError) as exc:
                 log.warning("kube service: direct connection from %s refused: %s", peer, exc)
                 writer.close()
                 return
-            writer.write(DialResponse(True).encode())
-            await self.serve_http(reader, writer, identity, request.name, str(peer))
+            await self.serve_http(reader, writer, None, "", str(peer), forwarder=caller)
 
         self._listener = await asyncio.start_server(on_client, host, port, ssl=tls, ssl_handshake_timeout=10.0)
         bound = self._listener.sockets[0].getsockname()

@@ -23,9 +23,9 @@ import signal
 import ssl
 from pathlib import Path
 
-from tpemu.agent.kube import http as khttp
 from tpemu.agent.kube.api import EmulatedAPI, status_reply
-from tpemu.agent.kube.status import StatusError
+from tpemu.net import kube_http as khttp
+from tpemu.net.kube_status import StatusError
 from tpemu.net.tls import new_context
 
 log = logging.getLogger(__name__)

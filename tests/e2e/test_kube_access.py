@@ -223,10 +223,35 @@ async def test_separate_mode_kube_listener(tmp_path: Path) -> None:
         await kube_env.stop(env)
 
 
+async def _direct_request(env: kube_env.KubeEnv, files: object, forwarded: str | None) -> tuple[int, dict[str, object]]:
+    """One request straight to the Kubernetes Service's own port, with the TLS files of ``files``
+    (a host identity) and, when given, a ``Teleport-Impersonate-User`` header."""
+    addr = env.agent.direct_kube_addr
+    assert addr is not None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cafile=str(files.ca))  # type: ignore[attr-defined]
+    ctx.load_cert_chain(files.cert, files.key)  # type: ignore[attr-defined]
+    reader, writer = await asyncio.open_connection(addr.host, addr.port, ssl=ctx,
+                                                   server_hostname="kube.teleport.cluster.local")
+    head = "GET /api/v1/namespaces HTTP/1.1\r\nHost: kube\r\nConnection: close\r\n"
+    if forwarded is not None:
+        head += f"Teleport-Impersonate-User: {forwarded}\r\n"
+    writer.write((head + "\r\n").encode())
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    status_line, _, rest = raw.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
 async def test_directly_joined_kubernetes_service(tmp_path: Path) -> None:
     """The Kubernetes Service joined to the Auth Service, listening on its own port (the seed's
-    direct-connection table allows it for Kubernetes); the proxy dials the address it announced."""
+    direct-connection table allows it for Kubernetes); the proxy reaches the address it announced
+    as Teleport 17's does (``lib/kube/proxy/transport.go`` ``newLocalClusterTransport``): its own
+    host certificate, the user in ``Teleport-Impersonate-User`` on every request — kubectl's
+    requests, watches, exec's upgrade and ``auth whoami`` all arrive as the user — and only a
+    Proxy may forward a user (``lib/authz`` ``Middleware.ServeHTTP``)."""
     need("kubectl")
+    controller.START_DELAY = 0.3
     env = await kube_env.start(tmp_path, direct=True, users={"alice": kube_env.USERS["alice"]})
     try:
         assert not env.agent.tunnels and env.agent.direct_kube_addr is not None
@@ -234,10 +259,32 @@ async def test_directly_joined_kubernetes_service(tmp_path: Path) -> None:
         assert code == 0, err
         code, out, err = await kubectl(env, "alice", "get", "ns")
         assert code == 0 and "kube-system" in out, err
+        code, out, err = await kubectl(env, "alice", "auth", "whoami")
+        assert code == 0 and "alice" in out and "system:masters" in out, (out, err)
         manifest = env.tmp / "deploy.yaml"
         manifest.write_text(DEPLOYMENT.replace("REPLICAS", "1"))
         code, out, err = await kubectl(env, "alice", "apply", "-f", str(manifest))
         assert code == 0 and "created" in out, err
+        code, out, err = await kubectl(env, "alice", "rollout", "status", "deploy/web", "--timeout=20s")
+        assert code == 0, (out, err)
+        code, out, err = await kubectl(env, "alice", "exec", "deploy/web", "--", "sh", "-c", "echo hi; exit 3")
+        assert code == 3 and out == "hi\n", (code, out, err)
+
+        # The proxy's own host certificate, as the relay uses it: a Proxy's.
+        user = {"username": "alice", "groups": ["access"], "teleport_cluster": kube_env.CLUSTER,
+                "kubernetes_groups": ["system:masters"]}
+        proxy_files = env.proxy.tls_files
+        code, body = await _direct_request(env, proxy_files, json.dumps(user))
+        assert code == 200 and body["kind"] == "NamespaceList", body  # the roles (access) are checked per request
+        code, body = await _direct_request(env, proxy_files, None)
+        assert (code, body["reason"]) == (401, "Unauthorized"), body
+        code, body = await _direct_request(env, proxy_files, "{not json")
+        assert (code, body["reason"]) == (400, "BadRequest"), body
+        code, body = await _direct_request(env, proxy_files, json.dumps({**user, "teleport_cluster": "other"}))
+        assert code == 403 and "trusted clusters are not emulated" in str(body["message"]), body
+        # The agent's own host certificate (role Kube) is of the same CA, but not a Proxy's.
+        code, body = await _direct_request(env, env.agent.contexts["kube"].files, json.dumps(user))
+        assert code == 403 and "Credentials forwarding is only permitted for Proxy" in str(body["message"]), body
     finally:
         await kube_env.stop(env)
 
@@ -273,3 +320,21 @@ async def test_roles_kubernetes_labels_decide_kube_login(tmp_path: Path, monkeyp
         assert "Forbidden" in err and "access denied to kubernetes cluster" in err, err
     finally:
         await kube_env.stop(env)
+
+
+async def test_testkit_cluster_with_a_directly_joined_kubernetes_service(tmp_path: Path) -> None:
+    """``tpemu.Cluster(kube=..., kube_direct=True)``: the public test API's direct Kubernetes Service,
+    reached through the proxy's per-request relay (Teleport-Impersonate-User), with kubectl."""
+    from tpemu.testkit import Cluster
+
+    kubectl_bin = need("kubectl")
+    async with Cluster(tmp_path, nodes=(), databases=(), kube="emu", kube_direct=True) as c:
+        alice = await c.user("alice")
+        await alice.kubeconfig()
+        env = {**os.environ, **alice.env(), "NO_PROXY": "*"}
+        for argv, want in ((("get", "ns", "-o", "name"), "namespace/kube-system"),
+                           (("auth", "whoami"), "system:masters"), (("auth", "can-i", "create", "pods"), "yes")):
+            proc = await asyncio.create_subprocess_exec(kubectl_bin, "--request-timeout=20s", *argv, env=env,
+                                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            out, err = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode == 0 and want in out.decode(), (argv, out, err)

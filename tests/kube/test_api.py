@@ -15,9 +15,9 @@ import pytest
 from tpemu import identity as ident
 from tpemu.agent.kube import controller
 from tpemu.agent.kube.api import EmulatedAPI
-from tpemu.agent.kube.http import Reply, Request, Streamed
 from tpemu.agent.kube.service import NO_ACCESS, principals
-from tpemu.agent.kube.status import StatusError
+from tpemu.net.kube_http import Reply, Request, Streamed
+from tpemu.net.kube_status import StatusError
 
 ADMIN = ("admin", ["system:masters", "system:authenticated"])
 

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from tpemu.agent.kube import controller
-from tpemu.agent.kube import http as khttp
 from tpemu.agent.kube import websocket as ws
 from tpemu.agent.kube.api import EmulatedAPI, status_reply
-from tpemu.agent.kube.status import StatusError
+from tpemu.net import kube_http as khttp
+from tpemu.net.kube_status import StatusError
 
 POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p1"},
        "spec": {"containers": [{"name": "c", "image": "busybox"}]}}

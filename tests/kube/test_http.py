@@ -1,4 +1,4 @@
-"""The emulated API's HTTP/1.1 loop (``tpemu.agent.kube.http``) on a loopback socket: keep-alive,
+"""The emulated API's HTTP/1.1 loop (``tpemu.net.kube_http``) on a loopback socket: keep-alive,
 chunked streams, the 3 MiB body limit (413 Status), malformed requests (400), idle clients."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tpemu.agent.kube import http as khttp
 from tpemu.agent.kube.api import status_reply
-from tpemu.agent.kube.status import StatusError
+from tpemu.net import kube_http as khttp
+from tpemu.net.kube_status import StatusError
 
 
 async def handler(request: khttp.Request) -> khttp.Reply | khttp.Streamed:

@@ -14,7 +14,7 @@ import pytest
 from tpemu.agent.kube import protobuf as kproto
 from tpemu.agent.kube import resources as res
 from tpemu.agent.kube.api import EmulatedAPI
-from tpemu.agent.kube.http import Reply, Request
+from tpemu.net.kube_http import Reply, Request
 
 SSAR = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
 SSR = "/apis/authentication.k8s.io/v1/selfsubjectreviews"

@@ -1,4 +1,5 @@
-"""Kubernetes ``Status`` errors (``k8s.io/apimachinery/pkg/api/errors``), as JSON replies (pure).
+"""Kubernetes ``Status`` errors (``k8s.io/apimachinery/pkg/api/errors``), as JSON replies (pure; shared
+by the emulated API, the Kubernetes Service and the proxy).
 
 Every failure of the emulated API — and of the Kubernetes Service in front of it — is answered the
 way kubectl and client libraries expect: ``{"kind":"Status","apiVersion":"v1","status":"Failure",

@@ -1,4 +1,8 @@
-"""HTTP/1.1 for the emulated Kubernetes API: whole, streamed (watch, log follow) and upgraded (exec) answers.
+"""HTTP/1.1 for Kubernetes API requests: whole, streamed (watch, log follow) and upgraded (exec) answers.
+
+Served by the emulated API, by the Kubernetes Service in front of it, and by the proxy when it
+relays per request to a directly joined Kubernetes Service (so it lives in :mod:`tpemu.net`, which
+every service may import).
 
 h11 does RFC 9112 (keep-alive, chunked framing, ``Connection: Upgrade``); this module owns the I/O,
 with the limits of the real API server: request heads up to 64 KiB, bodies up to 3 MiB

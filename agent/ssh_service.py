@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from tpemu import authclient
+from tpemu.agent.child_signals import default_signals, exec_gives_default_signals
 from tpemu.agent.tunnel import Offer
 from tpemu.authclient import HostIdentity
 from tpemu.errors import describe as describe_error
@@ -472,53 +473,10 @@ def _set_winsize(fd: int, width: int, height: int, pixwidth: int = 0, pixheight:
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, pixwidth, pixheight))
 
 
-#: Signals whose disposition cannot be changed (and need no reset).
-_FIXED_SIGNALS = {signal.SIGKILL, signal.SIGSTOP}
-
-
-def _default_signals() -> None:  # pragma: no cover - runs in the child between fork and exec
-    # A session starts with every signal at its default and none blocked, as sshd gives its
-    # children (it resets its own handlers to SIG_DFL after fork). Exec only resets *caught*
-    # signals: one this process ignores (SIG_IGN, e.g. SIGINT when tpemu itself was started in the
-    # background by a non-interactive shell) or blocks would be inherited, and a POSIX shell can
-    # then not even trap it ("signals ignored on entry cannot be trapped"), so `trap ... INT` and a
-    # client's signal request did nothing.
-    for sig in signal.valid_signals():
-        if sig not in _FIXED_SIGNALS:
-            with contextlib.suppress(OSError, ValueError):
-                signal.signal(sig, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_SETMASK, ())
-
-
-#: What ``subprocess`` resets in the child itself (``restore_signals=True``: Python ignores them).
-_RESTORED_SIGNALS = {getattr(signal, name) for name in ("SIGPIPE", "SIGXFZ", "SIGXFSZ") if hasattr(signal, name)}
-
-
-def _exec_gives_default_signals() -> bool:
-    """Whether a child exec'd from this thread starts as :func:`_default_signals` would leave it,
-    without running that hook: no signal blocked in this thread, none ignored (exec resets caught
-    signals to their default; ``restore_signals`` resets the ones Python ignores).
-
-    Why it matters: a ``preexec_fn`` makes ``subprocess`` fork (copy the page tables of this
-    whole process: ~9 ms at 136 MB RSS here) instead of vfork (~0.15 ms), on every session.
-    """
-    if signal.pthread_sigmask(signal.SIG_BLOCK, ()):
-        return False
-    for sig in signal.valid_signals():
-        if sig in _FIXED_SIGNALS or sig in _RESTORED_SIGNALS:
-            continue
-        try:
-            if signal.getsignal(sig) == signal.SIG_IGN:
-                return False
-        except (OSError, ValueError):
-            continue
-    return True
-
-
 def _take_controlling_tty() -> None:  # pragma: no cover - runs in the child between fork and exec
     # After setsid (start_new_session) the pty slave on stdin becomes the controlling terminal, so
     # the line discipline's Ctrl-C reaches the foreground job and a closed master sends SIGHUP.
-    _default_signals()
+    default_signals()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
@@ -667,7 +625,7 @@ class _Session(asyncssh.SSHServerSession):  # type: ignore[type-arg]
             self.readers = [_FdReader(master, self._on_stdout, self._on_reader_eof)]
         else:
             # Without the hook when it has nothing to do (the usual case): vfork instead of fork.
-            hook = None if _exec_gives_default_signals() else _default_signals
+            hook = None if exec_gives_default_signals() else default_signals
             self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                          preexec_fn=hook, **common)  # noqa: PLW1509
             assert self.proc.stdin and self.proc.stdout and self.proc.stderr

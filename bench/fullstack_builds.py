@@ -16,7 +16,10 @@ interleave the builds, the order rotated every round; in each round every build 
   process: the baseline of the issue's "at most 2.5x direct" ratio;
 * ``ssh``: SSH session setup with a new proxy connection (TLS + SSH to the proxy, the
   ``proxy:node`` subsystem through the tunnel, the user's SSH session to the node, ``exec true``),
-  ms.
+  ms, and ``ssh_new_client``: the same with the process's kept ``/webapi/ping`` answer dropped
+  before each session (``tpemu.client.pingcache``; what a new ``tsh`` command pays: one ping per
+  command, as Teleport's ``TeleportClient.Ping`` keeps it for the client's life, not the process's
+  start-up). In builds without the cache both are the same path.
 
 Each figure is the median of its round medians; the spread (lowest to highest round median) is
 printed beside it. For before/after figures on a shared machine, not absolute numbers.
@@ -100,7 +103,8 @@ def run(revs: list[str], rounds: int, n_pg: int, n_ssh: int) -> dict[str, Any]:
             print(f"{name}: tpemu from {Path(worker.ask('where')).parent}", file=sys.stderr)
             stack.callback(worker.stop)
             subjects[name] = (proc, worker)
-            samples[name] = {"pg_us": [], "pg_cpu_us": [], "direct_us": [], "ssh_ms": []}
+            samples[name] = {"pg_us": [], "pg_cpu_us": [], "direct_us": [], "ssh_ms": [],
+                             "ssh_new_client_ms": []}
         for _proc, worker in subjects.values():  # warm-up: first connections, caches
             worker.ask("pg 50")
             worker.ask("ssh 1")
@@ -116,6 +120,7 @@ def run(revs: list[str], rounds: int, n_pg: int, n_ssh: int) -> dict[str, Any]:
                 s["pg_us"].append(statistics.median(pg))
                 s["direct_us"].append(statistics.median(worker.ask(f"direct {n_pg}")))
                 s["ssh_ms"].append(statistics.median(worker.ask(f"ssh {n_ssh}")))
+                s["ssh_new_client_ms"].append(statistics.median(worker.ask(f"sshfresh {n_ssh}")))
     out: dict[str, Any] = {"revisions": revs, "rounds": rounds, "pg_round_trips": n_pg, "ssh_sessions": n_ssh,
                            "loadavg_end": os.getloadavg(), "builds": {}}
     for name, s in samples.items():
@@ -130,14 +135,15 @@ def run(revs: list[str], rounds: int, n_pg: int, n_ssh: int) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> str:
     lines = [f"{'build':12s} {'pg µs':>14s} {'tpemu CPU µs/rtt':>20s} {'direct µs':>14s} {'ratio':>6s} "
-             f"{'SSH setup ms':>16s}"]
+             f"{'SSH setup ms':>16s} {'new client ms':>16s}"]
     def cell(f: dict[str, Any], key: str, fmt: str = "{:.0f}") -> str:
         lo, hi = f["spread"][key]
         return f"{fmt.format(f[key])} ({fmt.format(lo)}–{fmt.format(hi)})"
 
     for name, f in result["builds"].items():
         lines.append(f"{name:12s} {cell(f, 'pg_us'):>14s} {cell(f, 'pg_cpu_us'):>20s} {cell(f, 'direct_us'):>14s} "
-                     f"{f['pg_ratio_to_direct']:>6.2f} {cell(f, 'ssh_ms', '{:.1f}'):>16s}")
+                     f"{f['pg_ratio_to_direct']:>6.2f} {cell(f, 'ssh_ms', '{:.1f}'):>16s} "
+                     f"{cell(f, 'ssh_new_client_ms', '{:.1f}'):>16s}")
     return "\n".join(lines)
 
 
@@ -176,9 +182,17 @@ async def _worker(home: Path) -> None:
             out.append((time.perf_counter() - t0) * 1e6)
         return out
 
-    async def ssh_sessions(n: int) -> list[float]:
+    def forget_pings() -> None:
+        with contextlib.suppress(ImportError):  # a build from before the ping cache
+            from tpemu.client import pingcache
+
+            pingcache.PINGS.clear()
+
+    async def ssh_sessions(n: int, new_client: bool = False) -> list[float]:
         out = []
         for _ in range(n):
+            if new_client:
+                forget_pings()
             t0 = time.perf_counter()
             proxy = await ssh_mod.connect_proxy(creds)
             node = await ssh_mod.connect_node(proxy, creds, target)
@@ -209,6 +223,8 @@ async def _worker(home: Path) -> None:
             result = tpemu.__file__
         elif what == "ssh":
             result = await ssh_sessions(n)
+        elif what == "sshfresh":
+            result = await ssh_sessions(n, new_client=True)
         else:
             result = {"error": f"unknown command {what!r}"}
         sys.stdout.write(json.dumps(result) + "\n")

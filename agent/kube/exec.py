@@ -30,6 +30,7 @@ import termios
 from pathlib import Path
 from typing import Any
 
+from tpemu.agent.child_signals import default_signals, exec_gives_default_signals
 from tpemu.agent.kube import websocket as ws
 from tpemu.errors import describe as describe_error
 
@@ -48,6 +49,14 @@ def _account() -> tuple[int, int] | None:
     except KeyError:
         return None
     return nobody.pw_uid, nobody.pw_gid
+
+
+def _child(account: tuple[int, int] | None) -> None:  # pragma: no cover - runs in the child
+    # As a pod's process starts (and an SSH session's): no signal ignored or blocked (libuv resets
+    # 1-31 itself, not the real-time ones), then the unprivileged account.
+    default_signals()
+    if account is not None:
+        _drop_to(*account)
 
 
 def _drop_to(uid: int, gid: int) -> None:
@@ -91,7 +100,8 @@ async def run(stream: ws.ChannelStream, argv: list[str], pod: str, workdir: Path
     if account is not None:
         with contextlib.suppress(OSError):
             os.chown(workdir, *account)
-        extra["preexec_fn"] = functools.partial(_drop_to, *account)
+    if account is not None or not exec_gives_default_signals():
+        extra["preexec_fn"] = functools.partial(_child, account)
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE if want_stdin else asyncio.subprocess.DEVNULL,
@@ -182,8 +192,7 @@ def _tty_child(tty_path: str, account: tuple[int, int] | None) -> None:
     with contextlib.suppress(OSError):
         fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
     os.close(fd)
-    if account is not None:
-        _drop_to(*account)
+    _child(account)
 
 
 async def run_tty(stream: ws.ChannelStream, argv: list[str], pod: str, workdir: Path) -> int:

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import os
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -122,3 +123,28 @@ async def test_refusals_before_the_upgrade(server: tuple[str, int]) -> None:
     reader, writer, head = await upgrade(server, "stdout=true")
     assert head.startswith(b"HTTP/1.1 400")
     writer.close()
+
+
+@pytest.mark.parametrize("tty", [False, True])
+async def test_exec_starts_with_default_signal_dispositions(server: tuple[str, int], tty: bool) -> None:
+    # As an SSH session does (issue 16): a signal the agent ignores (SIGINT when tpemu was started in
+    # the background by a non-interactive shell) or blocks must not reach the container's process,
+    # whose shell could then not trap it. The real-time signals are the ones libuv's spawn leaves as
+    # they are (it resets 1-31 only); glibc's own 32/33 cannot be set by any program.
+    script = "grep+-E+%27%5ESig%28Ign%7CBlk%29%27+%2Fproc%2Fself%2Fstatus"
+    query = f"command=sh&command=-c&command={script}&stdout=true&stderr=true" + ("&tty=true" if tty else "")
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGRTMIN + 5)}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGRTMIN + 6})
+    try:
+        reader, writer, head = await upgrade(server, query)
+        assert head.startswith(b"HTTP/1.1 101")
+        got = await messages(reader)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    writer.close()
+    text = got.get(ws.STDOUT, b"").decode().replace("\r\n", "\n")
+    fields = dict(line.split(":\t") for line in text.splitlines())
+    settable = sum(1 << (s - 1) for s in signal.valid_signals() if s < 65 and s not in (32, 33))
+    assert int(fields["SigIgn"], 16) & settable == 0 and int(fields["SigBlk"], 16) == 0, text

@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers import parked
 from tests.ssh.conftest import CLUSTER, Connect, NodeCAs, processes_with, wait_gone
-from tpemu.agent import ssh_service
+from tpemu.agent import child_signals, ssh_service
 from tpemu.agent.ssh_service import SSHService, refuse_login, resolve_account
 from tpemu.auth import authority
 from tpemu.auth.authority import CAType
@@ -149,7 +149,7 @@ async def test_a_session_under_a_default_parent_is_spawned_without_the_fork_hook
     assert hooks == [None]
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        assert not ssh_service._exec_gives_default_signals()  # then the hook runs (the test above)
+        assert not child_signals.exec_gives_default_signals()  # then the hook runs (the test above)
     finally:
         signal.signal(signal.SIGINT, previous)
 

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import getpass
+import logging
 import os
 import select
 import signal
@@ -42,6 +43,7 @@ import asyncssh
 
 from tpemu import authapi, sshcert
 from tpemu.authclient import AuthClient
+from tpemu.client import pingcache
 from tpemu.client.profile import Profile
 from tpemu.config import Addr
 from tpemu.errors import PeerFault
@@ -50,6 +52,8 @@ from tpemu.net import conn_upgrade
 from tpemu.net.dial import DialError, SSHTunnel, settings_from
 from tpemu.net.tls import reused_context
 from tpemu.wire import alpn
+
+log = logging.getLogger(__name__)
 
 #: Teleport's node port (``defaults.SSHServerListenPort``): what ``tsh config`` writes.
 NODE_PORT = 3022
@@ -266,13 +270,58 @@ def route_from_ping(ping: Any, web: Addr) -> ProxyRoute:
     return ProxyRoute(host, addr.port, False)
 
 
+def _ping_key(profile: Profile) -> tuple[Any, ...]:
+    return (profile.web_proxy_addr, pingcache.file_stamp(profile.ca_path), settings_from())
+
+
+async def proxy_route(profile: Profile, use_cache: bool = True) -> tuple[ProxyRoute, bool]:
+    """The SSH route of the profile's proxy from its ``/webapi/ping`` answer, kept per process as
+    ``TeleportClient.Ping`` keeps it (``lib/client/api.go``; see :mod:`tpemu.client.pingcache`),
+    and whether it came from a kept answer. An answer that describes no route is not kept."""
+    web = Addr.parse(profile.web_proxy_addr, default_port=3080)
+    key = _ping_key(profile)
+    if not use_cache:
+        pingcache.PINGS.forget(key)
+
+    async def fetch() -> Any:
+        answer = await web_get(profile, "/webapi/ping")
+        route_from_ping(answer, web)  # raises SSHError before anything is kept
+        return answer
+
+    answer, kept = await pingcache.PINGS.get(key, fetch)
+    return route_from_ping(answer, web), kept
+
+
 async def connect_proxy(creds: Credentials, route: ProxyRoute | None = None,
                         timeout: float = TIMEOUT) -> asyncssh.SSHClientConnection:
-    """An authenticated SSH connection to the proxy of ``creds.profile``; raises :class:`SSHError`."""
+    """An authenticated SSH connection to the proxy of ``creds.profile``; raises :class:`SSHError`.
+
+    Without ``route``, the route comes from the proxy's ping answer, kept per process
+    (:func:`proxy_route`). When the connection fails on a kept answer, the answer is dropped and the
+    proxy asked again: if it now describes another route (the proxy was reconfigured), that route is
+    tried once; otherwise the first failure is the error, as a client without the cache would see."""
+    if route is not None:
+        return await _connect_proxy(creds, route, timeout)
     profile = creds.profile
-    web = Addr.parse(profile.web_proxy_addr, default_port=3080)
-    if route is None:
-        route = route_from_ping(await web_get(profile, "/webapi/ping"), web)
+    route, kept = await proxy_route(profile)
+    try:
+        return await _connect_proxy(creds, route, timeout)
+    except SSHError:
+        if not kept:
+            raise  # the answer was fresh: nothing to ask again
+        try:
+            fresh, _ = await proxy_route(profile, use_cache=False)
+        except SSHError:
+            fresh = route
+        if fresh == route:
+            raise
+        log.info("the proxy at %s now describes another SSH route (%s, was %s): trying it", profile.web_proxy_addr,
+                 fresh, route)
+    return await _connect_proxy(creds, fresh, timeout)
+
+
+async def _connect_proxy(creds: Credentials, route: ProxyRoute, timeout: float) -> asyncssh.SSHClientConnection:
+    profile = creds.profile
     ctx = None
     if route.tls:
 
@@ -741,6 +790,6 @@ def join_command(words: list[str]) -> str | None:
 
 
 __all__ = ["Credentials", "ProxyRoute", "SSHError", "SubsystemTunnel", "Target", "connect_node", "connect_proxy",
-           "format_nodes", "join_command", "list_nodes", "openssh_config", "parse_target", "proxy_stdio",
-           "route_from_ping", "run_session", "ssh", "web_get"]
+           "format_nodes", "join_command", "list_nodes", "openssh_config", "parse_target", "proxy_route",
+           "proxy_stdio", "route_from_ping", "run_session", "ssh", "web_get"]
 

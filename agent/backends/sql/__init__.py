@@ -4,7 +4,8 @@ The Database Service serves a database from a real engine (:mod:`tpemu.agent.eng
 is installed, or with ``uri: emulated``, its emulated servers (:mod:`~tpemu.agent.backends.postgres`,
 :mod:`~tpemu.agent.backends.mysql`) run SQL here: sqlglot parses each statement in the client's
 dialect, :mod:`.shim` checks and rewrites it for the standard library's :mod:`sqlite3`, and
-:mod:`.engine` runs it with SQLite's own transactions, joins, constraints and aggregates. What
+:mod:`.engine` runs it with SQLite's own transactions, joins, constraints and aggregates, on a
+connection :mod:`.connection` sets up (and :mod:`.describe` types its parameters and results). What
 SQLite cannot run as the real server would is refused with the protocol's error (SQLSTATE 0A000,
 MySQL 1235) naming what, never approximated; :mod:`.values` keeps stored values to the declared
 types.

@@ -15,6 +15,12 @@ undoes the changes and a failed statement leaves nothing half-applied. Protocol 
 * A write while another session holds the write lock fails at once with SQLSTATE 40001 / MySQL
   1213 (a serialization failure: the client retries) instead of blocking the event loop; a
   statement running past ``statement_timeout`` seconds is interrupted (57014 / 3024).
+
+This module is the state machine of those semantics (transactions, ``SET``/``SHOW``, databases,
+``USE``). How each SQLite connection is set up to act as the server (pragmas, the functions the
+rewrites call, the statement deadline) and SQLite's errors in the server's words are
+:mod:`.connection`; the parameter and result types known without running a statement (what
+Describe answers) are :mod:`.describe`.
 """
 
 from __future__ import annotations
@@ -24,16 +30,14 @@ import re
 import shutil
 import sqlite3
 import tempfile
-import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from sqlglot import exp
-
+from tpemu.agent.backends.sql.connection import StatementGuard, connect, sqlite_error
+from tpemu.agent.backends.sql.describe import TableTypes, infer_params, returning_names, static_types, table_types
 from tpemu.agent.backends.sql.shim import (
     DatabaseStmt,
     EmptyStmt,
@@ -43,7 +47,6 @@ from tpemu.agent.backends.sql.shim import (
     Statement,
     TransactionStmt,
     Translator,
-    literal_type,
     split_statements,
 )
 from tpemu.agent.backends.sql.values import (
@@ -53,11 +56,7 @@ from tpemu.agent.backends.sql.values import (
     SqlError,
     SqlType,
     Value,
-    canonical_timestamp,
-    check_value,
     coerce,
-    pg_cast,
-    sql_type,
     to_sqlite,
     unsupported,
     value_type,
@@ -190,8 +189,7 @@ class SqlSession:
         self.failed = False
         self.implicit = False
         self.last_insert_id = 0
-        self._udf_error: SqlError | None = None
-        self._deadline = 0.0
+        self._guard = StatementGuard()
         self._db: str | None = None
         self._conn: sqlite3.Connection | None = None
         self._numeric: set[str] | None = None
@@ -227,21 +225,8 @@ class SqlSession:
             found = self.engine.database(name)
             assert found is not None
             path = found
-        conn = sqlite3.connect(path, timeout=0, isolation_level=None, check_same_thread=False)
-        page = conn.execute("PRAGMA page_size").fetchone()[0]
-        conn.execute(f"PRAGMA max_page_count = {max(16, self.engine.max_bytes // page)}")
-        conn.execute("PRAGMA foreign_keys = ON")
-        if self.dialect is Dialect.POSTGRES:
-            conn.execute("PRAGMA case_sensitive_like = ON")  # LIKE is case-sensitive there (ILIKE is not)
-        # The connection's functions see the session through a weak reference: a strong one would
-        # make session → connection → function → session a cycle that keeps SQLite's descriptors
-        # open until the cyclic collector runs.
-        me = weakref.proxy(self)
-        for name_, nargs, fn in _functions(me):
-            conn.create_function(name_, nargs, _guard(me, fn), deterministic=name_ not in (
-                "tpemu_now", "tpemu_now_local", "tpemu_last_insert_id"))
-        conn.set_progress_handler(_progress(me), 20_000)
-        self._conn = conn
+        # The connection's functions see the session through a weak reference (no cycle: see connection.py).
+        self._conn = connect(path, self.dialect, self.engine.max_bytes, self._guard, weakref.proxy(self))
 
     def close(self) -> None:
         if self._conn is not None:
@@ -251,6 +236,14 @@ class SqlSession:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
             self.close()
+
+    @property
+    def version_string(self) -> str:
+        return self.engine.version_string
+
+    def _error(self, e: sqlite3.Error) -> SqlError:
+        """SQLite's error as the server's; the SqlError a function raised takes precedence."""
+        return self._guard.take_error() or sqlite_error(e, self.dialect, self._db)
 
     def require(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -291,7 +284,7 @@ class SqlSession:
             except sqlite3.Error as e:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-                raise _sql_error(e, self) from None
+                raise self._error(e) from None
 
     @property
     def pg(self) -> bool:
@@ -303,7 +296,7 @@ class SqlSession:
 
     def _numeric_columns(self) -> set[str]:
         if self._numeric is None:
-            self._numeric = {c for cols in self._table_types().values() for c, t in cols.items()
+            self._numeric = {c for cols in table_types(self.require()).values() for c, t in cols.items()
                              if t is SqlType.NUMERIC} if self._conn is not None else set()
         return self._numeric
 
@@ -322,22 +315,14 @@ class SqlSession:
 
     # -- describe and execute ----------------------------------------------------------------------------------
 
-    def _table_types(self) -> dict[str, dict[str, SqlType | None]]:
-        conn = self.require()
-        out: dict[str, dict[str, SqlType | None]] = {}
-        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')"):
-            out[name.lower()] = {str(r[1]).lower(): sql_type(r[2]) for r in
-                                 conn.execute(f'PRAGMA table_info("{name.replace(chr(34), chr(34) * 2)}")')}
-        return out
-
     def describe(self, stmt: Statement, param_types: Sequence[SqlType | None] = ()) -> Description:
         """Parameter types (declared, else from the column they meet, else text) and result columns."""
         node = stmt.node
         ptypes = list(param_types[: stmt.param_count]) + [None] * max(0, stmt.param_count - len(param_types))
         if not isinstance(node, SqlStmt):
             return Description(tuple(t or SqlType.TEXT for t in ptypes), None)
-        tables = self._table_types()
-        _infer_params(node.ast, tables, ptypes)
+        tables = table_types(self.require())
+        infer_params(node.ast, tables, ptypes)
         final = tuple(t or SqlType.TEXT for t in ptypes)
         columns = None
         if node.returns_rows:
@@ -345,14 +330,12 @@ class SqlSession:
             node.described = columns
         return Description(final, columns)
 
-    def _probe_columns(self, node: SqlStmt, tables: dict[str, dict[str, SqlType | None]],
-                       params: Sequence[SqlType]) -> tuple[Column, ...]:
+    def _probe_columns(self, node: SqlStmt, tables: TableTypes, params: Sequence[SqlType]) -> tuple[Column, ...]:
         """Result column names from SQLite itself (the statement stepped once with NULL parameters
         inside a savepoint that is rolled back), types from the tables' declared types."""
         conn = self.require()
         names: list[str]
-        self._udf_error = None
-        self._deadline = time.monotonic() + self.engine.statement_timeout
+        self._guard.start(self.engine.statement_timeout)
         try:
             conn.execute("SAVEPOINT tpemu_describe")
             try:
@@ -363,36 +346,16 @@ class SqlSession:
                 conn.execute("ROLLBACK TO tpemu_describe")
                 conn.execute("RELEASE tpemu_describe")
         except (sqlite3.IntegrityError, sqlite3.OperationalError) as e:
-            if self._udf_error is None and not isinstance(e, sqlite3.IntegrityError):
-                raise _sql_error(e, self) from None
-            names = _returning_names(node, tables)  # NULL parameters broke a constraint or a LIMIT
+            if self._guard.error is None and not isinstance(e, sqlite3.IntegrityError):
+                raise self._error(e) from None
+            self._guard.error = None
+            names = returning_names(node, tables)  # NULL parameters broke a constraint or a LIMIT
         except sqlite3.Error as e:
-            raise _sql_error(e, self) from None
+            raise self._error(e) from None
         finally:
-            self._deadline = 0.0
-        types = self._static_types(node, names, tables, params)
+            self._guard.stop()
+        types = static_types(node, names, tables, self.pg, params)
         return tuple(Column(n, t or SqlType.TEXT) for n, t in zip(names, types, strict=True))
-
-    def _static_types(self, node: SqlStmt, names: list[str], tables: dict[str, dict[str, SqlType | None]],
-                      params: Sequence[SqlType | None] = ()) -> list[SqlType | None]:
-        """Each result column's type where it is known without the values: a table column's declared
-        type, a literal's, a cast's, a comparison's, ``count``'s."""
-        by_name: dict[str, SqlType | None] = {}
-        for columns in tables.values():
-            for k, v in columns.items():
-                by_name.setdefault(k, v)
-        exprs = list(node.source.expressions) if isinstance(node.source, exp.Select) else []
-        if any(isinstance(e, exp.Star) for e in exprs):
-            exprs = []
-        pg = self.dialect is Dialect.POSTGRES
-        out: list[SqlType | None] = []
-        for i, name in enumerate(names):
-            e = exprs[i] if i < len(exprs) else None
-            t = _expression_type(e, pg, by_name, params) if e is not None else None
-            if t is None and e is None:
-                t = by_name.get(name.lower())
-            out.append(t)
-        return out
 
     def execute(self, stmt: Statement, params: Sequence[Value] = (), param_types: Sequence[SqlType] = ()) -> Result:
         """Run ``stmt`` with ``params`` (already decoded)."""
@@ -431,17 +394,16 @@ class SqlSession:
         elif not conn.in_transaction:
             conn.execute("BEGIN")  # the implicit transaction of this query string / batch
             self.implicit = True
-        self._udf_error = None
-        self._deadline = time.monotonic() + self.engine.statement_timeout
+        self._guard.start(self.engine.statement_timeout)
         try:
             cur = conn.execute(node.sqlite, [to_sqlite(p) for p in params])
             raw = cur.fetchall() if cur.description else []
         except sqlite3.Error as e:
-            raise _sql_error(e, self) from None
+            raise self._error(e) from None
         except OverflowError as e:
             raise SqlError(ErrorKind.OUT_OF_RANGE, f"value out of range: {e}") from None
         finally:
-            self._deadline = 0.0
+            self._guard.stop()
         if node.ddl:
             self._numeric = None
         if node.command in ("INSERT", "UPDATE", "DELETE") and not node.returns_rows:
@@ -455,7 +417,7 @@ class SqlSession:
         columns = node.described
         if columns is None:
             names = [d[0] for d in cur.description]
-            static = self._static_types(node, names, self._table_types(), param_types)
+            static = static_types(node, names, table_types(conn), self.pg, param_types)
             columns = tuple(Column(n, static[i] or value_type([r[i] for r in raw])) for i, n in enumerate(names))
         rows = tuple(tuple(coerce(v, columns[i].type, self.dialect) for i, v in enumerate(r)) for r in raw)
         if node.command == "INSERT":
@@ -466,7 +428,7 @@ class SqlSession:
         try:
             conn.execute("COMMIT")
         except sqlite3.Error as e:
-            raise _sql_error(e, self) from None
+            raise self._error(e) from None
 
     def _transaction(self, node: TransactionStmt) -> Result:
         conn = self.require()
@@ -499,7 +461,7 @@ class SqlSession:
             self.failed = False
             return Result("ROLLBACK")
         except sqlite3.Error as e:
-            raise _sql_error(e, self) from None
+            raise self._error(e) from None
 
     def _set_value(self, node: SetStmt) -> Result:
         if self.dialect is Dialect.POSTGRES:
@@ -583,230 +545,3 @@ class SqlSession:
             raise unsupported("dropping the current database")
         self.engine.drop_database(node.name)
         return Result("DROP DATABASE")
-
-
-# -- helpers -----------------------------------------------------------------------------------------------------
-
-
-def _functions(self: SqlSession) -> list[tuple[str, int, Callable[..., Any]]]:
-    pg = self.dialect is Dialect.POSTGRES
-    out: list[tuple[str, int, Callable[..., Any]]] = [
-        ("tpemu_check", 4, check_value),
-        ("tpemu_cast", 2, pg_cast),
-        ("tpemu_divisor", 1, _divisor),
-        ("tpemu_decimal", 1, lambda text: text),
-        ("tpemu_void", 0, lambda: ""),
-        ("tpemu_now", 0, lambda: canonical_timestamp(datetime.now(UTC))),
-        ("tpemu_now_local", 0, lambda: datetime.now(UTC).replace(tzinfo=None, microsecond=0).isoformat(sep=" ")),
-        ("tpemu_version", 0, lambda: self.engine.version_string),
-        ("current_user", 0, lambda: self.user),
-        ("current_database", 0, lambda: self._db),
-        ("tpemu_user", 0, lambda: f"{self.user}@{self.client_host}"),
-        ("tpemu_current_user", 0, lambda: f"{self.user}@%" if not pg else self.user),
-        ("tpemu_last_insert_id", 0, lambda: self.last_insert_id),
-        # SQLite's lower()/upper() change ASCII letters only; the servers follow Unicode.
-        ("lower", 1, lambda v: v.lower() if isinstance(v, str) else v),
-        ("upper", 1, lambda v: v.upper() if isinstance(v, str) else v),
-    ]
-    if pg:
-        out += [("substring", 2, _pg_substring), ("substring", 3, _pg_substring),
-                ("substr", 2, _pg_substring), ("substr", 3, _pg_substring)]
-    return out
-
-
-def _guard(self: SqlSession, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """SQLite reports a function's exception as "user-defined function raised exception": keep
-    ours to raise it after the statement."""
-    def call(*args: Any) -> Any:
-        try:
-            return fn(*args)
-        except SqlError as e:
-            self._udf_error = e
-            raise
-    return call
-
-
-
-def _progress(self: SqlSession) -> Callable[[], int]:
-    def check() -> int:
-        return 1 if self._deadline and time.monotonic() > self._deadline else 0
-    return check
-
-
-_NUMERIC_ORDER = (SqlType.BOOL, SqlType.INT2, SqlType.INT4, SqlType.INT8, SqlType.NUMERIC, SqlType.FLOAT4,
-                  SqlType.FLOAT8)
-_TEXT_FUNCTIONS = (exp.Lower, exp.Upper, exp.Substring, exp.Trim, exp.DPipe)
-
-
-def _expression_type(e: exp.Expr, pg: bool, columns: dict[str, SqlType | None],
-                     params: Sequence[SqlType | None]) -> SqlType | None:
-    """A result expression's type without its values (PostgreSQL's rules where they matter to a
-    client: int op int is an integer, a comparison a boolean, a column its declared type)."""
-    e = e.this if isinstance(e, exp.Alias | exp.Paren) else e
-    known = literal_type(e, pg)
-    if known is not None:
-        return known
-    if isinstance(e, exp.Column):
-        return columns.get(e.name.lower())
-    if isinstance(e, exp.Parameter | exp.Placeholder):  # SELECT $1: the parameter's type
-        n = int(e.this.this) - 1 if isinstance(e, exp.Parameter) and isinstance(e.this, exp.Literal) else -1
-        return params[n] if 0 <= n < len(params) else None
-    if isinstance(e, _TEXT_FUNCTIONS):
-        return SqlType.TEXT
-    if isinstance(e, exp.Length):
-        return SqlType.INT4
-    if isinstance(e, exp.Add | exp.Sub | exp.Mul | exp.Div | exp.Mod):
-        sides = [_expression_type(x, pg, columns, params) for x in (e.this, e.expression)]
-        if all(t in _NUMERIC_ORDER for t in sides):
-            widest = max(sides, key=_NUMERIC_ORDER.index)
-            if not pg and isinstance(e, exp.Div):
-                return SqlType.FLOAT8  # MySQL's / is never an integer division
-            return SqlType.INT4 if widest in (SqlType.BOOL, SqlType.INT2) else widest
-        return None
-    if isinstance(e, exp.Neg | exp.Abs | exp.Min | exp.Max):
-        return _expression_type(e.this, pg, columns, params)
-    if isinstance(e, exp.Sum):
-        inner = _expression_type(e.this, pg, columns, params)
-        return SqlType.INT8 if inner in (SqlType.INT2, SqlType.INT4, SqlType.INT8) else inner
-    if isinstance(e, exp.Coalesce):
-        for x in (e.this, *e.expressions):
-            t = _expression_type(x, pg, columns, params)
-            if t is not None:
-                return t
-    return None
-
-
-def _divisor(value: Any) -> Any:
-    if value == 0 and not isinstance(value, str | bytes) and value is not None:
-        raise SqlError(ErrorKind.DIVISION_BY_ZERO, "division by zero")
-    return value
-
-
-def _pg_substring(value: Any, start: Any, length: Any = None) -> Any:
-    """PostgreSQL's substring(): positions before 1 count (and shorten the result); a negative
-    length is an error (SQLite's substr counts negative starts from the end)."""
-    if value is None or start is None:
-        return None
-    text = value if isinstance(value, str) else str(value)
-    begin = int(start)
-    if length is None:
-        return text[max(begin, 1) - 1:]
-    if int(length) < 0:
-        raise SqlError(ErrorKind.INVALID_TEXT, "negative substring length not allowed")
-    end = begin + int(length)
-    return text[max(begin, 1) - 1: max(end - 1, 0)]
-
-
-def _infer_params(tree: Any, tables: dict[str, dict[str, SqlType | None]], ptypes: list[SqlType | None]) -> None:
-    def column_type(col: object) -> SqlType | None:
-        if not isinstance(col, exp.Column):
-            return None
-        name = col.name.lower()
-        for columns in tables.values():
-            if name in columns and columns[name] is not None:
-                return columns[name]
-        return None
-
-    def index(p: object) -> int | None:
-        if isinstance(p, exp.Var) and str(p.this).startswith("?"):
-            return int(str(p.this)[1:]) - 1
-        return None
-
-    for cmp in tree.find_all(exp.Binary):
-        for side, other in ((cmp.left, cmp.right), (cmp.right, cmp.left)):
-            i = index(side)
-            if i is not None and 0 <= i < len(ptypes) and ptypes[i] is None:
-                ptypes[i] = column_type(other)
-    for call in tree.find_all(exp.Anonymous):  # $1::int became tpemu_cast(?1, 'INT')
-        if str(call.this).lower() == "tpemu_cast" and len(call.expressions) == 2:
-            i = index(call.expressions[0])
-            if i is not None and 0 <= i < len(ptypes) and ptypes[i] is None:
-                ptypes[i] = sql_type(call.expressions[1].name)
-    for limit in list(tree.find_all(exp.Limit)) + list(tree.find_all(exp.Offset)):
-        i = index(limit.expression)
-        if i is not None and 0 <= i < len(ptypes) and ptypes[i] is None:
-            ptypes[i] = SqlType.INT8
-    if isinstance(tree, exp.Insert) and isinstance(tree.this, exp.Schema | exp.Table):
-        if isinstance(tree.this, exp.Schema):
-            names = [c.name.lower() for c in tree.this.expressions]
-            table = tables.get(tree.this.this.name.lower(), {})
-        else:  # INSERT INTO t VALUES (…): the table's columns in order
-            table = tables.get(tree.this.name.lower(), {})
-            names = list(table)
-        values = tree.expression
-        for row in values.expressions if isinstance(values, exp.Values) else ():
-            for name, value in zip(names, row.expressions, strict=False):
-                i = index(value)
-                if i is not None and 0 <= i < len(ptypes) and ptypes[i] is None:
-                    ptypes[i] = table.get(name)
-
-
-def _returning_names(node: SqlStmt, tables: dict[str, dict[str, SqlType | None]]) -> list[str]:
-    if isinstance(node.ast, exp.Select) and not any(isinstance(e, exp.Star) for e in node.ast.expressions):
-        return [e.alias_or_name for e in node.ast.expressions]  # computed ones are aliased (shim._name_columns)
-    returning = node.ast.args.get("returning")
-    table = node.ast.this.this if isinstance(node.ast.this, exp.Schema) else node.ast.this
-    names: list[str] = []
-    for e in returning.expressions if returning is not None else ():
-        if isinstance(e, exp.Star):
-            names += list(tables.get(table.name.lower() if table is not None else "", {}))
-        else:
-            names.append(e.alias_or_name)
-    return names
-
-
-_ERRORS = (
-    ("UNIQUE constraint failed", ErrorKind.UNIQUE, "duplicate key value violates unique constraint",
-     "Duplicate entry for key"),
-    ("PRIMARY KEY constraint failed", ErrorKind.UNIQUE, "duplicate key value violates unique constraint",
-     "Duplicate entry for key 'PRIMARY'"),
-    ("NOT NULL constraint failed", ErrorKind.NOT_NULL, "null value violates not-null constraint",
-     "Column cannot be null"),
-    ("FOREIGN KEY constraint failed", ErrorKind.FOREIGN_KEY, "insert or update violates foreign key constraint",
-     "Cannot add or update a child row: a foreign key constraint fails"),
-    ("CHECK constraint failed", ErrorKind.CHECK, "new row violates check constraint", "Check constraint is violated"),
-    ("datatype mismatch", ErrorKind.INVALID_TEXT, "invalid input syntax for type integer", "Incorrect integer value"),
-    ("no such table", ErrorKind.UNDEFINED_TABLE, "", ""),
-    ("no such column", ErrorKind.UNDEFINED_COLUMN, "", ""),
-    ("already exists", ErrorKind.DUPLICATE_TABLE, "", ""),
-    ("no such function", ErrorKind.UNDEFINED_FUNCTION, "", ""),
-    ("database is locked", ErrorKind.LOCKED, "could not serialize access: another session holds the write lock "
-                                             "(SQLite fallback: one writer at a time); retry the transaction",
-     "Deadlock found when trying to get lock; try restarting transaction (SQLite fallback: one writer at a time)"),
-    ("interrupted", ErrorKind.TIMEOUT, "canceling statement due to statement timeout",
-     "Query execution was interrupted, maximum statement execution time exceeded"),
-    ("database or disk is full", ErrorKind.LIMIT, "the emulated database is full", "The table is full"),
-    ("integer overflow", ErrorKind.OUT_OF_RANGE, "bigint out of range", "BIGINT value is out of range"),
-    ("no such savepoint", ErrorKind.NO_TRANSACTION, "", ""),
-)
-
-
-def _sql_error(e: sqlite3.Error, session: SqlSession) -> SqlError:
-    """SQLite's error as the client's server would name it."""
-    if session._udf_error is not None:
-        err, session._udf_error = session._udf_error, None
-        return err
-    text = str(e)
-    mysql = session.dialect is Dialect.MYSQL
-    m = re.match(r"no such table: (?:main\.)?(.+)", text)
-    if m and session.database is None:
-        return SqlError(ErrorKind.NO_DATABASE, "No database selected")
-    if m:
-        return SqlError(ErrorKind.UNDEFINED_TABLE, f"Table '{session.database}.{m.group(1)}' doesn't exist" if mysql
-                        else f'relation "{m.group(1)}" does not exist')
-    m = re.match(r"no such column: (.+)", text)
-    if m:
-        return SqlError(ErrorKind.UNDEFINED_COLUMN, f"Unknown column '{m.group(1)}' in 'field list'" if mysql
-                        else f'column "{m.group(1)}" does not exist')
-    m = re.match(r"table (\S+) already exists", text)
-    if m:
-        return SqlError(ErrorKind.DUPLICATE_TABLE, f"Table '{m.group(1)}' already exists" if mysql
-                        else f'relation "{m.group(1)}" already exists')
-    if "syntax error" in text or "near \"" in text:
-        # sqlglot parsed the client's statement: SQLite refusing its translation is a gap here
-        return unsupported(f"this statement in SQLite's dialect ({text})")
-    for needle, kind, pg_text, my_text in _ERRORS:
-        if needle in text:
-            message = my_text if mysql else pg_text
-            return SqlError(kind, f"{message} ({text})" if message else text)
-    return SqlError(ErrorKind.INTERNAL, text)

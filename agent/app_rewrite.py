@@ -5,17 +5,16 @@ Teleport's app agent (``lib/srv/app/transport.go``):
 * ``rewriteHeaders``: each ``rewrite.headers`` entry (``"Name: value"`` in ``teleport.yaml``,
   ``lib/config/fileconf.go`` ``Rewrite.Headers``, parsed by ``ParseHeader`` in
   ``lib/service/servicecfg/app.go``) replaces the request's headers of that name with the value
-  after ``services.ApplyValueTraits`` (``lib/services/role.go``): ``{{internal.logins}}`` or
-  ``{{external.team}}`` (with a literal prefix/suffix) becomes one header per value of the user's
-  trait; a value that interpolates to nothing skips the header. ``Host`` sets the request's host.
+  after ``services.ApplyValueTraits`` (``lib/services/role.go``, :mod:`tpemu.parse`):
+  ``{{internal.logins}}``, ``{{external.team}}``, ``{{email.local(external.email)}}`` or
+  ``{{regexp.replace(external.team, "^(.*)$", "team-$1")}}`` (with a literal prefix/suffix) becomes
+  one header per value; a value that interpolates to nothing, or fails, skips the header.
+  ``Host`` sets the request's host.
   Headers Teleport injects itself (``IsReservedHeader``: ``teleport-jwt-assertion``,
   ``X-Forwarded-*`` …) are never rewritten: ``CheckAndSetDefaults`` refuses them at start-up
   ("header %q is reserved and can't be rewritten").
 * ``rewriteRedirect``: a ``3xx`` whose ``Location`` host is listed in ``rewrite.redirect`` is sent
   to the app's public address instead (``https://<public_addr>:<proxy port>``).
-
-Template functions (``email.local``, ``regexp.replace``) are not emulated: such a header is
-skipped with a log line saying so.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
+from tpemu import parse
 from tpemu.errors import LocalFault
 
 log = logging.getLogger(__name__)
@@ -36,14 +36,9 @@ RESERVED = frozenset({
     "teleport-jwt-assertion", "cf-access-token", "x-forwarded-ssl", "x-teleport-api-error", "x-teleport-api-info",
     "x-teleport-aws-assumed-role", "x-teleport-aws-assumed-role-authorization", "x-forwarded-proto",
     "x-forwarded-for", "x-forwarded-host", "x-forwarded-port", "x-forwarded-server", "x-real-ip"})
-#: The internal traits ``ApplyValueTraits`` accepts (``constants.Trait*``, ``teleport.TraitJWT``).
-INTERNAL = frozenset({"logins", "windows_logins", "kubernetes_groups", "kubernetes_users", "db_names", "db_users",
-                      "aws_role_arns", "azure_identities", "gcp_service_accounts", "jwt"})
 MAX_VALUE = 4096
 # RFC 9110 token characters (httpguts.ValidHeaderFieldName).
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-# {{ns.name}} or {{ns["name"]}}, spaces allowed inside the braces (lib/utils/parse).
-_VARIABLE = re.compile(r"\{\{\s*(internal|external)\s*(?:\.\s*([A-Za-z0-9_\-:/.]+)|\[\s*\"([^\"]+)\"\s*\])\s*\}\}")
 
 
 class RewriteError(LocalFault, ValueError):
@@ -74,21 +69,14 @@ def parse_header(app: str, text: str) -> Header:
 
 
 def apply_value_traits(value: str, traits: Mapping[str, Sequence[str]]) -> list[str]:
-    """``ApplyValueTraits``: the literal, or one string per non-empty value of the named trait
-    (prefix and suffix kept); raises ``LookupError`` saying why the header is skipped."""
-    if "{{" not in value and "}}" not in value:
-        return [value]
-    match = _VARIABLE.search(value)
-    if match is None or "{{" in value[match.end():] or "{{" in value[:match.start()]:
-        raise LookupError(f"{value!r}: only one {{{{internal.NAME}}}} / {{{{external.NAME}}}} variable is emulated "
-                          "(no template functions)")
-    namespace, name = match.group(1), match.group(2) or match.group(3)
-    if namespace == "internal" and name not in INTERNAL:
-        raise LookupError(f"unsupported variable {name!r}")
-    prefix, suffix = value[:match.start()], value[match.end():]
-    out = [f"{prefix}{v}{suffix}" for v in traits.get(name, ()) if v]
+    """``ApplyValueTraits``: the literal, or one string per non-empty value of the expression;
+    raises ``LookupError`` saying why the header is skipped."""
+    try:
+        out = parse.apply_value_traits(value, traits)
+    except parse.ExpressionError as exc:
+        raise LookupError(str(exc)) from None
     if not out:
-        raise LookupError(f"variable {name!r} not found in traits")
+        raise LookupError(f"{value!r} interpolates to no value")
     return out
 
 

@@ -33,6 +33,7 @@ from tpemu.auth.jwt_key import JWTKey, ensure_jwt_key
 from tpemu.auth.roles import Roles, check_access
 from tpemu.auth.tokens import ProvisionToken, TokenStore, mask, parse_static_tokens
 from tpemu.auth.users import User, UserStore
+from tpemu.roles import kube_principals
 
 log = logging.getLogger(__name__)
 
@@ -212,11 +213,13 @@ class AuthServer:
     def _user_identity(self, user: User, not_after: dt.datetime,
                        route: ident.RouteToDatabase = NO_ROUTE,
                        usage: tuple[str, ...] = (), kube_cluster: str = "",
-                       app: ident.RouteToApp = NO_APP) -> ident.Identity:
+                       app: ident.RouteToApp = NO_APP,
+                       kube: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())) -> ident.Identity:
+        """``kube``: the Kubernetes groups and users the user's roles grant (:meth:`kube_principals`)."""
         return ident.Identity(
             username=user.name, groups=user.roles, usage=usage, principals=user.trait("logins"),
             route_to_cluster=self.cluster_name, traits=user.traits, teleport_cluster=self.cluster_name,
-            kubernetes_users=user.trait("kubernetes_users"), kubernetes_groups=user.trait("kubernetes_groups"),
+            kubernetes_users=kube[1], kubernetes_groups=kube[0],
             kubernetes_cluster=kube_cluster, route_to_app=app, route_to_database=route,
             database_names=user.trait("db_names"),
             database_users=user.trait("db_users"),
@@ -224,9 +227,10 @@ class AuthServer:
 
     def _issue_user(self, user: User, ssh_public: bytes, tls_public: object, not_after: dt.datetime,
                     route: ident.RouteToDatabase, usage: tuple[str, ...], kube_cluster: str = "",
-                    app: ident.RouteToApp = NO_APP) -> IssuedUserCerts:
+                    app: ident.RouteToApp = NO_APP,
+                    kube: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())) -> IssuedUserCerts:
         ca = self.ca(CAType.USER)
-        identity = self._user_identity(user, not_after, route, usage, kube_cluster, app)
+        identity = self._user_identity(user, not_after, route, usage, kube_cluster, app, kube)
         now = self._now()
         tls = pki.cert_pem(authority_mod.issue_user_tls(ca, tls_public, identity, not_after, now)) \
             if tls_public is not None else b""
@@ -254,9 +258,10 @@ class AuthServer:
         if not_after_cap is not None:
             end = min(end, not_after_cap)
         not_after = dt.datetime.fromtimestamp(int(end), dt.UTC)
+        kube = await self.kube_principals(user)
         try:
             return await asyncio.to_thread(self._issue_user, user, ssh_public, tls_public, not_after, route, usage,
-                                           kube_cluster, app)
+                                           kube_cluster, app, kube)
         except ValueError as exc:
             raise authapi.BadParameter(str(exc)) from None
 
@@ -315,6 +320,14 @@ class AuthServer:
                  authapi.rfc3339(issued.identity.expires))
         return {"ssh": authapi.b64(issued.ssh), "tls": authapi.b64(issued.tls),
                 "tls_ca_certs": [authapi.b64(self.ca(CAType.HOST).tls_cert_pem)]}
+
+    async def kube_principals(self, user: User) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The Kubernetes groups and users of ``user``'s certificates: its roles' ``kubernetes_groups``
+        / ``kubernetes_users`` templates over its traits (``lib/auth`` ``generateUserCert`` with
+        ``CheckKubeGroupsAndUsers``; the preset ``access`` role passes the traits of those names)."""
+        def warn(role: str, value: str, exc: Exception) -> None:
+            log.warning("user %s: role %s: kubernetes principal %r skipped: %s", user.name, role, value[:200], exc)
+        return kube_principals(await self.roles.resolve(user.roles), user.traits, warn)
 
     async def _check_resource(self, role_names: Iterable[str], kind: str, name: str) -> None:
         """Refuse a certificate for an app / Kubernetes cluster the user's roles do not allow

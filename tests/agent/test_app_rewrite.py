@@ -14,7 +14,8 @@ from tpemu import config
 from tpemu.agent.app_rewrite import Header, Rewrite, RewriteError, apply_value_traits, parse_header
 from tpemu.agent.app_service import AppError, app_defs
 
-TRAITS = {"logins": ["alice", "root"], "team": ["blue", ""], "db_users": [], "kubernetes_groups": ["dev"]}
+TRAITS = {"logins": ["alice", "root"], "team": ["blue", ""], "db_users": [], "kubernetes_groups": ["dev"],
+          "email": ["Alice Liddell <alice@example.com>"]}
 
 
 @pytest.mark.parametrize(("text", "want"), [
@@ -61,18 +62,21 @@ def test_parse_header_never_fails_otherwise(text: str) -> None:
     ('{{external["team"]}}', ["blue"]),  # empty values dropped
     ("team-{{external.team}}-x", ["team-blue-x"]),
     ("{{internal.kubernetes_groups}}", ["dev"]),
+    # the template functions of lib/utils/parse
+    ("{{email.local(external.email)}}", ["alice"]),
+    ('x-{{regexp.replace(internal.logins, "^a(.*)$", "A$1")}}', ["x-Alice"]),  # root does not match: dropped
 ])
 def test_apply_value_traits(value: str, want: list[str]) -> None:
     assert apply_value_traits(value, TRAITS) == want
 
 
 @pytest.mark.parametrize(("value", "words"), [
-    ("{{external.nope}}", "not found in traits"),
-    ("{{internal.db_users}}", "not found in traits"),  # present but empty
+    ("{{external.nope}}", "variable not found: external.nope"),
+    ("{{internal.db_users}}", "interpolates to no value"),  # present but empty
     ("{{internal.team}}", "unsupported variable 'team'"),
-    ("{{email.local(external.email)}}", "no template functions"),
-    ("{{internal.logins}}{{internal.logins}}", "only one"),
-    ("{{internal.logins", "only one"),
+    ("{{email.local(internal.logins)}}", "mail: missing @ in addr-spec"),
+    ("{{internal.logins}}{{internal.logins}}", "make sure the format is {{expression}}"),
+    ("{{internal.logins", "make sure the format is {{expression}}"),
 ])
 def test_apply_value_traits_skips(value: str, words: str) -> None:
     with pytest.raises(LookupError) as info:

@@ -403,3 +403,41 @@ async def test_explain_field_validation_and_server_side_apply(env: kube_env.Kube
     owners = {(e["manager"], e["operation"]): e["fieldsV1"] for e in deploy["metadata"]["managedFields"]}
     assert "f:replicas" in owners[("kubectl", "Apply")]["f:spec"], owners
     assert "f:replicas" not in owners.get(("kubectl-patch", "Update"), {}).get("f:spec", {}), owners
+
+
+async def test_role_templates_decide_kubernetes_principals(tmp_path: Path) -> None:
+    """A role's ``kubernetes_groups``/``kubernetes_users`` are templates over the user's traits
+    (``lib/utils/parse``: ``email.local``, ``regexp.replace``), interpolated when the certificate is
+    issued; the API server sees the result (``kubectl auth whoami``)."""
+    need("kubectl")
+    env = await kube_env.start(tmp_path, users={
+        "dana": {"roles": ["kube-tmpl"], "email": ["Dana Scully <dana.s@example.com>"], "team": ["admins", "dev"]},
+        "erin": {"roles": ["kube-tmpl"], "email": ["erin@example.com"], "team": ["dev"]}})
+    try:
+        admin = kube_env.admin_client(env.data)
+        await admin.call("PUT", "/v1/roles/kube-tmpl", {"kind": "role", "metadata": {"name": "kube-tmpl"}, "spec": {
+            "allow": {"kubernetes_labels": {"*": "*"},
+                      "kubernetes_groups": ['{{regexp.replace(external.team, "^admins$", "system:masters")}}',
+                                            "team-{{external.team}}"],
+                      "kubernetes_users": ["{{email.local(external.email)}}"]},
+            "deny": {"kubernetes_groups": ["team-dev"]}}})
+        for user in ("dana", "erin"):
+            await env.login(user)  # a login certificate after the role exists (it carries the principals)
+            code, out, err = await env.run(user, "tpemu", "kube", "login", kube_env.KUBE)
+            assert code == 0, (out, err)
+        code, out, err = await kubectl(env, "dana", "auth", "whoami", "-o", "json")
+        assert code == 0 and json.loads(out)["status"]["userInfo"] == {
+            "username": "dana.s", "groups": ["system:masters", "team-admins", "system:authenticated"]}, (out, err)
+        code, out, err = await kubectl(env, "dana", "get", "ns", "kube-system", "-o", "name")
+        assert code == 0 and out.strip() == "namespace/kube-system", err
+        # erin's team does not match the regexp and team-dev is denied: only her user remains
+        code, out, err = await kubectl(env, "erin", "auth", "whoami", "-o", "json")
+        assert code == 0 and json.loads(out)["status"]["userInfo"] == {
+            "username": "erin", "groups": ["system:authenticated"]}, (out, err)
+        code, out, err = await kubectl(env, "erin", "get", "pods")
+        assert code == 1 and 'User "erin" cannot list resource "pods"' in err, err
+        with pytest.raises(Exception, match="expected"):  # a template that does not parse is refused
+            await admin.call("PUT", "/v1/roles/broken", {"kind": "role", "metadata": {"name": "broken"}, "spec": {
+                "allow": {"kubernetes_users": ["{{email.local(external.email}}"]}}})
+    finally:
+        await kube_env.stop(env)

@@ -14,6 +14,12 @@ interleave the builds, the order rotated every round; in each round every build 
   backend);
 * ``direct``: the same, straight to the build's emulated Postgres backend served in the client
   process: the baseline of the issue's "at most 2.5x direct" ratio;
+* ``direct_process``: the same again, to the build's emulated backend served by a process of its
+  own (as a database server is): a client and a server in two processes wait for each other twice
+  per round trip, and on this 2-vCPU VM waking the other, idle CPU costs ~50-60 µs each way
+  (measured: the same pair pinned to one CPU, ``taskset -c 0``, 141 µs a round trip; on two CPUs
+  245-266 µs; in one process 97-100 µs). The path through proxy and tunnel pays those two
+  wake-ups too (client ↔ tpemu), so its ratio to ``direct_process`` is its cost beyond them;
 * ``ssh``: SSH session setup with a new proxy connection (TLS + SSH to the proxy, the
   ``proxy:node`` subsystem through the tunnel, the user's SSH session to the node, ``exec true``),
   ms, and ``ssh_new_client``: the same with the process's kept ``/webapi/ping`` answer dropped
@@ -103,8 +109,8 @@ def run(revs: list[str], rounds: int, n_pg: int, n_ssh: int) -> dict[str, Any]:
             print(f"{name}: tpemu from {Path(worker.ask('where')).parent}", file=sys.stderr)
             stack.callback(worker.stop)
             subjects[name] = (proc, worker)
-            samples[name] = {"pg_us": [], "pg_cpu_us": [], "direct_us": [], "ssh_ms": [],
-                             "ssh_new_client_ms": []}
+            samples[name] = {"pg_us": [], "pg_cpu_us": [], "direct_us": [], "direct_process_us": [],
+                             "ssh_ms": [], "ssh_new_client_ms": []}
         for _proc, worker in subjects.values():  # warm-up: first connections, caches
             worker.ask("pg 50")
             worker.ask("ssh 1")
@@ -119,6 +125,7 @@ def run(revs: list[str], rounds: int, n_pg: int, n_ssh: int) -> dict[str, Any]:
                 s["pg_cpu_us"].append((_cpu_seconds(proc.pid) - cpu0) / n_pg * 1e6)
                 s["pg_us"].append(statistics.median(pg))
                 s["direct_us"].append(statistics.median(worker.ask(f"direct {n_pg}")))
+                s["direct_process_us"].append(statistics.median(worker.ask(f"directproc {n_pg}")))
                 s["ssh_ms"].append(statistics.median(worker.ask(f"ssh {n_ssh}")))
                 s["ssh_new_client_ms"].append(statistics.median(worker.ask(f"sshfresh {n_ssh}")))
     out: dict[str, Any] = {"revisions": revs, "rounds": rounds, "pg_round_trips": n_pg, "ssh_sessions": n_ssh,
@@ -128,6 +135,8 @@ def run(revs: list[str], rounds: int, n_pg: int, n_ssh: int) -> dict[str, Any]:
         fig["spread"] = {k: [round(min(v), 1), round(max(v), 1)] for k, v in s.items()}
         fig["pg_ratio_to_direct"] = round(statistics.median(p / d for p, d in zip(s["pg_us"], s["direct_us"],
                                                                                 strict=True)), 2)
+        fig["pg_ratio_to_direct_process"] = round(statistics.median(
+            p / d for p, d in zip(s["pg_us"], s["direct_process_us"], strict=True)), 2)
         fig["runs"] = s
         out["builds"][name] = fig
     return out
@@ -135,19 +144,35 @@ def run(revs: list[str], rounds: int, n_pg: int, n_ssh: int) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> str:
     lines = [f"{'build':12s} {'pg µs':>14s} {'tpemu CPU µs/rtt':>20s} {'direct µs':>14s} {'ratio':>6s} "
-             f"{'SSH setup ms':>16s} {'new client ms':>16s}"]
+             f"{'direct proc µs':>16s} {'ratio':>6s} {'SSH setup ms':>16s} {'new client ms':>16s}"]
     def cell(f: dict[str, Any], key: str, fmt: str = "{:.0f}") -> str:
         lo, hi = f["spread"][key]
         return f"{fmt.format(f[key])} ({fmt.format(lo)}–{fmt.format(hi)})"
 
     for name, f in result["builds"].items():
         lines.append(f"{name:12s} {cell(f, 'pg_us'):>14s} {cell(f, 'pg_cpu_us'):>20s} {cell(f, 'direct_us'):>14s} "
-                     f"{f['pg_ratio_to_direct']:>6.2f} {cell(f, 'ssh_ms', '{:.1f}'):>16s} "
+                     f"{f['pg_ratio_to_direct']:>6.2f} {cell(f, 'direct_process_us'):>16s} "
+                     f"{f['pg_ratio_to_direct_process']:>6.2f} {cell(f, 'ssh_ms', '{:.1f}'):>16s} "
                      f"{cell(f, 'ssh_new_client_ms', '{:.1f}'):>16s}")
     return "\n".join(lines)
 
 
 # -- the measuring client (runs with the build's tpemu on PYTHONPATH) --------------------------------
+
+#: The build's emulated Postgres in a process of its own: prints its port, serves until stdin ends.
+_SERVE_BACKEND = """
+import asyncio, sys, uvloop
+from tpemu.agent.backends.base import serve_tcp
+from tpemu.agent.backends.postgres import PostgresBackend
+
+async def main():
+    server = await serve_tcp(PostgresBackend(users=None, auth="trust"))
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    server.close()
+
+uvloop.run(main())
+"""
 
 async def _worker(home: Path) -> None:
     import asyncpg
@@ -173,6 +198,15 @@ async def _worker(home: Path) -> None:
     server = await serve_tcp(PostgresBackend(users=None, auth="trust"))
     port = server.sockets[0].getsockname()[1]
     direct = await asyncpg.connect(host="127.0.0.1", port=port, user="alice", database="postgres", ssl=False)
+    # The same backend in a process of its own (this build's, from its PYTHONPATH; cwd: not the
+    # repository), serving until its stdin closes.
+    backend_proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _SERVE_BACKEND, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        cwd=home)
+    assert backend_proc.stdout is not None
+    proc_port = int(await asyncio.wait_for(backend_proc.stdout.readline(), 30))
+    direct_proc = await asyncpg.connect(host="127.0.0.1", port=proc_port, user="alice", database="postgres",
+                                        ssl=False)
 
     async def round_trips(conn: Any, n: int) -> list[float]:
         out = []
@@ -217,6 +251,8 @@ async def _worker(home: Path) -> None:
             result = await round_trips(via_proxy, n)
         elif what == "direct":
             result = await round_trips(direct, n)
+        elif what == "directproc":
+            result = await round_trips(direct_proc, n)
         elif what == "where":
             import tpemu
 
@@ -231,7 +267,11 @@ async def _worker(home: Path) -> None:
         sys.stdout.flush()
     await via_proxy.close()
     await direct.close()
+    await direct_proc.close()
     server.close()
+    assert backend_proc.stdin is not None
+    backend_proc.stdin.close()
+    await backend_proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:

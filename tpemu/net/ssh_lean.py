@@ -23,6 +23,23 @@ log lines per round trip formatted (f-strings, ``plural``) and thrown away below
 * **AES-GCM** built a new ``AESGCM`` object (its key schedule) for every packet in each
   direction; :class:`_GCM` keeps one per key. Same nonce sequence (RFC 5647 §7.1: the 64-bit
   invocation counter of the IV goes up by one per packet), same bytes on the wire.
+* **Channel data, both ways** (issue 13, the second pass). Sending a ``CHANNEL_DATA`` took
+  asyncssh ten calls and five copies (``SSHChannel.write`` copies into a ``bytearray`` send
+  buffer, ``_flush_send_buf`` slices it, ``String``, the channel's and the connection's
+  ``send_packet`` each join again, padding, then ``packet + mac``); receiving one took eight
+  (header and body decrypted in two steps, an ``SSHPacket`` parser, the handler table, two
+  debug-log calls). :meth:`LeanChannel.write` builds the packet's payload in one step and
+  :meth:`LeanConnection._lean_send_payload` pads, seals and writes it when the packet could go out
+  at once anyway: keys in place, nothing deferred, no rekey due, AES-GCM, no compression, the
+  channel's send buffer empty and the data within the peer's window and packet size. The padding
+  comes from a pool filled by ``os.urandom`` (one ``getrandom`` per 4 KiB instead of one per
+  packet; still random, never reused). On the way in, :meth:`LeanConnection._recv_pkthdr` opens a
+  whole AES-GCM packet in one call and hands a well-formed ``CHANNEL_DATA`` for an open channel
+  within its window straight to the channel's ``_accept_data`` (asyncssh's own: window
+  accounting, pausing, window adjusts, delivery). Everything else, and every case that would be
+  an error, takes asyncssh's path unchanged, with the packet already opened (:attr:`_GCM.opened`:
+  the cipher hands it over instead of decrypting again, so the nonces stay in step). Debug
+  levels 2 and 3 (asyncssh's data and packet logs) take asyncssh's path for everything.
 
 :class:`LeanConnection` and :class:`LeanChannel` are the first bases of tpemu's asyncssh connection
 and channel subclasses (the reverse tunnel's ``TunnelServerConnection``/``TunnelClientConnection``,
@@ -33,11 +50,15 @@ changes either path.
 
 from __future__ import annotations
 
+import os
+import struct
+import time
 from typing import Any
 
-from asyncssh.constants import MSG_IGNORE
+from asyncssh.constants import MSG_CHANNEL_DATA, MSG_IGNORE, MSG_USERAUTH_LAST
 from asyncssh.encryption import ChachaEncryption, Encryption, GCMEncryption
 from asyncssh.logging import SSHLogger
+from asyncssh.misc import MACError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -46,18 +67,49 @@ _EMPTY_STRING = b"\x00\x00\x00\x00"
 _AEAD = (GCMEncryption, ChachaEncryption)
 #: asyncssh logs packets at debug level 3 only (``SSHLogger.packet``).
 PACKET_DEBUG_LEVEL = 3
+#: asyncssh logs every channel write and read at debug level 2 (``SSHLogger.debug2``).
+DATA_DEBUG_LEVEL = 2
 _GCM_TAG = 16
+#: A ``CHANNEL_DATA`` payload's head: type, recipient channel, data length (RFC 4254 §5.2).
+_DATA_HEAD = struct.Struct(">BII")
+_U32 = struct.Struct(">I")
+#: Random padding is cut from a pool this large, filled again from ``os.urandom`` when used up.
+PAD_POOL = 4096
+
+
+class _Padding:
+    """Random bytes for packet padding (RFC 4253 §6: random, 4 to 255 bytes), drawn from a pool."""
+
+    __slots__ = ("_at", "_pool")
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._at = 0
+
+    def take(self, n: int) -> bytes:
+        at = self._at
+        if at + n > len(self._pool):
+            self._pool, at = os.urandom(PAD_POOL), 0
+        self._at = at + n
+        return self._pool[at:at + n]
+
+
+_PADDING = _Padding()
 
 
 class _GCM:
-    """asyncssh's ``GCMCipher`` interface with one ``AESGCM`` per key instead of one per packet."""
+    """asyncssh's ``GCMCipher`` interface with one ``AESGCM`` per key instead of one per packet,
+    plus the one-call :meth:`seal`/:meth:`open` of the lean path."""
 
-    __slots__ = ("_aead", "_fixed", "_invocation")
+    __slots__ = ("_aead", "_fixed", "_invocation", "opened")
 
     def __init__(self, key: bytes, iv: bytes) -> None:
         self._aead = AESGCM(key)
         self._fixed = iv[:4]
         self._invocation = int.from_bytes(iv[4:], "big")
+        #: A packet :meth:`open` decrypted that asyncssh's path is to process: returned by the next
+        #: :meth:`verify_and_decrypt` instead of decrypting (its nonce is used already).
+        self.opened: bytes | None = None
 
     def _nonce(self) -> bytes:
         nonce = self._fixed + self._invocation.to_bytes(8, "big")
@@ -69,11 +121,31 @@ class _GCM:
         return header + sealed[:-_GCM_TAG], sealed[-_GCM_TAG:]
 
     def verify_and_decrypt(self, header: bytes, data: bytes, mac: bytes) -> bytes | None:
+        if self.opened is not None:
+            opened, self.opened = self.opened, None
+            return opened
         nonce = self._nonce()
         try:
             return self._aead.decrypt(nonce, data + mac, header)
         except InvalidTag:
             return None
+
+    def seal(self, header: bytes, data: bytes) -> bytes:
+        """``header`` (the packet length, authenticated, not encrypted) + ciphertext + tag."""
+        return header + self._aead.encrypt(self._nonce(), data, header)
+
+    def open(self, header: bytes, sealed: bytes | memoryview) -> bytes | None:
+        """The plaintext of ciphertext + tag ``sealed``; ``None`` when it does not verify."""
+        nonce = self._nonce()
+        try:
+            return self._aead.decrypt(nonce, sealed, header)
+        except InvalidTag:
+            return None
+
+
+def _gcm_of(enc: Encryption | None) -> _GCM | None:
+    cipher = getattr(enc, "_cipher", None)
+    return cipher if isinstance(cipher, _GCM) else None
 
 
 def _lean_encryption(enc: Encryption | None) -> Encryption | None:
@@ -84,7 +156,8 @@ def _lean_encryption(enc: Encryption | None) -> Encryption | None:
 
 
 class LeanChannel:
-    """Mixin for an asyncssh channel class: packet logging only at debug level 3."""
+    """Mixin for an asyncssh channel class: packet logging only at debug level 3; channel data
+    written through :meth:`LeanConnection._lean_send_payload` when it can go out at once."""
 
     def log_sent_packet(self, pkttype: int, pktid: int | None, packet: Any, note: str = "") -> None:
         if SSHLogger._debug_level >= PACKET_DEBUG_LEVEL:
@@ -94,6 +167,18 @@ class LeanChannel:
         if SSHLogger._debug_level >= PACKET_DEBUG_LEVEL:
             super().log_received_packet(pkttype, pktid, packet, note)  # type: ignore[misc]
 
+    def write(self, data: Any, datatype: int | None = None) -> None:
+        # asyncssh's SSHChannel.write when the data fits the peer's window and packet size and
+        # nothing is queued before it (so asyncssh would send it as one packet now, too).
+        c: Any = self
+        n = len(data)
+        if (datatype is None and 0 < n <= c._send_window and n <= c._send_pktsize and not c._send_buf
+                and c._send_state == "open" and c._encoding is None and isinstance(c._conn, LeanConnection)
+                and c._conn._lean_send_payload(_DATA_HEAD.pack(MSG_CHANNEL_DATA, c._send_chan, n) + data)):
+            c._send_window -= n
+            return
+        super().write(data, datatype)  # type: ignore[misc]
+
 
 class LeanConnection(LeanChannel):
     """Mixin for an asyncssh connection class: see the module docstring."""
@@ -102,6 +187,9 @@ class LeanConnection(LeanChannel):
     _lean_interval: float = 0.0
     _lean_send: Encryption | None = None
     _lean_recv: Encryption | None = None
+    #: The AES-GCM ciphers of the lean paths (``None``: another cipher, asyncssh's paths only).
+    _lean_seal: _GCM | None = None
+    _lean_open: _GCM | None = None
 
     # asyncssh assigns these when keys change (``_send_newkeys``/``_process_newkeys``).
     @property
@@ -111,6 +199,7 @@ class LeanConnection(LeanChannel):
     @_send_encryption.setter
     def _send_encryption(self, enc: Encryption | None) -> None:
         self._lean_send = _lean_encryption(enc)
+        self._lean_seal = _gcm_of(self._lean_send)
 
     @property
     def _recv_encryption(self) -> Encryption | None:
@@ -119,6 +208,7 @@ class LeanConnection(LeanChannel):
     @_recv_encryption.setter
     def _recv_encryption(self, enc: Encryption | None) -> None:
         self._lean_recv = _lean_encryption(enc)
+        self._lean_open = _gcm_of(self._lean_recv)
 
     def _set_keepalive_timer(self) -> None:
         self._lean_last = None
@@ -146,4 +236,68 @@ class LeanConnection(LeanChannel):
         if (pkttype == MSG_IGNORE and args == (_EMPTY_STRING,)
                 and isinstance(self._lean_send, _AEAD)):
             return
+        # The connection protocol's packets (channel data, window adjusts, requests) take the lean
+        # path when they can; key exchange and authentication always asyncssh's.
+        if (pkttype > MSG_USERAUTH_LAST and SSHLogger._debug_level < PACKET_DEBUG_LEVEL
+                and self._lean_send_payload(bytes((pkttype,)) + b"".join(args))):
+            return
         super().send_packet(pkttype, *args, **kwargs)  # type: ignore[misc]
+
+    # -- the lean data paths ------------------------------------------------------------------------
+
+    def _lean_send_payload(self, payload: bytes) -> bool:
+        """Pad, seal and write one packet (``payload``: type byte first); ``False`` (nothing done)
+        when asyncssh's ``send_packet`` must: keys changing or not yet in place, packets deferred,
+        a rekey due, another cipher than AES-GCM, compression, data debug logging."""
+        gcm = self._lean_seal
+        c: Any = self
+        if (gcm is None or not c._kex_complete or not c._auth_complete or c._deferred_packets
+                or c._compressor is not None or c._transport is None
+                or SSHLogger._debug_level >= DATA_DEBUG_LEVEL
+                or c._rekey_bytes_sent >= c._rekey_bytes
+                or (c._rekey_seconds and time.monotonic() >= c._rekey_time)):
+            return False
+        n = len(payload)
+        padlen = -(c._send_enchdrlen + n) % c._send_blocksize
+        if padlen < 4:
+            padlen += c._send_blocksize
+        pktlen = 1 + n + padlen
+        packet = gcm.seal(_U32.pack(pktlen), bytes((padlen,)) + payload + _PADDING.take(padlen))
+        try:
+            c._transport.write(packet)
+        except ConnectionError:  # as asyncssh's _send
+            pass
+        c._send_seq = (c._send_seq + 1) & 0xFFFFFFFF
+        c._rekey_bytes_sent += pktlen
+        return True
+
+    def _recv_pkthdr(self) -> bool:
+        # asyncssh's loop calls this for every packet. A whole AES-GCM packet in the buffer is
+        # opened here in one call; a CHANNEL_DATA that asyncssh would accept goes to its channel.
+        gcm = self._lean_open
+        c: Any = self
+        buf: bytes = c._inpbuf
+        if (gcm is None or not c._auth_complete or c._decompressor is not None or len(buf) < 4
+                or SSHLogger._debug_level >= DATA_DEBUG_LEVEL):
+            return bool(super()._recv_pkthdr())  # type: ignore[misc]
+        pktlen = int.from_bytes(buf[:4], "big")
+        end = 4 + pktlen + _GCM_TAG
+        if pktlen > c._max_recv_pktlen or len(buf) < end:
+            return bool(super()._recv_pkthdr())  # type: ignore[misc]  # too large, or not all here
+        seq = c._recv_seq
+        plain = gcm.open(buf[:4], buf[4:end])
+        if plain is None:
+            raise MACError("MAC verification failed")
+        if len(plain) >= 10 and plain[1] == MSG_CHANNEL_DATA:
+            found = c._channels.get(int.from_bytes(plain[2:6], "big"))
+            chan: Any = found if isinstance(found, LeanChannel) else None
+            datalen = int.from_bytes(plain[6:10], "big")
+            if (chan is not None and 10 + datalen == len(plain) - plain[0]
+                    and chan._recv_state == "open" and datalen <= chan._recv_window):
+                c._inpbuf = buf[end:]
+                chan._accept_data(plain[10:10 + datalen])
+                c._finish_recv_packet(MSG_CHANNEL_DATA, seq)
+                return True
+        # Anything else (and every error) on asyncssh's path, which gets this plaintext back.
+        gcm.opened = plain
+        return bool(super()._recv_pkthdr())  # type: ignore[misc]

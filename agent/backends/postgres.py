@@ -49,6 +49,7 @@ from tpemu.agent.backends.sql import (
 )
 from tpemu.wire import LimitExceeded, WireError
 from tpemu.wire import postgres as pg
+from tpemu.wire import postgres_values as pgv
 from tpemu.wire.scram import MECHANISM, ScramError, ScramSecret, ScramServer, ScramVerificationFailed, make_secret
 
 log = logging.getLogger(__name__)
@@ -57,11 +58,11 @@ AuthMethod = Literal["trust", "password", "md5", "scram-sha-256"]
 AUTH_METHODS: tuple[str, ...] = ("trust", "password", "md5", "scram-sha-256")
 
 _TYPE_OIDS = {
-    SqlType.BOOL: pg.OID_BOOL, SqlType.INT2: pg.OID_INT2, SqlType.INT4: pg.OID_INT4, SqlType.INT8: pg.OID_INT8,
-    SqlType.FLOAT4: pg.OID_FLOAT4, SqlType.FLOAT8: pg.OID_FLOAT8, SqlType.NUMERIC: pg.OID_NUMERIC,
-    SqlType.TEXT: pg.OID_TEXT, SqlType.VARCHAR: pg.OID_VARCHAR, SqlType.CHAR: pg.OID_BPCHAR,
-    SqlType.NAME: pg.OID_NAME, SqlType.TIMESTAMP: pg.OID_TIMESTAMP, SqlType.TIMESTAMPTZ: pg.OID_TIMESTAMPTZ,
-    SqlType.DATE: pg.OID_DATE,
+    SqlType.BOOL: pgv.OID_BOOL, SqlType.INT2: pgv.OID_INT2, SqlType.INT4: pgv.OID_INT4, SqlType.INT8: pgv.OID_INT8,
+    SqlType.FLOAT4: pgv.OID_FLOAT4, SqlType.FLOAT8: pgv.OID_FLOAT8, SqlType.NUMERIC: pgv.OID_NUMERIC,
+    SqlType.TEXT: pgv.OID_TEXT, SqlType.VARCHAR: pgv.OID_VARCHAR, SqlType.CHAR: pgv.OID_BPCHAR,
+    SqlType.NAME: pgv.OID_NAME, SqlType.TIMESTAMP: pgv.OID_TIMESTAMP, SqlType.TIMESTAMPTZ: pgv.OID_TIMESTAMPTZ,
+    SqlType.DATE: pgv.OID_DATE,
 }
 _OID_TYPES = {oid: t for t, oid in _TYPE_OIDS.items()}
 #: Parameters the server reports at start-up (and that clients such as asyncpg parse).
@@ -555,7 +556,7 @@ class _Connection:
             oid = _TYPE_OIDS[c.type]
             typmod = c.type_modifier + 4 if c.type_modifier is not None and c.type in (
                 SqlType.VARCHAR, SqlType.CHAR) else -1
-            fields.append(pg.FieldDescription(c.name, oid, pg.TYPE_SIZES[oid], typmod,
+            fields.append(pg.FieldDescription(c.name, oid, pgv.TYPE_SIZES[oid], typmod,
                                               formats[i] if i < len(formats) else 0))
         return pg.encode_row_description(fields)
 
@@ -596,7 +597,7 @@ class _Connection:
                                            "per connection; close some first")
         declared: list[SqlType | None] = []
         for oid in msg.param_types:
-            if oid in (0, pg.OID_UNKNOWN):
+            if oid in (0, pgv.OID_UNKNOWN):
                 declared.append(None)
             elif oid in _OID_TYPES:
                 declared.append(_OID_TYPES[oid])
@@ -697,7 +698,7 @@ def _decode_param(raw: bytes | None, t: SqlType, fmt: int, index: int) -> Value:
     oid = _TYPE_OIDS[t]
     try:
         if fmt == 1:
-            return coerce(pg.decode_binary_value(oid, raw), t)
+            return coerce(pgv.decode_binary_value(oid, raw), t)
         return coerce(raw.decode("utf-8"), t)
     except pg.PostgresError as e:
         raise _StatementError("22P03", f"incorrect binary data format in bind parameter {index + 1}: {e}") from None
@@ -713,8 +714,8 @@ def _encode_value(oid: int, fmt: int, value: Value) -> bytes | None:
         return None
     try:
         if fmt == 1:
-            return pg.encode_binary_value(oid, value)
-        return pg.encode_text_value(oid, value)
+            return pgv.encode_binary_value(oid, value)
+        return pgv.encode_text_value(oid, value)
     except (ValueError, OverflowError) as e:
         raise _StatementError("22P03", f"cannot encode {value!r} as type oid {oid}: {e}") from None
 

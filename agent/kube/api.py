@@ -1,10 +1,11 @@
 """The emulated Kubernetes API server: discovery, OpenAPI, authorization, and request routing (glue).
 
-Good enough for unmodified kubectl 1.32 and the Python ``kubernetes`` client: legacy discovery
-(``/api``, ``/api/v1``, ``/apis``, ``/apis/<group>/<version>``; the aggregated ``apidiscovery``
-form is not offered, so clients fall back to it as against an older server), ``/version``, an
-OpenAPI v3 index whose documents declare the ``fieldValidation`` parameter (kubectl then leaves
-validation to the server instead of downloading schemas), and the REST paths of
+Good enough for unmodified kubectl 1.32 and the Python ``kubernetes`` client: aggregated discovery
+(``/api`` and ``/apis`` as an ``apidiscovery.k8s.io/v2`` ``APIGroupDiscoveryList`` when asked, as
+kubectl 1.32 asks) and legacy discovery (``/api``, ``/api/v1``, ``/apis``,
+``/apis/<group>/<version>``), ``/version``, OpenAPI v3 documents with the served kinds' schemas
+(:mod:`tpemu.agent.kube.schema`: ``kubectl explain``, and the ``fieldValidation`` parameter that makes
+kubectl leave ``--validate`` to the server), and the REST paths of
 ``api-conventions.md`` for the types of :mod:`tpemu.agent.kube.resources` (handled in
 :mod:`tpemu.agent.kube.objects`), and the self-reviews of ``kubectl auth can-i|whoami``
 (:mod:`tpemu.agent.kube.reviews`).
@@ -21,6 +22,7 @@ refused with Kubernetes' own ``Forbidden`` Status.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tpemu.agent.kube import resources as res
-from tpemu.agent.kube import reviews
+from tpemu.agent.kube import reviews, schema
 from tpemu.agent.kube.controller import Controller
 from tpemu.agent.kube.store import Store
 from tpemu.net.kube_http import Reply, Request, Streamed, Upgraded
@@ -139,6 +141,12 @@ class EmulatedAPI:
             return Reply(200, b"ok", "text/plain; charset=utf-8")
         if path == "/version":
             return json_reply(VERSION)
+        if path in ("/api", "/apis"):
+            version = res.aggregated_version(request.headers.get("accept", ""))
+            if version is not None:
+                body = json.dumps(res.aggregated_discovery(path == "/api", version), separators=(",", ":")).encode()
+                return Reply(200, body, res.AGGREGATED.format(version),
+                             [("Vary", "Accept"), ("Etag", '"' + hashlib.sha256(body).hexdigest().upper() + '"')])
         if path == "/api":
             return json_reply({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
                 {"clientCIDR": "0.0.0.0/0", "serverAddress": request.headers.get("host", "")}]})
@@ -184,7 +192,7 @@ class EmulatedAPI:
         key = "/".join(parts[2:])
         if key not in docs:
             raise StatusError(404, "the server could not find the requested resource", "NotFound")
-        return json_reply(openapi_document(*docs[key]))
+        return json_reply(schema.openapi_document(*docs[key]))
 
 
 def _unknown_path(request: Request) -> StatusError:
@@ -214,44 +222,7 @@ def _target(group: str, version: str, rest: list[str]) -> Target | None:
     return Target(rt, namespace, name, sub)
 
 
+@functools.cache
 def _doc_hash(group: str, version: str) -> str:
-    doc = json.dumps(openapi_document(group, version), sort_keys=True).encode()
+    doc = json.dumps(schema.openapi_document(group, version), sort_keys=True).encode()
     return hashlib.sha256(doc).hexdigest()[:32].upper()
-
-
-def openapi_document(group: str, version: str) -> dict[str, Any]:
-    """An OpenAPI 3.0 document for one group version: its paths, each write operation declaring the
-    ``fieldValidation``/``dryRun``/``fieldManager`` query parameters (kubectl's
-    ``QueryParamVerifierV3`` looks for ``fieldValidation`` on the PATCH of the resource), and a
-    schema per kind carrying ``x-kubernetes-group-version-kind``."""
-    paths: dict[str, Any] = {}
-    schemas: dict[str, Any] = {}
-    params = [{"name": n, "in": "query", "schema": {"type": "string", "uniqueItems": True}}
-              for n in ("dryRun", "fieldManager", "fieldValidation")]
-    prefix = f"/apis/{group}/{version}" if group else f"/api/{version}"
-    for rt in res.TYPES:
-        if rt.group != group or rt.version != version:
-            continue
-        ref_name = f"io.k8s.api.{group if group else 'core'}.{version}.{rt.kind}"
-        gvk = [{"group": group, "version": version, "kind": rt.kind}]
-        schemas[ref_name] = {"type": "object", "description": f"{rt.kind} (emulated by tpemu)",
-                             "x-kubernetes-group-version-kind": gvk,
-                             "properties": {"apiVersion": {"type": "string"}, "kind": {"type": "string"},
-                                            "metadata": {"type": "object"}, "spec": {"type": "object"},
-                                            "status": {"type": "object"}}}
-        item = f"{prefix}/namespaces/{{namespace}}/{rt.plural}/{{name}}" if rt.namespaced else \
-            f"{prefix}/{rt.plural}/{{name}}"
-        collection = item.rsplit("/", 1)[0]
-        body = {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref_name}"}}}}
-        op = {"parameters": params, "responses": {"200": body}, "x-kubernetes-group-version-kind": gvk[0]}
-        paths[item] = {"get": {"responses": {"200": body}}, "put": {**op, "requestBody": body},
-                       # The strategic-merge type is accepted but not declared: these schemas are not
-                       # detailed enough for kubectl to compute a patch from them (patcher.go's
-                       # gvkSupportsPatchOpenAPIV3), so it uses its compiled-in types instead.
-                       "patch": {**op, "requestBody": {"content": {t: {"schema": {"type": "object"}} for t in (
-                           "application/apply-patch+yaml", "application/json-patch+json",
-                           "application/merge-patch+json")}}},
-                       "delete": {"parameters": params[:1], "responses": {"200": body}}}
-        paths[collection] = {"get": {"responses": {"200": body}}, "post": {**op, "requestBody": body}}
-    return {"openapi": "3.0.0", "info": {"title": "Kubernetes (tpemu emulation)", "version": "v1.32.0"},
-            "paths": paths, "components": {"schemas": schemas}}

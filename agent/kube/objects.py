@@ -13,7 +13,6 @@ server gives.
 from __future__ import annotations
 
 import asyncio
-import base64
 import copy
 import datetime as dt
 import json
@@ -26,9 +25,11 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from tpemu.agent.kube import exec as kexec
+from tpemu.agent.kube import managed, schema
 from tpemu.agent.kube import patch as kpatch
 from tpemu.agent.kube import protobuf as kproto
 from tpemu.agent.kube import resources as res
+from tpemu.agent.kube import validation as kvalid
 from tpemu.agent.kube import websocket as ws
 from tpemu.agent.kube.controller import now_stamp, random_suffix
 from tpemu.agent.kube.store import Store, TooOld
@@ -41,8 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
-_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+Headers = list[tuple[str, str]]
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 MAX_WATCH = 3600.0
 #: Concurrent ``exec`` processes per emulated cluster (each one is a process on the agent's host).
@@ -318,53 +318,6 @@ class Objects:
         body["apiVersion"], body["kind"] = rt.group_version, rt.kind
         return body
 
-    def _validate(self, rt: res.ResourceType, obj: Obj, ns: str) -> None:
-        meta = obj["metadata"]
-        name = meta.get("name", "")
-        causes: list[tuple[str, str, str]] = []
-        pattern = _DNS1123_LABEL if rt.plural in ("namespaces", "services") else _DNS1123_SUBDOMAIN
-        if not isinstance(name, str) or not name:
-            causes.append(("metadata.name", "FieldValueRequired", "Required value: name or generateName is required"))
-        elif len(name) > 253 or not pattern.fullmatch(name):
-            causes.append(("metadata.name", "FieldValueInvalid",
-                           f'Invalid value: "{name[:100]}": a lowercase RFC 1123 '
-                           f'{"label" if pattern is _DNS1123_LABEL else "subdomain"} must consist of lower case '
-                           "alphanumeric characters, '-' or '.', and must start and end with an alphanumeric "
-                           "character"))
-        for key in ("labels", "annotations"):
-            value = meta.get(key)
-            if value is not None and (not isinstance(value, dict) or not all(
-                    isinstance(k, str) and isinstance(v, str) for k, v in value.items())):
-                causes.append((f"metadata.{key}", "FieldValueInvalid", "Invalid value: must map strings to strings"))
-        raw_spec = obj.get("spec")
-        spec: Obj = raw_spec if isinstance(raw_spec, dict) else {}
-        if rt.kind == "Pod":
-            causes += _containers_causes(spec, "spec")
-        elif rt.kind == "Deployment":
-            selector = ((spec.get("selector") or {}).get("matchLabels")) if isinstance(spec.get("selector"),
-                                                                                   dict) else None
-            raw_template = spec.get("template")
-            template: Obj = raw_template if isinstance(raw_template, dict) else {}
-            tlabels = (template.get("metadata") or {}).get("labels") or {}
-            if not selector:
-                causes.append(("spec.selector", "FieldValueRequired", "Required value"))
-            elif any(tlabels.get(k) != v for k, v in selector.items()):
-                causes.append(("spec.template.metadata.labels", "FieldValueInvalid",
-                               f"Invalid value: {json.dumps(tlabels)}: `selector` does not match template `labels`"))
-            causes += _containers_causes(template.get("spec") or {}, "spec.template.spec")
-            replicas = spec.get("replicas", 1)
-            if not isinstance(replicas, int) or replicas < 0:
-                causes.append(("spec.replicas", "FieldValueInvalid",
-                               f"Invalid value: {replicas!r}: must be greater than or equal to 0"))
-        elif rt.kind in ("ConfigMap", "Secret"):
-            for key in ("data", "stringData", "binaryData"):
-                value = obj.get(key)
-                if value is not None and (not isinstance(value, dict) or not all(
-                        isinstance(v, str) for v in value.values())):
-                    causes.append((key, "FieldValueInvalid", "Invalid value: must map keys to strings"))
-        if causes:
-            raise invalid(rt.kind, str(name)[:253], causes, rt.group)
-
     def _prepare(self, rt: res.ResourceType, obj: Obj, ns: str) -> Obj:
         """Defaults of a new object (``metadata``, secrets' ``stringData``, pods' status)."""
         meta = obj["metadata"]
@@ -386,7 +339,7 @@ class Objects:
             obj["spec"] = {"finalizers": ["kubernetes"]}
             obj["status"] = {"phase": "Active"}
         elif rt.kind == "Secret":
-            _fold_string_data(obj)
+            kvalid.fold_string_data(obj)
             obj.setdefault("type", "Opaque")
         elif rt.kind == "Service":
             spec = obj.setdefault("spec", {})
@@ -404,21 +357,42 @@ class Objects:
 
     def create(self, request: Request, rt: res.ResourceType, ns: str) -> Reply:
         obj = self._body(request, rt)
+        warnings = self._field_validation(request, rt, obj, "CreateOptions")
+        reply = self._create(request, rt, ns, obj, record=True)
+        reply.headers += warnings
+        return reply
+
+    def _create(self, request: Request, rt: res.ResourceType, ns: str, obj: Obj, record: bool) -> Reply:
         self._check_namespace(rt, obj, ns)
         meta = obj["metadata"]
         if not meta.get("name") and isinstance(meta.get("generateName"), str) and meta["generateName"]:
             meta["name"] = meta["generateName"] + random_suffix()
         if rt.kind in ("Pod", "Deployment") and not isinstance(obj.get("spec"), dict):
             obj["spec"] = {}
-        self._validate(rt, obj, ns)
+        kvalid.validate(rt, obj, ns)
         if self.store.get(rt.key, ns if rt.namespaced else "", meta["name"]) is not None:
             raise already_exists(rt.plural, meta["name"], rt.group)
         obj = self._prepare(rt, obj, ns)
+        if record:
+            managed.record_update(None, obj, _manager(request), rt.group_version, now_stamp())
         if request.arg("dryRun") == "All":
             return self._one(request, rt, obj, 201)
         self.store.put(rt.key, obj, "ADDED")
         self._after_write(rt, obj, created=True)
         return self._one(request, rt, obj, 201)
+
+    @staticmethod
+    def _field_validation(request: Request, rt: res.ResourceType, obj: Obj, options_kind: str) -> Headers:
+        """Field validation of a create or update body (``create.go``/``update.go``): the fields the type
+        does not declare are dropped; Strict refuses them, Warn (the default) names them in warnings."""
+        mode = schema.directive(request.arg("fieldValidation"), options_kind)
+        if "protobuf" in request.headers.get("content-type", ""):
+            return []  # the generators' protobuf bodies hold declared fields only
+        unknown = schema.unknown_fields(rt.kind, obj)
+        if unknown and mode == "Strict":
+            raise StatusError(400, f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: '
+                              f"{schema.strict_message(unknown)}", "BadRequest")
+        return schema.warning_headers(unknown) if mode == "Warn" else []
 
     def _after_write(self, rt: res.ResourceType, obj: Obj, created: bool) -> None:
         if rt.kind == "Pod" and created:
@@ -427,7 +401,7 @@ class Objects:
             self.api.controller.reconcile(obj)
 
     def _replace(self, rt: res.ResourceType, current: Obj, new: Obj, sub: str, dry_run: bool,
-                 request: Request) -> Reply:
+                 request: Request, record: bool = True) -> Reply:
         """Store ``new`` in place of ``current``, keeping what the server owns."""
         meta = new.setdefault("metadata", {})
         if not isinstance(meta, dict):
@@ -457,8 +431,10 @@ class Objects:
         elif "status" in current and rt.kind in ("Pod", "Deployment", "Namespace"):
             new["status"] = current["status"]
         if rt.kind == "Secret":
-            _fold_string_data(new)
-        self._validate(rt, new, old.get("namespace", ""))
+            kvalid.fold_string_data(new)
+        kvalid.validate(rt, new, old.get("namespace", ""))
+        if record and not sub:
+            managed.record_update(current, new, _manager(request), rt.group_version, now_stamp())
         if rt.kind == "Deployment" and new.get("spec") != current.get("spec"):
             new["metadata"]["generation"] = int(old.get("generation", 1)) + 1
         if dry_run:
@@ -484,6 +460,7 @@ class Objects:
 
     def update(self, request: Request, rt: res.ResourceType, ns: str, name: str, sub: str) -> Reply:
         current = self._get(rt, ns, name)
+        warnings: Headers = []
         if sub == "scale":
             try:
                 new = json.loads(request.body)
@@ -494,53 +471,88 @@ class Objects:
             want_rv = (new.get("metadata") or {}).get("resourceVersion")
         else:
             new = self._body(request, rt)
+            warnings = self._field_validation(request, rt, new, "UpdateOptions")
             want_rv = new["metadata"].get("resourceVersion")
         if want_rv and want_rv != current["metadata"]["resourceVersion"]:
             raise conflict(rt.plural, name, rt.group)
-        return self._replace(rt, current, new, sub, request.arg("dryRun") == "All", request)
+        reply = self._replace(rt, current, new, sub, request.arg("dryRun") == "All", request)
+        reply.headers += warnings if sub != "scale" else []
+        return reply
 
     def patch(self, request: Request, rt: res.ResourceType, ns: str, name: str, sub: str, user: User) -> Reply:
         ctype = request.headers.get("content-type", "").split(";")[0].strip()
         current = self.store.get(rt.key, ns, name)
+        mode = schema.directive(request.arg("fieldValidation"), "PatchOptions")
+        if ctype == "application/apply-patch+yaml":
+            return self._apply(request, rt, ns, name, sub, current)
+        if request.arg("force"):
+            raise StatusError(422, 'PatchOptions.meta.k8s.io "" is invalid: force: Forbidden: may not be specified '
+                              "for non-apply patch", "Invalid")
+        if current is None:
+            raise not_found(rt.plural, name, rt.group)
         try:
-            if ctype == "application/apply-patch+yaml":
-                applied = self._body(request, rt, yaml_ok=True)
-                if current is None:
-                    if not request.arg("fieldManager"):
-                        raise StatusError(422, "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required "
-                                          "value: is required for apply patch", "Invalid")
-                    applied["metadata"].setdefault("name", name)
-                    request.body = json.dumps(applied).encode()
-                    request.headers["content-type"] = "application/json"
-                    return self.create(request, rt, ns)
-                new = kpatch.apply(current, applied)
+            body = json.loads(request.body)
+        except ValueError as exc:
+            raise StatusError(400, f"error decoding patch: {str(exc)[:200]}", "BadRequest") from None
+        try:
+            if ctype == "application/json-patch+json":
+                new = kpatch.json_patch(current, body)
+            elif ctype == "application/merge-patch+json":
+                new = kpatch.merge_patch(current, body)
+            elif ctype == "application/strategic-merge-patch+json":
+                new = kpatch.strategic_merge(current, body)
             else:
-                if current is None:
-                    raise not_found(rt.plural, name, rt.group)
-                try:
-                    body = json.loads(request.body)
-                except ValueError as exc:
-                    raise StatusError(400, f"error decoding patch: {str(exc)[:200]}", "BadRequest") from None
-                if ctype == "application/json-patch+json":
-                    new = kpatch.json_patch(current, body)
-                elif ctype == "application/merge-patch+json":
-                    new = kpatch.merge_patch(current, body)
-                elif ctype == "application/strategic-merge-patch+json":
-                    new = kpatch.strategic_merge(current, body)
-                else:
-                    raise StatusError(415, "the body of the request was in an unknown format - accepted media "
-                                      "types include: application/json-patch+json, application/merge-patch+json, "
-                                      "application/apply-patch+yaml, application/strategic-merge-patch+json",
-                                      "UnsupportedMediaType")
+                raise StatusError(415, "the body of the request was in an unknown format - accepted media "
+                                  "types include: application/json-patch+json, application/merge-patch+json, "
+                                  "application/apply-patch+yaml, application/strategic-merge-patch+json",
+                                  "UnsupportedMediaType")
         except kpatch.PatchError as exc:
             raise StatusError(422, str(exc), "Invalid") from None
         if not isinstance(new, dict):
             raise StatusError(422, "the patch does not produce an object", "Invalid")
-        assert current is not None
+        warnings: Headers = []
+        if sub != "scale":
+            # patch.go: the patched object decoded into the type; its undeclared fields are a strict
+            # decoding error reported on the field "patch" (the patch map, or the patched JSON).
+            shown = schema.go_value(body) if ctype == "application/strategic-merge-patch+json" else \
+                json.dumps(new, separators=(",", ":"))
+            unknown = schema.unknown_fields(rt.kind, new)
+            if unknown and mode == "Strict":
+                raise schema.patch_invalid(shown, schema.strict_message(unknown))
+            warnings = schema.warning_headers(unknown) if mode == "Warn" else []
         want_rv = (new.get("metadata") or {}).get("resourceVersion")
         if want_rv and want_rv != current["metadata"]["resourceVersion"]:
             raise conflict(rt.plural, name, rt.group)
-        return self._replace(rt, current, new, sub, request.arg("dryRun") == "All", request)
+        reply = self._replace(rt, current, new, sub, request.arg("dryRun") == "All", request)
+        reply.headers += warnings
+        return reply
+
+    def _apply(self, request: Request, rt: res.ResourceType, ns: str, name: str, sub: str,
+               current: Obj | None) -> Reply:
+        """Server-side apply (``application/apply-patch+yaml``), with field ownership
+        (:mod:`tpemu.agent.kube.managed`)."""
+        applied = self._body(request, rt, yaml_ok=True)
+        manager = request.arg("fieldManager")
+        if not manager:
+            raise StatusError(422, 'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is '
+                              "required for apply patch", "Invalid")
+        unknown = schema.unknown_fields(rt.kind, applied, prune=False)
+        if unknown:
+            raise schema.apply_error(rt, ns, name, applied, unknown)
+        if applied["metadata"].get("name", name) != name:
+            raise StatusError(400, f'the name of the object ({applied["metadata"].get("name")}) does not match the '
+                              f"name on the URL ({name})", "BadRequest")
+        applied["metadata"]["name"] = name
+        force = request.flag("force")
+        if current is None:
+            obj = managed.apply({}, applied, manager, rt.group_version, force, now_stamp())
+            obj["metadata"].setdefault("name", name)
+            return self._create(request, rt, ns, obj, record=False)
+        new = managed.apply(current, applied, manager, rt.group_version, force, now_stamp())
+        want_rv = (applied.get("metadata") or {}).get("resourceVersion")
+        if want_rv and want_rv != current["metadata"]["resourceVersion"]:
+            raise conflict(rt.plural, name, rt.group)
+        return self._replace(rt, current, new, sub, request.arg("dryRun") == "All", request, record=False)
 
     def delete(self, request: Request, rt: res.ResourceType, ns: str, name: str) -> Reply:
         if not name:
@@ -617,35 +629,13 @@ class Objects:
         return Upgraded()
 
 
-def _containers_causes(spec: Obj, where: str) -> list[tuple[str, str, str]]:
-    containers = spec.get("containers") if isinstance(spec, dict) else None
-    if not isinstance(containers, list) or not containers:
-        return [(f"{where}.containers", "FieldValueRequired", "Required value")]
-    causes = []
-    for i, c in enumerate(containers):
-        if not isinstance(c, dict):
-            causes.append((f"{where}.containers[{i}]", "FieldValueInvalid", "Invalid value: must be an object"))
-            continue
-        if not isinstance(c.get("name"), str) or not _DNS1123_LABEL.fullmatch(c.get("name") or ""):
-            causes.append((f"{where}.containers[{i}].name", "FieldValueRequired" if not c.get("name") else
-                           "FieldValueInvalid", "Required value" if not c.get("name") else
-                           f'Invalid value: "{str(c.get("name"))[:63]}": a lowercase RFC 1123 label'))
-        if not isinstance(c.get("image"), str) or not c.get("image"):
-            causes.append((f"{where}.containers[{i}].image", "FieldValueRequired", "Required value"))
-    return causes
-
-
-def _fold_string_data(obj: Obj) -> None:
-    string_data = obj.pop("stringData", None)
-    if isinstance(string_data, dict):
-        data = obj.setdefault("data", {})
-        for k, v in string_data.items():
-            data[k] = base64.b64encode(str(v).encode()).decode()
-
-
 def _same(a: Obj, b: Obj) -> bool:
     """Equal apart from ``metadata.resourceVersion``."""
     def strip(o: Obj) -> str:
         meta = {k: v for k, v in (o.get("metadata") or {}).items() if k != "resourceVersion"}
         return json.dumps({**o, "metadata": meta}, sort_keys=True)
     return strip(a) == strip(b)
+
+
+def _manager(request: Request) -> str:
+    return managed.manager_of(request.arg("fieldManager"), request.headers.get("user-agent", ""))

@@ -245,3 +245,58 @@ def table(rt: ResourceType, objects: list[Obj], now: dt.datetime, resource_versi
     else:
         out["columnDefinitions"] = []
     return out
+
+
+#: The media type of aggregated discovery (``k8s.io/api/apidiscovery/v2``), which kubectl 1.32 asks
+#: for first on ``/api`` and ``/apis``; a server that answers it saves the client the per-group-version
+#: requests of legacy discovery.
+AGGREGATED = "application/json;g=apidiscovery.k8s.io;v={};as=APIGroupDiscoveryList"
+
+
+def aggregated_version(accept: str) -> str | None:
+    """The aggregated-discovery version ``accept`` asks for (``v2``, else ``v2beta1``), or ``None``."""
+    offered = [part.replace(" ", "") for part in accept.split(",")]
+    for version in ("v2", "v2beta1"):
+        if any(p.startswith("application/json;") and set(p.split(";")[1:]) >= {
+                "g=apidiscovery.k8s.io", f"v={version}", "as=APIGroupDiscoveryList"} for p in offered):
+            return version
+    return None
+
+
+def _discovery_resource(t: ResourceType) -> Obj:
+    """One ``APIResourceDiscovery``, its subresources nested (``apidiscovery/v2`` types.go)."""
+    legacy = t.discovery()
+    main: Obj = {"resource": t.plural, "responseKind": {"group": t.group, "version": t.version, "kind": t.kind},
+                 "scope": "Namespaced" if t.namespaced else "Cluster", "singularResource": t.singular,
+                 "verbs": legacy[0]["verbs"]}
+    for key in ("shortNames", "categories"):
+        if key in legacy[0]:
+            main[key] = legacy[0][key]
+    subs = []
+    for entry in legacy[1:]:
+        kind = {"group": entry.get("group", t.group), "version": entry.get("version", t.version),
+                "kind": entry["kind"]}
+        subs.append({"subresource": entry["name"].split("/", 1)[1], "responseKind": kind, "verbs": entry["verbs"]})
+    if subs:
+        main["subresources"] = subs
+    return main
+
+
+def aggregated_discovery(core: bool, version: str) -> Obj:
+    """``/api`` (``core``) or ``/apis`` as an ``APIGroupDiscoveryList``."""
+    groups = [""] if core else list(GROUPS)
+    items = []
+    for group in groups:
+        versions = []
+        for v in (("v1",) if core else GROUPS[group]):
+            resources = [_discovery_resource(t) for t in TYPES if t.group == group and t.version == v]
+            resources += [{"resource": plural, "responseKind": {"group": g, "version": gv, "kind": kind},
+                           "scope": "Cluster", "singularResource": plural[:-1], "verbs": ["create"]}
+                          for g, gv, plural, kind in REVIEWS if g == group and gv == v]
+            versions.append({"version": v, "resources": resources, "freshness": "Current"})
+        meta: Obj = {"creationTimestamp": None}
+        if group:
+            meta["name"] = group
+        items.append({"metadata": meta, "versions": versions})
+    return {"kind": "APIGroupDiscoveryList", "apiVersion": f"apidiscovery.k8s.io/{version}", "metadata": {},
+            "items": items}

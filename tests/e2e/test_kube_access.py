@@ -207,6 +207,7 @@ async def test_refusals_are_kubernetes_status(env: kube_env.KubeEnv) -> None:
 
 async def test_separate_mode_kube_listener(tmp_path: Path) -> None:
     need("kubectl")
+    controller.START_DELAY = 0.3
     env = await kube_env.start(tmp_path, separate=True, users={"alice": kube_env.USERS["alice"]})
     try:
         code, _, err = await env.run("alice", "tpemu", "kube", "login", "emu")
@@ -217,8 +218,16 @@ async def test_separate_mode_kube_listener(tmp_path: Path) -> None:
         assert f"server: https://{kube_addr}" in env.kubeconfig("alice").read_text()
         code, out, err = await kubectl(env, "alice", "get", "ns")
         assert code == 0 and "kube-public" in out, err
+        manifest = env.tmp / "deploy.yaml"
+        manifest.write_text(DEPLOYMENT.replace("REPLICAS", "1"))
+        code, out, err = await kubectl(env, "alice", "apply", "-f", str(manifest))
+        assert code == 0 and "deployment.apps/web created" in out, err
+        code, out, err = await kubectl(env, "alice", "rollout", "status", "deploy/web", "--timeout=20s")
+        assert code == 0, (out, err)
+        code, out, err = await kubectl(env, "alice", "exec", "deploy/web", "--", "uname", "-a")
+        assert code == 0 and out.startswith(os.uname().sysname), err
         code, out, err = await env.run("alice", sys.executable, "-c", PY_LIST_PODS)
-        assert code == 0 and "default" in out.splitlines()[1], err
+        assert code == 0 and "default" in out.splitlines()[1] and out.startswith("web-"), err
     finally:
         await kube_env.stop(env)
 
@@ -338,3 +347,59 @@ async def test_testkit_cluster_with_a_directly_joined_kubernetes_service(tmp_pat
                                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             out, err = await asyncio.wait_for(proc.communicate(), 60)
             assert proc.returncode == 0 and want in out.decode(), (argv, out, err)
+
+
+async def test_explain_field_validation_and_server_side_apply(env: kube_env.KubeEnv) -> None:
+    """What a kubectl user meets after ``get``: ``kubectl explain`` from the OpenAPI v3 schemas,
+    ``--validate`` refusing a misspelt field as the API server does, server-side apply owning fields
+    (a conflict with another manager, ``--force-conflicts``), all after aggregated discovery alone."""
+    code, _, err = await env.run("alice", "tpemu", "kube", "login", "emu")
+    assert code == 0, err
+    code, out, err = await kubectl(env, "alice", "explain", "deployment.spec.replicas")
+    assert code == 0 and "FIELD: replicas <integer>" in out, (out, err)
+    code, out, err = await kubectl(env, "alice", "explain", "pods.spec.containers")
+    assert code == 0 and "image\t<string>" in out and "name\t<string> -required-" in out, (out, err)
+    code, out, err = await kubectl(env, "alice", "explain", "deployment.spec.replicass")
+    assert code == 1 and 'field "replicass" does not exist' in err, (out, err)
+    # discovery: one request each for /api and /apis (aggregated), no per-group-version fallback
+    code, out, err = await kubectl(env, "alice", "get", "deploy", "-v=6")
+    assert code == 0 and "/apis/apps/v1?" not in err and "/api/v1?" not in err, err
+
+    bad = env.tmp / "bad.yaml"
+    bad.write_text(DEPLOYMENT.replace("REPLICAS", "1").replace("  replicas:", "  replicass:")
+                   .replace("image: nginx", "imagee: x\n        image: nginx"))
+    for flags in ((), ("--validate=strict",)):
+        code, out, err = await kubectl(env, "alice", "apply", *flags, "-f", str(bad))
+        assert code == 1 and err.strip() == (
+            f'Error from server (BadRequest): error when creating "{bad}": Deployment in version "v1" cannot be '
+            'handled as a Deployment: strict decoding error: unknown field "spec.replicass", unknown field '
+            '"spec.template.spec.containers[0].imagee"'), (flags, out, err)
+    code, out, err = await kubectl(env, "alice", "apply", "--server-side", "-f", str(bad))
+    assert code == 1 and "Error from server: failed to create typed patch object (default/web; apps/v1, " \
+        "Kind=Deployment): errors:" in err and '.spec.template.spec.containers[name="nginx"].imagee: field not ' \
+        "declared in schema" in err, err
+    code, out, err = await kubectl(env, "alice", "apply", "--validate=warn", "-f", str(bad))
+    assert code == 0 and 'Warning: unknown field "spec.replicass"' in err and "created" in out, (out, err)
+    code, out, err = await kubectl(env, "alice", "get", "deploy", "web", "-o", "json")
+    spec = json.loads(out)["spec"]  # stored without them (the last-applied annotation keeps its text)
+    assert code == 0 and "replicass" not in spec and "imagee" not in spec["template"]["spec"]["containers"][0], out
+    code, out, err = await kubectl(env, "alice", "delete", "deploy", "web")
+    assert code == 0, err
+
+    manifest = env.tmp / "deploy.yaml"
+    manifest.write_text(DEPLOYMENT.replace("REPLICAS", "1"))
+    code, out, err = await kubectl(env, "alice", "apply", "--server-side", "-f", str(manifest))
+    assert code == 0 and "deployment.apps/web serverside-applied" in out, err
+    code, out, err = await kubectl(env, "alice", "patch", "deploy", "web", "-p", '{"spec":{"replicas":3}}')
+    assert code == 0, err
+    code, out, err = await kubectl(env, "alice", "apply", "--server-side", "-f", str(manifest))
+    assert code == 1 and 'error: Apply failed with 1 conflict: conflict with "kubectl-patch" using apps/v1 at ' in err \
+        and err.splitlines()[0].endswith(": .spec.replicas") and "--force-conflicts" in err, err
+    code, out, err = await kubectl(env, "alice", "apply", "--server-side", "--force-conflicts", "-f", str(manifest))
+    assert code == 0, err
+    code, out, err = await kubectl(env, "alice", "get", "deploy", "web", "-o", "json", "--show-managed-fields")
+    deploy = json.loads(out)
+    assert deploy["spec"]["replicas"] == 1
+    owners = {(e["manager"], e["operation"]): e["fieldsV1"] for e in deploy["metadata"]["managedFields"]}
+    assert "f:replicas" in owners[("kubectl", "Apply")]["f:spec"], owners
+    assert "f:replicas" not in owners.get(("kubectl-patch", "Update"), {}).get("f:spec", {}), owners

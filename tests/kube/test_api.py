@@ -6,7 +6,9 @@ the Kubernetes Service's impersonation rules (Teleport's ``lib/kube/proxy/forwar
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -115,17 +117,97 @@ async def test_crud_and_status_errors(api: EmulatedAPI) -> None:
     assert (await call(api, "GET", "/api/v1/namespaces/default/pods/p1"))[0] == 404
 
 
-async def test_server_side_apply_creates_then_merges(api: EmulatedAPI) -> None:
+async def test_server_side_apply_owns_fields(api: EmulatedAPI) -> None:
+    """Server-side apply as structured-merge-diff does it: the applier owns what it applied; a field it
+    stops applying is removed unless another manager owns it; another manager's field survives."""
+    apply = "application/apply-patch+yaml"
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "1"}}
     path = "/api/v1/namespaces/default/configmaps/c?fieldManager=kubectl"
-    code, out = await call(api, "PATCH", path, json.dumps(cm).encode(), ctype="application/apply-patch+yaml")
+    code, out = await call(api, "PATCH", path, json.dumps(cm).encode(), ctype=apply)
     assert code == 201 and out["data"] == {"a": "1"}
+    assert out["metadata"]["managedFields"] == [{"manager": "kubectl", "operation": "Apply", "apiVersion": "v1",
+                                                 "time": out["metadata"]["managedFields"][0]["time"],
+                                                 "fieldsType": "FieldsV1",
+                                                 "fieldsV1": {"f:data": {"f:a": {}}}}]
+    # another manager adds a field with a merge patch
+    code, out = await call(api, "PATCH", "/api/v1/namespaces/default/configmaps/c?fieldManager=other",
+                           {"data": {"z": "9"}}, ctype="application/merge-patch+json")
+    assert code == 200 and [e["manager"] for e in out["metadata"]["managedFields"]] == ["kubectl", "other"]
     yaml_body = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  b: '2'\n"
-    code, out = await call(api, "PATCH", path, yaml_body, ctype="application/apply-patch+yaml")
-    assert code == 200 and out["data"] == {"a": "1", "b": "2"}
+    code, out = await call(api, "PATCH", path, yaml_body, ctype=apply)
+    assert code == 200 and out["data"] == {"b": "2", "z": "9"}, out
+    # the other manager's field, applied with another value: a conflict, unless forced
+    conflicting = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  b: '2'\n  z: '0'\n"
+    code, err = await call(api, "PATCH", path, conflicting, ctype=apply)
+    assert (code, err["reason"]) == (409, "Conflict"), err
+    assert err["message"].startswith('Apply failed with 1 conflict: conflict with "other" using v1 at ')
+    assert err["message"].endswith(": .data.z") and err["details"]["causes"][0]["field"] == ".data.z"
+    code, out = await call(api, "PATCH", path + "&force=true", conflicting, ctype=apply)
+    assert code == 200 and out["data"] == {"b": "2", "z": "0"}
+    owners = {e["manager"]: e["fieldsV1"] for e in out["metadata"]["managedFields"]}
+    assert owners == {"kubectl": {"f:data": {"f:b": {}, "f:z": {}}}}, owners  # "other" owns nothing now
     code, err = await call(api, "PATCH", "/api/v1/namespaces/default/configmaps/d", yaml_body.replace(b"c\n", b"d\n"),
-                           ctype="application/apply-patch+yaml")
+                           ctype=apply)
     assert code == 422 and "fieldManager" in err["message"]
+    code, err = await call(api, "PATCH", "/api/v1/namespaces/default/configmaps/c?force=true", {"data": {}},
+                           ctype="application/merge-patch+json")
+    assert code == 422 and "may not be specified for non-apply patch" in err["message"]
+
+
+async def test_apply_conflicts_list_items_by_key(api: EmulatedAPI) -> None:
+    apply = "application/apply-patch+yaml"
+    deploy = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+              "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}}, "template": {
+                  "metadata": {"labels": {"app": "web"}},
+                  "spec": {"containers": [{"name": "nginx", "image": "nginx:1"}]}}}}
+    base = "/apis/apps/v1/namespaces/default/deployments"
+    code, _ = await call(api, "POST", base + "?fieldManager=kubectl-create", deploy)
+    assert code == 201
+    changed = copy.deepcopy(deploy)
+    changed["spec"]["replicas"] = 3
+    changed["spec"]["template"]["spec"]["containers"][0]["image"] = "nginx:2"
+    code, err = await call(api, "PATCH", base + "/web?fieldManager=ci", json.dumps(changed).encode(), ctype=apply)
+    assert code == 409
+    assert err["message"].startswith("Apply failed with 2 conflicts: conflicts with \"kubectl-create\" using apps/v1")
+    assert err["message"].endswith('\n- .spec.replicas\n- .spec.template.spec.containers[name="nginx"].image'), err
+    # the same values: shared ownership, no conflict
+    code, out = await call(api, "PATCH", base + "/web?fieldManager=ci", json.dumps(deploy).encode(), ctype=apply)
+    assert code == 200 and {e["manager"] for e in out["metadata"]["managedFields"]} == {"kubectl-create", "ci"}
+    ci = next(e for e in out["metadata"]["managedFields"] if e["manager"] == "ci")["fieldsV1"]
+    assert ci["f:spec"]["f:template"]["f:spec"]["f:containers"] == {
+        'k:{"name":"nginx"}': {".": {}, "f:image": {}, "f:name": {}}}
+
+
+async def test_field_validation(api: EmulatedAPI) -> None:
+    """Unknown fields, as the API server's field validation treats them (create.go, patch.go)."""
+    bad = {**POD, "metadata": {"name": "v1"}, "spec": {"containers": [{"name": "c", "image": "b", "imagee": "x"}],
+                                                       "replicass": 2}}
+    base = "/api/v1/namespaces/default/pods"
+    code, err = await call(api, "POST", base + "?fieldValidation=Strict", bad)
+    assert (code, err["reason"]) == (400, "BadRequest")
+    assert err["message"] == ('Pod in version "v1" cannot be handled as a Pod: strict decoding error: unknown field '
+                              '"spec.containers[0].imagee", unknown field "spec.replicass"'), err
+    out = await api.handle(req("POST", base, bad))  # Warn, the default: stored without them, with warnings
+    assert isinstance(out, Reply) and out.status == 201
+    assert [v for k, v in out.headers if k == "Warning"] == ['299 - "unknown field \\"spec.containers[0].imagee\\""',
+                                                          '299 - "unknown field \\"spec.replicass\\""']
+    stored = json.loads(out.body)
+    assert "replicass" not in stored["spec"] and "imagee" not in stored["spec"]["containers"][0]
+    code, err = await call(api, "PATCH", base + "/v1?fieldValidation=Strict", {"spec": {"bogus": 1}},
+                           ctype="application/strategic-merge-patch+json")
+    assert (code, err["reason"]) == (422, "Invalid")
+    assert err["message"] == (' "" is invalid: patch: Invalid value: "map[spec:map[bogus:1]]": strict decoding '
+                              'error: unknown field "spec.bogus"'), err
+    code, err = await call(api, "POST", base + "?fieldValidation=Bogus", bad)
+    assert code == 422 and 'supported values: "", "Ignore", "Strict", "Warn"' in err["message"]
+    out = await api.handle(req("POST", base + "?fieldValidation=Ignore", {**bad, "metadata": {"name": "v2"}}))
+    assert isinstance(out, Reply) and out.status == 201 and not [k for k, _ in out.headers if k == "Warning"]
+    code, err = await call(api, "PATCH", base + "/v3?fieldManager=m", json.dumps(
+        {**bad, "metadata": {"name": "v3"}}).encode(), ctype="application/apply-patch+yaml")
+    assert code == 500 and err["message"] == (
+        "failed to create typed patch object (default/v3; /v1, Kind=Pod): errors:\n"
+        '  .spec.containers[name="c"].imagee: field not declared in schema\n'
+        "  .spec.replicass: field not declared in schema\n"), err
 
 
 async def test_list_table_and_selectors(api: EmulatedAPI) -> None:
@@ -253,3 +335,46 @@ def test_principals_follow_teleport() -> None:
     with pytest.raises(StatusError, match="denied"):
         principals(_identity(kubernetes_groups=("dev",)), Request("GET", "/", {}, {"impersonate-group": [
             "system:masters"]}))
+
+
+async def test_aggregated_discovery(api: EmulatedAPI) -> None:
+    """``/api`` and ``/apis`` as kubectl 1.32 asks for them (``apidiscovery.k8s.io/v2``), legacy otherwise."""
+    accept = ("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json;"
+              "g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json")
+    out = await api.handle(req("GET", "/apis", accept=accept))
+    assert isinstance(out, Reply) and out.content_type == "application/json;g=apidiscovery.k8s.io;v=v2;" \
+        "as=APIGroupDiscoveryList"
+    doc = json.loads(out.body)
+    assert doc["kind"] == "APIGroupDiscoveryList" and doc["apiVersion"] == "apidiscovery.k8s.io/v2"
+    apps = next(i for i in doc["items"] if i["metadata"].get("name") == "apps")
+    deploy = next(r for r in apps["versions"][0]["resources"] if r["resource"] == "deployments")
+    assert deploy["scope"] == "Namespaced" and deploy["shortNames"] == ["deploy"]
+    assert {s["subresource"]: s["responseKind"]["group"] for s in deploy["subresources"]} == {
+        "status": "apps", "scale": "autoscaling"}
+    out = await api.handle(req("GET", "/api", accept=accept.replace("v=v2;", "v=v9;")))
+    assert isinstance(out, Reply) and "v2beta1" in out.content_type
+    core = json.loads(out.body)["items"][0]
+    pods = next(r for r in core["versions"][0]["resources"] if r["resource"] == "pods")
+    assert "name" not in core["metadata"] and {s["subresource"] for s in pods["subresources"]} == {
+        "log", "exec", "status"}
+    out = await api.handle(req("GET", "/api"))
+    assert isinstance(out, Reply) and json.loads(out.body)["kind"] == "APIVersions"
+
+
+async def test_openapi_schemas_walk_to_every_field(api: EmulatedAPI) -> None:
+    """Every ``$ref`` of each document resolves inside it, and a kind's schema reaches its nested types
+    (what ``kubectl explain deployment.spec.template.spec.containers.ports`` walks)."""
+    index = (await call(api, "GET", "/openapi/v3"))[1]["paths"]
+    for key in index:
+        doc = (await call(api, "GET", f"/openapi/v3/{key}"))[1]
+        schemas = doc["components"]["schemas"]
+        refs = set(re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', json.dumps(doc)))
+        assert refs <= set(schemas), (key, refs - set(schemas))
+    doc = (await call(api, "GET", "/openapi/v3/apis/apps/v1"))[1]["components"]["schemas"]
+    node = doc["io.k8s.api.apps.v1.Deployment"]
+    assert node["x-kubernetes-group-version-kind"] == [{"group": "apps", "version": "v1", "kind": "Deployment"}]
+    for step in ("spec", "template", "spec", "containers"):
+        prop = node["properties"][step]
+        ref = (prop.get("items") or prop)["allOf"][0]["$ref"].rsplit("/", 1)[1]
+        node = doc[ref]
+    assert node["required"] == ["name"] and node["properties"]["ports"]["type"] == "array"

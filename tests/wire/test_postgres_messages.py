@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from tpemu.wire import LimitExceeded, WireError
 from tpemu.wire import postgres as pg
+from tpemu.wire import postgres_values as pgv
 
 # asyncpg 0.32.0 (captured): StartupMessage, Parse, Describe(S), Flush, Bind, Execute, Sync, Terminate.
 ASYNCPG_STARTUP = bytes.fromhex(
@@ -102,7 +103,7 @@ def test_startup_rejects_malformed(bad: bytes) -> None:
     (ASYNCPG_BIND, pg.Bind("", "__asyncpg_stmt_1__", (1,), (b"\x00\x00\x00\x29",), (1,))),
     (ASYNCPG_EXECUTE, pg.Execute("", 1)),
     (PSYCOPG_QUERY, pg.Query("BEGIN")),
-    (PSYCOPG_PARSE, pg.Parse("", "select $1::text, $2", (0, pg.OID_INT2))),
+    (PSYCOPG_PARSE, pg.Parse("", "select $1::text, $2", (0, pgv.OID_INT2))),
     (PSYCOPG_BIND, pg.Bind("", "", (0, 1), (b"x", b"\x00\x05"), (0,))),
     (PSYCOPG_DESCRIBE, pg.Describe("P", "")),
     (PSYCOPG_EXECUTE, pg.Execute("", 0)),
@@ -182,7 +183,7 @@ def test_backend_encoders_follow_the_message_formats() -> None:
     assert pg.encode_command_complete("SELECT 1") == b"C\x00\x00\x00\x0dSELECT 1\x00"
     assert pg.encode_data_row([b"1", None]) == b"D\x00\x00\x00\x0f\x00\x02\x00\x00\x00\x011\xff\xff\xff\xff"
     assert pg.encode_parameter_description([23]) == b"t\x00\x00\x00\x0a\x00\x01\x00\x00\x00\x17"
-    field = pg.FieldDescription("n", pg.OID_INT4, 4)
+    field = pg.FieldDescription("n", pgv.OID_INT4, 4)
     assert pg.encode_row_description([field]) == (
         b"T\x00\x00\x00\x1a\x00\x01n\x00" + bytes(4) + bytes(2) + b"\x00\x00\x00\x17\x00\x04\xff\xff\xff\xff\x00\x00")
     assert pg.encode_negotiate_protocol_version(0, ("_pq_.x",)) == (
@@ -208,21 +209,21 @@ def _psycopg_binary(value: object, oid: int) -> bytes:
 
 
 @pytest.mark.parametrize("oid,value", [
-    (pg.OID_BOOL, True), (pg.OID_INT2, -2), (pg.OID_INT4, 41), (pg.OID_INT8, 2**40), (pg.OID_FLOAT8, 2.5),
-    (pg.OID_FLOAT4, 0.5), (pg.OID_TEXT, "héllo"), (pg.OID_NUMERIC, Decimal("1.5")),
-    (pg.OID_NUMERIC, Decimal("-12345678.0001")), (pg.OID_NUMERIC, Decimal("0.00001")),
-    (pg.OID_NUMERIC, Decimal("100000000")), (pg.OID_NUMERIC, Decimal("0")), (pg.OID_NUMERIC, Decimal("NaN")),
-    (pg.OID_TIMESTAMPTZ, datetime(2024, 2, 29, 12, 30, 1, 123456, tzinfo=UTC)),
-    (pg.OID_TIMESTAMP, datetime(1999, 12, 31, 23, 59, 59)), (pg.OID_DATE, date(2001, 1, 2)),
+    (pgv.OID_BOOL, True), (pgv.OID_INT2, -2), (pgv.OID_INT4, 41), (pgv.OID_INT8, 2**40), (pgv.OID_FLOAT8, 2.5),
+    (pgv.OID_FLOAT4, 0.5), (pgv.OID_TEXT, "héllo"), (pgv.OID_NUMERIC, Decimal("1.5")),
+    (pgv.OID_NUMERIC, Decimal("-12345678.0001")), (pgv.OID_NUMERIC, Decimal("0.00001")),
+    (pgv.OID_NUMERIC, Decimal("100000000")), (pgv.OID_NUMERIC, Decimal("0")), (pgv.OID_NUMERIC, Decimal("NaN")),
+    (pgv.OID_TIMESTAMPTZ, datetime(2024, 2, 29, 12, 30, 1, 123456, tzinfo=UTC)),
+    (pgv.OID_TIMESTAMP, datetime(1999, 12, 31, 23, 59, 59)), (pgv.OID_DATE, date(2001, 1, 2)),
 ])
 def test_binary_values_match_psycopg(oid: int, value: Any) -> None:
-    ours = pg.encode_binary_value(oid, value)
-    if oid in (pg.OID_INT2, pg.OID_INT4, pg.OID_INT8, pg.OID_FLOAT4):
-        width = {pg.OID_INT2: ">h", pg.OID_INT4: ">i", pg.OID_INT8: ">q", pg.OID_FLOAT4: ">f"}[oid]
+    ours = pgv.encode_binary_value(oid, value)
+    if oid in (pgv.OID_INT2, pgv.OID_INT4, pgv.OID_INT8, pgv.OID_FLOAT4):
+        width = {pgv.OID_INT2: ">h", pgv.OID_INT4: ">i", pgv.OID_INT8: ">q", pgv.OID_FLOAT4: ">f"}[oid]
         assert ours == struct.pack(width, value)  # psycopg picks the int width by value; the layout is fixed
     else:
         assert ours == _psycopg_binary(value, oid)
-    back = pg.decode_binary_value(oid, ours)
+    back = pgv.decode_binary_value(oid, ours)
     if isinstance(value, Decimal) and value.is_nan():
         assert isinstance(back, Decimal) and back.is_nan()
     else:
@@ -230,22 +231,22 @@ def test_binary_values_match_psycopg(oid: int, value: Any) -> None:
 
 
 def test_text_values() -> None:
-    assert pg.encode_text_value(pg.OID_BOOL, False) == b"f"
-    assert pg.encode_text_value(pg.OID_FLOAT8, 1e20) == b"1e+20"
-    assert pg.encode_text_value(pg.OID_FLOAT8, 3.0) == b"3"
-    assert pg.encode_text_value(pg.OID_FLOAT8, float("inf")) == b"Infinity"
+    assert pgv.encode_text_value(pgv.OID_BOOL, False) == b"f"
+    assert pgv.encode_text_value(pgv.OID_FLOAT8, 1e20) == b"1e+20"
+    assert pgv.encode_text_value(pgv.OID_FLOAT8, 3.0) == b"3"
+    assert pgv.encode_text_value(pgv.OID_FLOAT8, float("inf")) == b"Infinity"
     ts = datetime(2024, 1, 2, 3, 4, 5, 500000, tzinfo=UTC)
-    assert pg.encode_text_value(pg.OID_TIMESTAMPTZ, ts) == b"2024-01-02 03:04:05.5+00"
-    assert pg.encode_text_value(pg.OID_NUMERIC, Decimal("1E+3")) == b"1000"
+    assert pgv.encode_text_value(pgv.OID_TIMESTAMPTZ, ts) == b"2024-01-02 03:04:05.5+00"
+    assert pgv.encode_text_value(pgv.OID_NUMERIC, Decimal("1E+3")) == b"1000"
 
 
 @pytest.mark.parametrize("oid,data", [
-    (pg.OID_INT4, b"\x00\x01"), (pg.OID_BOOL, b""), (pg.OID_NUMERIC, b"\x00\x01\x00\x00\x00\x00\x00\x00"),
-    (pg.OID_NUMERIC, b"\x00\x01\x00\x00\x00\x00\x00\x00\x27\x10"), (pg.OID_TEXT, b"\xff"), (2950, b"x" * 16),
+    (pgv.OID_INT4, b"\x00\x01"), (pgv.OID_BOOL, b""), (pgv.OID_NUMERIC, b"\x00\x01\x00\x00\x00\x00\x00\x00"),
+    (pgv.OID_NUMERIC, b"\x00\x01\x00\x00\x00\x00\x00\x00\x27\x10"), (pgv.OID_TEXT, b"\xff"), (2950, b"x" * 16),
 ])
 def test_bad_binary_values(oid: int, data: bytes) -> None:
     with pytest.raises(pg.PostgresError):
-        pg.decode_binary_value(oid, data)
+        pgv.decode_binary_value(oid, data)
 
 
 # --- fuzz -------------------------------------------------------------------------------------
@@ -279,11 +280,11 @@ def test_fuzz_parse_message_raw(data: bytes) -> None:
     _only_wire_errors(lambda: pg.parse_message(data, limit=1000))
 
 
-@given(st.sampled_from(sorted(pg.TYPE_SIZES)), st.binary(max_size=40))
+@given(st.sampled_from(sorted(pgv.TYPE_SIZES)), st.binary(max_size=40))
 def test_fuzz_binary_values(oid: int, data: bytes) -> None:
-    _only_wire_errors(lambda: pg.decode_binary_value(oid, data))
+    _only_wire_errors(lambda: pgv.decode_binary_value(oid, data))
 
 
 @given(st.decimals(allow_nan=False, allow_infinity=False, places=None))
 def test_numeric_binary_round_trip(value: Decimal) -> None:
-    assert pg.decode_binary_value(pg.OID_NUMERIC, pg.encode_binary_value(pg.OID_NUMERIC, value)) == value
+    assert pgv.decode_binary_value(pgv.OID_NUMERIC, pgv.encode_binary_value(pgv.OID_NUMERIC, value)) == value

@@ -23,16 +23,21 @@ REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFo
 class StatusError(PeerFault):
     """A request that ends in a ``Status`` reply."""
 
-    def __init__(self, code: int, message: str, reason: str = "", details: dict[str, Any] | None = None) -> None:
+    def __init__(self, code: int, message: str, reason: str | None = "",
+                 details: dict[str, Any] | None = None) -> None:
+        """``reason`` ``""``: the usual one of ``code``; ``None``: none (``StatusReasonUnknown``, what the
+        API server answers for an error that is not a Status: kubectl prints ``Error from server: …``)."""
         super().__init__(message)
         self.code = code
         self.message = message
-        self.reason = reason or REASONS.get(code, "Unknown")
+        self.reason = "" if reason is None else reason or REASONS.get(code, "Unknown")
         self.details = details
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                               "message": self.message, "reason": self.reason}
+                               "message": self.message}
+        if self.reason:
+            out["reason"] = self.reason
         if self.details:
             out["details"] = self.details
         out["code"] = self.code

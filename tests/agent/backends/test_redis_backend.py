@@ -25,7 +25,8 @@ from redis.exceptions import AuthenticationError, ResponseError
 
 from tests import realservers
 from tpemu.agent.backends.base import Session, serve_tcp
-from tpemu.agent.backends.redis import _COMMANDS, RedisBackend, _Client, glob_regex, parse_int
+from tpemu.agent.backends.redis import RedisBackend
+from tpemu.agent.backends.redis_commands import _COMMANDS, Client, glob_regex, parse_int
 from tpemu.wire import resp
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -535,7 +536,7 @@ ARGS = st.sampled_from([b"k", b"h", b"l", b"1", b"-1", b"0", b"abc", b"EX", b"PX
 def test_any_command_sequence_gets_redis_replies(sequence: list[tuple[str, list[bytes]]]) -> None:
     """Random commands with plausible arguments: replies encode in both protocols, never an internal error."""
     backend = RedisBackend()
-    client = _Client(1, "127.0.0.1:1", "127.0.0.1:2", None)
+    client = Client(1, "127.0.0.1:1", "127.0.0.1:2", None)
     for name, args in sequence:
         reply, _ = backend._execute(client, resp.Command((name.encode(), *args)))
         for protocol in (2, 3):

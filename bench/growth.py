@@ -97,7 +97,8 @@ def run_growth(profile: str = "quick", log: Log = print, counts: tuple[int, ...]
         for asked in counts:
             measured = asked
             if asked > fits:
-                cannot = ("this process lacks CAP_SYS_RESOURCE (dropped from the bounding set, even for root)"
+                cannot = ("this process lacks CAP_SYS_RESOURCE (an unprivileged user, or a container that drops "
+                          "it even for root)"
                           if not peers.has_sys_resource() else f"/proc/sys/fs/nr_open is {peers.nr_open()}")
                 why = (f"needs ~{2 * asked + SPARE_FDS} descriptors in the proxy (two per connection); RLIMIT_NOFILE's "
                        f"hard limit here is {limit} and {cannot}, so it cannot be raised: measured at {fits}")

@@ -199,9 +199,43 @@ def _tail(path: Path, lines: int) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def raise_nofile() -> int:
-    """Raise this process's soft RLIMIT_NOFILE to its hard limit (the peers inherit it); returns it."""
+#: Bit of CAP_SYS_RESOURCE in /proc/self/status CapEff (linux/capability.h).
+CAP_SYS_RESOURCE = 24
+
+
+def has_sys_resource() -> bool:
+    """Whether this process may raise its hard ``RLIMIT_NOFILE`` (root alone is not enough: a
+    container may drop ``CAP_SYS_RESOURCE`` from the bounding set)."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_SYS_RESOURCE & 1)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def nr_open() -> int:
+    """The kernel's ceiling for any process's descriptor limit (``/proc/sys/fs/nr_open``)."""
+    try:
+        return int(Path("/proc/sys/fs/nr_open").read_text(encoding="ascii"))
+    except (OSError, ValueError):
+        return 1 << 20
+
+
+def raise_nofile(want: int = 0) -> int:
+    """Raise this process's soft RLIMIT_NOFILE to its hard limit (the peers inherit it); returns it.
+
+    With ``want`` above the hard limit and ``CAP_SYS_RESOURCE``, the hard limit itself is raised
+    (up to ``nr_open``) first; without the capability the hard limit stays and the caller
+    measures what fits.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if want > hard and has_sys_resource():
+        new = min(want, nr_open())
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, new))
+            soft, hard = new, new
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     return hard

@@ -34,7 +34,8 @@ class _Expiry:
             self.task.cancel()
 
 
-async def splice_to_target(acc: Accepted, connect_timeout: float = 10.0, stats: Stats | None = None) -> None:
+async def splice_to_target(acc: Accepted, connect_timeout: float = 10.0, stats: Stats | None = None,
+                           loop: asyncio.AbstractEventLoop | None = None) -> None:
     """Connect to ``acc.route.target`` and splice; logs a clear line if the backend is down.
 
     Returns as soon as the two sides are spliced: the connection then lives on in its two
@@ -43,7 +44,8 @@ async def splice_to_target(acc: Accepted, connect_timeout: float = 10.0, stats: 
     """
     route = acc.route
     assert route.target is not None
-    loop = asyncio.get_running_loop()
+    if loop is None:
+        loop = asyncio.get_running_loop()
 
     def on_close(pipe: Pipe, exc: BaseException | None) -> None:
         if stats is not None:
@@ -59,7 +61,7 @@ async def splice_to_target(acc: Accepted, connect_timeout: float = 10.0, stats: 
     header = b""
     if route.send_proxy:
         header = proxy_protocol.encode_for_backend(route.send_proxy, acc.peer, acc.local_addr())
-    expiry = _Expiry(asyncio.current_task())
+    expiry = _Expiry(asyncio.current_task(loop))
     timer = loop.call_later(connect_timeout, expiry)
     try:
         backend, _ = await loop.create_connection(Parked, route.target.host, route.target.port)

@@ -272,7 +272,7 @@ class ProxyService:
                 return extra(acc)
         match kind:
             case RouteKind.PASSTHROUGH:
-                return splice_to_target(acc, stats=self.door.stats)
+                return splice_to_target(acc, stats=self.door.stats, loop=self.door.loop)
             case RouteKind.WEB:
                 return self._serve_web(acc)
             case RouteKind.DATABASE:

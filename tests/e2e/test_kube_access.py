@@ -300,18 +300,28 @@ async def test_directly_joined_kubernetes_service(tmp_path: Path) -> None:
 
 async def test_roles_kubernetes_labels_decide_kube_login(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Teleport's kubernetes_labels check (``lib/services/role.go``): a role without a matching
-    ``kubernetes_labels`` rule (the preset ``editor``, or a deny rule) gets no certificate for the
+    ``kubernetes_labels`` rule (a role with only kubernetes_groups, or a deny rule) gets no certificate for the
     cluster, even with kubernetes_groups traits; ``access`` does."""
     env = await kube_env.start(tmp_path, users={
-        "frank": {"roles": ["editor"], "kubernetes_groups": ["system:masters"]},
+        "frank": {"roles": ["kube-nolabels"], "kubernetes_groups": ["system:masters"]},
+        "hank": {"roles": ["editor"], "kubernetes_groups": ["system:masters"]},
         "gina": {"roles": ["access", "no-kube"], "kubernetes_groups": ["system:masters"]},
         "alice": {"kubernetes_groups": ["system:masters"]}})
     try:
         admin = kube_env.admin_client(env.data)
         await admin.call("PUT", "/v1/roles/no-kube", {"kind": "role", "metadata": {"name": "no-kube"},
                                                       "spec": {"deny": {"kubernetes_labels": {"*": "*"}}}})
+        # kubernetes_groups from the trait, but no kubernetes_labels rule: the cluster is not allowed.
+        await admin.call("PUT", "/v1/roles/kube-nolabels", {
+            "kind": "role", "metadata": {"name": "kube-nolabels"},
+            "spec": {"allow": {"kubernetes_groups": ["{{internal.kubernetes_groups}}"]}}})
+        await env.login("frank")  # the role exists now: a new certificate carries its groups
         code, out, err = await env.run("frank", "tpemu", "kube", "login", kube_env.KUBE)
         assert code != 0 and f"access to kubernetes cluster {kube_env.KUBE!r} denied" in out + err, (out, err)
+        # The preset editor has no kubernetes_groups template, so the trait gives no group: tsh's
+        # checkIfCertsAreAllowedToAccessCluster refuses before any request.
+        code, out, err = await env.run("hank", "tpemu", "kube", "login", kube_env.KUBE)
+        assert code != 0 and "role does not allow Kubernetes access" in out + err, (out, err)
         code, out, err = await env.run("gina", "tpemu", "kube", "login", kube_env.KUBE)
         assert code != 0 and "denied by role 'no-kube'" in out + err, (out, err)
         code, out, err = await env.run("alice", "tpemu", "kube", "login", kube_env.KUBE)

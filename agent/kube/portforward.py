@@ -53,6 +53,7 @@ from typing import Any
 
 from tpemu.agent.kube.spdy_session import RawChannel, Session, Stream, TunnelChannel
 from tpemu.config import Addr, PodPort
+from tpemu.errors import PeerFault
 from tpemu.net.kube_http import Reply, Request, Upgraded, switch_protocols
 from tpemu.wire import websocket as wsf
 
@@ -121,7 +122,7 @@ def _go_dial_error(network: str, addr: str, exc: BaseException) -> str:
     return f"dial {network} {addr}: connect: {text[:1].lower() + text[1:]}"
 
 
-class UpgradeRefused(Exception):
+class UpgradeRefused(PeerFault):
     """The request cannot be upgraded: ``reply`` says why, in the protocol's own words."""
 
     def __init__(self, reply: Reply) -> None:

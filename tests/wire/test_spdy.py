@@ -12,6 +12,18 @@ from tests.helpers import feed_three_ways
 from tpemu.wire import spdy
 from tpemu.wire.errors import LimitExceeded, WireError
 
+#: Captured from kubectl v1.32.4 ``port-forward pod/web 35530:80`` through the WebSocket tunnel (the
+#: SPDY bytes of its binary messages joined; spdystream's framer writes each field with its own
+#: Write, so kubectl sends many tiny messages), then ``curl http://127.0.0.1:35530/``: request 0's
+#: error stream (SYN_STREAM id 1, then an empty data frame with FIN: client-go closes its writing
+#: half of the error stream at once), its data stream (id 3), curl's request and FIN on stream 3.
+KUBECTL = bytes.fromhex(
+    "800300010000003d0000000100000000000078f9e3c6a7c202253a703a2b294a4dcc851625aca9a0808614cb45a024cc64"
+    "61c0c0c0c0590489c44c50e2663400000000ffff0000000101000000800300010000001800000003000000000000c2aa1554"
+    "0a2512d209000000ffff"
+    "000000030000004f474554202f20485454502f312e310d0a486f73743a203132372e302e302e313a33353533300d0a5573"
+    "65722d4167656e743a206375726c2f372e38382e310d0a4163636570743a202a2f2a0d0a0d0a0000000301000000")
+
 
 def _first(data: bytes) -> spdy.Frame | None:
     dec = spdy.Decoder()
@@ -43,6 +55,21 @@ def test_dictionary_is_the_spdy3_one() -> None:
 ])
 def test_fixed_layout_vectors(hexdata: str, frame: spdy.Frame) -> None:
     assert feed_three_ways(_first, bytes.fromhex(hexdata)) == frame
+
+
+def test_kubectl_port_forward_bytes() -> None:
+    first = feed_three_ways(_first, KUBECTL[:8 + 0x3D])
+    assert first == spdy.SynStream(1, 0, 0, 0, (("streamtype", "error"), ("port", "80"), ("requestid", "0")))
+    dec = spdy.Decoder()
+    frames = [f for b in KUBECTL for f in dec.feed(bytes([b]))]
+    assert frames == spdy.Decoder().feed(KUBECTL) and dec.pending == 0
+    assert frames[1:] == [
+        spdy.Data(1, spdy.FLAG_FIN, b""),
+        spdy.SynStream(3, 0, 0, 0, (("streamtype", "data"), ("port", "80"), ("requestid", "0"))),
+        spdy.Data(3, 0, b"GET / HTTP/1.1\r\nHost: 127.0.0.1:35530\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n\r\n"),
+        spdy.Data(3, spdy.FLAG_FIN, b"")]
+    # Go's zlib and Python's agree on the dictionary: our own encoding of the same block decodes alike.
+    assert spdy.Decoder().feed(spdy.Encoder().syn_stream(1, first.headers))[0] == first  # type: ignore[union-attr]
 
 
 def test_one_compression_context_per_direction() -> None:

@@ -19,6 +19,28 @@ from tpemu.proxy.decide import ListenerKind
 from tpemu.proxy.service import ProxyService
 
 
+def _own_temproot() -> None:
+    """This checkout's tests keep their temporary folders under their own root.
+
+    pytest makes ``<temproot>/pytest-of-<user>`` 0700 again whenever a session starts
+    (``_pytest/tmpdir.py`` getbasetemp), and the embedded engines run as an unprivileged user who
+    needs the traverse bit on every folder down to its data and socket: another checkout's pytest
+    starting on the same machine took it away between the engine's grant and PostgreSQL opening
+    its socket lock ("could not open lock file ... .s.PGSQL.5432.lock: Permission denied"). With
+    one root per checkout only this checkout's own sessions share it. An explicit
+    ``PYTEST_DEBUG_TEMPROOT`` or ``--basetemp`` still wins."""
+    import hashlib
+    import tempfile
+
+    checkout = str(Path(__file__).resolve().parent.parent)
+    root = Path(tempfile.gettempdir()) / f"tpemu-tests-{hashlib.sha256(checkout.encode()).hexdigest()[:12]}"
+    root.mkdir(mode=0o755, exist_ok=True)
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", str(root))
+
+
+_own_temproot()
+
+
 def _no_engine_left(session: pytest.Session) -> None:
     """No embedded database engine may outlive the tests (every cluster stops its own): one that
     did is stopped here, by its PID, and fails the run."""

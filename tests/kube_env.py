@@ -73,9 +73,10 @@ class KubeEnv:
 async def start(tmp: Path, separate: bool = False, apps: bool = False,
                 users: dict[str, dict[str, Any]] | None = None,
                 app_list: list[dict[str, Any]] | None = None, direct: bool = False,
-                kubeconfig: Path | None = None) -> KubeEnv:
+                kubeconfig: Path | None = None, pod_ports: list[dict[str, Any]] | None = None) -> KubeEnv:
     """``direct``: the Kubernetes Service joins the Auth Service directly and listens on its own
-    port (``kubernetes_service.listen_addr``) instead of holding a reverse tunnel."""
+    port (``kubernetes_service.listen_addr``) instead of holding a reverse tunnel. ``pod_ports``:
+    ``tpemu.kubernetes_service.pod_ports`` of the agent (what pods serve to port-forward)."""
     data = tmp / "data"
     proxy_cfg: dict[str, Any] = {"web_listen_addr": "127.0.0.1:0"}
     auth_cfg: dict[str, Any] = {"listen_addr": "127.0.0.1:0", "cluster_name": CLUSTER, "keep_alive_interval": "1s"}
@@ -98,6 +99,8 @@ async def start(tmp: Path, separate: bool = False, apps: bool = False,
                                                         **({"listen_addr": "127.0.0.1:0"} if direct else {}),
                                                         **({"kubeconfig_file": str(kubeconfig)} if kubeconfig
                                                            else {})}}
+    if pod_ports:
+        agent_doc["tpemu"] = {"kubernetes_service": {"pod_ports": pod_ports}}
     if apps:
         agent_doc["app_service"] = {"enabled": True, "debug_app": True,
                                     "apps": app_list or [{"name": "echo", "uri": "emulated-echo"}]}
@@ -133,7 +136,10 @@ async def stop(env: KubeEnv) -> None:
 
 
 async def _main(folder: Path) -> None:
-    env = await start(folder, separate="--separate" in sys.argv, apps="--apps" in sys.argv)
+    # --pod-port 80=127.0.0.1:8080: what the pods serve to kubectl port-forward.
+    ports = [{"port": int(a.partition("=")[0]), "target": a.partition("=")[2]}
+             for flag, a in zip(sys.argv, sys.argv[1:], strict=False) if flag == "--pod-port"]
+    env = await start(folder, separate="--separate" in sys.argv, apps="--apps" in sys.argv, pod_ports=ports)
     _, out, err = await env.run("alice", "tpemu", "kube", "login", KUBE)
     print(out, err)
     print(f"export TPEMU_HOME={env.homes['alice']} KUBECONFIG={env.kubeconfig('alice')} "

@@ -105,3 +105,18 @@ def test_ignored_keys_reported() -> None:
 
     raw = yaml.safe_load("proxy_service: {acme: {}, web_listen_addr: ':1'}\nwindows_desktop_service: {}")
     assert config.ignored_keys(raw) == ["proxy_service.acme", "windows_desktop_service"]
+
+
+def test_pod_ports_are_loopback_listeners() -> None:
+    cfg = config.loads("tpemu:\n  kubernetes_service:\n    pod_ports:\n"
+                       "      - {port: 80, target: 127.0.0.1:8080, pod_labels: {app: web}, namespace: prod}\n")
+    (entry,) = cfg.tpemu.kubernetes_service.pod_ports
+    assert (entry.port, entry.target, dict(entry.pod_labels), entry.namespace) == (
+        80, Addr("127.0.0.1", 8080), {"app": "web"}, "prod")
+    for text, message in (("{port: 0, target: 127.0.0.1:1}", "port number"), ("{port: 80}", "required"),
+                          ("{port: 80, target: 10.0.0.1:80}", "127.0.0.0/8"),
+                          ("{port: 80, target: 'localhost:80'}", "127.0.0.0/8"),
+                          ("{port: 80, target: '[::1]:80'}", "127.0.0.0/8")):
+        with pytest.raises(ConfigError, match=message) as info:
+            config.loads(f"tpemu: {{kubernetes_service: {{pod_ports: [{text}]}}}}")
+        assert info.value.path.startswith("tpemu.kubernetes_service.pod_ports[0].")

@@ -50,11 +50,13 @@ from tpemu.config_schema import (
     LogConfig,
     LogFormat,
     PassthroughRule,
+    PodPort,
     ProxyService,
     SSHService,
     Storage,
     TeleportSection,
     TpemuExtension,
+    TpemuKube,
     TpemuProxy,
     parse_duration,
 )
@@ -79,11 +81,13 @@ __all__ = [
     "LogConfig",
     "LogFormat",
     "PassthroughRule",
+    "PodPort",
     "ProxyService",
     "SSHService",
     "Storage",
     "TeleportSection",
     "TpemuExtension",
+    "TpemuKube",
     "TpemuProxy",
     "from_dict",
     "ignored_keys",
@@ -322,6 +326,19 @@ def _validate(cfg: Config) -> None:
         roles, sep, value = entry.partition(":")
         if not sep or not value or not roles:
             raise ConfigError(f"auth_service.tokens[{i}]", "expected 'role[,role…]:token' (e.g. 'node,db:secret')")
+    for i, pp in enumerate(cfg.tpemu.kubernetes_service.pod_ports):
+        p = f"tpemu.kubernetes_service.pod_ports[{i}]"
+        if not 0 < pp.port < 65536:
+            raise ConfigError(f"{p}.port", f"must be a port number 1..65535, got {pp.port}")
+        if pp.target is None:
+            raise ConfigError(f"{p}.target", "required: the loopback host:port that serves this pod port")
+        try:
+            loopback = ipaddress.ip_address(pp.target.host) in ipaddress.ip_network("127.0.0.0/8")
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ConfigError(f"{p}.target", f"must be an address in 127.0.0.0/8 (a listener on the agent's own "
+                                             f"host), got {pp.target.host!r}")
     ext = cfg.tpemu.proxy_service
     if ext.web_certificate not in ("cluster", "self-signed"):
         raise ConfigError("tpemu.proxy_service.web_certificate",

@@ -408,6 +408,30 @@ class TpemuProxy:
 
 
 @dataclass(frozen=True)
+class PodPort:
+    """``tpemu.kubernetes_service.pod_ports[]``: what emulated pods serve to ``kubectl port-forward``.
+
+    An emulated pod runs no process, so a port of it is a real listener on the agent's host:
+    ``port`` (the pod's port, as ``kubectl port-forward pod/x 8080:<port>`` names it) of the pods
+    with all of ``pod_labels`` (every pod when empty) in ``namespace`` (every one when empty) is
+    ``target``, which must be a loopback address (127.0.0.0/8). A port no entry serves is refused as
+    a pod with nothing listening on it is (the kubelet's "connection refused" on the error stream).
+    """
+
+    port: int = 0
+    target: Addr | None = None
+    pod_labels: Mapping[str, str] = _f(factory=dict)
+    namespace: str = ""
+
+
+@dataclass(frozen=True)
+class TpemuKube:
+    """``tpemu.kubernetes_service`` — the Kubernetes Service's settings Teleport has no key for."""
+
+    pod_ports: tuple[PodPort, ...] = ()
+
+
+@dataclass(frozen=True)
 class TpemuExtension:
     """``tpemu:`` — settings Teleport has no key for, kept in one top-level section so the rest
     of the file stays Teleport's (Teleport's ``lib/config/fileconf.go`` ``ReadConfig`` parses with
@@ -416,11 +440,12 @@ class TpemuExtension:
     ``reject_old_clients``: the Auth API closes (TCP reset) a client whose ``version`` is below
     ``min_client_version``, as Teleport does with ``TELEPORT_UNSTABLE_REJECT_OLD_CLIENTS=yes``
     (``lib/auth/middleware.go`` ``ValidateClientVersion``); the environment variable works too.
-    ``proxy_service``: see :class:`TpemuProxy`.
+    ``proxy_service``: see :class:`TpemuProxy`; ``kubernetes_service``: see :class:`TpemuKube`.
     """
 
     reject_old_clients: bool = False
     proxy_service: TpemuProxy = _f(factory=TpemuProxy)
+    kubernetes_service: TpemuKube = _f(factory=TpemuKube)
 
 
 #: tpemu-only keys that were once written inside Teleport's ``proxy_service`` section: the old

@@ -26,6 +26,7 @@ import functools
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from tpemu.agent.kube import resources as res
 from tpemu.agent.kube import reviews, schema
 from tpemu.agent.kube.controller import Controller
 from tpemu.agent.kube.store import Store
+from tpemu.config import PodPort
 from tpemu.net.kube_http import Reply, Request, Streamed, Upgraded
 from tpemu.net.kube_status import StatusError, forbidden
 
@@ -91,7 +93,8 @@ def authorize(user: User, verb: str, rt: res.ResourceType | None, namespace: str
 class EmulatedAPI:
     """One emulated Kubernetes cluster, stored in ``<data_dir>/kube/<name>.sqlite``."""
 
-    def __init__(self, name: str, data_dir: Path | None, node_name: str = "") -> None:
+    def __init__(self, name: str, data_dir: Path | None, node_name: str = "",
+                 pod_ports: Sequence[PodPort] = ()) -> None:
         from tpemu.agent.kube.objects import Objects
 
         self.name = name
@@ -101,6 +104,9 @@ class EmulatedAPI:
         self.objects = Objects(self)
         self._bootstrapped = False
         self.exec_sessions = 0
+        self.portforward_sessions = 0
+        #: What the pods serve to ``kubectl port-forward`` (``tpemu.kubernetes_service.pod_ports``).
+        self.pod_ports = tuple(pod_ports)
 
     def workdir(self, namespace: str, pod: str) -> Path:
         from tpemu.agent.kube.exec import pod_workdir

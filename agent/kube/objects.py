@@ -47,6 +47,8 @@ DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease"
 MAX_WATCH = 3600.0
 #: Concurrent ``exec`` processes per emulated cluster (each one is a process on the agent's host).
 MAX_EXEC_SESSIONS = 64
+#: Upgraded port-forward connections per emulated cluster at once (each carries many TCP connections).
+MAX_PORTFORWARD_SESSIONS = 128
 
 
 def _json(obj: Any, status: int = 200) -> Reply:
@@ -130,6 +132,10 @@ class Objects:
         if sub == "exec":
             authorize(user, "create", rt, ns, name, sub)
             return await self.exec(request, ns, name)
+        if sub == "portforward":
+            # A WebSocket is a GET (verb get), the SPDY upgrade a POST (create).
+            authorize(user, "get" if method == "GET" else "create", rt, ns, name, sub)
+            return await self.portforward(request, user.name, ns, name)
         if method == "GET":
             verb = "get" if name else ("watch" if request.flag("watch") else "list")
             authorize(user, verb, rt, ns, name, sub)
@@ -627,6 +633,31 @@ class Objects:
         await kexec.run(stream, list(argv), name, self.api.workdir(ns, name), request.flag("stdin"),
                         request.flag("stdout") or "stdout" not in request.query, request.flag("stderr"))
         return Upgraded()
+
+
+    # -- port-forward ---------------------------------------------------------------------------------
+
+    async def portforward(self, request: Request, user: str, ns: str, name: str) -> Reply | Upgraded:
+        from tpemu.agent.kube import portforward as pf
+
+        pod = self._get(res.BY_KEY["pods"], ns, name)
+        phase = (pod.get("status") or {}).get("phase", "Pending")
+        if phase != "Running":
+            raise StatusError(400, f"pod {name} is not running (phase {phase})", "BadRequest")
+        try:
+            tunnelled, headers = pf.negotiate(request)
+        except pf.UpgradeRefused as exc:
+            log.info("kube port-forward %s/%s: upgrade refused: %s", ns, name, exc)
+            return exc.reply
+        if self.api.portforward_sessions >= MAX_PORTFORWARD_SESSIONS:
+            raise StatusError(429, f"too many port-forward sessions on this emulated cluster (at most "
+                              f"{MAX_PORTFORWARD_SESSIONS} at once)", "TooManyRequests")
+        self.api.portforward_sessions += 1
+        try:
+            return await pf.PortForward(pod, self.api.pod_ports, user,
+                                        request.headers.get("x-forwarded-for", "")).serve(request, tunnelled, headers)
+        finally:
+            self.api.portforward_sessions -= 1
 
 
 def _same(a: Obj, b: Obj) -> bool:

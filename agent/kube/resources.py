@@ -64,11 +64,12 @@ class ResourceType:
             entry["categories"] = list(self.categories)
         out = [entry]
         for sub in self.subresources:
-            verbs = {"log": ["get"], "exec": ["create", "get"], "status": ["get", "patch", "update"],
-                     "scale": ["get", "patch", "update"]}[sub]
-            kind = "Scale" if sub == "scale" else self.kind
+            verbs = {"log": ["get"], "exec": ["create", "get"], "portforward": ["create", "get"],
+                     "status": ["get", "patch", "update"], "scale": ["get", "patch", "update"]}[sub]
+            kind = {"scale": "Scale", "exec": "PodExecOptions",
+                    "portforward": "PodPortForwardOptions"}.get(sub, self.kind)
             out.append({"name": f"{self.plural}/{sub}", "singularName": "", "namespaced": self.namespaced,
-                        "kind": "PodExecOptions" if sub == "exec" else kind, "verbs": verbs,
+                        "kind": kind, "verbs": verbs,
                         **({"group": "autoscaling", "version": "v1"} if sub == "scale" else {})})
         return out
 
@@ -162,7 +163,7 @@ TYPES: tuple[ResourceType, ...] = (
                   Column("Node", "string", "Name of the Node this pod is assigned to.", 1),
                   Column("Nominated Node", "string", "Name of the node nominated by the scheduler.", 1),
                   Column("Readiness Gates", "string", "The readiness gates of the pod.", 1)),
-                 _pod_cells, ("log", "exec", "status"), ("all",)),
+                 _pod_cells, ("log", "exec", "portforward", "status"), ("all",)),
     ResourceType("", "v1", "ConfigMap", "configmaps", "configmap", True, ("cm",),
                  (_NAME, Column("Data", "string", "Number of keys"), _AGE), _cm_cells),
     ResourceType("", "v1", "Secret", "secrets", "secret", True, (),

@@ -198,6 +198,8 @@ class KubeService:
             # setupImpersonationHeaders: what Teleport sends toward the cluster.
             request.headers["impersonate-user"] = user
             request.multi["impersonate-group"] = list(groups)
+            # setupForwardingHeaders: the client's address travels on in X-Forwarded-For.
+            request.headers["x-forwarded-for"] = client or peer
             log.debug("kube service: %s%s as %s %s: %s %s", who.username, f" (from {client})" if client else "", user,
                       ",".join(groups), request.method, request.target[:200])
             return await cluster.handle(request)
@@ -249,7 +251,8 @@ async def make_offers(ctx: AgentContext) -> list[Offer]:
         log.info("kubernetes service: cluster %s → %s:%d (kubeconfig %s)", name, upstream.host, upstream.port,
                  ks.kubeconfig_file)
     else:
-        cluster = EmulatedAPI(name, ctx.data_dir, node_name=ctx.nodename)
+        cluster = EmulatedAPI(name, ctx.data_dir, node_name=ctx.nodename,
+                              pod_ports=ctx.cfg.tpemu.kubernetes_service.pod_ports)
         log.info("kubernetes service: cluster %s (emulated Kubernetes API, objects in %s)", name,
                  ctx.data_dir / "kube" / f"{name}.sqlite")
     service = KubeService([cluster], dict(ks.labels), real=bool(ks.kubeconfig_file), access=RoleCache(ctx.auth))

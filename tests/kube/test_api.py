@@ -356,7 +356,7 @@ async def test_aggregated_discovery(api: EmulatedAPI) -> None:
     core = json.loads(out.body)["items"][0]
     pods = next(r for r in core["versions"][0]["resources"] if r["resource"] == "pods")
     assert "name" not in core["metadata"] and {s["subresource"] for s in pods["subresources"]} == {
-        "log", "exec", "status"}
+        "log", "exec", "portforward", "status"}
     out = await api.handle(req("GET", "/api"))
     assert isinstance(out, Reply) and json.loads(out.body)["kind"] == "APIVersions"
 

@@ -19,6 +19,7 @@ steadier figure.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -73,7 +74,23 @@ ssh_service: {{enabled: no}}
     return proc, port
 
 
-def _start_haproxy(kind: str, work: Path) -> tuple[subprocess.Popen[bytes], int] | str:
+#: OpenSSL configuration for a HAProxy that sends no session tickets, as Teleport's proxy (and tpemu):
+#: HAProxy 2.6's ``no-tls-tickets`` sets ``SSL_OP_NO_TICKET``, which in TLS 1.3 only turns OpenSSL's
+#: two stateless tickets into two stateful ones; ``NumTickets = 0`` (``SSL_CTX_set_num_tickets``,
+#: which HAProxy has no keyword for) in the default SSL_CTX settings sends none.
+NO_TICKETS_CNF = """openssl_conf = default_conf
+[default_conf]
+ssl_conf = ssl_sect
+[ssl_sect]
+system_default = system_default_sect
+[system_default_sect]
+NumTickets = 0
+"""
+
+
+def _start_haproxy(kind: str, work: Path, tickets: bool = True) -> tuple[subprocess.Popen[bytes], int] | str:
+    """HAProxy terminating TLS with a ``kind`` certificate; ``tickets=False``: it sends no session
+    tickets (TLS 1.3 or 1.2), so its handshakes do the same work as tpemu's and Teleport's."""
     exe = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
     if exe is None:
         return "haproxy is not installed"
@@ -86,10 +103,11 @@ def _start_haproxy(kind: str, work: Path) -> tuple[subprocess.Popen[bytes], int]
     cert = pki.issue_cert(ca, ca_key, key.public_key(), x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
                                                                                        "localhost")]),
                           sans=["localhost", "127.0.0.1"])
-    pem = work / f"haproxy-{kind}.pem"
+    name = f"haproxy-{kind}" + ("" if tickets else "-notickets")
+    pem = work / f"{name}.pem"
     pem.write_bytes(pki.cert_pem(cert) + pki.key_pem(key))
     port = _free_port()
-    conf = work / f"haproxy-{kind}.cfg"
+    conf = work / f"{name}.cfg"
     conf.write_text(f"""global
     nbthread 1
 defaults
@@ -98,12 +116,18 @@ defaults
     timeout client 30s
     timeout server 30s
 frontend tls
-    bind 127.0.0.1:{port} ssl crt {pem} alpn http/1.1
+    bind 127.0.0.1:{port} ssl crt {pem} alpn http/1.1{"" if tickets else " no-tls-tickets"}
     default_backend nowhere
 backend nowhere
     server s 127.0.0.1:9
 """)
-    proc = subprocess.Popen([exe, "-db", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = None
+    if not tickets:
+        cnf = work / f"{name}-openssl.cnf"
+        cnf.write_text(NO_TICKETS_CNF)
+        env = {**os.environ, "OPENSSL_CONF": str(cnf)}
+    proc = subprocess.Popen([exe, "-db", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env)
     _wait_port(port, proc)
     return proc, port
 

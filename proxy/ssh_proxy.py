@@ -48,6 +48,7 @@ from tpemu.net.channel import ChannelTransport
 from tpemu.net.http_server import Request, Response
 from tpemu.net.pipe import Pipe
 from tpemu.net.sockets import format_addr
+from tpemu.net.ssh_lean import OnSocket, ServerOptions
 from tpemu.proxy.frontdoor import Accepted
 from tpemu.proxy.tunnels import TunnelError
 from tpemu.wire import alpn
@@ -227,6 +228,7 @@ class SSHProxy:
         self.user_cas: list[Any] = []
         self.directory: NodeDirectory | None = None
         self._conns: set[asyncssh.SSHServerConnection] = set()
+        self._ssh_options: ServerOptions | None = None
         self.stats = {"connections": 0, "sessions": 0, "refused": 0}
 
     async def start(self) -> None:
@@ -239,6 +241,7 @@ class SSHProxy:
             raise ValueError(f"the proxy's identity in {routes.folder} has no SSH host certificate")
         self.host_key = asyncssh.import_private_key(identity.key_pem)
         self.host_cert = asyncssh.import_certificate(identity.ssh_cert)
+        self._ssh_options = None
         keys = await authclient.fetch_user_ca_ssh_keys(routes.client())
         self.user_cas = [asyncssh.import_public_key(k) for k in keys]
         # The registry's inventory (the one the dial uses too), not a second /v1/nodes cache.
@@ -260,29 +263,29 @@ class SSHProxy:
 
     # -- connections -----------------------------------------------------------------------------
 
-    def _options(self, acc: Accepted) -> dict[str, Any]:
-        peer = format_addr(acc.peer)
-
-        def factory() -> _ProxyServer:
-            return _ProxyServer(self, acc, peer)
-
-        return {"server_factory": factory, "server_host_keys": [(self.host_key, self.host_cert)],
-                "server_version": SERVER_VERSION, "encoding": None, "line_editor": False, "allow_pty": False,
-                "x11_forwarding": False, "agent_forwarding": False, "sftp_factory": None, "allow_scp": False,
-                "login_timeout": LOGIN_TIMEOUT, "keepalive_interval": 300}
+    def _server_options(self) -> ServerOptions:
+        # Built once (start() loads the host identity), shared by every connection.
+        if self._ssh_options is None:
+            self._ssh_options = ServerOptions(
+                server_host_keys=[(self.host_key, self.host_cert)], server_version=SERVER_VERSION, encoding=None,
+                line_editor=False, allow_pty=False, x11_forwarding=False, agent_forwarding=False, sftp_factory=None,
+                allow_scp=False, login_timeout=LOGIN_TIMEOUT, keepalive_interval=300)
+        return self._ssh_options
 
     async def handle(self, acc: Accepted) -> None:
         """Serve one routed connection: SSH from byte 0, or TLS (ALPN ``teleport-proxy-ssh``) then SSH."""
         self.stats["connections"] += 1
+        peer = format_addr(acc.peer)
+        tunnel: _AcceptedTLS | OnSocket
         try:
             if acc.protocol is Sniffed.TLS:
                 contexts = self.proxy.contexts
                 assert contexts is not None
                 tunnel = _AcceptedTLS(acc.sock, contexts.get((alpn.PROXY_SSH,)),
                                       self.proxy.cfg.tpemu.proxy_service.sniff_timeout)
-                conn = await asyncssh.connect_reverse(tunnel=tunnel, **self._options(acc))
             else:
-                conn = await asyncssh.run_server(acc.sock, **self._options(acc))
+                tunnel = OnSocket(acc.sock)
+            conn = await self._server_options().accept(tunnel, lambda: _ProxyServer(self, acc, peer))
         except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
             # ValueError: asyncssh's PacketDecodeError, a peer that is not speaking SSH after all.
             self.stats["refused"] += 1

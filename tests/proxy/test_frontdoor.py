@@ -81,6 +81,52 @@ async def test_cert_has_teleport_sans(proxy_factory: ProxyFactory) -> None:
         assert status == 200
 
 
+async def test_no_session_tickets_as_teleports_proxy(proxy_factory: ProxyFactory) -> None:
+    """Teleport's proxy sends no session tickets (lib/utils/tls.go SetupTLSConfig:
+    SessionTicketsDisabled = true), in TLS 1.3 (no NewSessionTicket) and TLS 1.2 (no ticket
+    extension). A server with OpenSSL's default (two TLS 1.3 tickets) serves the same client as a
+    control, so the check sees tickets when there are some."""
+    from tpemu.net.tls import server_context
+
+    svc = await proxy_factory()
+
+    async def session_after_get(port: int, version: ssl.TLSVersion) -> ssl.SSLSession:
+        ctx = client_ctx(svc.tls_files.ca)
+        ctx.maximum_version = version
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost")
+        writer.write(f"GET /webapi/ping HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n".encode())
+        data = await wait_closed(reader)  # the tickets, if any, came before the answer
+        sslobj = writer.get_extra_info("ssl_object")
+        writer.close()
+        assert data.startswith(b"HTTP/1.1 200") and sslobj.version() == {
+            ssl.TLSVersion.TLSv1_3: "TLSv1.3", ssl.TLSVersion.TLSv1_2: "TLSv1.2"}[version]
+        session = sslobj.session
+        assert session is not None
+        return session
+
+    for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+        assert not (await session_after_get(web_port(svc), version)).has_ticket, version
+
+    tickets = server_context(svc.tls_files.cert, svc.tls_files.key)
+    tickets.num_tickets = 2
+    tickets.options &= ~ssl.OP_NO_TICKET
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    control = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=tickets)
+    try:
+        port = control.sockets[0].getsockname()[1]
+        for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+            assert (await session_after_get(port, version)).has_ticket, version
+    finally:
+        control.close()
+        await control.wait_closed()
+
+
 async def test_plain_http_is_closed_without_an_answer(proxy_factory: ProxyFactory,
                                                      caplog: pytest.LogCaptureFixture) -> None:
     # lib/multiplexer/multiplexer.go: detectProto knows HTTP, but Mux.protocolListener has no HTTP

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import struct
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tpemu import testing
@@ -74,12 +74,14 @@ def test_other_protocols_and_garbage() -> None:
     assert lying["truncated"] == "2 of 4 handshake bytes present" and "random" in lying["error"]
 
 
+@settings(deadline=None)
 @given(st.binary(max_size=600))
 def test_never_raises_on_anything(data: bytes) -> None:
     assert isinstance(describe(data), dict)
     assert isinstance(describe_client_hello(b"\x16\x03\x01" + data), dict)
 
 
+@settings(deadline=None)  # a wall-clock deadline flakes on a loaded shared machine (264 ms seen at load ~4)
 @given(st.integers(min_value=0, max_value=2000), st.binary(max_size=64))
 def test_corrupting_a_real_hello_gives_partial_results(cut: int, junk: bytes) -> None:
     hello = testing.client_hello("fuzz.test", ["h2"])

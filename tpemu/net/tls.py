@@ -43,8 +43,13 @@ def server_context(cert: Path, key: Path, alpn: Sequence[str] = (), client_ca: P
     if client_ca is not None:
         ctx.load_verify_locations(cafile=str(client_ca))
         ctx.verify_mode = ssl.CERT_REQUIRED if verify_client else ssl.CERT_OPTIONAL
-    # Session tickets let a client resume; harmless here and what Go's server does by default.
-    ctx.options |= ssl.OP_NO_COMPRESSION
+    # No session tickets, as Teleport's proxy: its TLS configs come from lib/utils/tls.go
+    # SetupTLSConfig, which sets SessionTicketsDisabled = true (v17+: a client ticket cache does not
+    # play well with dynamic credentials and CAs), so Go's crypto/tls sends no NewSessionTicket and
+    # resumes nothing. OpenSSL sends two TLS 1.3 tickets by default (each a session serialised and
+    # encrypted: CPU per handshake, issue 13); OP_NO_TICKET covers TLS 1.2's ticket extension.
+    ctx.num_tickets = 0
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_TICKET
     return ctx
 
 

@@ -9,8 +9,10 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import socket
 import ssl
+import threading
 import time
 from typing import Any
 
@@ -317,6 +319,126 @@ async def test_passthrough_splices_from_byte_zero_with_proxy_header(proxy_factor
     assert (await reader.readexactly(13)) == b"echo:SSH-2.0-"
     writer.close()
     await backend.close()
+
+
+async def test_passthrough_to_a_backend_that_speaks_first(proxy_factory: ProxyFactory) -> None:
+    """An SSH-style backend greets as soon as it is dialled, before the client side of the splice
+    exists: the greeting reaches the client whole, and the backend gets the PROXY header and the
+    client's bytes in order."""
+    got: list[bytes] = []
+
+    async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-backend\r\n")
+        data = b""
+        while chunk := await reader.read(65536):
+            data += chunk
+        got.append(data)
+        writer.write(b"bye")
+        writer.close()
+
+    server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+    bport = server.sockets[0].getsockname()[1]
+    svc = await proxy_factory(passthrough=[{"name": "sshd", "protocol": "ssh", "target": f"127.0.0.1:{bport}",
+                                            "send_proxy": "v1"}])
+    for _ in range(20):
+        reader, writer = await asyncio.open_connection("127.0.0.1", web_port(svc))
+        writer.write(b"SSH-2.0-client\r\n")
+        assert await reader.readexactly(17) == b"SSH-2.0-backend\r\n"
+        writer.write(b"more")
+        writer.write_eof()
+        assert await wait_closed(reader) == b"bye"
+        writer.close()
+    assert len(got) == 20
+    for data in got:
+        assert data.startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 ") and data.endswith(b"\r\nSSH-2.0-client\r\nmore")
+    await eventually(lambda: svc.door.stats.spliced == 0)
+    server.close()
+
+
+def _reset(sock_or_writer: Any) -> None:
+    """Close with SO_LINGER 0: the kernel sends RST, not FIN."""
+    sock = sock_or_writer.get_extra_info("socket") if hasattr(sock_or_writer, "get_extra_info") else sock_or_writer
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+
+async def test_passthrough_churn_with_resets_leaves_no_descriptor(proxy_factory: ProxyFactory) -> None:
+    """Backends that reset at once (from a thread, racing the client side of the splice being
+    made; tests/net/test_pipe.py makes each order deterministic), greet and leave, or echo;
+    clients that reset after their first bytes or half-close: every splice ends (``spliced`` back
+    to 0), no descriptor is left, and a normal connection works afterwards."""
+    resetter = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def reset_all() -> None:
+        resetter.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = resetter.accept()
+            except (TimeoutError, OSError):
+                continue
+            _reset(conn)
+            conn.close()
+
+    thread = threading.Thread(target=reset_all, daemon=True)
+    thread.start()
+    greet = {"n": 0}
+
+    async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        greet["n"] += 1
+        try:
+            if greet["n"] % 2:
+                writer.write(b"SSH-2.0-greeter\r\n")  # speak and leave
+            else:
+                while chunk := await reader.read(65536):
+                    writer.write(chunk)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+    bport = server.sockets[0].getsockname()[1]
+    svc = await proxy_factory(passthrough=[
+        {"name": "reset", "alpn": ["x-reset"], "target": f"127.0.0.1:{resetter.getsockname()[1]}", "send_proxy": "v1"},
+        {"name": "sshd", "protocol": "ssh", "target": f"127.0.0.1:{bport}", "send_proxy": "v1"}])
+    port = web_port(svc)
+    hello = testing.client_hello("reset.example", ["x-reset"])
+
+    async def one(i: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(hello if i % 3 == 0 else b"SSH-2.0-client\r\n")
+        try:
+            if i % 2:
+                await reader.read(1)
+                _reset(writer)
+            else:
+                writer.write_eof()
+                await wait_closed(reader)
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    try:
+        await one(0)  # warm up lazy imports and the loop's own descriptors
+        before = open_fds()
+        for _ in range(4):
+            await asyncio.gather(*(one(i) for i in range(24)))
+        await eventually(lambda: svc.door.stats.spliced == 0, 10, "every splice ended")
+        await eventually(lambda: open_fds() <= before + 2, 10, "no descriptor left behind")
+        greet["n"] = 1  # the next backend connection echoes
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"SSH-2.0-client\r\n")
+        writer.write_eof()
+        assert (await wait_closed(reader)).endswith(b"SSH-2.0-client\r\n")
+        writer.close()
+    finally:
+        stop.set()
+        thread.join(5)
+        resetter.close()
+        server.close()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
 
 
 async def test_passthrough_real_tls_end_to_end_and_bulk_integrity(proxy_factory: ProxyFactory) -> None:

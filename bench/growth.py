@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import resource
 import sys
 import tempfile
@@ -40,7 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import loadgen, peers, split
+from bench import loadgen, peers, run, split
 
 Log = Callable[[str], None]
 RATE_SNI = "bench.tpemu.test"
@@ -230,8 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     counts = tuple(int(c) for c in args.counts.split(","))
+    env = run.environment()
     result = run_growth(args.profile, counts=counts, subjects=tuple(args.subjects.split(",")))
+    env["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["environment"] = env
     print(table(result))
+    print(f"load average: {env['load_average_at_start']} at start, {env['load_average_at_end']} at the end")
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=1))
     return 0

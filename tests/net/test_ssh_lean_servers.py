@@ -193,3 +193,67 @@ async def test_connect_client_is_lean_and_needs_no_worker_thread(monkeypatch: py
     finally:
         listener.close()
     assert got and MSG_IGNORE not in got
+
+
+async def test_a_client_session_channel_becomes_lean(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tpemu ssh's session channels (the proxy: subsystem carries the whole inner connection)
+    take the lean data paths once open; bulk data past the window still goes through."""
+    server = ssh_lean.ServerOptions(server_host_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+                                    encryption_algs=[CIPHER], encoding=None)
+    on_stock_path: list[Any] = []
+    real = asyncssh.connection.SSHConnection._recv_packet
+
+    def counted(self: Any) -> Any:
+        if isinstance(self, ssh_lean.LeanClientConnection):
+            on_stock_path.append(self)
+        return real(self)
+
+    monkeypatch.setattr(asyncssh.connection.SSHConnection, "_recv_packet", counted)
+    async with _lean_server(server, _Open) as (port, _):
+        client = await ssh_lean.connect_client("127.0.0.1", port, known_hosts=None, username="u",
+                                               encryption_algs=[CIPHER], agent_path=None, config=None,
+                                               connect_timeout=10)
+        async with client:
+            writer, reader, _ = await client.open_session(encoding=None)
+            assert type(writer.channel) is ssh_lean.LeanClientChannel
+            before = len(on_stock_path)
+            for i in range(20):
+                writer.write(b"ping %d\n" % i)
+                assert await asyncio.wait_for(reader.readline(), 10) == b"ping %d\n" % i
+            assert len(on_stock_path) == before, "the echoes took asyncssh's receive path"
+            writer.write(b"x" * 200_000 + b"\n")
+            assert await asyncio.wait_for(reader.readline(), 10) == b"x" * 200_000 + b"\n"
+
+
+def test_a_certificate_is_decoded_once_by_its_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    ca = asyncssh.generate_private_key("ecdsa-sha2-nistp256")
+    user = asyncssh.generate_private_key("ecdsa-sha2-nistp256")
+    cert = ca.generate_user_certificate(user, "alice", principals=["alice"])
+    decoded: list[bytes] = []
+    real = ssh_lean.decode_ssh_certificate
+
+    def counted(data: bytes) -> Any:
+        decoded.append(data)
+        return real(data)
+
+    monkeypatch.setattr(ssh_lean, "decode_ssh_certificate", counted)
+    monkeypatch.setattr(ssh_lean, "_certs", {})
+    first = ssh_lean.decoded_certificate(cert.public_data)
+    assert first is not None and first.signing_key == ca.convert_to_public() and first.principals == ["alice"]
+    assert ssh_lean.decoded_certificate(cert.public_data) is first and len(decoded) == 1
+    assert ssh_lean.decoded_certificate(user.public_data) is None  # a plain key: asyncssh's path
+    forged = bytearray(cert.public_data)
+    forged[-1] ^= 1  # the CA's signature no longer holds: refused, and nothing kept
+    assert ssh_lean.decoded_certificate(bytes(forged)) is None and len(ssh_lean._certs) == 1
+
+
+def test_user_names_are_prepared_once() -> None:
+    from asyncssh.saslprep import SASLPrepError, saslprep
+
+    assert asyncssh.connection.saslprep is ssh_lean.saslprep_kept
+    for name in ("alice", "Ｉｖａｎ\u00ad", "root"):
+        assert ssh_lean.saslprep_kept(name) == saslprep(name)
+        assert ssh_lean._names[name] == saslprep(name)
+    with pytest.raises(SASLPrepError):
+        ssh_lean.saslprep_kept("bad\x07name")
+    assert "bad\x07name" not in ssh_lean._names

@@ -50,6 +50,17 @@ log lines per round trip formatted (f-strings, ``plural``) and thrown away below
   ``bench.fullstack_builds``: SSH session setup with a new proxy connection, CPU per setup 21.0 →
   13.1 ms in the tpemu process and 14.1 → 9.5 ms in the client (load ~3.3).
 
+* **Work per login that gives the same answer every time** (issue 13, the fourth pass): the
+  user's certificate was decoded and its CA signature checked twice per login on the server (the
+  publickey query, then the signed request) and the host's once per connection on the client;
+  :func:`decoded_certificate` keeps the decoded certificate by its exact bytes. asyncssh's
+  ``saslprep`` of the user name (RFC 4013 stringprep, ~70 µs) ran at each of the three userauth
+  requests of a login and at each client connection; :func:`saslprep_kept` keeps its answers for
+  user names (asyncssh's ``connection`` module calls it for those only; passwords, in ``auth``,
+  are not kept). A session channel of ``tpemu ssh`` (:class:`LeanClientChannel`) takes the lean
+  data paths too: the proxy connection's ``proxy:`` channel carries every packet of the inner
+  connection to the node.
+
 :class:`LeanConnection` and :class:`LeanChannel` are the first bases of tpemu's asyncssh connection
 and channel subclasses (the reverse tunnel's ``TunnelServerConnection``/``TunnelClientConnection``,
 ``TeleportChannel``). Checked against asyncssh
@@ -68,11 +79,14 @@ from collections.abc import Callable
 from typing import Any
 
 import asyncssh
-from asyncssh.channel import SSHServerChannel
+import asyncssh.connection as _asyncssh_connection
+from asyncssh.channel import SSHClientChannel, SSHServerChannel
 from asyncssh.constants import MSG_CHANNEL_DATA, MSG_IGNORE, MSG_USERAUTH_LAST
 from asyncssh.encryption import ChachaEncryption, Encryption, GCMEncryption
 from asyncssh.logging import SSHLogger
 from asyncssh.misc import MACError
+from asyncssh.public_key import KeyImportError, SSHCertificate, SSHKey, decode_ssh_certificate
+from asyncssh.saslprep import saslprep as _original_saslprep
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -173,6 +187,8 @@ class LeanChannel:
     """Mixin for an asyncssh channel class: packet logging only at debug level 3; channel data
     written through :meth:`LeanConnection._lean_send_payload` when it can go out at once."""
 
+    __slots__ = ()  # adds no state: a channel's class can become a lean one (LeanClientChannel)
+
     def log_sent_packet(self, pkttype: int, pktid: int | None, packet: Any, note: str = "") -> None:
         if SSHLogger._debug_level >= PACKET_DEBUG_LEVEL:
             super().log_sent_packet(pkttype, pktid, packet, note)  # type: ignore[misc]
@@ -182,16 +198,21 @@ class LeanChannel:
             super().log_received_packet(pkttype, pktid, packet, note)  # type: ignore[misc]
 
     def write(self, data: Any, datatype: int | None = None) -> None:
-        # asyncssh's SSHChannel.write when the data fits the peer's window and packet size and
-        # nothing is queued before it (so asyncssh would send it as one packet now, too).
-        c: Any = self
-        n = len(data)
-        if (datatype is None and 0 < n <= c._send_window and n <= c._send_pktsize and not c._send_buf
-                and c._send_state == "open" and c._encoding is None and isinstance(c._conn, LeanConnection)
-                and c._conn._lean_send_payload(_DATA_HEAD.pack(MSG_CHANNEL_DATA, c._send_chan, n) + data)):
-            c._send_window -= n
-            return
-        super().write(data, datatype)  # type: ignore[misc]
+        if not _lean_write(self, data, datatype):
+            super().write(data, datatype)  # type: ignore[misc]
+
+
+def _lean_write(c: Any, data: Any, datatype: int | None) -> bool:
+    """asyncssh's ``SSHChannel.write`` when the data fits the peer's window and packet size and
+    nothing is queued before it (so asyncssh would send it as one packet now, too); ``False``
+    (nothing done) otherwise."""
+    n = len(data)
+    if (datatype is None and 0 < n <= c._send_window and n <= c._send_pktsize and not c._send_buf
+            and c._send_state == "open" and c._encoding is None and isinstance(c._conn, LeanConnection)
+            and c._conn._lean_send_payload(_DATA_HEAD.pack(MSG_CHANNEL_DATA, c._send_chan, n) + data)):
+        c._send_window -= n
+        return True
+    return False
 
 
 class LeanConnection(LeanChannel):
@@ -317,6 +338,55 @@ class LeanConnection(LeanChannel):
         return bool(super()._recv_pkthdr())  # type: ignore[misc]
 
 
+# -- per-login work that gives the same answer every time -------------------------------------------------
+
+#: Decoded certificates and prepared user names kept, at most (the lot is dropped when full: both
+#: come from peers before they are authenticated).
+KEPT_MAX = 256
+_certs: dict[bytes, SSHCertificate] = {}
+_names: dict[str, str] = {}
+_saslprep: Callable[[str], str] = _original_saslprep
+
+
+def decoded_certificate(data: bytes) -> SSHCertificate | None:
+    """asyncssh's ``decode_ssh_certificate(data)``, kept by ``data``; ``None`` when ``data`` is not
+    a certificate (asyncssh's ``KeyImportError``).
+
+    Decoding parses the certificate and checks its CA's signature over exactly these bytes, so the
+    same bytes always give the same certificate and the same verdict. Everything that can change is
+    checked at each use, after this, as before: the signing CA against the ones trusted now, the
+    validity period, the principals, the source address (asyncssh's
+    ``_validate_openssh_certificate``/``_validate_openssh_host_certificate``)."""
+    cert = _certs.get(data)
+    if cert is None:
+        try:
+            cert = decode_ssh_certificate(data)
+        except KeyImportError:
+            return None
+        if len(_certs) >= KEPT_MAX:
+            _certs.clear()
+        _certs[bytes(data)] = cert
+    return cert
+
+
+def saslprep_kept(name: str) -> str:
+    """asyncssh's ``saslprep`` (RFC 4013), kept for names up to 256 characters; an error
+    (``SASLPrepError``) is raised each time and nothing is kept."""
+    done = _names.get(name)
+    if done is None:
+        done = _saslprep(name)
+        if len(name) <= 256:
+            if len(_names) >= KEPT_MAX:
+                _names.clear()
+            _names[name] = done
+    return done
+
+
+# asyncssh's connection module prepares user names only (the client's and, at each userauth request,
+# the server's); password changes go through asyncssh.auth's own import, not replaced.
+setattr(_asyncssh_connection, "saslprep", saslprep_kept)  # noqa: B010 (a module's global, replaced)
+
+
 # -- servers: the proxy's SSH service, the node's ------------------------------------------------------
 
 
@@ -344,6 +414,13 @@ class LeanServerConnection(LeanConnection, asyncssh.SSHServerConnection):
         c: Any = self
         if c._rdns_lookup or c._options.config.loaded:
             await super().reload_config()
+
+    async def _validate_client_certificate(self, username: str, key_data: bytes) -> SSHKey | None:
+        # asyncssh's, with the decoded certificate kept (decoded_certificate).
+        cert: Any = decoded_certificate(key_data)
+        if cert is None or cert.is_x509_chain:
+            return await super()._validate_client_certificate(username, key_data)
+        return await self._validate_openssh_certificate(username, cert)
 
     def create_server_channel(self, encoding: str | None = "", errors: str = "", window: int = 0,
                               max_pktsize: int = 0) -> SSHServerChannel[Any]:
@@ -418,9 +495,47 @@ class ServerOptions:
 # -- clients: tpemu's own (``tpemu ssh``: to the proxy, and to the node through it) -----------------------
 
 
+class LeanClientChannel(SSHClientChannel[Any], LeanChannel):
+    """asyncssh's client session channel with :class:`LeanChannel`'s data paths, which an open
+    ``SSHClientChannel`` becomes (:meth:`LeanClientConnection.create_session`). Python allows that
+    only with asyncssh's class first among the bases (the same layout), so :class:`LeanChannel`'s
+    methods, which would come after asyncssh's, are named here."""
+
+    __slots__ = ()
+
+    def log_sent_packet(self, pkttype: int, pktid: int | None, packet: Any, note: str = "") -> None:
+        if SSHLogger._debug_level >= PACKET_DEBUG_LEVEL:
+            SSHClientChannel.log_sent_packet(self, pkttype, pktid, packet, note)
+
+    def log_received_packet(self, pkttype: int, pktid: int | None, packet: Any, note: str = "") -> None:
+        if SSHLogger._debug_level >= PACKET_DEBUG_LEVEL:
+            SSHClientChannel.log_received_packet(self, pkttype, pktid, packet, note)
+
+    def write(self, data: Any, datatype: int | None = None) -> None:
+        if not _lean_write(self, data, datatype):
+            SSHClientChannel.write(self, data, datatype)
+
+
 class LeanClientConnection(LeanConnection, asyncssh.SSHClientConnection):
     """An asyncssh client connection with the lean paths (what Go's ``x/crypto/ssh``, tsh's
     library, sends: no ignore packet before every packet)."""
+
+    async def create_session(self, session_factory: Any, *args: Any,
+                             **kwargs: Any) -> tuple[SSHClientChannel[Any], Any]:
+        # asyncssh's create_session builds its SSHClientChannel by name: once the session is open,
+        # the channel takes the lean data paths (a subclass that adds no state; what arrived before
+        # went through asyncssh's, as any packet the lean paths do not take).
+        chan, session = await super().create_session(session_factory, *args, **kwargs)
+        if type(chan) is SSHClientChannel:
+            chan.__class__ = LeanClientChannel
+        return chan, session
+
+    def _validate_host_key(self, host: str, addr: str, port: int, key_data: bytes) -> SSHKey:
+        # asyncssh's, with the decoded host certificate kept (decoded_certificate).
+        cert: Any = decoded_certificate(key_data)
+        if cert is None or cert.is_x509_chain:
+            return super()._validate_host_key(host, addr, port, key_data)
+        return self._validate_openssh_host_certificate(host, addr, port, cert)
 
 
 async def connect_client(host: str, port: int, **kwargs: Any) -> LeanClientConnection:

@@ -36,7 +36,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tpemu.config import Addr
@@ -139,6 +139,12 @@ class Listener:
     policy: ListenerPolicy
     sock: socket.socket
     addr: Addr
+    #: ``(family, type, proto)`` of the listening socket as plain ints, read once: every accepted
+    #: socket is made with them (``sock.family``/``sock.type`` convert to an IntEnum per read).
+    accept_as: tuple[int, int, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.accept_as = (int(self.sock.family), int(self.sock.type), self.sock.proto)
 
     @property
     def kind(self) -> ListenerKind:
@@ -215,9 +221,9 @@ class FrontDoor:
         lsock = listener.sock
         stats = self.stats
         # socket.accept() converts family and type to enums for every connection (a measurable
-        # part of the per-connection cost): the raw accept and the listener's ints, once.
+        # part of the per-connection cost): the raw accept and the listener's ints, read once.
         raw_accept = lsock._accept  # type: ignore[attr-defined]
-        family, type_, proto = int(lsock.family), int(lsock.type), lsock.proto
+        family, type_, proto = listener.accept_as
         for _ in range(ACCEPT_BATCH):
             try:
                 fd, addr = raw_accept()

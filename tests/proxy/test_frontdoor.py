@@ -496,6 +496,77 @@ async def test_backend_down_closes_client_with_log(proxy_factory: ProxyFactory,
     assert f"backend 127.0.0.1:{dead} unreachable" in caplog.text
 
 
+def _full_listener() -> tuple[socket.socket, list[socket.socket]]:
+    """A listener whose accept queue is full: the kernel drops further SYNs, so a connect to it
+    hangs (retrying) instead of failing."""
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(0)
+    fillers = []
+    for _ in range(8):
+        f = socket.socket()
+        f.settimeout(0.3)
+        fillers.append(f)
+        try:
+            f.connect(lst.getsockname())
+        except TimeoutError:
+            break
+    else:
+        raise AssertionError("the accept queue never filled up")
+    return lst, fillers
+
+
+async def test_passthrough_connect_deadline(caplog: pytest.LogCaptureFixture) -> None:
+    """Dials to a backend that never answers end at their deadline (checked every
+    DEADLINE_TICK, one timer for all of them): the clients are closed, the reason logged, no
+    deadline is left pending, and a dial that connects in time is not touched."""
+    from tpemu.config import Addr
+    from tpemu.proxy import passthrough
+    from tpemu.proxy.frontdoor import Accepted
+    from tpemu.proxy.route import Route, RouteKind
+
+    loop = asyncio.get_running_loop()
+    hung, fillers = _full_listener()
+    alive = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    front = socket.create_server(("127.0.0.1", 0))
+    clients: list[socket.socket] = []
+
+    def accepted(port: int) -> Accepted:
+        c = socket.create_connection(front.getsockname())
+        clients.append(c)
+        sock, peer = front.accept()
+        route = Route(RouteKind.PASSTHROUGH, "passthrough/t", "test", target=Addr("127.0.0.1", port))
+        return Accepted(sock, len(clients), ListenerKind.WEB, peer, peer, None, route, None, None)
+
+    try:
+        t0 = time.monotonic()
+        async with asyncio.timeout(10):  # (a deadline that never fires would hang here for minutes)
+            await asyncio.gather(*(passthrough.splice_to_target(accepted(hung.getsockname()[1]),
+                                                                connect_timeout=0.3, loop=loop) for _ in range(3)),
+                                 passthrough.splice_to_target(accepted(alive.sockets[0].getsockname()[1]),
+                                                              connect_timeout=0.3, loop=loop))
+        elapsed = time.monotonic() - t0
+        assert 0.3 <= elapsed < 3, elapsed
+        assert caplog.text.count("unreachable: connect timed out after 0.3s") == 3
+        deadlines = passthrough._deadlines_of(loop)
+        assert not deadlines.pending
+        await eventually(lambda: deadlines.timer is None, 2, "the sweep timer stops when nothing is pending")
+        for c in clients[:3]:
+            c.settimeout(5)
+            assert c.recv(10) == b""  # closed by the proxy
+        clients[3].settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            clients[3].recv(10)  # spliced, still open
+    finally:
+        for c in clients:
+            c.close()
+        for f in fillers:
+            f.close()
+        hung.close()
+        front.close()
+        alive.close()
+
+
 async def test_slow_truncated_and_oversized_do_not_delay_others(proxy_factory: ProxyFactory,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     svc = await proxy_factory(sniff_timeout="1s", max_client_hello=2048)

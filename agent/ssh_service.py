@@ -66,6 +66,7 @@ from tpemu.authclient import HostIdentity
 from tpemu.errors import describe as describe_error
 from tpemu.net.channel import OverTransport
 from tpemu.net.sockets import format_addr
+from tpemu.net.ssh_lean import ServerOptions
 from tpemu.wire import tunnel as tw
 from tpemu.wire.tunnel import DialRequest
 
@@ -161,6 +162,7 @@ class SSHService:
         self._user_cas: list[Any] = []
         self.set_user_ca_keys(user_ca_keys)
         self._conns: set[asyncssh.SSHServerConnection] = set()
+        self._ssh_options: ServerOptions | None = None
         self._sessions: set[_Session] = set()
 
     def set_user_ca_keys(self, keys: Iterable[bytes | str]) -> None:
@@ -180,24 +182,23 @@ class SSHService:
 
     # -- connections ---------------------------------------------------------------------------
 
-    def _options(self, request: DialRequest | None, peer: str) -> dict[str, Any]:
-        def factory() -> _NodeServer:
-            return _NodeServer(self, request, peer)
-
-        return {
-            "server_factory": factory,
-            "server_host_keys": [(self.host_key, self.host_cert)],
-            "server_version": SERVER_VERSION,
-            "encoding": None,  # sessions carry bytes
-            "line_editor": False,  # the remote shell or the pty does line editing, as with sshd
-            "allow_pty": True,
-            "x11_forwarding": False,
-            "agent_forwarding": False,
-            "sftp_factory": None,
-            "allow_scp": False,
-            "login_timeout": self.login_timeout,
-            "keepalive_interval": 300,
-        }
+    def _server_options(self) -> ServerOptions:
+        # Built once for every connection (the host identity is fixed for the service's life).
+        if self._ssh_options is None:
+            self._ssh_options = ServerOptions(
+                server_host_keys=[(self.host_key, self.host_cert)],
+                server_version=SERVER_VERSION,
+                encoding=None,  # sessions carry bytes
+                line_editor=False,  # the remote shell or the pty does line editing, as with sshd
+                allow_pty=True,
+                x11_forwarding=False,
+                agent_forwarding=False,
+                sftp_factory=None,
+                allow_scp=False,
+                login_timeout=self.login_timeout,
+                keepalive_interval=300,
+            )
+        return self._ssh_options
 
     async def serve(self, transport: asyncio.BaseTransport, request: DialRequest) -> None:
         """Serve one SSH connection on ``transport`` (a parked tunnel channel or TCP connection)
@@ -210,8 +211,8 @@ class SSHService:
         """
         peer = request.client_src_addr or _peer_of(transport)
         try:
-            conn = await asyncssh.connect_reverse(peer, tunnel=OverTransport(transport),
-                                                  **self._options(request, peer))
+            conn = await self._server_options().accept(OverTransport(transport),
+                                                       lambda: _NodeServer(self, request, peer))
         except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
             # ValueError: asyncssh's PacketDecodeError, a peer that is not speaking SSH.
             log.info("ssh service: connection from %s ended before login: %s", peer, describe_error(exc))

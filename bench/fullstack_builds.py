@@ -22,10 +22,13 @@ interleave the builds, the order rotated every round; in each round every build 
   wake-ups too (client ↔ tpemu), so its ratio to ``direct_process`` is its cost beyond them;
 * ``ssh``: SSH session setup with a new proxy connection (TLS + SSH to the proxy, the
   ``proxy:node`` subsystem through the tunnel, the user's SSH session to the node, ``exec true``),
-  ms, and ``ssh_new_client``: the same with the process's kept ``/webapi/ping`` answer dropped
-  before each session (``tpemu.client.pingcache``; what a new ``tsh`` command pays: one ping per
-  command, as Teleport's ``TeleportClient.Ping`` keeps it for the client's life, not the process's
-  start-up). In builds without the cache both are the same path.
+  ms, with the CPU per setup of the tpemu process (``ssh_cpu_ms``, its ``/proc`` times) and of the
+  measuring client (``ssh_client_cpu_ms``, its process time): on a shared 2-vCPU machine the
+  setup time follows the CPU the two spend one after the other; ``ssh_new_client``: the same
+  with the process's kept ``/webapi/ping`` answer dropped before each session
+  (``tpemu.client.pingcache``; what a new ``tsh`` command pays: one ping per command, as
+  Teleport's ``TeleportClient.Ping`` keeps it for the client's life, not the process's start-up).
+  In builds without the cache both are the same path.
 
 Each figure is the median of its round medians; the spread (lowest to highest round median) is
 printed beside it. For before/after figures on a shared machine, not absolute numbers.
@@ -110,7 +113,7 @@ def run(revs: list[str], rounds: int, n_pg: int, n_ssh: int) -> dict[str, Any]:
             stack.callback(worker.stop)
             subjects[name] = (proc, worker)
             samples[name] = {"pg_us": [], "pg_cpu_us": [], "direct_us": [], "direct_process_us": [],
-                             "ssh_ms": [], "ssh_new_client_ms": []}
+                             "ssh_ms": [], "ssh_cpu_ms": [], "ssh_client_cpu_ms": [], "ssh_new_client_ms": []}
         for _proc, worker in subjects.values():  # warm-up: first connections, caches
             worker.ask("pg 50")
             worker.ask("ssh 1")
@@ -126,8 +129,12 @@ def run(revs: list[str], rounds: int, n_pg: int, n_ssh: int) -> dict[str, Any]:
                 s["pg_us"].append(statistics.median(pg))
                 s["direct_us"].append(statistics.median(worker.ask(f"direct {n_pg}")))
                 s["direct_process_us"].append(statistics.median(worker.ask(f"directproc {n_pg}")))
-                s["ssh_ms"].append(statistics.median(worker.ask(f"ssh {n_ssh}")))
-                s["ssh_new_client_ms"].append(statistics.median(worker.ask(f"sshfresh {n_ssh}")))
+                cpu0 = _cpu_seconds(proc.pid)
+                ssh = worker.ask(f"ssh {n_ssh}")
+                s["ssh_cpu_ms"].append((_cpu_seconds(proc.pid) - cpu0) / n_ssh * 1e3)
+                s["ssh_ms"].append(statistics.median(ssh["ms"]))
+                s["ssh_client_cpu_ms"].append(ssh["cpu_ms"])
+                s["ssh_new_client_ms"].append(statistics.median(worker.ask(f"sshfresh {n_ssh}")["ms"]))
     out: dict[str, Any] = {"revisions": revs, "rounds": rounds, "pg_round_trips": n_pg, "ssh_sessions": n_ssh,
                            "loadavg_end": os.getloadavg(), "builds": {}}
     for name, s in samples.items():
@@ -144,7 +151,8 @@ def run(revs: list[str], rounds: int, n_pg: int, n_ssh: int) -> dict[str, Any]:
 
 def table(result: dict[str, Any]) -> str:
     lines = [f"{'build':12s} {'pg µs':>14s} {'tpemu CPU µs/rtt':>20s} {'direct µs':>14s} {'ratio':>6s} "
-             f"{'direct proc µs':>16s} {'ratio':>6s} {'SSH setup ms':>16s} {'new client ms':>16s}"]
+             f"{'direct proc µs':>16s} {'ratio':>6s} {'SSH setup ms':>16s} {'tpemu CPU ms':>14s} "
+             f"{'client CPU ms':>14s} {'new client ms':>16s}"]
     def cell(f: dict[str, Any], key: str, fmt: str = "{:.0f}") -> str:
         lo, hi = f["spread"][key]
         return f"{fmt.format(f[key])} ({fmt.format(lo)}–{fmt.format(hi)})"
@@ -153,6 +161,7 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"{name:12s} {cell(f, 'pg_us'):>14s} {cell(f, 'pg_cpu_us'):>20s} {cell(f, 'direct_us'):>14s} "
                      f"{f['pg_ratio_to_direct']:>6.2f} {cell(f, 'direct_process_us'):>16s} "
                      f"{f['pg_ratio_to_direct_process']:>6.2f} {cell(f, 'ssh_ms', '{:.1f}'):>16s} "
+                     f"{f['ssh_cpu_ms']:>14.1f} {f['ssh_client_cpu_ms']:>14.1f} "
                      f"{cell(f, 'ssh_new_client_ms', '{:.1f}'):>16s}")
     return "\n".join(lines)
 
@@ -222,8 +231,9 @@ async def _worker(home: Path) -> None:
 
             pingcache.PINGS.clear()
 
-    async def ssh_sessions(n: int, new_client: bool = False) -> list[float]:
+    async def ssh_sessions(n: int, new_client: bool = False) -> dict[str, Any]:
         out = []
+        cpu0 = time.process_time()
         for _ in range(n):
             if new_client:
                 forget_pings()
@@ -236,7 +246,7 @@ async def _worker(home: Path) -> None:
             await node.wait_closed()
             out.append((time.perf_counter() - t0) * 1e3)
             proxy.close()
-        return out
+        return {"ms": out, "cpu_ms": (time.process_time() - cpu0) / max(n, 1) * 1e3}
 
     loop = asyncio.get_running_loop()
     while True:

@@ -6,7 +6,9 @@ without terminating TLS, to a backend port: first by exact SNI, then by any offe
 
 * ``tpemu-uvloop`` / ``tpemu-asyncio``: ``tpemu start`` from the venv that runs the benchmark
   (derived from ``sys.executable``) with pass-through rules, one process, one event loop;
-* ``haproxy``: ``mode tcp``, ``req.ssl_sni``/``req.ssl_alpn``, ``nbthread 1``, one process;
+* ``haproxy``: ``mode tcp``, ``req.ssl_sni``/``req.ssl_alpn``, ``nbthread 1``, one process
+  (``processes=K``: K such processes on one port; HAProxy binds with ``SO_REUSEPORT`` unless
+  told ``noreuseport``, so the kernel spreads connections over them as over tpemu's workers);
 * ``nginx``: the stream module with ``ssl_preread`` and a ``map`` on SNI then ALPN; a master
   and ``worker_processes 1`` (RSS and CPU are summed over both);
 * ``sslh``: ``sslh-ev`` or ``sslh-select`` (single process; the forking ``sslh`` is not used).
@@ -157,13 +159,20 @@ class Peer:
     #: Routed connections the peer can hold at once, when it has a hard limit, and why.
     max_connections: int | None = None
     limit_reason: str = ""
+    #: More processes of the same peer on the same port (``processes=K`` for HAProxy).
+    extra: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
     def target(self) -> str:
         return hostport(self.host, self.port)
 
     def pids(self) -> list[int]:
-        return process_tree([self.proc.pid])
+        return process_tree([self.proc.pid, *(p.pid for p in self.extra)])
+
+    def accepting_pids(self) -> list[int]:
+        """The peer's processes that hold a listening socket on its port (its workers), by pid."""
+        inodes = listening_inodes(self.port)
+        return sorted(pid for pid in self.pids() if socket_inodes(pid) & inodes)
 
     def rss_kib(self) -> int:
         return rss_kib(self.pids())
@@ -172,20 +181,22 @@ class Peer:
         return cpu_seconds(self.pids())
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        return all(p.poll() is None for p in (self.proc, *self.extra))
 
     def log_tail(self, lines: int = 8) -> str:
         return _tail(self.log_path, lines)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout`` seconds; idempotent."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
+        """SIGTERM, then SIGKILL after ``timeout`` seconds, to every process started; idempotent."""
+        procs = [p for p in (self.proc, *self.extra) if p.poll() is None]
+        for p in procs:
+            p.terminate()
+        for p in procs:
             try:
-                self.proc.wait(timeout)
+                p.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
+                p.kill()
+                p.wait(timeout)
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -197,6 +208,47 @@ def _tail(path: Path, lines: int) -> str:
     except OSError:
         return ""
     return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def listening_inodes(port: int) -> set[int]:
+    """Socket inodes of every TCP socket listening on ``port`` (any address, IPv4 and IPv6)."""
+    out: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text(encoding="ascii").splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            # local_address is ADDR:PORT in hex; st 0A is TCP_LISTEN; the inode is field 10.
+            if len(f) > 9 and f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
+                out.add(int(f[9]))
+    return out
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """The inodes of the sockets process ``pid`` holds (empty when it is gone)."""
+    out: set[int] = set()
+    try:
+        entries = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for fd in entries:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            out.add(int(link[8:-1]))
+    return out
+
+
+def open_fds(pid: int) -> int:
+    """How many descriptors process ``pid`` holds (0 when it is gone)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
 
 
 #: Bit of CAP_SYS_RESOURCE in /proc/self/status CapEff (linux/capability.h).
@@ -314,7 +366,7 @@ def _plan_tpemu(loop: str, routes: Routes, listen: str, workdir: Path, data_dir:
     return _Plan(argv, version, f"one process, one event loop ({loop}); pass-through rules, logging at WARN")
 
 
-def _plan_haproxy(routes: Routes, listen: str, workdir: Path) -> _Plan | str:
+def _plan_haproxy(routes: Routes, listen: str, workdir: Path, processes: int = 1) -> _Plan | str:
     exe = shutil.which("haproxy")
     if exe is None:
         return "haproxy is not installed (no `haproxy` on PATH)"
@@ -330,6 +382,10 @@ def _plan_haproxy(routes: Routes, listen: str, workdir: Path) -> _Plan | str:
     maxconn = (resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 100) // 2
     conf.write_text(_fill("haproxy.cfg", {"LISTEN": listen, "MAXCONN": str(maxconn), "USE_BACKENDS": "\n".join(use),
                                           "BACKENDS": "\n".join(backends)}), encoding="utf-8")
+    if processes > 1:
+        return _Plan([exe, "-db", "-f", str(conf)], _version([exe, "-v"]),
+                     f"{processes} processes (haproxy -db each, nbthread 1) on one port with SO_REUSEPORT (HAProxy's "
+                     "default; 2.6 has no nbproc); mode tcp, req.ssl_sni/req.ssl_alpn")
     return _Plan([exe, "-db", "-f", str(conf)], _version([exe, "-v"]),
                  "one process, nbthread 1 (haproxy -db); mode tcp, req.ssl_sni/req.ssl_alpn")
 
@@ -411,15 +467,20 @@ def _plan_sslh(routes: Routes, host: str, port: int, workdir: Path) -> _Plan | s
 
 
 def start_peer(name: str, routes: Routes, workdir: Path, *, probe: bytes, host: str = "127.0.0.1",
-               ready_timeout: float = 20.0, nginx_workers: str = "1") -> tuple[Peer | None, str | None]:
+               ready_timeout: float = 20.0, nginx_workers: str = "1",
+               processes: int = 1) -> tuple[Peer | None, str | None]:
     """Start peer ``name`` (one of :data:`PEERS`) in ``workdir`` and wait until it routes.
 
     ``probe`` is a ClientHello that the routes send to a backend that answers with a byte.
+    ``processes`` > 1 (``tpemu-uvloop``/``tpemu-asyncio``: ``proxy_service.workers``; ``haproxy``:
+    that many processes on one port) also waits until that many processes listen on the port.
     Returns ``(peer, None)``, or ``(None, reason)`` when the peer's binary is missing. Raises
     :class:`PeerError` when it fails to start or to route the probe within ``ready_timeout``.
     """
     if name not in PEERS:
         raise ValueError(f"unknown peer {name!r}; expected one of {', '.join(PEERS)}")
+    if processes < 1 or (processes > 1 and name not in ("tpemu-uvloop", "tpemu-asyncio", "haproxy")):
+        raise ValueError(f"{name}: processes={processes}: only tpemu-uvloop, tpemu-asyncio and haproxy run split")
     raise_nofile()
     error: PeerError | None = None
     for _attempt in range(3):  # the free port may be taken between our check and the peer's bind
@@ -430,9 +491,10 @@ def start_peer(name: str, routes: Routes, workdir: Path, *, probe: bytes, host: 
         if name == "tpemu-2workers":
             plan = _plan_tpemu("uvloop", routes, listen, pdir, workdir / "tpemu-data-2w", workers=2)
         elif name.startswith("tpemu-"):
-            plan = _plan_tpemu(name.removeprefix("tpemu-"), routes, listen, pdir, workdir / "tpemu-data")
+            plan = _plan_tpemu(name.removeprefix("tpemu-"), routes, listen, pdir, workdir / "tpemu-data",
+                               workers=processes)
         elif name == "haproxy":
-            plan = _plan_haproxy(routes, listen, pdir)
+            plan = _plan_haproxy(routes, listen, pdir, processes)
         elif name == "nginx":
             plan = _plan_nginx(routes, listen, pdir, nginx_workers)
         else:
@@ -442,15 +504,19 @@ def start_peer(name: str, routes: Routes, workdir: Path, *, probe: bytes, host: 
         log_path = pdir / "output.log"
         log_file = open(log_path, "wb")  # noqa: SIM115 - owned by the Peer, closed in stop()
         try:
-            proc = subprocess.Popen(plan.argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                                    cwd=pdir, env=plan.env)
+            proc = _spawn(plan, pdir, log_file)
         except OSError as exc:
             log_file.close()
             raise PeerError(f"{name}: cannot run {plan.argv[0]}: {exc}") from None
         peer = Peer(name, host, port, proc, pdir, plan.version, plan.notes, log_path, log_file, plan.max_connections,
                     plan.limit_reason)
         try:
+            if name == "haproxy":
+                for _ in range(processes - 1):  # the same config: every process binds the port (SO_REUSEPORT)
+                    peer.extra.append(_spawn(plan, pdir, log_file))
             _wait_ready(peer, probe, ready_timeout)
+            if processes > 1:
+                _wait_listeners(peer, processes, ready_timeout)
             return peer, None
         except PeerError as exc:
             peer.stop()
@@ -459,6 +525,28 @@ def start_peer(name: str, routes: Routes, workdir: Path, *, probe: bytes, host: 
                 raise
     assert error is not None
     raise error
+
+
+def _spawn(plan: _Plan, pdir: Path, log_file: IO[bytes]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(plan.argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, cwd=pdir,
+                            env=plan.env)
+
+
+def _wait_listeners(peer: Peer, processes: int, timeout: float) -> None:
+    """Until ``processes`` of the peer's processes listen on its port (a worker starts after the first
+    answers, and connections opened before it listens would all land on the others)."""
+    deadline = time.monotonic() + timeout
+    pids: list[int] = []
+    while time.monotonic() < deadline:
+        if not peer.alive():
+            raise PeerError(f"{peer.name}: a process exited while its workers started: "
+                            f"{peer.log_tail() or 'no output'}")
+        pids = peer.accepting_pids()
+        if len(pids) >= processes:
+            return
+        time.sleep(0.05)
+    raise PeerError(f"{peer.name}: {len(pids)} of {processes} processes listen on port {peer.port} after {timeout:g}s "
+                    f"(pids {pids}); log: {peer.log_tail() or 'empty'}")
 
 
 def _wait_ready(peer: Peer, probe: bytes, timeout: float) -> None:

@@ -99,13 +99,15 @@ class _Rule:
     suffixes: tuple[str, ...]  # "*.example.com" stored as ".example.com"
 
     def matches(self, hello: ClientHello) -> bool:
-        if self.alpn and not any(a in self.alpn for a in hello.alpn):
+        # Set and str methods rather than ``any(<generator>)``: one generator per rule and
+        # connection cost ~0.5 µs each on the pass-through path.
+        if self.alpn and self.alpn.isdisjoint(hello.alpn):
             return False
         if self.exact_sni or self.suffixes:
             sni = hello.sni
             if sni is None:
                 return False
-            if sni not in self.exact_sni and not any(sni.endswith(s) for s in self.suffixes):
+            if sni not in self.exact_sni and not sni.endswith(self.suffixes):
                 return False
         return True
 

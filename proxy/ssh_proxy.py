@@ -33,9 +33,8 @@ import contextlib
 import logging
 import socket
 import ssl
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import asyncssh
@@ -48,7 +47,9 @@ from tpemu.net.channel import ChannelTransport
 from tpemu.net.http_server import Request, Response
 from tpemu.net.pipe import Pipe
 from tpemu.net.sockets import format_addr
+from tpemu.net.ssh_lean import OnSocket, ServerOptions
 from tpemu.proxy.frontdoor import Accepted
+from tpemu.proxy.nodes import NodeDirectory, NodeInventory, NodeLookupError, NodeRecord, match_nodes
 from tpemu.proxy.tunnels import TunnelError
 from tpemu.wire import alpn
 from tpemu.wire.sniff import Protocol as Sniffed
@@ -61,12 +62,8 @@ log = logging.getLogger(__name__)
 
 SERVER_VERSION = "Teleport"
 SUBSYSTEM_PREFIX = "proxy:"
-#: Teleport's default SSH port for nodes (``defaults.SSHServerListenPort``).
-NODE_PORT = 3022
 DIAL_TIMEOUT = 10.0
 LOGIN_TIMEOUT = 30.0
-#: How long the node list from the Auth Service is reused before asking again.
-NODE_CACHE_TTL = 1.0
 MAX_SUBSYSTEM = 1024
 
 
@@ -117,99 +114,6 @@ def parse_proxy_subsystem(name: str) -> ProxyTarget:
     return ProxyTarget(host, int(port_text) if port_text else 0, cluster)
 
 
-# -- the node list ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class NodeRecord:
-    """A node as it heartbeats to the Auth Service (Teleport's ``ServerV2``, kind ``node``)."""
-
-    host_id: str
-    hostname: str
-    addr: str = ""
-    use_tunnel: bool = False
-    labels: dict[str, str] = field(default_factory=dict)
-    last_heartbeat: str = ""
-
-    @classmethod
-    def from_resource(cls, obj: Any) -> NodeRecord | None:
-        if not isinstance(obj, dict):
-            return None
-        meta, spec = obj.get("metadata"), obj.get("spec")
-        if not isinstance(meta, dict) or not isinstance(spec, dict) or not isinstance(meta.get("name"), str):
-            return None
-        labels = meta.get("labels") if isinstance(meta.get("labels"), dict) else {}
-        status = obj.get("status")
-        status = status if isinstance(status, dict) else {}
-        return cls(meta["name"], str(spec.get("hostname") or ""), str(spec.get("addr") or ""),
-                   bool(spec.get("use_tunnel")), {str(k): str(v) for k, v in (labels or {}).items()},
-                   str(status.get("last_heartbeat") or ""))
-
-    def web(self, cluster: str) -> dict[str, Any]:
-        """``ui.Server`` (``lib/web/ui/server.go``)."""
-        return {"kind": "node", "tunnel": self.use_tunnel, "subKind": "teleport", "id": self.host_id,
-                "siteId": cluster, "hostname": self.hostname, "addr": self.addr,
-                "tags": [{"name": k, "value": v} for k, v in sorted(self.labels.items())], "sshLogins": [],
-                # tpemu: when the node last announced itself to the Auth Service.
-                "lastHeartbeat": self.last_heartbeat}
-
-
-def match_nodes(nodes: list[NodeRecord], host: str, port: int) -> list[NodeRecord]:
-    """The nodes ``host`` (and ``port``, if not 0 or 3022) can mean: by host ID, by hostname, or
-    by the host of the node's address (then the port must match if it is given)."""
-    out = []
-    for node in nodes:
-        if host in (node.host_id, node.hostname):
-            out.append(node)
-            continue
-        if node.addr:
-            node_host, _, node_port = node.addr.rpartition(":")
-            if node_host.strip("[]") == host and (port in (0, NODE_PORT) or str(port) == node_port):
-                out.append(node)
-    by_id = [n for n in out if n.host_id == host]
-    return by_id or out
-
-
-class NodeLookupError(PeerFault):
-    """The node a client named is unknown or ambiguous."""
-
-
-class NodeDirectory:
-    """The cluster's nodes, from the Auth Service's ``/v1/nodes`` (cached for a second);
-    ``fetch(fresh)`` answers like ``/v1/nodes`` (the tunnel registry's inventory)."""
-
-    def __init__(self, fetch: Callable[[bool], Awaitable[Any]], ttl: float = NODE_CACHE_TTL) -> None:
-        self.fetch = fetch
-        self.ttl = ttl
-        self._nodes: list[NodeRecord] = []
-        self._at = -1e9
-        self._lock = asyncio.Lock()
-
-    async def nodes(self, fresh: bool = False) -> list[NodeRecord]:
-        async with self._lock:
-            if fresh or time.monotonic() - self._at > self.ttl:
-                answer = await self.fetch(fresh)
-                items = answer.get("items") if isinstance(answer, dict) else None
-                self._nodes = [n for n in map(NodeRecord.from_resource, items or []) if n is not None]
-                self._at = time.monotonic()
-            return list(self._nodes)
-
-    async def resolve(self, host: str, port: int) -> NodeRecord:
-        """The one node ``host`` names; raises :class:`NodeLookupError` (or ``AuthAPIError``)."""
-        found = match_nodes(await self.nodes(), host, port)
-        if not found:
-            found = match_nodes(await self.nodes(fresh=True), host, port)  # it may have just joined
-        if len(found) > 1:
-            ids = ", ".join(f"{n.hostname} ({n.host_id})" for n in found)
-            raise NodeLookupError(f"ambiguous host could match multiple nodes: {ids}; "
-                                  "address the node by its unique id (user@host-id)")
-        if not found:
-            raise NodeLookupError(f"node {host!r} not found: direct dialing to nodes not found in inventory is "
-                                  "not supported (no registered node has that name, host ID or address; "
-                                  "tpemu ls lists them)")
-        return found[0]
-
-
 # -- the service ---------------------------------------------------------------------------------------
 
 
@@ -227,6 +131,7 @@ class SSHProxy:
         self.user_cas: list[Any] = []
         self.directory: NodeDirectory | None = None
         self._conns: set[asyncssh.SSHServerConnection] = set()
+        self._ssh_options: ServerOptions | None = None
         self.stats = {"connections": 0, "sessions": 0, "refused": 0}
 
     async def start(self) -> None:
@@ -239,16 +144,19 @@ class SSHProxy:
             raise ValueError(f"the proxy's identity in {routes.folder} has no SSH host certificate")
         self.host_key = asyncssh.import_private_key(identity.key_pem)
         self.host_cert = asyncssh.import_certificate(identity.ssh_cert)
+        self._ssh_options = None
         keys = await authclient.fetch_user_ca_ssh_keys(routes.client())
         self.user_cas = [asyncssh.import_public_key(k) for k in keys]
         # The registry's inventory (the one the dial uses too), not a second /v1/nodes cache.
-        self.directory = NodeDirectory(self.proxy.tunnels.node_inventory)
+        self.directory = NodeDirectory(self.proxy.tunnels)
 
     def install(self) -> None:
         """Serve the node list web endpoint (the proxy routes SSH here once it is its ``ssh_proxy``)."""
         self.proxy.web.add("GET", "/webapi/sites/", self._web_nodes)
 
     async def close(self) -> None:
+        if self.directory is not None:
+            await self.directory.close()
         for conn in list(self._conns):
             conn.close()
         for conn in list(self._conns):
@@ -260,29 +168,29 @@ class SSHProxy:
 
     # -- connections -----------------------------------------------------------------------------
 
-    def _options(self, acc: Accepted) -> dict[str, Any]:
-        peer = format_addr(acc.peer)
-
-        def factory() -> _ProxyServer:
-            return _ProxyServer(self, acc, peer)
-
-        return {"server_factory": factory, "server_host_keys": [(self.host_key, self.host_cert)],
-                "server_version": SERVER_VERSION, "encoding": None, "line_editor": False, "allow_pty": False,
-                "x11_forwarding": False, "agent_forwarding": False, "sftp_factory": None, "allow_scp": False,
-                "login_timeout": LOGIN_TIMEOUT, "keepalive_interval": 300}
+    def _server_options(self) -> ServerOptions:
+        # Built once (start() loads the host identity), shared by every connection.
+        if self._ssh_options is None:
+            self._ssh_options = ServerOptions(
+                server_host_keys=[(self.host_key, self.host_cert)], server_version=SERVER_VERSION, encoding=None,
+                line_editor=False, allow_pty=False, x11_forwarding=False, agent_forwarding=False, sftp_factory=None,
+                allow_scp=False, login_timeout=LOGIN_TIMEOUT, keepalive_interval=300)
+        return self._ssh_options
 
     async def handle(self, acc: Accepted) -> None:
         """Serve one routed connection: SSH from byte 0, or TLS (ALPN ``teleport-proxy-ssh``) then SSH."""
         self.stats["connections"] += 1
+        peer = format_addr(acc.peer)
+        tunnel: _AcceptedTLS | OnSocket
         try:
             if acc.protocol is Sniffed.TLS:
                 contexts = self.proxy.contexts
                 assert contexts is not None
                 tunnel = _AcceptedTLS(acc.sock, contexts.get((alpn.PROXY_SSH,)),
                                       self.proxy.cfg.tpemu.proxy_service.sniff_timeout)
-                conn = await asyncssh.connect_reverse(tunnel=tunnel, **self._options(acc))
             else:
-                conn = await asyncssh.run_server(acc.sock, **self._options(acc))
+                tunnel = OnSocket(acc.sock)
+            conn = await self._server_options().accept(tunnel, lambda: _ProxyServer(self, acc, peer))
         except (OSError, asyncssh.Error, TimeoutError, ValueError) as exc:
             # ValueError: asyncssh's PacketDecodeError, a peer that is not speaking SSH after all.
             self.stats["refused"] += 1
@@ -563,5 +471,5 @@ class _SubsystemSession(ChannelTransport, asyncssh.SSHServerSession):  # type: i
         super().connection_lost(exc)
 
 
-__all__ = ["DialFailed", "NodeDialer", "NodeDirectory", "NodeRecord", "ProxyTarget", "SSHProxy",
+__all__ = ["DialFailed", "NodeDialer", "NodeDirectory", "NodeInventory", "NodeRecord", "ProxyTarget", "SSHProxy",
            "match_nodes", "parse_proxy_subsystem"]

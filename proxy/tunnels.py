@@ -561,6 +561,20 @@ class TunnelRegistry:
                 log.warning("the Auth Service's node inventory is malformed: %s", exc)
         return {"items": list(self.node_items)}
 
+    def kept_nodes(self) -> tuple[list[Any], float]:
+        """The ``/v1/nodes`` items as last fetched and when (``time.monotonic()``), without asking;
+        the list is replaced, never changed, by each fetch."""
+        return self.node_items, self._inventory_at
+
+    def tunnel_serves_node(self, host_id: str) -> bool:
+        """Whether an authenticated tunnel of ``host_id`` whose certificate's role may serve nodes
+        is connected now (what :meth:`dial` would use for it)."""
+        return any(a.host_id == host_id and a.transport_ready for a, _ in self.resources(tw.NODE))
+
+    def poll_interval(self) -> float:
+        """How often :meth:`_poll_direct` refreshes the inventory (:data:`DIRECT_POLL`)."""
+        return DIRECT_POLL
+
     async def _refresh_direct(self) -> None:
         try:
             await self._fetch_inventory()

@@ -16,7 +16,8 @@ by the first worker, and read from ``<data_dir>/proxy`` by the others).
 * **Tunnels from any worker.** An agent's reverse tunnel lands on one worker; a client's
   connection on any. A *local equivalent* of proxy peering (:mod:`tpemu.proxy.peering`) joins
   them: every worker serves a Unix socket ``<data_dir>/proxy/workers/<i>.sock`` (directory mode
-  0700: only this user reaches it) with peering's exchange — one length-prefixed
+  0700: only this user reaches it; when that path is too long for a Unix socket address, a private
+  ``mkdtemp`` folder that worker 0 makes and names to the others) with peering's exchange — one length-prefixed
   :class:`~tpemu.wire.tunnel.DialRequest`, one :class:`~tpemu.wire.tunnel.DialResponse`, then the
   bytes — and a dial that finds no local tunnel asks the other workers in turn before real peers.
   Why not peering itself: peering authenticates *other* proxies by their host certificates and
@@ -35,8 +36,10 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,17 +71,21 @@ class WorkerSpec:
     bound: dict[str, str]
     auth_addr: str | None
     ca_pins: tuple[str, ...]
+    #: Where the workers' sockets are when ``<data_dir>/proxy/workers`` is too long for one.
+    sock_dir: str | None = None
 
     def to_env(self) -> str:
         return json.dumps({"index": self.index, "count": self.count, "bound": self.bound,
-                           "auth_addr": self.auth_addr, "ca_pins": list(self.ca_pins)})
+                           "auth_addr": self.auth_addr, "ca_pins": list(self.ca_pins),
+                           "sock_dir": self.sock_dir})
 
     @classmethod
     def from_env(cls, text: str) -> WorkerSpec:
         try:
             obj = json.loads(text)
             return cls(int(obj["index"]), int(obj["count"]), {str(k): str(v) for k, v in obj["bound"].items()},
-                       obj.get("auth_addr"), tuple(str(p) for p in obj.get("ca_pins") or ()))
+                       obj.get("auth_addr"), tuple(str(p) for p in obj.get("ca_pins") or ()),
+                       str(obj["sock_dir"]) if obj.get("sock_dir") else None)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"{ENV} is not a worker description: {exc}") from None
 
@@ -91,18 +98,29 @@ def worker_from_env() -> WorkerSpec | None:
     return WorkerSpec.from_env(text) if text else None
 
 
+#: ``sun_path`` holds 108 bytes with the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+
 def socket_dir(data_dir: Path) -> Path:
     return data_dir / "proxy" / "workers"
+
+
+def fits_sun_path(directory: Path, count: int) -> bool:
+    """Whether every worker's socket in ``directory`` fits a Unix socket address."""
+    return len(os.fsencode(directory / f"{max(count - 1, 0)}.sock")) <= MAX_SOCKET_PATH
 
 
 class WorkerLink:
     """One worker's end of the local link: serve its tunnels to siblings, dial theirs."""
 
-    def __init__(self, proxy: ProxyService, index: int, count: int) -> None:
+    def __init__(self, proxy: ProxyService, index: int, count: int, sock_dir: str | None = None) -> None:
         self.proxy = proxy
         self.index = index
         self.count = count
-        self.dir = socket_dir(proxy.data_dir)
+        self.dir = Path(sock_dir) if sock_dir else socket_dir(proxy.data_dir)
+        #: Worker 0 made :attr:`dir` in the temporary folder (and removes it at close).
+        self._own_short_dir = False
         self._server: asyncio.AbstractServer | None = None
         #: Dials served for siblings and made through them (for logs and tests).
         self.served = 0
@@ -113,9 +131,20 @@ class WorkerLink:
 
     async def start(self) -> None:
         """Listen on this worker's socket and chain the tunnel registry's fallback through siblings."""
+        if self.index == 0 and not fits_sun_path(self.dir, self.count):
+            # A deep data dir (a test's tmp_path, a long home) makes the path longer than a Unix
+            # socket address can be: worker 0 makes a private folder (mkdtemp: 0700, ours, unique)
+            # in the temporary folder and tells the others (WorkerSpec.sock_dir).
+            longer = self.dir
+            self.dir = Path(tempfile.mkdtemp(prefix="tpemu-workers-"))
+            self._own_short_dir = True
+            log.info("proxy workers: sockets in %s (%s is too long for a Unix socket address)", self.dir, longer)
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
         path = self.path(self.index)
+        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+            raise OSError(f"proxy worker {self.index}: socket path {path} is longer than a Unix socket "
+                          f"address ({MAX_SOCKET_PATH} bytes)")
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         self._server = await asyncio.start_unix_server(self._serve, str(path))
@@ -142,6 +171,8 @@ class WorkerLink:
             self._server.close()
             with contextlib.suppress(FileNotFoundError):
                 self.path(self.index).unlink()
+        if self._own_short_dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- serving a sibling -----------------------------------------------------------------------
 
@@ -228,12 +259,15 @@ class WorkerPool:
         self.count = count
         self.procs: list[asyncio.subprocess.Process] = []
 
-    async def start(self, proxy: ProxyService, auth_addr: Addr | None, ca_pins: tuple[str, ...]) -> None:
-        """Start workers 1..count-1 with ``proxy``'s bound addresses; wait until each listens."""
+    async def start(self, proxy: ProxyService, auth_addr: Addr | None, ca_pins: tuple[str, ...],
+                    sock_dir: Path | None = None) -> None:
+        """Start workers 1..count-1 with ``proxy``'s bound addresses (and worker 0's socket folder,
+        :attr:`WorkerLink.dir`); wait until each listens."""
         bound = {kind.value: str(addr) for kind, addr in proxy.info.bound.items()}
         argv = [sys.executable, "-m", "tpemu", *sys.argv[1:]]
         for i in range(1, self.count):
-            spec = WorkerSpec(i, self.count, bound, str(auth_addr) if auth_addr else None, ca_pins)
+            spec = WorkerSpec(i, self.count, bound, str(auth_addr) if auth_addr else None, ca_pins,
+                              str(sock_dir) if sock_dir is not None else None)
             env = {**os.environ, ENV: spec.to_env()}
             # stdin: a pipe that only closes when this process goes (the children's stop signal).
             proc = await asyncio.create_subprocess_exec(*argv, env=env, stdin=asyncio.subprocess.PIPE,

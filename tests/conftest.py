@@ -27,13 +27,14 @@ def _own_temproot() -> None:
     needs the traverse bit on every folder down to its data and socket: another checkout's pytest
     starting on the same machine took it away between the engine's grant and PostgreSQL opening
     its socket lock ("could not open lock file ... .s.PGSQL.5432.lock: Permission denied"). With
-    one root per checkout only this checkout's own sessions share it. An explicit
+    one root per checkout only this checkout's own sessions share it (a short name: Unix socket
+    paths under it must fit 107 bytes). An explicit
     ``PYTEST_DEBUG_TEMPROOT`` or ``--basetemp`` still wins."""
     import hashlib
     import tempfile
 
     checkout = str(Path(__file__).resolve().parent.parent)
-    root = Path(tempfile.gettempdir()) / f"tpemu-tests-{hashlib.sha256(checkout.encode()).hexdigest()[:12]}"
+    root = Path(tempfile.gettempdir()) / f"tpt-{hashlib.sha256(checkout.encode()).hexdigest()[:10]}"
     root.mkdir(mode=0o755, exist_ok=True)
     os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", str(root))
 

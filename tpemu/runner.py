@@ -166,7 +166,8 @@ async def run(cfg: Config, roles: tuple[str, ...], all_in_one: bool, trace: str 
         stack.append(proxy)
         count = worker.count if worker is not None else cfg.tpemu.proxy_service.workers
         if count > 1:
-            wlink = workers.WorkerLink(proxy, worker.index if worker is not None else 0, count)
+            wlink = workers.WorkerLink(proxy, worker.index if worker is not None else 0, count,
+                                       worker.sock_dir if worker is not None else None)
             await wlink.start()
             stack.append(wlink)
             if worker is None:
@@ -174,7 +175,7 @@ async def run(cfg: Config, roles: tuple[str, ...], all_in_one: bool, trace: str 
                 stack.append(pool)
                 try:
                     await pool.start(proxy, link.addr if link is not None else None,
-                                     link.ca_pins if link is not None else ())
+                                     link.ca_pins if link is not None else (), wlink.dir)
                 except (OSError, RuntimeError, TimeoutError) as exc:
                     print(f"tpemu: proxy workers: {exc}", file=sys.stderr)
                     await shutdown()

@@ -7,27 +7,28 @@ from pathlib import Path
 
 import pytest
 
-from bench import builds, growth
+from bench import builds, growth, split
 
 
-def test_groups_keep_each_source_under_its_port_range() -> None:
-    assert growth._groups(1000) == [1000]
-    assert growth._groups(50_000) == [15_000, 15_000, 15_000, 5_000]
-    assert sum(growth._groups(31_234)) == 31_234
-
-
-def test_growth_smoke_against_haproxy_and_a_count_past_the_descriptor_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two small counts and one past the (here pretended) descriptor limit: measured at the
-    largest count that fits, with the reason; ratios against the smallest count."""
+def test_growth_smoke_against_haproxy_split_over_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a (pretended) limit that holds 100 connections per process: 150 run over two HAProxy
+    processes on one port, the smaller counts once at one process (series ``fit``) and once at
+    two (``same``); a count that would need more than 64 processes is left out with the reason."""
     if subprocess.run(["sh", "-c", "command -v haproxy"], capture_output=True).returncode != 0:
         pytest.skip("haproxy is not installed (make test installs it)")
-    monkeypatch.setattr(growth, "fd_limit", lambda: growth.SPARE_FDS + 2 * 100)  # 100 connections fit
-    result = growth.run_growth("quick", log=lambda _: None, counts=(20, 60, 5000), subjects=("haproxy",))
-    points = result["points"]["haproxy"]
-    assert set(points) == {"20", "60", "100"}
-    assert [points[c]["held"] for c in ("20", "60", "100")] == [20, 60, 100]
-    assert points["20"]["conn_per_s_vs_first"] == 1.0 and points["100"]["conn_per_s"] > 0
-    assert "RLIMIT_NOFILE" in result["skipped"]["5000"] and "measured at 100" in result["skipped"]["5000"]
+    monkeypatch.setattr(growth, "fd_limit", lambda: split.SPARE_FDS + 2 * 100)  # 100 connections fit
+    result = growth.run_growth("quick", log=lambda _: None, counts=(20, 60, 150, 8000), subjects=("haproxy",))
+    fit, same = result["points"]["haproxy"]["fit"], result["points"]["haproxy"]["same"]
+    assert set(fit) == set(same) == {"20", "60", "150"}
+    assert [fit[c]["processes"] for c in ("20", "60", "150")] == [1, 1, 2]
+    assert [same[c]["processes"] for c in ("20", "60", "150")] == [2, 2, 2]
+    for points in (fit, same):
+        for c, p in points.items():
+            assert p["held"] == int(c) and sum(p["held_per_process"]) == int(c), p
+            assert len(p["held_per_process"]) == p["processes"] and "problems" not in p
+    assert fit["20"]["conn_per_s_vs_first"] == 1.0 and same["150"]["conn_per_s"] > 0
+    assert "more than the 64 workers" in result["skipped"]["8000"]
+    assert "series same" in growth.table(result)
 
 
 def test_builds_export_lays_a_revision_out_as_the_installed_package(tmp_path: Path) -> None:

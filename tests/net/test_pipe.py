@@ -126,6 +126,68 @@ async def test_parked_bytes_and_eof_are_replayed_in_order(ends: Ends) -> None:
     assert pipe.a_to_b == 6 and pipe.b_to_a == 8
 
 
+async def test_sides_made_as_they_connect_keep_what_comes_before_the_other(ends: Ends) -> None:
+    """A pipe made first, its sides the protocols of transports still being made (pass-through:
+    backend dialled into ``b``, then the client straight into ``a``): a server that speaks and
+    half-closes before ``a`` exists loses nothing, and ``first_to_b`` rides with ``a``'s first
+    bytes."""
+    loop = asyncio.get_running_loop()
+    pipe = Pipe(ends.on_close, first_to_b=b"PROXY-HEADER ")
+    b, _ = await loop.connect_accepted_socket(pipe.b, ends._b)
+    assert b.get_protocol() is pipe.b
+    await loop.sock_sendall(ends.right, b"banner\r\n")  # a server that speaks first
+    ends.right.shutdown(socket.SHUT_WR)
+    async with asyncio.timeout(5):
+        while not pipe.b.held:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    # Reading paused at the first bytes: the EOF waits in the kernel, not in our memory.
+    assert pipe.b.held == [b"banner\r\n"] and not pipe.b.eof and not b.is_reading()
+    await loop.sock_sendall(ends.left, b"hello")
+    await loop.connect_accepted_socket(pipe.a, ends._a)
+    assert await recv_eof(ends.left) == b"banner\r\n"  # the bytes, then the half-close
+    assert await recv_exactly(ends.right, 18) == b"PROXY-HEADER hello"
+    await loop.sock_sendall(ends.left, b" more")
+    assert await recv_exactly(ends.right, 5) == b" more"
+    ends.left.shutdown(socket.SHUT_WR)
+    assert await recv_eof(ends.right) == b""
+    await asyncio.wait_for(ends.done.wait(), 5)
+    assert ends.closed == [None] and (pipe.a_to_b, pipe.b_to_a) == (10, 8)
+
+
+async def test_side_lost_before_the_other_connects_ends_the_pipe_once(ends: Ends) -> None:
+    """The backend resets before the client side exists: the client side is closed as soon as
+    it is made, the pipe ends once with the error, and the header never goes out."""
+    loop = asyncio.get_running_loop()
+    pipe = Pipe(ends.on_close, first_to_b=b"HDR ")
+    b, _ = await loop.connect_accepted_socket(pipe.b, ends._b)
+    b.write(b"unread")  # (a peer closing with unread bytes queued resets the connection)
+    await recv_exactly(ends.right, 1)
+    ends.right.close()
+    async with asyncio.timeout(5):
+        while not pipe.b.lost:
+            await asyncio.sleep(0.01)
+    assert not pipe.closed
+    await loop.connect_accepted_socket(pipe.a, ends._a)
+    assert await recv_eof(ends.left) == b""
+    await asyncio.wait_for(ends.done.wait(), 5)
+    assert pipe.closed and len(ends.closed) == 1 and isinstance(ends.closed[0], ConnectionResetError)
+    assert pipe.a_to_b == 0
+
+
+async def test_an_eof_before_any_byte_still_sends_first_to_b(ends: Ends) -> None:
+    loop = asyncio.get_running_loop()
+    pipe = Pipe(ends.on_close, first_to_b=b"HDR")
+    await loop.connect_accepted_socket(pipe.b, ends._b)
+    ends.left.shutdown(socket.SHUT_WR)
+    await loop.connect_accepted_socket(pipe.a, ends._a)
+    assert await recv_eof(ends.right) == b"HDR"
+    ends.right.shutdown(socket.SHUT_WR)
+    assert await recv_eof(ends.left) == b""
+    await asyncio.wait_for(ends.done.wait(), 5)
+    assert ends.closed == [None]
+
+
 async def test_backpressure_pauses_the_reader_and_bounds_memory(ends: Ends) -> None:
     """A receiver that does not read stops the sender: the pipe holds at most about the high
     water mark, the rest waits in the kernel; everything arrives, in order, once it reads."""

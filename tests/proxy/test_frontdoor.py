@@ -9,8 +9,10 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import socket
 import ssl
+import threading
 import time
 from typing import Any
 
@@ -319,6 +321,126 @@ async def test_passthrough_splices_from_byte_zero_with_proxy_header(proxy_factor
     await backend.close()
 
 
+async def test_passthrough_to_a_backend_that_speaks_first(proxy_factory: ProxyFactory) -> None:
+    """An SSH-style backend greets as soon as it is dialled, before the client side of the splice
+    exists: the greeting reaches the client whole, and the backend gets the PROXY header and the
+    client's bytes in order."""
+    got: list[bytes] = []
+
+    async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"SSH-2.0-backend\r\n")
+        data = b""
+        while chunk := await reader.read(65536):
+            data += chunk
+        got.append(data)
+        writer.write(b"bye")
+        writer.close()
+
+    server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+    bport = server.sockets[0].getsockname()[1]
+    svc = await proxy_factory(passthrough=[{"name": "sshd", "protocol": "ssh", "target": f"127.0.0.1:{bport}",
+                                            "send_proxy": "v1"}])
+    for _ in range(20):
+        reader, writer = await asyncio.open_connection("127.0.0.1", web_port(svc))
+        writer.write(b"SSH-2.0-client\r\n")
+        assert await reader.readexactly(17) == b"SSH-2.0-backend\r\n"
+        writer.write(b"more")
+        writer.write_eof()
+        assert await wait_closed(reader) == b"bye"
+        writer.close()
+    assert len(got) == 20
+    for data in got:
+        assert data.startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 ") and data.endswith(b"\r\nSSH-2.0-client\r\nmore")
+    await eventually(lambda: svc.door.stats.spliced == 0)
+    server.close()
+
+
+def _reset(sock_or_writer: Any) -> None:
+    """Close with SO_LINGER 0: the kernel sends RST, not FIN."""
+    sock = sock_or_writer.get_extra_info("socket") if hasattr(sock_or_writer, "get_extra_info") else sock_or_writer
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+
+async def test_passthrough_churn_with_resets_leaves_no_descriptor(proxy_factory: ProxyFactory) -> None:
+    """Backends that reset at once (from a thread, racing the client side of the splice being
+    made; tests/net/test_pipe.py makes each order deterministic), greet and leave, or echo;
+    clients that reset after their first bytes or half-close: every splice ends (``spliced`` back
+    to 0), no descriptor is left, and a normal connection works afterwards."""
+    resetter = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def reset_all() -> None:
+        resetter.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = resetter.accept()
+            except (TimeoutError, OSError):
+                continue
+            _reset(conn)
+            conn.close()
+
+    thread = threading.Thread(target=reset_all, daemon=True)
+    thread.start()
+    greet = {"n": 0}
+
+    async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        greet["n"] += 1
+        try:
+            if greet["n"] % 2:
+                writer.write(b"SSH-2.0-greeter\r\n")  # speak and leave
+            else:
+                while chunk := await reader.read(65536):
+                    writer.write(chunk)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+    bport = server.sockets[0].getsockname()[1]
+    svc = await proxy_factory(passthrough=[
+        {"name": "reset", "alpn": ["x-reset"], "target": f"127.0.0.1:{resetter.getsockname()[1]}", "send_proxy": "v1"},
+        {"name": "sshd", "protocol": "ssh", "target": f"127.0.0.1:{bport}", "send_proxy": "v1"}])
+    port = web_port(svc)
+    hello = testing.client_hello("reset.example", ["x-reset"])
+
+    async def one(i: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(hello if i % 3 == 0 else b"SSH-2.0-client\r\n")
+        try:
+            if i % 2:
+                await reader.read(1)
+                _reset(writer)
+            else:
+                writer.write_eof()
+                await wait_closed(reader)
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    try:
+        await one(0)  # warm up lazy imports and the loop's own descriptors
+        before = open_fds()
+        for _ in range(4):
+            await asyncio.gather(*(one(i) for i in range(24)))
+        await eventually(lambda: svc.door.stats.spliced == 0, 10, "every splice ended")
+        await eventually(lambda: open_fds() <= before + 2, 10, "no descriptor left behind")
+        greet["n"] = 1  # the next backend connection echoes
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"SSH-2.0-client\r\n")
+        writer.write_eof()
+        assert (await wait_closed(reader)).endswith(b"SSH-2.0-client\r\n")
+        writer.close()
+    finally:
+        stop.set()
+        thread.join(5)
+        resetter.close()
+        server.close()
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
 async def test_passthrough_real_tls_end_to_end_and_bulk_integrity(proxy_factory: ProxyFactory) -> None:
     ca = trustme.CA()
     cert = ca.issue_cert("backend.example")
@@ -372,6 +494,77 @@ async def test_backend_down_closes_client_with_log(proxy_factory: ProxyFactory,
     assert await wait_closed(reader) == b""
     await asyncio.sleep(0.05)
     assert f"backend 127.0.0.1:{dead} unreachable" in caplog.text
+
+
+def _full_listener() -> tuple[socket.socket, list[socket.socket]]:
+    """A listener whose accept queue is full: the kernel drops further SYNs, so a connect to it
+    hangs (retrying) instead of failing."""
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(0)
+    fillers = []
+    for _ in range(8):
+        f = socket.socket()
+        f.settimeout(0.3)
+        fillers.append(f)
+        try:
+            f.connect(lst.getsockname())
+        except TimeoutError:
+            break
+    else:
+        raise AssertionError("the accept queue never filled up")
+    return lst, fillers
+
+
+async def test_passthrough_connect_deadline(caplog: pytest.LogCaptureFixture) -> None:
+    """Dials to a backend that never answers end at their deadline (checked every
+    DEADLINE_TICK, one timer for all of them): the clients are closed, the reason logged, no
+    deadline is left pending, and a dial that connects in time is not touched."""
+    from tpemu.config import Addr
+    from tpemu.proxy import passthrough
+    from tpemu.proxy.frontdoor import Accepted
+    from tpemu.proxy.route import Route, RouteKind
+
+    loop = asyncio.get_running_loop()
+    hung, fillers = _full_listener()
+    alive = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    front = socket.create_server(("127.0.0.1", 0))
+    clients: list[socket.socket] = []
+
+    def accepted(port: int) -> Accepted:
+        c = socket.create_connection(front.getsockname())
+        clients.append(c)
+        sock, peer = front.accept()
+        route = Route(RouteKind.PASSTHROUGH, "passthrough/t", "test", target=Addr("127.0.0.1", port))
+        return Accepted(sock, len(clients), ListenerKind.WEB, peer, peer, None, route, None, None)
+
+    try:
+        t0 = time.monotonic()
+        async with asyncio.timeout(10):  # (a deadline that never fires would hang here for minutes)
+            await asyncio.gather(*(passthrough.splice_to_target(accepted(hung.getsockname()[1]),
+                                                                connect_timeout=0.3, loop=loop) for _ in range(3)),
+                                 passthrough.splice_to_target(accepted(alive.sockets[0].getsockname()[1]),
+                                                              connect_timeout=0.3, loop=loop))
+        elapsed = time.monotonic() - t0
+        assert 0.3 <= elapsed < 3, elapsed
+        assert caplog.text.count("unreachable: connect timed out after 0.3s") == 3
+        deadlines = passthrough._deadlines_of(loop)
+        assert not deadlines.pending
+        await eventually(lambda: deadlines.timer is None, 2, "the sweep timer stops when nothing is pending")
+        for c in clients[:3]:
+            c.settimeout(5)
+            assert c.recv(10) == b""  # closed by the proxy
+        clients[3].settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            clients[3].recv(10)  # spliced, still open
+    finally:
+        for c in clients:
+            c.close()
+        for f in fillers:
+            f.close()
+        hung.close()
+        front.close()
+        alive.close()
 
 
 async def test_slow_truncated_and_oversized_do_not_delay_others(proxy_factory: ProxyFactory,

@@ -100,6 +100,39 @@ async def test_errors_are_specific(tmp_path: Path, caplog: pytest.LogCaptureFixt
     assert "handler failed" not in caplog.text and "Traceback" not in caplog.text
 
 
+async def test_a_session_waits_for_the_node_inventory_only_without_a_live_tunnel(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with ssh_cluster(tmp_path, nodes=("node1", "node2")) as c:
+        reg = c.proxy.tunnels
+        assert c.proxy.ssh_proxy is not None and c.proxy.ssh_proxy.directory is not None
+        directory = c.proxy.ssh_proxy.directory
+        for task in reg._tasks:  # no poll in the middle: the test sets the inventory's age itself
+            if task.get_coro().__name__ == "_poll_direct":  # type: ignore[union-attr]
+                task.cancel()
+        fetches = 0
+        fetch = reg._fetch_inventory
+
+        async def counted() -> None:
+            nonlocal fetches
+            fetches += 1
+            await fetch()
+
+        monkeypatch.setattr(reg, "_fetch_inventory", counted)
+        await directory.nodes(fresh=True)  # both nodes listed (the last poll may predate them)
+        fetches = 0
+        reg._inventory_at -= 3  # older than its second, younger than a poll
+        assert (await run_on(c, "alice@node1", "echo kept")).stdout == "kept\n"
+        assert directory.stats["kept"] == 1 and fetches == 0  # node1's tunnel vouched: no Auth call
+        # node2's tunnel goes: its kept entry no longer answers, the inventory is asked first.
+        await c.agents["node2"].close()
+        await wait_for(lambda: not reg.tunnel_serves_node(c.host_id("node2")), what="node2's tunnel to go")
+        reg._inventory_at -= 3
+        with pytest.raises(SSHError, match="failed connecting to node node2"):
+            await run_on(c, "alice@node2", "true")
+        # Asked before the lookup, and once more by the dial (no tunnel: maybe it has just come back).
+        assert directory.stats["kept"] == 1 and fetches == 2
+
+
 async def test_direct_dial_node_and_proxy_jump(tmp_path: Path) -> None:
     async with ssh_cluster(tmp_path) as c:
         await c.add_node("direct1", direct=True, labels={"env": "lab"})

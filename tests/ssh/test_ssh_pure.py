@@ -4,7 +4,9 @@ certificate fields."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import pytest
@@ -18,6 +20,7 @@ from tpemu.client import profile as profile_mod
 from tpemu.client import ssh as ssh_mod
 from tpemu.client.ssh import ProxyRoute, SSHError, Target
 from tpemu.config import Addr
+from tpemu.proxy.nodes import NodeDirectory, NodeLookupError
 from tpemu.proxy.ssh_proxy import NodeRecord, ProxyTarget, ProxyTargetError, match_nodes, parse_proxy_subsystem
 
 # -- proxy:host:port@cluster (lib/srv/regular/proxy.go's forms) ---------------------------------------
@@ -81,6 +84,72 @@ def test_node_record_from_resource_and_web_shape() -> None:
                              "lastHeartbeat": "2026-11-24T18:00:00Z"}
     for bad in (None, [], {"metadata": {}}, {"metadata": {"name": 3}, "spec": {}}):
         assert NodeRecord.from_resource(bad) is None
+
+
+class _Inventory:
+    """What :class:`NodeDirectory` reads of the tunnel registry; ``auth`` is what the Auth Service
+    lists now, ``live`` the host IDs with a connected tunnel."""
+
+    def __init__(self, auth: list[dict[str, Any]], live: set[str]) -> None:
+        self.auth, self.live, self.fetches = auth, live, 0
+        self.items, self.at = list(auth), time.monotonic()
+
+    async def node_inventory(self, fresh: bool = False) -> dict[str, Any]:
+        self.fetches += 1
+        self.items, self.at = list(self.auth), time.monotonic()
+        return {"items": self.items}
+
+    def kept_nodes(self) -> tuple[list[Any], float]:
+        return self.items, self.at
+
+    def tunnel_serves_node(self, host_id: str) -> bool:
+        return host_id in self.live
+
+    def poll_interval(self) -> float:
+        return 5.0
+
+
+def _node(host_id: str, hostname: str, tunnel: bool = True) -> dict[str, Any]:
+    return {"kind": "node", "metadata": {"name": host_id},
+            "spec": {"hostname": hostname, "addr": "" if tunnel else "10.0.0.9:3022", "use_tunnel": tunnel}}
+
+
+async def test_node_directory_waits_for_the_auth_service_unless_a_live_tunnel_vouches() -> None:
+    tunnelled, direct = _node("h1", "web"), _node("h2", "db", tunnel=False)
+    inv = _Inventory([tunnelled, direct], live={"h1"})
+    directory = NodeDirectory(inv, ttl=1.0)
+    assert (await directory.resolve("web", 0)).host_id == "h1" and inv.fetches == 0  # within its second
+    inv.at -= 3  # past the second: a node behind a connected tunnel is answered at once
+    assert (await directory.resolve("web", 0)).host_id == "h1" and inv.fetches == 0
+    assert directory.stats == {"kept": 1, "refreshed_behind": 0}  # (the poll refreshes it every 5 s)
+    inv.at -= 4  # the poll is late: the inventory is refreshed behind the answer
+    assert (await directory.resolve("web", 0)).host_id == "h1" and inv.fetches == 0
+    assert directory.stats == {"kept": 2, "refreshed_behind": 1}
+    assert directory._behind is not None
+    await directory._behind
+    assert inv.fetches == 1 and time.monotonic() - inv.at < 1
+    # A directly joined node removed from the Auth Service: the stale entry does not let it through.
+    inv.auth, inv.at = [tunnelled], inv.at - 3
+    with pytest.raises(NodeLookupError, match="node 'db' not found"):
+        await directory.resolve("db", 0)
+    assert inv.fetches == 3 and directory.stats["kept"] == 2  # asked, then asked fresh (it may have joined)
+    # A tunnelled node whose tunnel is gone and that the Auth Service no longer lists: not found either.
+    inv.live.clear()
+    inv.auth, inv.at = [], inv.at - 3
+    with pytest.raises(NodeLookupError, match="node 'web' not found"):
+        await directory.resolve("web", 0)
+    assert directory.stats["kept"] == 2
+    # A second node of the same name joined: past the second an ambiguous name always asks again.
+    inv.live, inv.auth = {"h1", "h3"}, [tunnelled, _node("h3", "web")]
+    await directory.nodes(fresh=True)
+    inv.auth, inv.at = [tunnelled], inv.at - 3  # h3 left meanwhile
+    assert (await directory.resolve("web", 0)).host_id == "h1" and directory.stats["kept"] == 2
+    # Older than three polls (the Auth Service unreachable for that long): the lookup waits.
+    inv.at -= 16
+    fetches = inv.fetches
+    assert (await directory.resolve("web", 0)).host_id == "h1"
+    assert inv.fetches == fetches + 1 and directory.stats["kept"] == 2
+    await directory.close()
 
 
 # -- the client: targets, routes, config ----------------------------------------------------------------

@@ -22,6 +22,7 @@ wrong result. Only successful answers are kept, as Teleport does.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import time
 from collections.abc import Awaitable, Callable, Hashable
@@ -32,6 +33,23 @@ from typing import Any
 PING_TTL = 30.0
 #: Entries kept at most (one per profile and proxy environment in practice); all go when full.
 MAX_ENTRIES = 64
+
+
+def _freeze(answer: Any) -> tuple[str, Any]:
+    """What is kept of ``answer``: its JSON text when it is plain JSON, as a ping answer is (each
+    use decodes it again: a copy of its own, ~10x cheaper than a deep copy), else a deep copy."""
+    try:
+        text = json.dumps(answer)
+        if json.loads(text) == answer:
+            return ("json", text)
+    except (TypeError, ValueError):
+        pass
+    return ("copy", copy.deepcopy(answer))
+
+
+def _thaw(kept: tuple[str, Any]) -> Any:
+    kind, value = kept
+    return json.loads(value) if kind == "json" else copy.deepcopy(value)
 
 
 def file_stamp(path: str | Path) -> tuple[str, int, int]:
@@ -61,12 +79,12 @@ class PingCache:
         hit = self._kept.get(key)
         if hit is not None and self.clock() - hit[0] < self.ttl:
             self.served += 1
-            return copy.deepcopy(hit[1]), True
+            return _thaw(hit[1]), True
         answer = await fetch()
         self.fetched += 1
         if len(self._kept) >= MAX_ENTRIES:
             self._kept.clear()
-        self._kept[key] = (self.clock(), copy.deepcopy(answer))
+        self._kept[key] = (self.clock(), _freeze(answer))
         return answer, False
 
     def forget(self, key: Hashable) -> bool:

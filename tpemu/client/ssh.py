@@ -48,7 +48,7 @@ from tpemu.client.profile import Profile
 from tpemu.config import Addr
 from tpemu.errors import PeerFault
 from tpemu.errors import describe as describe_error
-from tpemu.net import conn_upgrade
+from tpemu.net import conn_upgrade, ssh_lean
 from tpemu.net.dial import DialError, SSHTunnel, settings_from
 from tpemu.net.tls import reused_context
 from tpemu.wire import alpn
@@ -345,7 +345,7 @@ async def _connect_proxy(creds: Credentials, route: ProxyRoute, timeout: float) 
                                                     server_hostname=route.host, proxy=settings_from(),
                                                     timeout=timeout)
     try:
-        return await asyncssh.connect(
+        return await ssh_lean.connect_client(
             route.host, route.port, tunnel=tunnel, username=creds.principals[0] if creds.principals else "-",
             client_keys=creds.client_keys(), known_hosts=([], creds.host_cas, []), agent_path=None, config=None,
             preferred_auth=["publickey"], connect_timeout=timeout, login_timeout=timeout,
@@ -435,7 +435,7 @@ async def connect_node(proxy: asyncssh.SSHClientConnection, creds: Credentials, 
     """The user's SSH connection to ``target`` inside the proxy's subsystem; raises :class:`SSHError`."""
     tunnel = SubsystemTunnel(proxy, creds.profile.cluster)
     try:
-        return await asyncssh.connect(
+        return await ssh_lean.connect_client(
             target.host, target.port or NODE_PORT, tunnel=tunnel, username=target.login,
             client_keys=creds.client_keys(), known_hosts=([], creds.host_cas, []), agent_path=None, config=None,
             preferred_auth=["publickey"], connect_timeout=timeout, login_timeout=timeout,

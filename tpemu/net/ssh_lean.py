@@ -41,6 +41,26 @@ log lines per round trip formatted (f-strings, ``plural``) and thrown away below
   the cipher hands it over instead of decrypting again, so the nonces stay in step). Debug
   levels 2 and 3 (asyncssh's data and packet logs) take asyncssh's path for everything.
 
+* **Every SSH server and client tpemu runs** (issue 13, the third pass), not only the tunnel's:
+  the proxy's SSH service and the node's serve :class:`LeanServerConnection` (session channels
+  :class:`LeanServerChannel`) on options built once per service (:class:`ServerOptions`; asyncssh
+  built them per connection *and again* at the first userauth request, ``reload_config``, each
+  time in the thread pool), and ``tpemu ssh`` dials :class:`LeanClientConnection`
+  (:func:`connect_client`: options built in the loop, no worker thread). Measured in
+  ``bench.fullstack_builds``: SSH session setup with a new proxy connection, CPU per setup 21.0 →
+  13.1 ms in the tpemu process and 14.1 → 9.5 ms in the client (load ~3.3).
+
+* **Work per login that gives the same answer every time** (issue 13, the fourth pass): the
+  user's certificate was decoded and its CA signature checked twice per login on the server (the
+  publickey query, then the signed request) and the host's once per connection on the client;
+  :func:`decoded_certificate` keeps the decoded certificate by its exact bytes. asyncssh's
+  ``saslprep`` of the user name (RFC 4013 stringprep, ~70 µs) ran at each of the three userauth
+  requests of a login and at each client connection; :func:`saslprep_kept` keeps its answers for
+  user names (asyncssh's ``connection`` module calls it for those only; passwords, in ``auth``,
+  are not kept). A session channel of ``tpemu ssh`` (:class:`LeanClientChannel`) takes the lean
+  data paths too: the proxy connection's ``proxy:`` channel carries every packet of the inner
+  connection to the node.
+
 :class:`LeanConnection` and :class:`LeanChannel` are the first bases of tpemu's asyncssh connection
 and channel subclasses (the reverse tunnel's ``TunnelServerConnection``/``TunnelClientConnection``,
 ``TeleportChannel``). Checked against asyncssh
@@ -50,15 +70,23 @@ changes either path.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
+import asyncssh
+import asyncssh.connection as _asyncssh_connection
+from asyncssh.channel import SSHClientChannel, SSHServerChannel
 from asyncssh.constants import MSG_CHANNEL_DATA, MSG_IGNORE, MSG_USERAUTH_LAST
 from asyncssh.encryption import ChachaEncryption, Encryption, GCMEncryption
 from asyncssh.logging import SSHLogger
 from asyncssh.misc import MACError
+from asyncssh.public_key import KeyImportError, SSHCertificate, SSHKey, decode_ssh_certificate
+from asyncssh.saslprep import saslprep as _original_saslprep
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -159,6 +187,8 @@ class LeanChannel:
     """Mixin for an asyncssh channel class: packet logging only at debug level 3; channel data
     written through :meth:`LeanConnection._lean_send_payload` when it can go out at once."""
 
+    __slots__ = ()  # adds no state: a channel's class can become a lean one (LeanClientChannel)
+
     def log_sent_packet(self, pkttype: int, pktid: int | None, packet: Any, note: str = "") -> None:
         if SSHLogger._debug_level >= PACKET_DEBUG_LEVEL:
             super().log_sent_packet(pkttype, pktid, packet, note)  # type: ignore[misc]
@@ -168,16 +198,21 @@ class LeanChannel:
             super().log_received_packet(pkttype, pktid, packet, note)  # type: ignore[misc]
 
     def write(self, data: Any, datatype: int | None = None) -> None:
-        # asyncssh's SSHChannel.write when the data fits the peer's window and packet size and
-        # nothing is queued before it (so asyncssh would send it as one packet now, too).
-        c: Any = self
-        n = len(data)
-        if (datatype is None and 0 < n <= c._send_window and n <= c._send_pktsize and not c._send_buf
-                and c._send_state == "open" and c._encoding is None and isinstance(c._conn, LeanConnection)
-                and c._conn._lean_send_payload(_DATA_HEAD.pack(MSG_CHANNEL_DATA, c._send_chan, n) + data)):
-            c._send_window -= n
-            return
-        super().write(data, datatype)  # type: ignore[misc]
+        if not _lean_write(self, data, datatype):
+            super().write(data, datatype)  # type: ignore[misc]
+
+
+def _lean_write(c: Any, data: Any, datatype: int | None) -> bool:
+    """asyncssh's ``SSHChannel.write`` when the data fits the peer's window and packet size and
+    nothing is queued before it (so asyncssh would send it as one packet now, too); ``False``
+    (nothing done) otherwise."""
+    n = len(data)
+    if (datatype is None and 0 < n <= c._send_window and n <= c._send_pktsize and not c._send_buf
+            and c._send_state == "open" and c._encoding is None and isinstance(c._conn, LeanConnection)
+            and c._conn._lean_send_payload(_DATA_HEAD.pack(MSG_CHANNEL_DATA, c._send_chan, n) + data)):
+        c._send_window -= n
+        return True
+    return False
 
 
 class LeanConnection(LeanChannel):
@@ -301,3 +336,220 @@ class LeanConnection(LeanChannel):
         # Anything else (and every error) on asyncssh's path, which gets this plaintext back.
         gcm.opened = plain
         return bool(super()._recv_pkthdr())  # type: ignore[misc]
+
+
+# -- per-login work that gives the same answer every time -------------------------------------------------
+
+#: Decoded certificates and prepared user names kept, at most (the lot is dropped when full: both
+#: come from peers before they are authenticated).
+KEPT_MAX = 256
+_certs: dict[bytes, SSHCertificate] = {}
+_names: dict[str, str] = {}
+_saslprep: Callable[[str], str] = _original_saslprep
+
+
+def decoded_certificate(data: bytes) -> SSHCertificate | None:
+    """asyncssh's ``decode_ssh_certificate(data)``, kept by ``data``; ``None`` when ``data`` is not
+    a certificate (asyncssh's ``KeyImportError``).
+
+    Decoding parses the certificate and checks its CA's signature over exactly these bytes, so the
+    same bytes always give the same certificate and the same verdict. Everything that can change is
+    checked at each use, after this, as before: the signing CA against the ones trusted now, the
+    validity period, the principals, the source address (asyncssh's
+    ``_validate_openssh_certificate``/``_validate_openssh_host_certificate``)."""
+    cert = _certs.get(data)
+    if cert is None:
+        try:
+            cert = decode_ssh_certificate(data)
+        except KeyImportError:
+            return None
+        if len(_certs) >= KEPT_MAX:
+            _certs.clear()
+        _certs[bytes(data)] = cert
+    return cert
+
+
+def saslprep_kept(name: str) -> str:
+    """asyncssh's ``saslprep`` (RFC 4013), kept for names up to 256 characters; an error
+    (``SASLPrepError``) is raised each time and nothing is kept."""
+    done = _names.get(name)
+    if done is None:
+        done = _saslprep(name)
+        if len(name) <= 256:
+            if len(_names) >= KEPT_MAX:
+                _names.clear()
+            _names[name] = done
+    return done
+
+
+# asyncssh's connection module prepares user names only (the client's and, at each userauth request,
+# the server's); password changes go through asyncssh.auth's own import, not replaced.
+setattr(_asyncssh_connection, "saslprep", saslprep_kept)  # noqa: B010 (a module's global, replaced)
+
+
+# -- servers: the proxy's SSH service, the node's ------------------------------------------------------
+
+
+class LeanServerChannel(LeanChannel, SSHServerChannel[Any]):
+    """asyncssh's session channel with :class:`LeanChannel`'s data paths."""
+
+
+class LeanServerConnection(LeanConnection, asyncssh.SSHServerConnection):
+    """An asyncssh server connection with the lean paths, on options shared by many connections
+    (:class:`ServerOptions`): its own ``SSHServer`` factory and waiter instead of the options'."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, options: asyncssh.SSHServerConnectionOptions,
+                 server_factory: Callable[[], asyncssh.SSHServer], waiter: asyncio.Future[None]) -> None:
+        super().__init__(loop, options, wait="auth")
+        # SSHConnection.__init__ copies these two from the options; connection_made calls the
+        # factory (asyncssh 2.24 connection.py: ``_protocol_factory``, ``_waiter``).
+        self._protocol_factory = server_factory
+        self._waiter = waiter
+
+    async def reload_config(self) -> None:
+        # asyncssh builds the whole options object again (in the thread pool) at the first userauth
+        # request, to apply sshd_config ``Match`` blocks for that user and client address: with no
+        # configuration file loaded (ServerOptions passes none) and no reverse DNS lookup it would
+        # build the same options again.
+        c: Any = self
+        if c._rdns_lookup or c._options.config.loaded:
+            await super().reload_config()
+
+    async def _validate_client_certificate(self, username: str, key_data: bytes) -> SSHKey | None:
+        # asyncssh's, with the decoded certificate kept (decoded_certificate).
+        cert: Any = decoded_certificate(key_data)
+        if cert is None or cert.is_x509_chain:
+            return await super()._validate_client_certificate(username, key_data)
+        return await self._validate_openssh_certificate(username, cert)
+
+    def create_server_channel(self, encoding: str | None = "", errors: str = "", window: int = 0,
+                              max_pktsize: int = 0) -> SSHServerChannel[Any]:
+        # asyncssh's SSHServerConnection.create_server_channel, with the lean channel class.
+        c: Any = self
+        if not max_pktsize:
+            max_pktsize = c._max_pktsize
+        c._update_recv_pktlen(max_pktsize)
+        return LeanServerChannel(self, c._loop, c._allow_pty, c._line_editor, c._line_echo, c._line_history,
+                                 c._max_line_length, c._encoding if encoding == "" else encoding,
+                                 c._errors if errors == "" else errors, window or c._window, max_pktsize)
+
+
+class OnSocket:
+    """asyncssh's ``tunnel=`` for an accepted, connected socket (what ``run_server`` does with one)."""
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+
+    async def create_connection(self, session_factory: Callable[[], Any], host: str,
+                                port: int) -> tuple[asyncio.BaseTransport, Any]:
+        return await asyncio.get_running_loop().create_connection(session_factory, sock=self.sock)
+
+
+class ServerOptions:
+    """``SSHServerConnectionOptions`` prepared once for every connection of one SSH service.
+
+    asyncssh's ``run_server``/``connect_reverse`` build them again for each connection, in the
+    loop's thread pool (``SSHConnectionOptions.construct``: key pairs loaded, algorithm lists
+    built, ``socket.getfqdn()`` for GSSAPI's host name), so every SSH login waited for a worker
+    thread and back. Teleport's SSH servers keep one ``ssh.ServerConfig`` for all of theirs
+    (``lib/sshutils/server.go``: ``s.cfg``, built in ``NewServer``). ``kwargs`` are asyncssh's
+    server options without ``server_factory``, which each connection brings.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        # No GSSAPI (Teleport's servers have none), no sshd_config file.
+        self.kwargs = {"gss_host": None, "config": None, **kwargs}
+        self._options: asyncssh.SSHServerConnectionOptions | None = None
+
+    async def options(self) -> asyncssh.SSHServerConnectionOptions:
+        if self._options is None:
+            built = await asyncssh.SSHServerConnectionOptions.construct(None, **self.kwargs)
+            built.waiter = None  # each connection has its own (LeanServerConnection)
+            if self._options is None:
+                self._options = built
+        return self._options
+
+    async def accept(self, tunnel: Any, server_factory: Callable[[], asyncssh.SSHServer]) -> LeanServerConnection:
+        """Run an SSH server connection over ``tunnel`` (``create_connection`` as asyncssh's
+        ``tunnel=``) until the client is authenticated (as ``connect_reverse``/``run_server``
+        with ``wait='auth'``: the login timeout bounds it); the connection is aborted on failure."""
+        options = await self.options()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        conn = LeanServerConnection(loop, options, server_factory, waiter)
+        try:
+            await tunnel.create_connection(lambda: conn, "", 0)
+        except BaseException:
+            waiter.cancel()
+            raise
+        try:
+            await waiter
+        except BaseException:  # as asyncssh's _connect: the connection is freed before the error
+            conn.abort()
+            with contextlib.suppress(Exception):
+                await conn.wait_closed()
+            raise
+        return conn
+
+
+# -- clients: tpemu's own (``tpemu ssh``: to the proxy, and to the node through it) -----------------------
+
+
+class LeanClientChannel(SSHClientChannel[Any], LeanChannel):
+    """asyncssh's client session channel with :class:`LeanChannel`'s data paths, which an open
+    ``SSHClientChannel`` becomes (:meth:`LeanClientConnection.create_session`). Python allows that
+    only with asyncssh's class first among the bases (the same layout), so :class:`LeanChannel`'s
+    methods, which would come after asyncssh's, are named here."""
+
+    __slots__ = ()
+
+    def log_sent_packet(self, pkttype: int, pktid: int | None, packet: Any, note: str = "") -> None:
+        if SSHLogger._debug_level >= PACKET_DEBUG_LEVEL:
+            SSHClientChannel.log_sent_packet(self, pkttype, pktid, packet, note)
+
+    def log_received_packet(self, pkttype: int, pktid: int | None, packet: Any, note: str = "") -> None:
+        if SSHLogger._debug_level >= PACKET_DEBUG_LEVEL:
+            SSHClientChannel.log_received_packet(self, pkttype, pktid, packet, note)
+
+    def write(self, data: Any, datatype: int | None = None) -> None:
+        if not _lean_write(self, data, datatype):
+            SSHClientChannel.write(self, data, datatype)
+
+
+class LeanClientConnection(LeanConnection, asyncssh.SSHClientConnection):
+    """An asyncssh client connection with the lean paths (what Go's ``x/crypto/ssh``, tsh's
+    library, sends: no ignore packet before every packet)."""
+
+    async def create_session(self, session_factory: Any, *args: Any,
+                             **kwargs: Any) -> tuple[SSHClientChannel[Any], Any]:
+        # asyncssh's create_session builds its SSHClientChannel by name: once the session is open,
+        # the channel takes the lean data paths (a subclass that adds no state; what arrived before
+        # went through asyncssh's, as any packet the lean paths do not take).
+        chan, session = await super().create_session(session_factory, *args, **kwargs)
+        if type(chan) is SSHClientChannel:
+            chan.__class__ = LeanClientChannel
+        return chan, session
+
+    def _validate_host_key(self, host: str, addr: str, port: int, key_data: bytes) -> SSHKey:
+        # asyncssh's, with the decoded host certificate kept (decoded_certificate).
+        cert: Any = decoded_certificate(key_data)
+        if cert is None or cert.is_x509_chain:
+            return super()._validate_host_key(host, addr, port, key_data)
+        return self._validate_openssh_host_certificate(host, addr, port, cert)
+
+
+async def connect_client(host: str, port: int, **kwargs: Any) -> LeanClientConnection:
+    """``asyncssh.connect(host, port, **kwargs)`` with a :class:`LeanClientConnection`, and the
+    options built here rather than in the loop's thread pool (``construct``): for options given as
+    objects (keys, certificates, CA keys; ``config=None``) building them reads no file, so the
+    round trip through a worker thread was all it cost."""
+    from asyncssh.connection import _connect
+
+    loop = asyncio.get_running_loop()
+    options = asyncssh.SSHClientConnectionOptions(None, loop=loop, host=host, port=port, **kwargs)
+
+    def factory() -> LeanClientConnection:
+        return LeanClientConnection(loop, options, wait="auth")
+
+    return await asyncio.wait_for(_connect(options, (), loop, 0, None, factory, "Opening SSH connection to"),
+                                  timeout=options.connect_timeout)

@@ -59,7 +59,8 @@ log lines per round trip formatted (f-strings, ``plural``) and thrown away below
   user names (asyncssh's ``connection`` module calls it for those only; passwords, in ``auth``,
   are not kept). A session channel of ``tpemu ssh`` (:class:`LeanClientChannel`) takes the lean
   data paths too: the proxy connection's ``proxy:`` channel carries every packet of the inner
-  connection to the node.
+  connection to the node. asyncssh's logger formats every debug line's arguments before it
+  checks the level (``SSHLogger.log``); it checks first now.
 
 :class:`LeanConnection` and :class:`LeanChannel` are the first bases of tpemu's asyncssh connection
 and channel subclasses (the reverse tunnel's ``TunnelServerConnection``/``TunnelClientConnection``,
@@ -380,6 +381,18 @@ def saslprep_kept(name: str) -> str:
                 _names.clear()
             _names[name] = done
     return done
+
+
+def _log_if_enabled(self: SSHLogger, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+    # asyncssh's SSHLogger.log turns every argument into text (algorithm lists joined, bytes
+    # decoded) before the logger looks at the level: ~50 debug lines per login at each end, all
+    # formatted and dropped below DEBUG. The same check first (LoggerAdapter.log makes it too).
+    if self.isEnabledFor(level):
+        _asyncssh_log(self, level, msg, *args, **kwargs)
+
+
+_asyncssh_log = SSHLogger.log
+SSHLogger.log = _log_if_enabled  # type: ignore[method-assign]
 
 
 # asyncssh's connection module prepares user names only (the client's and, at each userauth request,

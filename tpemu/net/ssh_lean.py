@@ -357,7 +357,14 @@ def decoded_certificate(data: bytes) -> SSHCertificate | None:
     same bytes always give the same certificate and the same verdict. Everything that can change is
     checked at each use, after this, as before: the signing CA against the ones trusted now, the
     validity period, the principals, the source address (asyncssh's
-    ``_validate_openssh_certificate``/``_validate_openssh_host_certificate``)."""
+    ``_validate_openssh_certificate``/``_validate_openssh_host_certificate``). The one thing
+    asyncssh writes on a decoded certificate, its key's touch-required flag (security keys), is
+    set at each use from the certificate's own options and the server's ``authorized_keys``
+    options; tpemu's servers load none, so it is the same for the same bytes.
+
+    The signature checked here is by the key the certificate names as its signer, whoever that
+    is: a peer can make any number of certificates that decode, so at most :data:`KEPT_MAX` are
+    kept (all dropped when full)."""
     cert = _certs.get(data)
     if cert is None:
         try:

@@ -532,6 +532,9 @@ def start_peer(name: str, routes: Routes, workdir: Path, *, probe: bytes, host: 
             error = exc
             if "in use" not in str(exc).lower():
                 raise
+        except BaseException:  # a later process that cannot start, an interrupt: none left behind
+            peer.stop()
+            raise
     assert error is not None
     raise error
 

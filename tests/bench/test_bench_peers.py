@@ -107,3 +107,34 @@ def test_process_tree_and_rss_include_children(tmp_path: Path) -> None:
         for pid in reversed(peers.process_tree([parent.pid])):  # the child, then the parent we started
             os.kill(pid, signal.SIGTERM)
         parent.wait(5)
+
+
+def test_a_split_peer_that_cannot_start_every_process_leaves_none(monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    """HAProxy over two processes whose second cannot be started: the first is stopped too."""
+    import shutil
+    import subprocess
+
+    if shutil.which("haproxy") is None:
+        pytest.skip("haproxy is not installed (make test installs it)")
+    real = peers._spawn
+    started: list[subprocess.Popen[bytes]] = []
+
+    def spawn(*args: object) -> subprocess.Popen[bytes]:
+        if started:
+            raise OSError(24, "Too many open files")
+        proc = real(*args)  # type: ignore[arg-type]
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(peers, "_spawn", spawn)
+    with pytest.raises(OSError, match="Too many open files"):
+        peers.start_peer("haproxy", peers.Routes(alpn={ALPN: 1}), tmp_path, probe=b"", processes=2)
+    assert len(started) == 1 and started[0].poll() is not None
+
+
+def test_only_tpemu_and_haproxy_run_split(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="only tpemu-uvloop, tpemu-asyncio and haproxy run split"):
+        peers.start_peer("sslh", peers.Routes(alpn={ALPN: 1}), tmp_path, probe=b"", processes=2)
+    with pytest.raises(ValueError, match="processes=0"):
+        peers.start_peer("haproxy", peers.Routes(alpn={ALPN: 1}), tmp_path, probe=b"", processes=0)

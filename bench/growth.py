@@ -135,6 +135,7 @@ def _point(name: str, routes: peers.Routes, work: Path, rate_hello: Path, group_
         sockets0 = _sockets(workers)
         with contextlib.ExitStack() as held:
             ready = errors = 0
+            kinds: dict[str, int] = {}
             t0 = time.monotonic()
             for k, size in enumerate(sp.group_sizes()):
                 idle = held.enter_context(loadgen.IdleConnections(
@@ -142,6 +143,8 @@ def _point(name: str, routes: peers.Routes, work: Path, rate_hello: Path, group_
                     open_timeout=120))
                 ready += int(idle.ready["ready"])
                 errors += int(idle.ready["errors"])
+                for kind, n in (idle.ready.get("error_kinds") or {}).items():
+                    kinds[kind] = kinds.get(kind, 0) + int(n)
             open_s = time.monotonic() - t0
             time.sleep(0.3)
             after = peer.rss_kib()
@@ -149,6 +152,9 @@ def _point(name: str, routes: peers.Routes, work: Path, rate_hello: Path, group_
             per_process = [max(0, (b - a) // 2) for a, b in zip(sockets0, _sockets(workers), strict=True)]
             fds = [peers.open_fds(pid) for pid in workers]
             problems = split.spread_problems(per_process, fds, limit)
+            if ready < sp.count:
+                why = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) or "no kinds reported"
+                problems.insert(0, f"held {ready} of {sp.count}: {errors} failed attempts while opening ({why})")
             cpu0 = peer.cpu_seconds()
             rate = loadgen.connrate(peer.target, concurrency=64, duration=duration, payload=rate_hello, warmup=0.1)
             cpu1 = peer.cpu_seconds()

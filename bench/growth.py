@@ -155,16 +155,19 @@ def _point(name: str, routes: peers.Routes, work: Path, rate_hello: Path, group_
             if ready < sp.count:
                 why = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) or "no kinds reported"
                 problems.insert(0, f"held {ready} of {sp.count}: {errors} failed attempts while opening ({why})")
-            cpu0 = peer.cpu_seconds()
+            user0, sys0 = peer.cpu_user_system()
             rate = loadgen.connrate(peer.target, concurrency=64, duration=duration, payload=rate_hello, warmup=0.1)
-            cpu1 = peer.cpu_seconds()
+            user1, sys1 = peer.cpu_user_system()
         run = {**base, "held": ready, "open_errors": errors, "open_s": round(open_s, 2),
                "held_per_process": per_process, "spread": split.spread(per_process), "fds_per_process": fds,
                "rss_before_kib": before, "rss_held_kib": after,
                "kib_per_held_conn": round((after - before) / ready, 2) if ready else None,
                "conn_per_s": rate["conn_per_s"], "p50_ms": round(rate["p50_us"] / 1e3, 2),
                "p99_ms": round(rate["p99_us"] / 1e3, 2), "rate_errors": rate["errors"],
-               "cpu_us_per_conn": round((cpu1 - cpu0) * 1e6 / max(1, rate["all_connections"]), 1)}
+               "cpu_us_per_conn": round((user1 + sys1 - user0 - sys0) * 1e6 / max(1, rate["all_connections"]), 1),
+               # Kernel time (system) apart: on loopback most of a pass-through connection's CPU is TCP work.
+               "cpu_user_us_per_conn": round((user1 - user0) * 1e6 / max(1, rate["all_connections"]), 1),
+               "cpu_system_us_per_conn": round((sys1 - sys0) * 1e6 / max(1, rate["all_connections"]), 1)}
         if problems:
             run["problems"] = problems
         log(f"growth {name} idle{sp.count} ×{sp.processes}: held {ready} (+{run['kib_per_held_conn']} KiB each, "
@@ -222,7 +225,8 @@ def table(result: dict[str, Any]) -> str:
                              f"{kib_h}"
                              f" | {p['conn_per_s']:7.0f} conn/s{vs_h} {p['conn_per_s_vs_first']}g"
                              f" | p99 {p['p99_ms']:6.2f} ms{p99_h} {p['p99_vs_first']}g"
-                             f" | {p['cpu_us_per_conn']} µs CPU/conn | spread {p['spread']}")
+                             f" | {p['cpu_us_per_conn']} µs CPU/conn ({p.get('cpu_system_us_per_conn')} system)"
+                             f" | spread {p['spread']}")
                 lines.extend(f"      {problem}" for problem in p.get("problems", ()))
     for what, why in result["skipped"].items():
         lines.append(f"  idle{what}: {why}")

@@ -131,7 +131,12 @@ def rss_kib(pids: list[int]) -> int:
 
 def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time (seconds) over ``pids``, including reaped children."""
-    ticks = 0
+    return sum(cpu_user_system(pids))
+
+
+def cpu_user_system(pids: list[int]) -> tuple[float, float]:
+    """(user, system) CPU time (seconds) over ``pids``, each including reaped children's."""
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
@@ -139,8 +144,9 @@ def cpu_seconds(pids: list[int]) -> float:
         except OSError:
             continue
         # fields[0] is field 3 (state); utime, stime, cutime, cstime are fields 14-17.
-        ticks += sum(int(x) for x in fields[11:15])
-    return ticks / _CLK_TCK
+        user += int(fields[11]) + int(fields[13])
+        system += int(fields[12]) + int(fields[14])
+    return user / _CLK_TCK, system / _CLK_TCK
 
 
 @dataclass
@@ -179,6 +185,9 @@ class Peer:
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pids())
+
+    def cpu_user_system(self) -> tuple[float, float]:
+        return cpu_user_system(self.pids())
 
     def alive(self) -> bool:
         return all(p.poll() is None for p in (self.proc, *self.extra))

@@ -111,3 +111,28 @@ def test_listening_sockets_of_a_reuseport_port_and_their_process() -> None:
         b.close()
     assert peers.listening_inodes(port) == set()
     assert peers.socket_inodes(2**22 + 12345) == set() and peers.open_fds(2**22 + 12345) == 0
+
+
+def test_cpu_user_and_system_time_of_a_busy_child() -> None:
+    """A child that burns user time then system time: both show, and their sum is cpu_seconds."""
+    import subprocess
+    import sys
+
+    code = ("import os\n"
+            "n = 0\n"
+            "for i in range(3_000_000): n += i\n"  # user time only
+            "fd = os.open('/dev/zero', os.O_RDONLY)\n"
+            "for _ in range(10_000): os.read(fd, 1 << 20)\n"  # mostly system time (clearing pages)
+            "print('done', flush=True)\n"
+            "import sys; sys.stdin.read()\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "done"
+        user, system = peers.cpu_user_system([child.pid])
+        assert user >= 0.1 and system >= 0.05, (user, system)
+        assert abs(peers.cpu_seconds([child.pid]) - (user + system)) < 0.05
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(10)
+        child.stdout.close()  # type: ignore[union-attr]

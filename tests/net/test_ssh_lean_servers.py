@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -257,3 +258,21 @@ def test_user_names_are_prepared_once() -> None:
     with pytest.raises(SASLPrepError):
         ssh_lean.saslprep_kept("bad\x07name")
     assert "bad\x07name" not in ssh_lean._names
+
+
+def test_asyncssh_formats_a_log_line_only_when_it_is_logged(caplog: pytest.LogCaptureFixture,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from asyncssh.logging import logger
+
+    class Loud:
+        def __str__(self) -> str:
+            formatted.append(self)
+            return "loud"
+
+    formatted: list[Any] = []
+    with caplog.at_level(logging.INFO, logger="asyncssh"):
+        logger.debug1("dropped %s", ["alg-a", Loud()])  # asyncssh joined the list before the level check
+        assert formatted == [] and "dropped" not in caplog.text
+    with caplog.at_level(logging.DEBUG, logger="asyncssh"):
+        logger.debug1("kept %s %s %s", Loud(), ["alg-a", "alg-b"], b"bytes\x00")
+        assert formatted and "kept loud alg-a,alg-b bytes\\x00" in caplog.text

@@ -59,7 +59,8 @@ log lines per round trip formatted (f-strings, ``plural``) and thrown away below
   user names (asyncssh's ``connection`` module calls it for those only; passwords, in ``auth``,
   are not kept). A session channel of ``tpemu ssh`` (:class:`LeanClientChannel`) takes the lean
   data paths too: the proxy connection's ``proxy:`` channel carries every packet of the inner
-  connection to the node.
+  connection to the node. asyncssh's logger formats every debug line's arguments before it
+  checks the level (``SSHLogger.log``); it checks first now.
 
 :class:`LeanConnection` and :class:`LeanChannel` are the first bases of tpemu's asyncssh connection
 and channel subclasses (the reverse tunnel's ``TunnelServerConnection``/``TunnelClientConnection``,
@@ -356,7 +357,14 @@ def decoded_certificate(data: bytes) -> SSHCertificate | None:
     same bytes always give the same certificate and the same verdict. Everything that can change is
     checked at each use, after this, as before: the signing CA against the ones trusted now, the
     validity period, the principals, the source address (asyncssh's
-    ``_validate_openssh_certificate``/``_validate_openssh_host_certificate``)."""
+    ``_validate_openssh_certificate``/``_validate_openssh_host_certificate``). The one thing
+    asyncssh writes on a decoded certificate, its key's touch-required flag (security keys), is
+    set at each use from the certificate's own options and the server's ``authorized_keys``
+    options; tpemu's servers load none, so it is the same for the same bytes.
+
+    The signature checked here is by the key the certificate names as its signer, whoever that
+    is: a peer can make any number of certificates that decode, so at most :data:`KEPT_MAX` are
+    kept (all dropped when full)."""
     cert = _certs.get(data)
     if cert is None:
         try:
@@ -380,6 +388,18 @@ def saslprep_kept(name: str) -> str:
                 _names.clear()
             _names[name] = done
     return done
+
+
+def _log_if_enabled(self: SSHLogger, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+    # asyncssh's SSHLogger.log turns every argument into text (algorithm lists joined, bytes
+    # decoded) before the logger looks at the level: ~50 debug lines per login at each end, all
+    # formatted and dropped below DEBUG. The same check first (LoggerAdapter.log makes it too).
+    if self.isEnabledFor(level):
+        _asyncssh_log(self, level, msg, *args, **kwargs)
+
+
+_asyncssh_log = SSHLogger.log
+SSHLogger.log = _log_if_enabled  # type: ignore[method-assign]
 
 
 # asyncssh's connection module prepares user names only (the client's and, at each userauth request,

@@ -161,7 +161,7 @@ def test_encoder_refuses_what_cannot_be_framed() -> None:
         spdy.encode_data(1, bytes(spdy.MAX_LENGTH + 1))
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=300))
 def test_fuzz_raw(data: bytes) -> None:
     try:
@@ -170,7 +170,7 @@ def test_fuzz_raw(data: bytes) -> None:
         pass
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.integers(0, 4), st.integers(1, 2**31 - 1), st.binary(max_size=40),
                           st.lists(st.tuples(st.text("abcxyz-", min_size=1, max_size=8), st.text(max_size=8)),
                                    max_size=4)), max_size=6),

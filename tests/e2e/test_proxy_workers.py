@@ -41,10 +41,21 @@ def wait_log(proc: subprocess.Popen[bytes], log: Path, text: str, timeout: float
 
 
 def children_of(pid: int) -> list[int]:
+    """``pid``'s child worker processes (``python -m tpemu …``): any other, short-lived child a
+    library might start is not a worker."""
     try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        kids = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
+    workers = []
+    for kid in kids:
+        try:
+            argv = Path(f"/proc/{kid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue  # already gone
+        if argv[1:3] == [b"-m", b"tpemu"]:
+            workers.append(kid)
+    return workers
 
 
 async def sixteen_queries(home: Path, web: int) -> list[int]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import logging
 import os
 import time
@@ -28,8 +27,12 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _load_trim() -> Callable[[int], int] | None:
+    # The symbols already loaded into this process (``dlopen(NULL)``), not
+    # ``ctypes.util.find_library("c")``: that runs ``/sbin/ldconfig -p`` in a child process, a
+    # fork of the whole proxy at import time (and a stray child that tests counting the proxy's
+    # worker processes saw).
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL(None)
         trim = libc.malloc_trim
     except (OSError, AttributeError):
         return None

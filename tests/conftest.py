@@ -136,6 +136,10 @@ _STARTED_WITH: set[str] = set()
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     _STARTED_WITH.update(os.listdir(os.getcwd()))
+    from tests import realservers
+
+    for line in realservers.reap_orphans():
+        print(f"\ntpemu: stopped the servers of a killed test run: {line}")
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

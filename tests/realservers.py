@@ -47,6 +47,69 @@ def binary(name: str) -> str:
     return path
 
 
+#: In each server folder: the pid and start time of the pytest process that made it.
+OWNER = ".tpemu-test-owner"
+
+
+def _started(pid: int) -> str | None:
+    """A process's start time (``/proc/<pid>/stat`` field 22): with the pid, one process, whatever
+    reuses the number later."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def claim(d: Path) -> None:
+    """Mark ``d`` as this run's, for :func:`reap_orphans` in a later run should this one be killed."""
+    (d / OWNER).write_text(f"{os.getpid()} {_started(os.getpid())}\n")
+
+
+def reap_orphans() -> list[str]:
+    """Stop the servers of a test run that was killed before its finalizers ran.
+
+    ``pg_ctl start`` daemonizes PostgreSQL (its parent becomes init) and the Popen'ed servers are
+    not tied to pytest either, so a run killed by a signal leaves them running for ever (one was
+    found after 93 minutes). Each server folder names the pytest process that made it
+    (:func:`claim`); for every folder whose owner is gone, every process whose command line names
+    the folder (``postgres -D <d>/data``, ``squid -f <d>/…``) is killed by its PID, and the folder
+    removed. Only folders whose owner file this user wrote count (the temporary folder is shared)."""
+    import signal
+    import tempfile
+
+    reaped: list[str] = []
+    me = os.geteuid()
+    for d in Path(tempfile.gettempdir()).glob("tpemu-*"):
+        mark = d / OWNER
+        try:
+            if mark.is_symlink() or mark.lstat().st_uid != me:
+                continue
+            pid_text, start = mark.read_text().split()
+            if _started(int(pid_text)) == start:
+                continue  # its run is still going
+        except (OSError, ValueError):
+            continue
+        needle = os.fsencode(d)
+        killed = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if any(arg == needle or arg.startswith(needle + b"/") or (b"=" + needle + b"/") in arg
+                   for arg in argv.split(b"\0")):
+                try:
+                    os.kill(int(entry.name), signal.SIGKILL)
+                    killed.append(entry.name)
+                except OSError:
+                    pass
+        shutil.rmtree(d, ignore_errors=True)
+        reaped.append(f"{d} (left by pid {pid_text}; killed {', '.join(killed) or 'nothing'})")
+    return reaped
+
+
 @contextmanager
 def server_dir(name: str) -> Iterator[Path]:
     """A fresh directory that unprivileged server users (proxy, nobody, postgres) can traverse:
@@ -55,6 +118,7 @@ def server_dir(name: str) -> Iterator[Path]:
 
     d = Path(tempfile.mkdtemp(prefix=f"tpemu-{name}-"))
     d.chmod(0o755)
+    claim(d)
     try:
         yield d
     finally:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import realservers
 from tpemu.auth.backend import Backend
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -45,6 +46,7 @@ def pg_server() -> Iterator[str]:
         pytest.skip("starting a PostgreSQL server needs root (runuser -u postgres); set TPEMU_TEST_PG instead")
     base = Path(tempfile.mkdtemp(prefix="tpemu-pg-"))
     base.chmod(0o755)
+    realservers.claim(base)  # pg_ctl daemonizes: a killed run's server is stopped by the next run
     data = base / "data"
     subprocess.run(["chown", "postgres:postgres", str(base)], check=True)
     port = _free_port()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import realservers
 from tests.agent.test_tunnel import Echo, agent_for, join, roundtrip, wait_for
 from tests.auth.conftest import PG_BIN, _free_port
 from tpemu import authapi, authclient, config
@@ -61,6 +62,7 @@ def pg_cluster() -> Iterator[tuple[str, list[str], Path]]:
         pytest.skip("a PostgreSQL server of our own needs the server binaries and root (make test installs them)")
     base = Path(tempfile.mkdtemp(prefix="tpemu-pgfault-"))
     base.chmod(0o755)
+    realservers.claim(base)  # pg_ctl daemonizes: a killed run's server is stopped by the next run
     data = base / "data"
     subprocess.run(["chown", "postgres:postgres", str(base)], check=True)
     port = _free_port()

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import peers
 from bench.fullstack import PASSWORD, _free_port, _wait_log
 
 
@@ -90,11 +91,7 @@ db_service:
                            check=True, capture_output=True, timeout=60)
             result["round_trip"] = uvloop.run(_round_trips(home, work / "data" / "engines" / "pg", n))
         finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            peers.stop_processes([proc], 20)
     return result
 
 

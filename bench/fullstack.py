@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from bench import peers
+
 Log = Callable[[str], None]
 PASSWORD = "full stack benchmark"
 
@@ -95,11 +97,7 @@ db_service:
         time.sleep(1.0)  # the agent's first heartbeats
         yield proc, home
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        peers.stop_processes([proc], 15)
 
 
 async def _measure(home: Path, n: int, log: Log) -> dict[str, Any]:

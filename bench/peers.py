@@ -32,7 +32,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -197,18 +197,24 @@ class Peer:
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout`` seconds, to every process started; idempotent."""
-        procs = [p for p in (self.proc, *self.extra) if p.poll() is None]
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout)
+        stop_processes((self.proc, *self.extra), timeout)
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def stop_processes(procs: Iterable[subprocess.Popen[bytes]], timeout: float = 5.0) -> None:
+    """SIGTERM to each of ``procs`` still running, then SIGKILL to any that outlives ``timeout``
+    seconds; every one is reaped (by its PID, as everything the bench starts)."""
+    running = [p for p in procs if p.poll() is None]
+    for p in running:
+        p.terminate()
+    for p in running:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout)
 
 
 def _tail(path: Path, lines: int) -> str:

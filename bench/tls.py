@@ -191,12 +191,7 @@ def run_tls(profile: str = "quick", log: Log = print) -> dict[str, Any]:
                                                           / ec["server_cpu_us_per_handshake"], 2)
                 result["handshakes"][f"c{clients}"] = point
         finally:
-            for proc, _ in procs.values():
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            peers.stop_processes((proc for proc, _ in procs.values()), 10)
     return result
 
 

@@ -83,12 +83,7 @@ def run(revs: list[str], clients: list[int], rounds: int, seconds: float) -> dic
                         d["handshakes_per_s"].append(rate)
                         d["cpu_us"].append(cpu_us)
         finally:
-            for proc, _ in procs.values():
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            peers.stop_processes((proc for proc, _ in procs.values()), 10)
     out: dict[str, Any] = {"revisions": revs, "rounds": rounds, "seconds": seconds, "loadavg_start": load_start,
                            "loadavg_end": os.getloadavg(), "points": {}}
     for point, by in res.items():

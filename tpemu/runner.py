@@ -118,6 +118,27 @@ async def run(cfg: Config, roles: tuple[str, ...], all_in_one: bool, trace: str 
         for part in reversed(stack):
             await part.close()
 
+    # SIGINT/SIGTERM are ours from the first moment: one that arrives while the roles start (a
+    # bench or a test stopping a cluster it just saw answer) lets the start-up finish and then
+    # shuts down what it started, instead of killing the process with nothing closed (worker 0's
+    # socket folder, the children's pipes, engines). A second one during start-up quits at once.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    starting = True
+
+    def on_signal(sig: signal.Signals) -> None:
+        if starting and stop.is_set():
+            loop.remove_signal_handler(sig)
+            os.kill(os.getpid(), sig)  # the default action now
+            return
+        if starting:
+            print(f"tpemu: {sig.name}: stopping once start-up is done ({sig.name} again to quit now)",
+                  file=sys.stderr, flush=True)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+
     if "auth" in roles:
         from tpemu.auth.service import AuthService
 
@@ -240,7 +261,6 @@ async def run(cfg: Config, roles: tuple[str, ...], all_in_one: bool, trace: str 
                 await shutdown()
                 return 1
         stack.insert(0, diag)
-    stop = asyncio.Event()
     if worker is not None:
         # Worker 0 reads this line, then nothing more from our stdout: the rest goes to stderr.
         print(workers.READY, flush=True)
@@ -263,9 +283,7 @@ async def run(cfg: Config, roles: tuple[str, ...], all_in_one: bool, trace: str 
     # generation filled ten times faster and its collections (every live connection walked) came
     # back as a p99 of 66 ms at 64 concurrent with 9,700 held; 16 ms with this (bench/growth.py).
     gc.set_threshold(10_000, 10, 10)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    starting = False
     # Freed C-heap pages back to the system after bursts (tpemu.net.heap; issue 16's RSS figure).
     from tpemu.net.heap import HeapTrimmer
 

@@ -137,3 +137,49 @@ tpemu:
             assert time.monotonic() < deadline, f"worker {pid} still running after worker 0 stopped"
             time.sleep(0.1)
     assert os.environ.get("TPEMU_PROXY_WORKER") is None
+
+
+def test_sigterm_during_start_up_still_shuts_down_cleanly(tmp_path: Path) -> None:
+    """A SIGTERM as soon as worker 0 answers (before its children are ready: what a bench or a test
+    stopping a cluster it just saw answer does) ends in a clean shutdown: exit 0, the child gone,
+    worker 0's short socket folder (the data dir is too deep for a socket path) removed."""
+    import re
+    import socket
+
+    web, auth = realservers.free_port(), realservers.free_port()
+    data = tmp_path / ("d" * 100) / "data"
+    cfg = tmp_path / "cluster.yaml"
+    cfg.write_text(f"""teleport: {{data_dir: {data}, nodename: workers-node, log: {{severity: INFO}}}}
+auth_service: {{listen_addr: "127.0.0.1:{auth}"}}
+proxy_service: {{web_listen_addr: "127.0.0.1:{web}"}}
+ssh_service: {{enabled: no}}
+tpemu:
+  proxy_service: {{workers: 2}}
+""")
+    log = tmp_path / "cluster.log"
+    with log.open("wb") as f:
+        proc = subprocess.Popen([TPEMU, "start", "--config", str(cfg)], stdout=f, stderr=subprocess.STDOUT)
+    try:
+        text = wait_log(proc, log, "proxy workers: sockets in ")
+        folder = Path(re.search(r"sockets in (\S+) ", text).group(1))  # type: ignore[union-attr]
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", web), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-3000:]
+                time.sleep(0.02)
+        kids = children_of(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert not folder.exists(), log.read_text()[-3000:]
+    for pid in kids:
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+            assert time.monotonic() < deadline, f"worker {pid} still running after worker 0 stopped"
+            time.sleep(0.1)

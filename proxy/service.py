@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from tpemu.config import Addr, Config
 from tpemu.net.h2_server import GrpcStatus, serve_h2
-from tpemu.net.http_server import serve_http
+from tpemu.net.http_server import READ_TIMEOUT, serve_http
 from tpemu.net.sockets import format_addr
-from tpemu.net.tls import ContextCache, accept_stream, peer_certificate
+from tpemu.net.tls import ContextCache, accept_first_bytes, peer_certificate
 from tpemu.pki import TLSFiles, ensure_bootstrap_pki
 from tpemu.proxy import postgres_front, webcert
 from tpemu.proxy.auth_routes import AuthLink, AuthRoutes
@@ -321,12 +321,19 @@ class ProxyService:
         sni = acc.hello.sni if acc.hello is not None else None
         ctx = (self.web_certs.get(sni, alpn.SUPPORTED_PROTOCOLS) if self.web_certs is not None
                else self.contexts.get(alpn.SUPPORTED_PROTOCOLS))
+        # Until the client sends, a protocol and a timer (no streams, h11 nor task-side deadline:
+        # most of the web route's own cost per connection, issue 13); the first request then gets
+        # serve_http's own read deadline.
         try:
-            reader, writer = await accept_stream(acc.sock, ctx, timeout=self.cfg.tpemu.proxy_service.sniff_timeout)
+            streams = await accept_first_bytes(acc.sock, ctx, timeout=self.cfg.tpemu.proxy_service.sniff_timeout,
+                                               idle_timeout=READ_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             log.info("%s: TLS handshake failed: %s", acc.ctx, exc)
             acc.sock.close()
             return
+        if streams is None:
+            return
+        reader, writer = streams
         negotiated = writer.get_extra_info("ssl_object").selected_alpn_protocol()
         if negotiated == alpn.HTTP2:
             # Teleport's web handler serves HTTP/2 (Go net/http); gRPC calls on it get UNIMPLEMENTED.
@@ -336,7 +343,7 @@ class ProxyService:
             return
         tls_info = {"sni": acc.hello.sni if acc.hello else None, "alpn": negotiated,
                     "peer_cert": peer_certificate(writer)}
-        await serve_http(reader, writer, self.web, peer=format_addr(acc.peer), tls=tls_info)
+        await serve_http(reader, writer, self.web, peer=format_addr(acc.peer), tls=tls_info, read_timeout=READ_TIMEOUT)
 
     async def _serve_plain_http(self, acc: Accepted) -> None:
         # Teleport's multiplexer detects HTTP (lib/multiplexer/multiplexer.go detectProto) but

@@ -19,6 +19,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from tpemu.net.sockets import handed_to
+
 
 def new_context(protocol: ssl._SSLMethod) -> ssl.SSLContext:
     """``ssl.SSLContext(protocol)`` that honours ``SSLKEYLOGFILE`` (NSS key log format, which
@@ -104,12 +106,90 @@ async def accept_stream(sock: socket.socket, ctx: ssl.SSLContext | None, timeout
     reader = asyncio.StreamReader(limit=limit, loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
     if ctx is None:
-        transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
+        transport, _ = await loop.connect_accepted_socket(lambda: protocol, handed_to(loop, sock))
     else:
         transport, _ = await loop.connect_accepted_socket(
-            lambda: protocol, sock, ssl=ctx, ssl_handshake_timeout=timeout)
+            lambda: protocol, handed_to(loop, sock), ssl=ctx, ssl_handshake_timeout=timeout)
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
     return reader, writer
+
+
+class _UntilFirstBytes(asyncio.Protocol):
+    """The application protocol of a TLS connection from its handshake to the client's first bytes.
+
+    Holds nothing but the transport; the first ``data_received`` builds the stream reader,
+    protocol and writer on the spot, hands the transport to them (``set_protocol``) and feeds them
+    the bytes, so every later byte goes straight to the reader, whose limit pauses reading. EOF,
+    loss of the connection or the idle timer wake the waiter without streams. Its own factory.
+    """
+
+    __slots__ = ("limit", "loop", "streams", "transport", "waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:
+        self.loop = loop
+        self.limit = limit
+        self.waiter: asyncio.Future[None] = loop.create_future()
+        self.transport: asyncio.Transport | None = None
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    def __call__(self) -> _UntilFirstBytes:
+        return self
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        loop, transport = self.loop, self.transport
+        assert transport is not None
+        reader = asyncio.StreamReader(limit=self.limit, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        protocol.connection_made(transport)
+        transport.set_protocol(protocol)
+        reader.feed_data(data)
+        self.streams = reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+        self.wake()
+
+    def eof_received(self) -> bool:
+        self.wake()
+        return False  # over TLS the transport shuts down after the peer's close_notify
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.wake()
+
+    def wake(self) -> None:
+        if not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+async def accept_first_bytes(sock: socket.socket, ctx: ssl.SSLContext, timeout: float, idle_timeout: float,
+                             limit: int = 64 * 1024) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """The server TLS handshake on an accepted socket, then streams once the client sends.
+
+    For servers whose client speaks first (HTTP/1.1, HTTP/2): between the handshake and the first
+    bytes a connection costs one protocol object and one timer, not the streams
+    :func:`accept_stream` builds (a client that only handshakes, or a pool's spare connection,
+    never needs them). ``None`` — the connection closed (gracefully, with ``close_notify``) —
+    when the client closes, is lost, or sends nothing within ``idle_timeout`` seconds of the
+    handshake. Raises as :func:`accept_stream` does when the handshake fails.
+    """
+    loop = asyncio.get_running_loop()
+    protocol = _UntilFirstBytes(loop, limit)
+    transport, _ = await loop.connect_accepted_socket(protocol, handed_to(loop, sock), ssl=ctx,
+                                                      ssl_handshake_timeout=timeout)
+    waiter = protocol.waiter
+    if not waiter.done():  # (the first bytes often come with the client's Finished: already here)
+        timer = loop.call_later(idle_timeout, protocol.wake)
+        try:
+            await waiter
+        except BaseException:  # cancelled (the proxy closes)
+            streams = protocol.streams
+            (streams[1].transport if streams is not None else transport).close()
+            raise
+        finally:
+            timer.cancel()
+    if protocol.streams is None:
+        transport.close()
+    return protocol.streams
 
 
 #: Client contexts already built in this process, by what they were built from.

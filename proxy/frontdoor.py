@@ -308,6 +308,13 @@ class FrontDoor:
             return
         if coro is None:  # started without a task (see Handler)
             return
+        self.run(accepted, coro)
+
+    def run(self, accepted: Accepted, coro: Awaitable[None]) -> None:
+        """Run ``coro`` for ``accepted`` as a handler task: counted in ``stats.active``, cancelled
+        by :meth:`close`, its failure logged (also for a handler that started without a task and
+        needs one later: the web route once its client sends)."""
+        assert self._loop is not None
         task: asyncio.Task[None] = self._loop.create_task(coro)  # type: ignore[arg-type]
         self.stats.active += 1
         self.tasks[task] = accepted

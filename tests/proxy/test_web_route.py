@@ -96,9 +96,9 @@ async def test_request_sent_with_the_handshake_and_in_dribbles(proxy_factory: Pr
 
 async def test_idle_and_incomplete_requests_meet_their_deadlines(proxy_factory: ProxyFactory,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from tpemu.proxy import service
+    from tpemu.proxy import web_route
 
-    monkeypatch.setattr(service, "READ_TIMEOUT", 0.5)
+    monkeypatch.setattr(web_route, "READ_TIMEOUT", 0.5)
     svc = await proxy_factory()
     loop = asyncio.get_running_loop()
     # Nothing after the handshake: closed after the idle deadline, with close_notify (a clean EOF).
@@ -264,7 +264,19 @@ async def test_close_ends_idle_web_connections(proxy_factory: ProxyFactory) -> N
     served = await connect(svc)
     served[1].write(PING)
     await read_response(served[0])  # and one idle between requests
-    await svc.door.close()
+    # And one in the middle of its handshake (a ClientHello whose handshake the client never finishes).
+    hello_only = socket.create_connection(("127.0.0.1", web_port(svc)))
+    inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    with pytest.raises(ssl.SSLWantReadError):
+        client_ctx().wrap_bio(inc, out, server_hostname="localhost").do_handshake()
+    hello_only.sendall(out.read())
+    await eventually(lambda: svc.door.stats.active == 5, 10, "five web connections")
+    await svc.close()
+    await eventually(lambda: svc.door.stats.active == 0, 10, "every web connection ended")
+    hello_only.settimeout(10)
+    while await asyncio.to_thread(hello_only.recv, 65536):  # the server's flight, then its close
+        pass
+    hello_only.close()
     for reader, writer in [*idle, served]:
         assert await wait_closed(reader, timeout=10) == b""
         writer.close()

@@ -134,8 +134,8 @@ async def splice_to_target(acc: Accepted, connect_timeout: float = 10.0, stats: 
     def on_close(pipe: Pipe, exc: BaseException | None) -> None:
         if stats is not None:
             stats.spliced -= 1
-            stats.bytes[(route.name, "in")] += pipe.a_to_b
-            stats.bytes[(route.name, "out")] += pipe.b_to_a
+            stats.bytes[(route.name, "in")] += pipe.a.nbytes  # (a_to_b/b_to_a without the property calls)
+            stats.bytes[(route.name, "out")] += pipe.b.nbytes
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: closed; %d bytes client→backend, %d bytes backend→client", acc.ctx, pipe.a_to_b,
                       pipe.b_to_a)

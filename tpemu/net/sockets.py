@@ -8,7 +8,6 @@ so a router waiting for the rest of a ClientHello sleeps instead of waking for e
 
 from __future__ import annotations
 
-import _socket
 import asyncio
 import select
 import socket
@@ -102,54 +101,3 @@ async def read_exact(sock: socket.socket, n: int) -> bytes:
             raise asyncio.IncompleteReadError(bytes(buf), n)
         buf += chunk
     return bytes(buf)
-
-
-_UVLoop: type[asyncio.AbstractEventLoop] | None
-try:
-    import uvloop
-
-    _UVLoop = uvloop.Loop
-except ImportError:  # pragma: no cover - uvloop is a dependency; asyncio's loop works too
-    _UVLoop = None
-
-#: The C socket type's own ``family``/``type`` getters: plain ints, no enum conversion.
-_FAMILY = _socket.socket.family.__get__
-_TYPE = _socket.socket.type.__get__
-#: The C ``detach`` (``socket.socket.detach`` is a Python wrapper that also sets ``_closed``).
-_DETACH = _socket.socket.detach
-
-
-class Handed:
-    """An accepted socket as uvloop's ``loop.connect_accepted_socket`` is given it (see :func:`handed_to`).
-
-    uvloop reads ``type`` once and ``family`` twice — on a ``socket.socket`` each is an IntEnum
-    conversion, ~0.7 µs in Python 3.11, ~2 µs per connection — then ``fileno()``, and calls
-    ``close()`` once its transport has closed the descriptor. This answers with plain ints and,
-    on that close, detaches the Python socket (what uvloop does with a real one), so that the
-    number is never closed twice. Until then the Python socket owns the descriptor as before
-    (closing it after a failed hand-over is safe either way).
-    """
-
-    __slots__ = ("family", "sock", "type")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.family: int = _FAMILY(sock)
-        self.type: int = _TYPE(sock)
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def close(self) -> None:
-        sock = self.sock
-        sock._closed = True  # type: ignore[attr-defined]  # (what socket.socket.detach does first)
-        _DETACH(sock)
-
-
-def handed_to(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> socket.socket:
-    """What to give ``loop.connect_accepted_socket`` for ``sock``: a :class:`Handed` on uvloop
-    (typed as the socket it stands for), the socket itself on asyncio's loop, whose transport
-    reads and writes through it."""
-    if type(loop) is _UVLoop:
-        return Handed(sock)  # type: ignore[return-value]
-    return sock

@@ -20,8 +20,6 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from tpemu.net.sockets import handed_to
-
 
 def new_context(protocol: ssl._SSLMethod) -> ssl.SSLContext:
     """``ssl.SSLContext(protocol)`` that honours ``SSLKEYLOGFILE`` (NSS key log format, which
@@ -107,10 +105,10 @@ async def accept_stream(sock: socket.socket, ctx: ssl.SSLContext | None, timeout
     reader = asyncio.StreamReader(limit=limit, loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
     if ctx is None:
-        transport, _ = await loop.connect_accepted_socket(lambda: protocol, handed_to(loop, sock))
+        transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
     else:
         transport, _ = await loop.connect_accepted_socket(
-            lambda: protocol, handed_to(loop, sock), ssl=ctx, ssl_handshake_timeout=timeout)
+            lambda: protocol, sock, ssl=ctx, ssl_handshake_timeout=timeout)
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
     return reader, writer
 
@@ -160,7 +158,7 @@ class FirstBytes(asyncio.Protocol):
 
     def start(self, sock: socket.socket, ctx: ssl.SSLContext, handshake_timeout: float) -> None:
         loop = self.loop
-        self.coro = loop.connect_accepted_socket(self, handed_to(loop, sock), ssl=ctx,
+        self.coro = loop.connect_accepted_socket(self, sock, ssl=ctx,
                                                  ssl_handshake_timeout=handshake_timeout)
         self._step()
 

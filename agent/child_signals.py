@@ -1,6 +1,6 @@
 """The signal state a session's process starts with: every disposition at its default, none blocked.
 
-Shared by the SSH Service's sessions (:mod:`tpemu.agent.ssh_service`) and the emulated pods' exec
+Shared by the SSH Service's sessions (:mod:`tpemu.agent.ssh_session`) and the emulated pods' exec
 (:mod:`tpemu.agent.kube.exec`). POSIX ``execve`` resets only *caught* signals; an ignored one
 (``SIG_IGN``: SIGINT when tpemu was started in the background by a non-interactive shell) and the
 blocked mask are inherited, and a POSIX shell cannot trap a signal ignored on entry. sshd resets its

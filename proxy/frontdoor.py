@@ -98,7 +98,10 @@ class Accepted:
         return f"conn={self.conn_id} peer={format_addr(self.peer)} route={self.route.name}"
 
 
-Handler = Callable[[Accepted], Awaitable[None]]
+#: A route's handler: returns the coroutine to run in a task of its own, or ``None`` when it has
+#: started its work itself without one (pass-through: :func:`tpemu.proxy.passthrough.start_splice`),
+#: and then logs, counts and closes what it started itself.
+Handler = Callable[[Accepted], Awaitable[None] | None]
 
 
 #: Upper bounds (seconds) of the sniff-time histogram: most connections are decided on their
@@ -301,6 +304,8 @@ class FrontDoor:
         except Exception:
             log.exception("%s: handler failed", accepted.ctx)
             _close_quietly(accepted.sock)
+            return
+        if coro is None:  # started without a task (see Handler)
             return
         task: asyncio.Task[None] = self._loop.create_task(coro)  # type: ignore[arg-type]
         self.stats.active += 1

@@ -16,6 +16,8 @@ import _socket
 import asyncio
 import logging
 import socket
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from tpemu.net.pipe import Pipe
 from tpemu.net.sockets import close_with_answer
@@ -31,38 +33,46 @@ DEADLINE_TICK = 0.1
 
 
 class _Expiry:
-    """A dial's connect deadline: cancels the dialling task (not an ``asyncio.timeout`` context
-    per dial, nor a timer of its own: see :class:`_Deadlines`)."""
+    """A dial's connect deadline: cancels what the dial awaits (its task's or its driver's
+    ``cancel``; not an ``asyncio.timeout`` context per dial, nor a timer of its own: see
+    :class:`_Deadlines`)."""
 
-    __slots__ = ("expired", "task")
+    __slots__ = ("cancel", "expired")
 
-    def __init__(self, task: asyncio.Task[object] | None) -> None:
-        self.task = task
+    def __init__(self, cancel: Callable[[], object] | None) -> None:
+        self.cancel = cancel
         self.expired = False
 
     def __call__(self) -> None:
         self.expired = True
-        if self.task is not None:
-            self.task.cancel()
+        if self.cancel is not None:
+            self.cancel()
 
 
 class _Deadlines:
     """The connect deadlines of the dials in flight on one loop, checked every
     :data:`DEADLINE_TICK` by one timer while any is pending: a dial costs a dict entry instead of
     a timer of its own and its cancel (~2 µs, a few per cent of a pass-through connection's
-    interpreter time)."""
+    interpreter time). The same entries are what :func:`close_dials` cancels at shutdown."""
 
-    __slots__ = ("loop", "pending", "timer")
+    __slots__ = ("drained", "loop", "pending", "timer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.pending: dict[_Expiry, float] = {}
         self.timer: asyncio.TimerHandle | None = None
+        #: Set by :func:`close_dials` while it waits for the cancelled dials to end.
+        self.drained: asyncio.Future[None] | None = None
 
     def add(self, expiry: _Expiry, seconds: float) -> None:
         self.pending[expiry] = self.loop.time() + seconds
         if self.timer is None:
             self.timer = self.loop.call_later(DEADLINE_TICK, self._sweep)
+
+    def remove(self, expiry: _Expiry) -> None:
+        self.pending.pop(expiry, None)
+        if self.drained is not None and not self.pending and not self.drained.done():
+            self.drained.set_result(None)
 
     def _sweep(self) -> None:
         self.timer = None
@@ -85,6 +95,25 @@ def _deadlines_of(loop: asyncio.AbstractEventLoop) -> _Deadlines:
     if d is None or d.loop is not loop:
         d = _deadlines = _Deadlines(loop)
     return d
+
+
+async def close_dials(loop: asyncio.AbstractEventLoop | None) -> None:
+    """Cancel the dials still in flight on ``loop`` (shutdown) and wait until they have ended
+    (each closes its client). Dials run without a task (:func:`start_splice`), so the front
+    door's own ``close`` does not see them."""
+    d = _deadlines
+    if loop is None or d is None or d.loop is not loop or not d.pending:
+        return
+    d.drained = loop.create_future()
+    for expiry in list(d.pending):
+        if expiry.cancel is not None:
+            expiry.cancel()
+    try:
+        await asyncio.wait_for(asyncio.shield(d.drained), 5.0)
+    except TimeoutError:
+        log.warning("%d pass-through dials still pending after shutdown", len(d.pending))
+    finally:
+        d.drained = None
 
 
 _UVLoop: type[asyncio.AbstractEventLoop] | None
@@ -130,7 +159,8 @@ class _Handed:
 
 
 async def splice_to_target(acc: Accepted, connect_timeout: float = 10.0, stats: Stats | None = None,
-                           loop: asyncio.AbstractEventLoop | None = None) -> None:
+                           loop: asyncio.AbstractEventLoop | None = None, *,
+                           cancel: Callable[[], object] | None = None) -> None:
     """Connect to ``acc.route.target`` and splice; logs a clear line if the backend is down.
 
     Returns as soon as the two sides are spliced: the connection then lives on in its two
@@ -157,13 +187,17 @@ async def splice_to_target(acc: Accepted, connect_timeout: float = 10.0, stats: 
     if route.send_proxy:
         header = proxy_protocol.encode_for_backend(route.send_proxy, acc.peer, acc.local_addr())
     pipe = Pipe(on_close, first_to_b=header)
-    expiry = _Expiry(asyncio.current_task(loop))
+    if cancel is None:  # awaited in a task (not driven by start_splice): the task is what waits
+        task = asyncio.current_task(loop)
+        cancel = task.cancel if task is not None else None
+    expiry = _Expiry(cancel)
     deadlines = _deadlines_of(loop)
     deadlines.add(expiry, connect_timeout)
     try:
         backend, _ = await loop.create_connection(pipe.b, route.target.host, route.target.port)
     except asyncio.CancelledError:
-        if not expiry.expired:
+        if not expiry.expired:  # shutdown (close_dials, or the task awaiting this was cancelled)
+            close_with_answer(acc.sock)  # (drained first: a FIN, not an RST)
             raise
         log.warning("%s: backend %s unreachable: connect timed out after %gs", acc.ctx, route.target,
                     connect_timeout)
@@ -174,7 +208,7 @@ async def splice_to_target(acc: Accepted, connect_timeout: float = 10.0, stats: 
         close_with_answer(acc.sock)
         return
     finally:
-        deadlines.pending.pop(expiry, None)
+        deadlines.remove(expiry)
     if expiry.expired:  # the deadline fired just as the connect completed: treat it as expired
         log.warning("%s: backend %s connected too late (after %gs)", acc.ctx, route.target, connect_timeout)
         backend.close()
@@ -197,3 +231,79 @@ async def splice_to_target(acc: Accepted, connect_timeout: float = 10.0, stats: 
         if not isinstance(exc, OSError):
             raise
         log.warning("%s: client socket unusable: %s", acc.ctx, exc)
+
+
+def _close_quietly(sock: socket.socket) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+class _Driven:
+    """Runs one :func:`splice_to_target` coroutine without an asyncio Task (:func:`start_splice`).
+
+    A Task per pass-through connection costs its creation, its registration in asyncio's
+    ``WeakSet`` of tasks, a first step through ``call_soon``, a context per step and a done
+    callback (~4 % of a connection's interpreter time in py-spy). This does what a Task's step
+    does for a coroutine that only awaits futures (uvloop's ``create_connection`` and
+    ``connect_accepted_socket`` waiters): send into it, and resume it from the done callback of
+    the future it yields; ``cancel`` cancels that future, which the coroutine then sees as
+    ``CancelledError`` from its ``await``, as a Task's cancel does. The coroutine must not need
+    ``asyncio.current_task()`` (there is none) — :func:`splice_to_target` is given ``cancel``.
+    """
+
+    __slots__ = ("acc", "coro", "stats", "waiting")
+
+    def __init__(self, acc: Accepted, stats: Stats | None) -> None:
+        self.acc = acc
+        self.stats = stats
+        self.coro: Coroutine[Any, Any, None] | None = None
+        self.waiting: asyncio.Future[Any] | None = None
+
+    def step(self, _: object = None) -> None:
+        coro = self.coro
+        assert coro is not None
+        self.waiting = None
+        try:
+            fut = coro.send(None)
+        except StopIteration:
+            self._end()
+            return
+        except asyncio.CancelledError:  # shutdown: splice_to_target closed the client
+            self._end()
+            return
+        except BaseException as exc:
+            self._end()
+            log.error("%s: handler failed", self.acc.ctx, exc_info=exc)
+            _close_quietly(self.acc.sock)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        if fut is None:  # a bare ``yield`` (asyncio.sleep(0)): resume on the next turn
+            asyncio.get_running_loop().call_soon(self.step)
+            return
+        fut._asyncio_future_blocking = False
+        self.waiting = fut
+        fut.add_done_callback(self.step)
+
+    def cancel(self) -> None:
+        if self.waiting is not None:
+            self.waiting.cancel()
+
+    def _end(self) -> None:
+        self.coro = None
+        if self.stats is not None:
+            self.stats.active -= 1
+
+
+def start_splice(acc: Accepted, stats: Stats | None = None, loop: asyncio.AbstractEventLoop | None = None,
+                 connect_timeout: float = 10.0) -> None:
+    """Start :func:`splice_to_target` for ``acc`` without a task (a front-door handler that
+    returns ``None``: see :meth:`tpemu.proxy.frontdoor.FrontDoor.spawn`). It counts in
+    ``stats.active`` while it dials; :func:`close_dials` ends the dials in flight at shutdown."""
+    driven = _Driven(acc, stats)
+    driven.coro = splice_to_target(acc, connect_timeout, stats, loop, cancel=driven.cancel)
+    if stats is not None:
+        stats.active += 1
+    driven.step()

@@ -33,7 +33,7 @@ from tpemu.proxy.conn_upgrade import ConnectionUpgrade
 from tpemu.proxy.db_proxy import DatabaseProxy, Dialer
 from tpemu.proxy.decide import ListenerKind, ListenerPolicy
 from tpemu.proxy.frontdoor import Accepted, FrontDoor, Handler
-from tpemu.proxy.passthrough import splice_to_target
+from tpemu.proxy.passthrough import close_dials, start_splice
 from tpemu.proxy.route import Route, RouteKind, RouteTable
 from tpemu.proxy.tunnels import TunnelRegistry
 from tpemu.proxy.unavailable import refuse_unavailable
@@ -257,13 +257,15 @@ class ProxyService:
         if self.auth_routes is not None:
             await self.auth_routes.close()
         await self.door.close()
+        await close_dials(self.door.loop)
 
-    def _dispatch(self, acc: Accepted) -> Awaitable[None]:
+    def _dispatch(self, acc: Accepted) -> Awaitable[None] | None:
         """The proxy's wiring, in one place: route kind → the handler that serves it.
 
         A kind whose service is not running in this cluster (no Auth Service: no SSH, tunnels,
         kube, apps; no ``peer_listen_addr``) is answered "not available" in the client's
-        protocol. Not a coroutine itself: it returns the handler's, one frame less per connection.
+        protocol. Not a coroutine itself: it returns the handler's, one frame less per connection
+        (pass-through starts without a task and returns ``None``).
         """
         kind = acc.route.kind
         if self.extra_handlers:
@@ -272,7 +274,8 @@ class ProxyService:
                 return extra(acc)
         match kind:
             case RouteKind.PASSTHROUGH:
-                return splice_to_target(acc, stats=self.door.stats, loop=self.door.loop)
+                start_splice(acc, self.door.stats, self.door.loop)  # no task: see start_splice
+                return None
             case RouteKind.WEB:
                 return self._serve_web(acc)
             case RouteKind.DATABASE:

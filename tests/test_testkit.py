@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import asyncpg
@@ -176,3 +177,18 @@ def test_bad_options_are_clear() -> None:
         Cluster(mode="both")
     with pytest.raises(RuntimeError, match="not running"):
         SyncCluster().reset()
+
+
+def test_tpemu_only_proxy_keys_warn_and_the_tpemu_section_takes_them(tmp_path: Path) -> None:
+    # The config loader moves tpemu's old spelling (proxy_service.sniff_timeout) under tpemu:, as
+    # `tpemu start` does for a file; a test author hears of it as a file's author does.
+    with pytest.warns(DeprecationWarning, match=r"'sniff_timeout' is tpemu-only: pass it as "
+                                                r"Cluster\(tpemu=\{'proxy_service': \{'sniff_timeout'"):
+        moved = Cluster(tmp_path / "a", proxy={"sniff_timeout": "3s"})
+    assert moved.cfg.tpemu.proxy_service.sniff_timeout == 3.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        direct = Cluster(tmp_path / "b", tpemu={"proxy_service": {"sniff_timeout": "4s"}})
+    assert direct.cfg.tpemu.proxy_service.sniff_timeout == 4.0
+    with pytest.warns(DeprecationWarning), pytest.raises(tpemu.config.ConfigError, match="set twice"):
+        Cluster(tmp_path / "c", proxy={"sniff_timeout": "3s"}, tpemu={"proxy_service": {"sniff_timeout": "4s"}})

@@ -1,4 +1,4 @@
-"""REST verbs on stored objects: get, list, watch, create, update, patch, apply, delete, logs, exec (glue).
+"""REST verbs on stored objects: get, list, watch, create, update, patch, apply, delete, logs (glue).
 
 The semantics are the API server's (``k8s.io/apiserver/pkg/endpoints/handlers``, ``api-conventions.md``):
 ``resourceVersion`` optimistic concurrency on update (``409 Conflict``), ``AlreadyExists`` on create,
@@ -7,7 +7,8 @@ The semantics are the API server's (``k8s.io/apiserver/pkg/endpoints/handlers``,
 given), server-side printing as a ``Table`` when the client asks for one, and the four patch types
 (:mod:`tpemu.agent.kube.patch`). Bodies are JSON (server-side apply also YAML); a body that does not
 parse, names another kind or namespace, or has an invalid name is answered with the Status the API
-server gives.
+server gives. Selectors are :mod:`tpemu.agent.kube.selectors`; a pod's ``exec`` and ``portforward``
+(connect subresources) are :mod:`tpemu.agent.kube.pod_connect`.
 """
 
 from __future__ import annotations
@@ -17,23 +18,22 @@ import copy
 import datetime as dt
 import json
 import logging
-import re
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from tpemu.agent.kube import exec as kexec
 from tpemu.agent.kube import managed, schema
 from tpemu.agent.kube import patch as kpatch
 from tpemu.agent.kube import protobuf as kproto
 from tpemu.agent.kube import resources as res
 from tpemu.agent.kube import validation as kvalid
-from tpemu.agent.kube import websocket as ws
 from tpemu.agent.kube.controller import now_stamp, random_suffix
+from tpemu.agent.kube.pod_connect import PodConnect
+from tpemu.agent.kube.selectors import fields_match, labels_match
 from tpemu.agent.kube.store import Store, TooOld
-from tpemu.net.kube_http import Reply, Request, Streamed, Upgraded, switch_protocols
+from tpemu.net.kube_http import Reply, Request, Streamed, Upgraded
 from tpemu.net.kube_status import StatusError, already_exists, conflict, invalid, not_found
 
 if TYPE_CHECKING:
@@ -45,10 +45,6 @@ Obj = dict[str, Any]
 Headers = list[tuple[str, str]]
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 MAX_WATCH = 3600.0
-#: Concurrent ``exec`` processes per emulated cluster (each one is a process on the agent's host).
-MAX_EXEC_SESSIONS = 64
-#: Upgraded port-forward connections per emulated cluster at once (each carries many TCP connections).
-MAX_PORTFORWARD_SESSIONS = 128
 
 
 def _json(obj: Any, status: int = 200) -> Reply:
@@ -59,53 +55,11 @@ def _wants_table(request: Request) -> bool:
     return "as=Table" in request.headers.get("accept", "")
 
 
-def _selector_matches(selector: str, labels: dict[str, str]) -> bool:
-    """A label selector (``a=b,c!=d,e in (f,g),h,!i``) against ``labels``."""
-    terms = re.findall(r"[^,()]+(?:\([^)]*\))?", selector)
-    for term in (t.strip() for t in terms):
-        if not term:
-            continue
-        m = re.fullmatch(r"([\w./-]+)\s+(in|notin)\s+\(([^)]*)\)", term)
-        if m:
-            values = {v.strip() for v in m.group(3).split(",")}
-            if (labels.get(m.group(1)) in values) != (m.group(2) == "in"):
-                return False
-            continue
-        if "!=" in term:
-            k, v = (x.strip() for x in term.split("!=", 1))
-            if labels.get(k) == v:
-                return False
-        elif "=" in term:
-            k, v = (x.strip() for x in term.replace("==", "=").split("=", 1))
-            if labels.get(k) != v:
-                return False
-        elif term.startswith("!"):
-            if term[1:].strip() in labels:
-                return False
-        elif term not in labels:
-            return False
-    return True
-
-
-def _fields_match(selector: str, obj: Obj) -> bool:
-    meta = obj.get("metadata") or {}
-    values = {"metadata.name": meta.get("name", ""), "metadata.namespace": meta.get("namespace", ""),
-              "status.phase": (obj.get("status") or {}).get("phase", ""),
-              "spec.nodeName": (obj.get("spec") or {}).get("nodeName", "")}
-    for term in (t.strip() for t in selector.split(",") if t.strip()):
-        neg = "!=" in term
-        k, v = (x.strip() for x in re.split(r"!=|==|=", term, maxsplit=1)) if "=" in term else (term, "")
-        if k not in values:
-            raise StatusError(400, f'field label not supported: {k}', "BadRequest")
-        if (values[k] == v) == neg:
-            return False
-    return True
-
-
 class Objects:
     def __init__(self, api: EmulatedAPI) -> None:
         self.api = api
         self.store: Store = api.store
+        self.pods = PodConnect(api)
 
     def bootstrap(self) -> None:
         for name in DEFAULT_NAMESPACES:
@@ -131,11 +85,11 @@ class Objects:
         rt, ns, name, sub = target.rt, target.namespace, target.name, target.sub
         if sub == "exec":
             authorize(user, "create", rt, ns, name, sub)
-            return await self.exec(request, ns, name)
+            return await self.pods.exec(request, ns, name)
         if sub == "portforward":
             # A WebSocket is a GET (verb get), the SPDY upgrade a POST (create).
             authorize(user, "get" if method == "GET" else "create", rt, ns, name, sub)
-            return await self.portforward(request, user.name, ns, name)
+            return await self.pods.portforward(request, user.name, ns, name)
         if method == "GET":
             verb = "get" if name else ("watch" if request.flag("watch") else "list")
             authorize(user, verb, rt, ns, name, sub)
@@ -179,9 +133,9 @@ class Objects:
         items = self.store.list(rt.key, ns)
         labels, fields = request.arg("labelSelector"), request.arg("fieldSelector")
         if labels:
-            items = [o for o in items if _selector_matches(labels, (o.get("metadata") or {}).get("labels") or {})]
+            items = [o for o in items if labels_match(labels, (o.get("metadata") or {}).get("labels") or {})]
         if fields:
-            items = [o for o in items if _fields_match(fields, o)]
+            items = [o for o in items if fields_match(fields, o)]
         return items
 
     def list(self, request: Request, rt: res.ResourceType, ns: str) -> Reply:
@@ -222,9 +176,9 @@ class Objects:
             return json.dumps({"type": kind, "object": out}, separators=(",", ":")).encode() + b"\n"
 
         def selected(obj: Obj) -> bool:
-            if labels and not _selector_matches(labels, (obj.get("metadata") or {}).get("labels") or {}):
+            if labels and not labels_match(labels, (obj.get("metadata") or {}).get("labels") or {}):
                 return False
-            return not fields or _fields_match(fields, obj)
+            return not fields or fields_match(fields, obj)
 
         async def events() -> AsyncIterator[bytes]:
             first = True
@@ -585,79 +539,6 @@ class Objects:
             controller.pod_deleted(obj)
         elif rt.kind == "Namespace":
             controller.namespace_deleted(meta["name"])
-
-    # -- exec ---------------------------------------------------------------------------------------
-
-    async def exec(self, request: Request, ns: str, name: str) -> Reply | Upgraded:
-        pod = self._get(res.BY_KEY["pods"], ns, name)
-        if (pod.get("status") or {}).get("phase") != "Running":
-            raise StatusError(400, f"pod {name} is not running (phase "
-                              f"{(pod.get('status') or {}).get('phase', 'Pending')})", "BadRequest")
-        containers = [c.get("name", "") for c in (pod.get("spec") or {}).get("containers") or []]
-        container = request.arg("container") or (containers[0] if containers else "")
-        if container not in containers:
-            raise StatusError(400, f"container {container} is not valid for pod {name}", "BadRequest")
-        argv = request.query.get("command") or []
-        if not argv:
-            raise StatusError(400, "you must specify at least one command for the container", "BadRequest")
-        upgrade = request.headers.get("upgrade", "").lower()
-        if upgrade != "websocket":
-            raise StatusError(400, f"Upgrade request required (this emulation speaks the WebSocket protocols "
-                              f"{', '.join(ws.PROTOCOLS)}, not {upgrade or 'plain HTTP'})", "BadRequest")
-        protocol = ws.choose_protocol(request.headers.get("sec-websocket-protocol", ""))
-        key = request.headers.get("sec-websocket-key", "")
-        if protocol is None or not key:
-            raise StatusError(400, f"unable to upgrade: no supported sub-protocol (offered "
-                              f"{request.headers.get('sec-websocket-protocol', '')!r}; supported "
-                              f"{', '.join(ws.PROTOCOLS)})", "BadRequest")
-        assert request.reader is not None and request.writer is not None
-        if self.api.exec_sessions >= MAX_EXEC_SESSIONS:
-            raise StatusError(429, f"too many exec sessions on this emulated cluster (at most {MAX_EXEC_SESSIONS} "
-                              "at once)", "TooManyRequests")
-        self.api.exec_sessions += 1
-        try:
-            return await self._exec_upgraded(request, ns, name, argv, protocol, key)
-        finally:
-            self.api.exec_sessions -= 1
-
-    async def _exec_upgraded(self, request: Request, ns: str, name: str, argv: Sequence[str], protocol: str,
-                             key: str) -> Upgraded:
-        assert request.reader is not None and request.writer is not None
-        await switch_protocols(request, [("Upgrade", "websocket"), ("Connection", "Upgrade"),
-                                         ("Sec-WebSocket-Accept", ws.accept_key(key)),
-                                         ("Sec-WebSocket-Protocol", protocol)])
-        stream = ws.ChannelStream(request.reader, request.writer, request.leftover)
-        if request.flag("tty"):
-            await kexec.run_tty(stream, list(argv), name, self.api.workdir(ns, name))
-            return Upgraded()
-        await kexec.run(stream, list(argv), name, self.api.workdir(ns, name), request.flag("stdin"),
-                        request.flag("stdout") or "stdout" not in request.query, request.flag("stderr"))
-        return Upgraded()
-
-
-    # -- port-forward ---------------------------------------------------------------------------------
-
-    async def portforward(self, request: Request, user: str, ns: str, name: str) -> Reply | Upgraded:
-        from tpemu.agent.kube import portforward as pf
-
-        pod = self._get(res.BY_KEY["pods"], ns, name)
-        phase = (pod.get("status") or {}).get("phase", "Pending")
-        if phase != "Running":
-            raise StatusError(400, f"pod {name} is not running (phase {phase})", "BadRequest")
-        try:
-            tunnelled, headers = pf.negotiate(request)
-        except pf.UpgradeRefused as exc:
-            log.info("kube port-forward %s/%s: upgrade refused: %s", ns, name, exc)
-            return exc.reply
-        if self.api.portforward_sessions >= MAX_PORTFORWARD_SESSIONS:
-            raise StatusError(429, f"too many port-forward sessions on this emulated cluster (at most "
-                              f"{MAX_PORTFORWARD_SESSIONS} at once)", "TooManyRequests")
-        self.api.portforward_sessions += 1
-        try:
-            return await pf.PortForward(pod, self.api.pod_ports, user,
-                                        request.headers.get("x-forwarded-for", "")).serve(request, tunnelled, headers)
-        finally:
-            self.api.portforward_sessions -= 1
 
 
 def _same(a: Obj, b: Obj) -> bool:

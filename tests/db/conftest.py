@@ -20,10 +20,11 @@ EMULATED = [{"name": "pg", "protocol": "postgres"}, {"name": "my", "protocol": "
             {"name": "mongo", "protocol": "mongodb"}, {"name": "cache", "protocol": "redis"}]
 
 
-async def db_cluster(tmp: Path, **proxy: Any) -> Cluster:
+async def db_cluster(tmp: Path, tpemu: dict[str, Any] | None = None, **proxy: Any) -> Cluster:
     """A started cluster (the caller closes it) with the emulated databases and alice
-    (database users alice, database names app)."""
-    c = Cluster(tmp, nodes=(), databases=EMULATED, proxy=proxy)
+    (database users alice, database names app); ``proxy``: proxy_service keys, ``tpemu``: the
+    tpemu-only section."""
+    c = Cluster(tmp, nodes=(), databases=EMULATED, proxy=proxy, tpemu=tpemu)
     await c.start()
     try:
         await c.user("alice", db_users=("alice",), db_names=("app",))

@@ -249,8 +249,9 @@ async def test_separate_listeners(tmp_path: Any) -> None:
     import asyncpg
     import pymongo
 
+    # Teleport has no Redis listener of its own: redis_listen_addr is tpemu's.
     c = await db_cluster(tmp_path, postgres_listen_addr="127.0.0.1:0", mongo_listen_addr="127.0.0.1:0",
-                               redis_listen_addr="127.0.0.1:0")
+                         tpemu={"proxy_service": {"redis_listen_addr": "127.0.0.1:0"}})
     try:
         cert = await route_cert(c, "pg", db_name="app")
         ctx = sni_ctx(c, cert, ["teleport-postgres"])

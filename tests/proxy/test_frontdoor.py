@@ -423,6 +423,7 @@ async def test_passthrough_churn_with_resets_leaves_no_descriptor(proxy_factory:
         for _ in range(4):
             await asyncio.gather(*(one(i) for i in range(24)))
         await eventually(lambda: svc.door.stats.spliced == 0, 10, "every splice ended")
+        await eventually(lambda: svc.door.stats.active == 0, 10, "every dial ended")
         await eventually(lambda: open_fds() <= before + 2, 10, "no descriptor left behind")
         greet["n"] = 1  # the next backend connection echoes
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -516,13 +517,16 @@ def _full_listener() -> tuple[socket.socket, list[socket.socket]]:
     return lst, fillers
 
 
-async def test_passthrough_connect_deadline(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("how", ["task", "driven"])
+async def test_passthrough_connect_deadline(caplog: pytest.LogCaptureFixture, how: str) -> None:
     """Dials to a backend that never answers end at their deadline (checked every
     DEADLINE_TICK, one timer for all of them): the clients are closed, the reason logged, no
-    deadline is left pending, and a dial that connects in time is not touched."""
+    deadline is left pending, and a dial that connects in time is not touched. ``task``: the
+    coroutine awaited in a task (as auth_routes does); ``driven``: started without a task, as the
+    front door does (start_splice), its end seen in ``stats.active``."""
     from tpemu.config import Addr
     from tpemu.proxy import passthrough
-    from tpemu.proxy.frontdoor import Accepted
+    from tpemu.proxy.frontdoor import Accepted, Stats
     from tpemu.proxy.route import Route, RouteKind
 
     loop = asyncio.get_running_loop()
@@ -530,6 +534,7 @@ async def test_passthrough_connect_deadline(caplog: pytest.LogCaptureFixture) ->
     alive = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     front = socket.create_server(("127.0.0.1", 0))
     clients: list[socket.socket] = []
+    stats = Stats()
 
     def accepted(port: int) -> Accepted:
         c = socket.create_connection(front.getsockname())
@@ -538,13 +543,18 @@ async def test_passthrough_connect_deadline(caplog: pytest.LogCaptureFixture) ->
         route = Route(RouteKind.PASSTHROUGH, "passthrough/t", "test", target=Addr("127.0.0.1", port))
         return Accepted(sock, len(clients), ListenerKind.WEB, peer, peer, None, route, None, None)
 
+    ports = [hung.getsockname()[1]] * 3 + [alive.sockets[0].getsockname()[1]]
     try:
         t0 = time.monotonic()
         async with asyncio.timeout(10):  # (a deadline that never fires would hang here for minutes)
-            await asyncio.gather(*(passthrough.splice_to_target(accepted(hung.getsockname()[1]),
-                                                                connect_timeout=0.3, loop=loop) for _ in range(3)),
-                                 passthrough.splice_to_target(accepted(alive.sockets[0].getsockname()[1]),
-                                                              connect_timeout=0.3, loop=loop))
+            if how == "task":
+                await asyncio.gather(*(passthrough.splice_to_target(accepted(p), connect_timeout=0.3, loop=loop)
+                                       for p in ports))
+            else:
+                for p in ports:
+                    passthrough.start_splice(accepted(p), stats, loop, connect_timeout=0.3)
+                assert stats.active == 4  # dialling (the live one connects on a later loop turn)
+                await eventually(lambda: stats.active == 0, 10, "every driven dial ended")
         elapsed = time.monotonic() - t0
         assert 0.3 <= elapsed < 3, elapsed
         assert caplog.text.count("unreachable: connect timed out after 0.3s") == 3
@@ -557,6 +567,8 @@ async def test_passthrough_connect_deadline(caplog: pytest.LogCaptureFixture) ->
         clients[3].settimeout(0.2)
         with pytest.raises(TimeoutError):
             clients[3].recv(10)  # spliced, still open
+        if how == "driven":
+            assert stats.spliced == 1
     finally:
         for c in clients:
             c.close()
@@ -565,6 +577,63 @@ async def test_passthrough_connect_deadline(caplog: pytest.LogCaptureFixture) ->
         hung.close()
         front.close()
         alive.close()
+
+
+async def test_passthrough_dials_in_flight_end_at_shutdown(proxy_factory: ProxyFactory) -> None:
+    """A pass-through dial runs without a task: closing the service cancels the dials still in
+    flight (to a backend that never answers, within their 10 s connect deadline) and waits for
+    them: each client is closed, nothing stays counted or pending."""
+    from tpemu.proxy import passthrough
+
+    hung, fillers = _full_listener()
+    svc = await proxy_factory(passthrough=[
+        {"name": "hung", "alpn": ["x-hung"], "target": f"127.0.0.1:{hung.getsockname()[1]}"}])
+    port = web_port(svc)
+    hello = testing.client_hello("hung.example", ["x-hung"])
+    conns = []
+    try:
+        for _ in range(3):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(hello)
+            conns.append((reader, writer))
+        await eventually(lambda: svc.door.stats.active == 3, 5, "three dials in flight")
+        t0 = time.monotonic()
+        await svc.close()
+        assert time.monotonic() - t0 < 3  # not their 10 s deadline
+        assert svc.door.stats.active == 0 and svc.door.stats.spliced == 0
+        assert not passthrough._deadlines_of(asyncio.get_running_loop()).pending
+        for reader, _ in conns:
+            assert await wait_closed(reader) == b""
+    finally:
+        for _, writer in conns:
+            writer.close()
+        for f in fillers:
+            f.close()
+        hung.close()
+
+
+async def test_passthrough_handler_bug_is_logged_and_closes_the_client(caplog: pytest.LogCaptureFixture) -> None:
+    """An unexpected exception inside a driven splice (here: a route with no target) is logged
+    with the connection's context, the client is closed, and it no longer counts as active."""
+    from tpemu.proxy import passthrough
+    from tpemu.proxy.frontdoor import Accepted, Stats
+    from tpemu.proxy.route import Route, RouteKind
+
+    front = socket.create_server(("127.0.0.1", 0))
+    c = socket.create_connection(front.getsockname())
+    sock, peer = front.accept()
+    stats = Stats()
+    try:
+        route = Route(RouteKind.PASSTHROUGH, "passthrough/broken", "test", target=None)
+        passthrough.start_splice(Accepted(sock, 7, ListenerKind.WEB, peer, peer, None, route, None, None), stats,
+                                 asyncio.get_running_loop())
+        assert stats.active == 0
+        assert "conn=7" in caplog.text and "handler failed" in caplog.text
+        c.settimeout(5)
+        assert c.recv(10) == b""
+    finally:
+        c.close()
+        front.close()
 
 
 async def test_slow_truncated_and_oversized_do_not_delay_others(proxy_factory: ProxyFactory,

@@ -18,6 +18,7 @@ from tpemu.auth import authority
 from tpemu.auth.authority import CAType
 from tpemu.client import profile as profile_mod
 from tpemu.client import ssh as ssh_mod
+from tpemu.client.openssh_config import openssh_config
 from tpemu.client.ssh import ProxyRoute, SSHError, Target
 from tpemu.config import Addr
 from tpemu.proxy.nodes import NodeDirectory, NodeLookupError
@@ -202,7 +203,7 @@ def _profile(tmp: Path) -> profile_mod.Profile:
 
 def test_openssh_config_is_tsh_config_shaped(tmp_path: Path) -> None:
     prof = _profile(tmp_path / "my home")
-    text = ssh_mod.openssh_config(prof, executable="/usr/bin/tpemu")
+    text = openssh_config(prof, executable="/usr/bin/tpemu")
     assert "Host *.tpemu.local proxy.example\n" in text
     assert "Host *.tpemu.local !proxy.example\n    Port 3022\n" in text
     assert (f'    ProxyCommand /usr/bin/tpemu proxy ssh --home="{tmp_path / "my home"}" --cluster=tpemu.local '
@@ -211,7 +212,7 @@ def test_openssh_config_is_tsh_config_shaped(tmp_path: Path) -> None:
     assert f'    CertificateFile "{prof.ssh_cert_path}"\n' in text
     assert "    HostKeyAlgorithms ecdsa-sha2-nistp256-cert-v01@openssh.com,rsa-sha2-512" in text
     assert "    User " not in text
-    assert '    User "root"' in ssh_mod.openssh_config(prof, executable="t", login="root", port=22)
+    assert '    User "root"' in openssh_config(prof, executable="t", login="root", port=22)
     known = prof.known_hosts_path.read_text()
     assert known.startswith("@cert-authority *.tpemu.local,tpemu.local ecdsa-sha2-nistp256 ")
     assert len(ssh_mod.host_ca_keys(prof)) == 1

@@ -16,8 +16,9 @@ import pytest
 
 from tests.helpers import parked
 from tests.ssh.conftest import CLUSTER, Connect, NodeCAs, processes_with, wait_gone
-from tpemu.agent import child_signals, ssh_service
-from tpemu.agent.ssh_service import SSHService, refuse_login, resolve_account
+from tpemu.agent import child_signals, ssh_session
+from tpemu.agent.ssh_service import SSHService, refuse_login
+from tpemu.agent.ssh_session import resolve_account
 from tpemu.auth import authority
 from tpemu.auth.authority import CAType
 
@@ -130,7 +131,7 @@ async def test_a_session_under_a_default_parent_is_spawned_without_the_fork_hook
         hooks.append(kwargs.get("preexec_fn"))
         return real_popen(*args, **kwargs)
 
-    monkeypatch.setattr(ssh_service.subprocess, "Popen", spy)
+    monkeypatch.setattr(ssh_session.subprocess, "Popen", spy)
     caught = {}
     for sig in signal.valid_signals():
         with contextlib.suppress(OSError, ValueError):
@@ -156,7 +157,7 @@ async def test_a_session_under_a_default_parent_is_spawned_without_the_fork_hook
 
 async def test_disconnect_mid_session_leaves_nothing_running(connect: Connect, node: SSHService,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ssh_service, "KILL_GRACE", 0.5)  # SIGKILL comes sooner; the logic is the same
+    monkeypatch.setattr(ssh_session, "KILL_GRACE", 0.5)  # SIGKILL comes sooner; the logic is the same
     marker = f"tpemu-{uuid.uuid4().hex}"
     env = {"TPEMU_MARK": marker}
     conn = await connect("alice")

@@ -125,10 +125,10 @@ def cmd_proxy_ssh(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from tpemu.client import ssh as ssh_mod
+    from tpemu.client.openssh_config import openssh_config
 
     prof = _profile(args)
-    text = ssh_mod.openssh_config(prof, port=args.port, login=args.login)
+    text = openssh_config(prof, port=args.port, login=args.login)
     try:
         sys.stdout.write(text)
         sys.stdout.flush()

@@ -1,4 +1,4 @@
-"""``tpemu ssh``, ``tpemu proxy ssh``, ``tpemu ls``, ``tpemu config``: the tsh side of SSH (glue).
+"""``tpemu ssh``, ``tpemu proxy ssh``, ``tpemu ls``: the tsh side of SSH, up to the node (glue).
 
 What ``tsh`` does (``lib/client/api.go``, ``tool/tsh``), with the profile ``tpemu login`` wrote:
 
@@ -15,7 +15,9 @@ What ``tsh`` does (``lib/client/api.go``, ``tool/tsh``), with the profile ``tpem
 Every dial goes through :func:`tpemu.net.dial.dial`, so ``HTTPS_PROXY``/``NO_PROXY`` apply
 (an HTTP CONNECT proxy between the client and the Teleport proxy). ``tpemu proxy ssh`` stops at
 step 3 and splices the channel to stdin/stdout, which makes it OpenSSH's ``ProxyCommand``;
-``tpemu config`` prints the ``ssh_config`` block that uses it, as ``tsh config`` does.
+``tpemu config`` prints the ``ssh_config`` block that uses it, as ``tsh config`` does
+(:mod:`tpemu.client.openssh_config`). Once the node's session channel is open, our stdio is its
+business: :mod:`tpemu.client.terminal` (pty, raw mode, window size, exit code).
 
 Exit codes: the remote command's status; 255 when the SSH connection itself failed (or the remote
 side was killed by a signal), as OpenSSH's ``ssh`` does.
@@ -23,20 +25,13 @@ side was killed by a signal), as OpenSSH's ``ssh`` does.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import getpass
 import logging
-import os
-import select
-import signal
 import ssl
-import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import asyncssh
@@ -45,6 +40,7 @@ from tpemu import authapi, sshcert
 from tpemu.authclient import AuthClient
 from tpemu.client import pingcache
 from tpemu.client.profile import Profile
+from tpemu.client.terminal import CHANNEL_SIZES, EXIT_CONNECTION, StdioSession, run_session
 from tpemu.config import Addr
 from tpemu.errors import PeerFault
 from tpemu.errors import describe as describe_error
@@ -57,14 +53,9 @@ log = logging.getLogger(__name__)
 
 #: Teleport's node port (``defaults.SSHServerListenPort``): what ``tsh config`` writes.
 NODE_PORT = 3022
-#: The exit code when the SSH connection itself fails (OpenSSH's).
-EXIT_CONNECTION = 255
 MAX_WEB_ANSWER = 4 * 1024 * 1024
 STDERR_KEEP = 8 * 1024
 TIMEOUT = 30.0
-#: What we advertise for channels we receive bulk data on: bigger packets than the 32 KiB minimum
-#: (RFC 4254 §5.1 lets the receiver choose) mean fewer packets for every SSH layer to handle.
-CHANNEL_SIZES: dict[str, Any] = {"window": 8 * 1024 * 1024, "max_pktsize": 256 * 1024}
 #: AES-GCM first (the client's order decides): asyncssh's ChaCha20-Poly1305 builds two cipher
 #: contexts per packet, AES-GCM one — measured, it halves the crypto time of a bulk transfer.
 ENCRYPTION_ALGS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
@@ -450,205 +441,6 @@ async def connect_node(proxy: asyncssh.SSHClientConnection, creds: Credentials, 
         raise SSHError(tunnel.error() or f"SSH to node {target.host} failed: {describe_error(exc)}") from None
 
 
-# -- running a command or a shell ------------------------------------------------------------------
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-        except BlockingIOError:
-            select.select([], [fd], [], 1.0)  # a terminal shared with a non-blocking stdin
-            continue
-        except BrokenPipeError:
-            return
-        view = view[n:]
-
-
-class _StdinPump:
-    """Reads stdin into ``on_data`` (loop readiness for pipes and terminals, a thread for files)."""
-
-    def __init__(self, on_data: Callable[[bytes], None], on_eof: Callable[[], None], fd: int = 0) -> None:
-        self.on_data, self.on_eof, self.fd = on_data, on_eof, fd
-        self.loop = asyncio.get_running_loop()
-        self.reading = False
-        self.threaded = False
-        self.done = False
-        self._resume = threading.Event()
-        self._resume.set()
-
-    def start(self) -> None:
-        try:
-            self.loop.add_reader(self.fd, self._readable)
-            self.reading = True
-        except (OSError, ValueError):
-            # A regular file (or /dev/null) cannot be polled: read it in a thread.
-            self.threaded = True
-            threading.Thread(target=self._thread, name="tpemu-stdin", daemon=True).start()
-
-    def _readable(self) -> None:
-        try:
-            data = os.read(self.fd, 65536)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if data:
-            self.on_data(data)
-        else:
-            self.stop()
-            self.done = True
-            self.on_eof()
-
-    def _thread(self) -> None:
-        while not self.done:
-            self._resume.wait()
-            try:
-                data = os.read(self.fd, 65536)
-            except OSError:
-                data = b""
-            if self._stopped():
-                return
-            if data:
-                self.loop.call_soon_threadsafe(self.on_data, data)
-            else:
-                self.done = True
-                self.loop.call_soon_threadsafe(self.on_eof)
-
-    def _stopped(self) -> bool:
-        return self.done
-
-    def pause(self) -> None:
-        if self.threaded:
-            self._resume.clear()
-        elif self.reading:
-            self.loop.remove_reader(self.fd)
-            self.reading = False
-
-    def resume(self) -> None:
-        if self.threaded:
-            self._resume.set()
-        elif not self.reading and not self.done:
-            self.loop.add_reader(self.fd, self._readable)
-            self.reading = True
-
-    def stop(self) -> None:
-        self.pause()
-        self.done = True
-        self._resume.set()
-
-
-class _StdioSession(asyncssh.SSHClientSession):  # type: ignore[type-arg]
-    """Channel output to our stdout/stderr, our stdin to the channel."""
-
-    def __init__(self, stdin: bool = True) -> None:
-        self.chan: Any = None
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.use_stdin = stdin
-        self.pump: _StdinPump | None = None
-
-    def connection_made(self, chan: Any) -> None:
-        self.chan = chan
-
-    def session_started(self) -> None:
-        if self.use_stdin:
-            self.pump = _StdinPump(self._stdin_data, self._stdin_eof)
-            self.pump.start()
-
-    def _stdin_data(self, data: bytes) -> None:
-        if not self.closed.done():
-            self.chan.write(data)
-
-    def _stdin_eof(self) -> None:
-        if not self.closed.done():
-            with contextlib.suppress(OSError, asyncssh.Error):
-                self.chan.write_eof()
-
-    def data_received(self, data: bytes, datatype: Any) -> None:
-        _write_all(2 if datatype == asyncssh.EXTENDED_DATA_STDERR else 1, data)
-
-    def eof_received(self) -> bool:
-        return True
-
-    def pause_writing(self) -> None:
-        if self.pump is not None:
-            self.pump.pause()
-
-    def resume_writing(self) -> None:
-        if self.pump is not None:
-            self.pump.resume()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.pump is not None:
-            self.pump.stop()
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-
-def _exit_code(chan: Any) -> int:
-    status = chan.get_exit_status()
-    if status is None or status < 0:
-        return EXIT_CONNECTION  # no status, or killed by a signal (OpenSSH's convention)
-    return int(status)
-
-
-@contextlib.contextmanager
-def _raw_terminal(fd: int) -> Any:
-    import termios
-    import tty
-
-    saved = termios.tcgetattr(fd)
-    try:
-        tty.setraw(fd)
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-
-
-async def run_session(node: asyncssh.SSHClientConnection, command: str | None, pty: bool | None = None) -> int:
-    """Run ``command`` (or a shell) with our stdio; returns its exit code.
-
-    ``pty``: ``None`` → a pseudo-terminal for a shell on a terminal (ssh's default), ``True``
-    forces one (``-t``), ``False`` refuses it (``-T``).
-    """
-    interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    want_pty = pty if pty is not None else (command is None and interactive)
-    kwargs: dict[str, Any] = {"encoding": None}
-    if want_pty:
-        try:
-            cols, rows = os.get_terminal_size(sys.stdout.fileno())
-        except OSError:
-            cols, rows = 80, 24
-        kwargs.update(term_type=os.environ.get("TERM", "xterm"), term_size=(cols, rows))
-    env = {k: v for k, v in os.environ.items() if k == "LANG" or k.startswith("LC_")}
-    if env:
-        kwargs["env"] = env
-    session = _StdioSession()
-    chan, _ = await node.create_session(lambda: session, command, **kwargs, **CHANNEL_SIZES)
-    loop = asyncio.get_running_loop()
-    resize = None
-    if want_pty and interactive:
-
-        def resize() -> None:
-            with contextlib.suppress(OSError):
-                cols, rows = os.get_terminal_size(sys.stdout.fileno())
-                chan.change_terminal_size(cols, rows)
-
-        loop.add_signal_handler(signal.SIGWINCH, resize)
-    try:
-        if want_pty and interactive:
-            with _raw_terminal(sys.stdin.fileno()):
-                await session.closed
-        else:
-            await session.closed
-    finally:
-        if resize is not None:
-            loop.remove_signal_handler(signal.SIGWINCH)
-    await chan.wait_closed()
-    return _exit_code(chan)
-
-
 async def ssh(creds: Credentials, target: Target, command: str | None, pty: bool | None = None) -> int:
     """``tpemu ssh``: checks, proxy, node, session; returns the exit code (raises :class:`SSHError`)."""
     creds.check_valid()
@@ -671,7 +463,7 @@ async def proxy_stdio(creds: Credentials, target: Target) -> int:
     creds.check_valid()
     proxy = await connect_proxy(creds)
     try:
-        stdio = _StdioSession()
+        stdio = StdioSession()
         wrapper = _SubsystemChannel(stdio)
         try:
             chan, _ = await proxy.create_session(
@@ -690,7 +482,7 @@ async def proxy_stdio(creds: Credentials, target: Target) -> int:
         await proxy.wait_closed()
 
 
-# -- tpemu ls, tpemu config --------------------------------------------------------------------------------
+# -- tpemu ls --------------------------------------------------------------------------------------------
 
 
 async def list_nodes(profile: Profile) -> list[dict[str, Any]]:
@@ -733,55 +525,6 @@ def format_nodes(items: list[dict[str, Any]], verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
-#: ``HostKeyAlgorithms`` for ``tpemu config``: certificates only (so OpenSSH asks for the host
-#: certificate and checks it against the ``@cert-authority`` line), ECDSA first — the key type of
-#: every tpemu host — then the RSA forms ``tsh config`` lists.
-HOST_KEY_ALGORITHMS = ("ecdsa-sha2-nistp256-cert-v01@openssh.com,rsa-sha2-512-cert-v01@openssh.com,"
-                       "rsa-sha2-256-cert-v01@openssh.com")
-
-
-def tpemu_command() -> str:
-    """How to run this tpemu from a ProxyCommand (the installed script, else ``python -m tpemu``)."""
-    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
-    if argv0 is not None and argv0.name == "tpemu" and argv0.exists():
-        return _quote(str(argv0.resolve()))
-    return f"{_quote(sys.executable)} -m tpemu"
-
-
-def _quote(text: str) -> str:
-    # ssh_config tokens: double quotes protect spaces; % starts a ProxyCommand expansion.
-    return '"' + text.replace("%", "%%") + '"' if any(c in text for c in ' "%\t') or not text else text
-
-
-def openssh_config(profile: Profile, executable: str | None = None, port: int = NODE_PORT,
-                   login: str | None = None) -> str:
-    """The ``ssh_config`` block ``tsh config`` prints (``lib/config/openssh``), for this profile."""
-    web = Addr.parse(profile.web_proxy_addr, default_port=3080)
-    cluster = profile.cluster
-    exe = executable or tpemu_command()
-    cert = profile.ssh_cert_path
-    host_ca_keys(profile)  # fail early, with the reason, when the profile has no host CA
-    user = f'\n    User "{login}"' if login else ""
-    home = _quote(str(profile.home))
-    return (
-        f"# Begin generated tpemu configuration for {web.host} by tpemu\n"
-        f"\n"
-        f"# Common flags for all {cluster} hosts\n"
-        f"Host *.{cluster} {web.host}\n"
-        f'    UserKnownHostsFile "{profile.known_hosts_path}"\n'
-        f'    IdentityFile "{profile.key_path}"\n'
-        f'    CertificateFile "{cert}"\n'
-        f"    HostKeyAlgorithms {HOST_KEY_ALGORITHMS}{user}\n"
-        f"\n"
-        f"# Flags for all {cluster} hosts except the proxy\n"
-        f"Host *.{cluster} !{web.host}\n"
-        f"    Port {port}\n"
-        f"    ProxyCommand {exe} proxy ssh --home={home} --cluster={cluster} --proxy={web} %r@%h:%p{user}\n"
-        f"\n"
-        f"# End generated tpemu configuration\n"
-    )
-
-
 def join_command(words: list[str]) -> str | None:
     """The remote command line from ``tpemu ssh``'s trailing words (as ``ssh`` joins them)."""
     if not words:
@@ -790,6 +533,6 @@ def join_command(words: list[str]) -> str | None:
 
 
 __all__ = ["Credentials", "ProxyRoute", "SSHError", "SubsystemTunnel", "Target", "connect_node", "connect_proxy",
-           "format_nodes", "join_command", "list_nodes", "openssh_config", "parse_target", "proxy_route",
-           "proxy_stdio", "route_from_ping", "run_session", "ssh", "web_get"]
+           "format_nodes", "join_command", "list_nodes", "parse_target", "proxy_route",
+           "proxy_stdio", "route_from_ping", "ssh", "web_get"]
 

@@ -21,6 +21,7 @@ import getpass
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -75,7 +76,10 @@ class Cluster:
     ``nodes``: SSH nodes to start (each an agent joined through the proxy); ``databases``: ``True``
     for the default embedded set, a list of :class:`~tpemu.config.Database` (or config dicts) or
     ``()`` for none; ``mode``: ``multiplex`` (TLS routing, every protocol on the web port) or
-    ``separate``; ``proxy``/``auth``: extra ``proxy_service``/``auth_service`` config keys.
+    ``separate``; ``proxy``/``auth``: extra ``proxy_service``/``auth_service`` config keys;
+    ``tpemu``: extra keys of the config's ``tpemu:`` section (tpemu-only settings such as
+    ``{"proxy_service": {"sniff_timeout": "2s"}}``; one written in ``proxy`` is moved there with a
+    ``DeprecationWarning``, as ``tpemu start`` warns about it in a file).
     ``path``: the folder to work in (default: a temporary one, removed on close). ``diag``: serve
     the diagnostics (``/metrics``, ``/healthz``, ``/readyz``, ``/routing``) on a port of their own
     (:attr:`diag_addr`); ``trace``: write every routing decision to this JSON-lines file.
@@ -90,7 +94,8 @@ class Cluster:
                  cluster_name: str = CLUSTER, proxy: Mapping[str, Any] | None = None,
                  auth: Mapping[str, Any] | None = None, heartbeat: str = "1s", nodename: str = "proxyhost",
                  diag: bool = False, trace: str | Path | None = None, kube: str | None = None,
-                 kube_direct: bool = False, apps: bool | Sequence[Mapping[str, Any]] = False) -> None:
+                 kube_direct: bool = False, apps: bool | Sequence[Mapping[str, Any]] = False,
+                 tpemu: Mapping[str, Any] | None = None) -> None:
         if mode not in ("multiplex", "separate"):
             raise ValueError(f"mode must be multiplex or separate, got {mode!r}")
         self._own_dir = path is None
@@ -107,11 +112,20 @@ class Cluster:
             proxy_cfg.setdefault("tunnel_listen_addr", "127.0.0.1:0")
             if kube is not None:
                 proxy_cfg.setdefault("kube_listen_addr", "127.0.0.1:0")
-        self.cfg = config.from_dict({
+        doc: dict[str, Any] = {
             "teleport": {"data_dir": str(self.root / "data"), "nodename": nodename},
             "auth_service": {"listen_addr": "127.0.0.1:0", "cluster_name": cluster_name, "proxy_listener_mode": mode,
                              "keep_alive_interval": heartbeat, "keep_alive_count_max": 3, **(auth or {})},
-            "proxy_service": proxy_cfg})
+            "proxy_service": proxy_cfg}
+        if tpemu is not None:
+            doc["tpemu"] = dict(tpemu)
+        # Teleport's strict parser refuses unknown keys in proxy_service; the config loader still
+        # moves tpemu's old spellings, but the test's author should hear of it as a file's does.
+        for old, new in config.moved_keys(doc):
+            warnings.warn(f"Cluster(proxy=...) key {old.partition('.')[2]!r} is tpemu-only: pass it as "
+                          f"Cluster(tpemu={{'proxy_service': {{{new.rpartition('.')[2]!r}: ...}}}}) "
+                          f"({new} in a config file)", DeprecationWarning, stacklevel=2)
+        self.cfg = config.from_dict(doc)
         self.auth: Any = None
         self.proxy: Any = None
         #: Every agent by name: the SSH nodes, and ``db`` for the Database Service.

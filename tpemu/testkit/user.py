@@ -197,7 +197,7 @@ class User:
     def ssh_config(self, login: str | None = None, port: int = NODE_PORT) -> Path:
         """Write the OpenSSH config block (``tpemu config``) to ``<home>/ssh_config`` and return the
         path: ``ssh -F PATH NODE.CLUSTER cmd`` then goes through the proxy with this user's certificate."""
-        from tpemu.client.ssh import openssh_config
+        from tpemu.client.openssh_config import openssh_config
 
         path = self.home / "ssh_config"
         path.write_text(openssh_config(self.profile, port=port, login=login or self.logins[0]), encoding="utf-8")

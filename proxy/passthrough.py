@@ -12,11 +12,10 @@ routes to pass-through).
 
 from __future__ import annotations
 
-import _socket
 import asyncio
 import logging
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 from tpemu.net.pipe import Pipe
@@ -33,20 +32,23 @@ DEADLINE_TICK = 0.1
 
 
 class _Expiry:
-    """A dial's connect deadline: cancels what the dial awaits (its task's or its driver's
-    ``cancel``; not an ``asyncio.timeout`` context per dial, nor a timer of its own: see
-    :class:`_Deadlines`)."""
+    """A dial's connect deadline: cancels what the dial awaits (its task; a :class:`_Driven`
+    cancels the future it waits on). Not an ``asyncio.timeout`` context per dial, nor a timer
+    of its own: see :class:`_Deadlines`."""
 
-    __slots__ = ("cancel", "expired")
+    __slots__ = ("expired", "task")
 
-    def __init__(self, cancel: Callable[[], object] | None) -> None:
-        self.cancel = cancel
+    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+        self.task = task
         self.expired = False
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
 
     def __call__(self) -> None:
         self.expired = True
-        if self.cancel is not None:
-            self.cancel()
+        self.cancel()
 
 
 class _Deadlines:
@@ -106,8 +108,7 @@ async def close_dials(loop: asyncio.AbstractEventLoop | None) -> None:
         return
     d.drained = loop.create_future()
     for expiry in list(d.pending):
-        if expiry.cancel is not None:
-            expiry.cancel()
+        expiry.cancel()
     try:
         await asyncio.wait_for(asyncio.shield(d.drained), 5.0)
     except TimeoutError:
@@ -116,51 +117,9 @@ async def close_dials(loop: asyncio.AbstractEventLoop | None) -> None:
         d.drained = None
 
 
-_UVLoop: type[asyncio.AbstractEventLoop] | None
-try:
-    import uvloop
-
-    _UVLoop = uvloop.Loop
-except ImportError:  # pragma: no cover - uvloop is a dependency; asyncio's loop works too
-    _UVLoop = None
-
-#: The C socket type's own ``family``/``type`` getters: plain ints, no enum conversion.
-_FAMILY = _socket.socket.family.__get__
-_TYPE = _socket.socket.type.__get__
-#: The C ``detach`` (``socket.socket.detach`` is a Python wrapper that also sets ``_closed``).
-_DETACH = _socket.socket.detach
-
-
-class _Handed:
-    """The accepted socket as uvloop's ``loop.connect_accepted_socket`` is given it.
-
-    uvloop reads ``type`` once and ``family`` twice — on a ``socket.socket`` each is an IntEnum
-    conversion, ~0.7 µs in Python 3.11, ~2 µs per connection — then ``fileno()``, and calls
-    ``close()`` once its transport has closed the descriptor. This answers with plain ints and,
-    on that close, detaches the Python socket (what uvloop does with a real one), so that the
-    number is never closed twice. Until then the Python socket owns the descriptor as before.
-    (asyncio's own loop gets the socket itself: its transport reads and writes through it.)
-    """
-
-    __slots__ = ("family", "sock", "type")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.family: int = _FAMILY(sock)
-        self.type: int = _TYPE(sock)
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def close(self) -> None:
-        sock = self.sock
-        sock._closed = True  # type: ignore[attr-defined]  # (what socket.socket.detach does first)
-        _DETACH(sock)
-
-
 async def splice_to_target(acc: Accepted, connect_timeout: float = 10.0, stats: Stats | None = None,
                            loop: asyncio.AbstractEventLoop | None = None, *,
-                           cancel: Callable[[], object] | None = None) -> None:
+                           expiry: _Expiry | None = None) -> None:
     """Connect to ``acc.route.target`` and splice; logs a clear line if the backend is down.
 
     Returns as soon as the two sides are spliced: the connection then lives on in its two
@@ -175,8 +134,8 @@ async def splice_to_target(acc: Accepted, connect_timeout: float = 10.0, stats: 
     def on_close(pipe: Pipe, exc: BaseException | None) -> None:
         if stats is not None:
             stats.spliced -= 1
-            stats.bytes[(route.name, "in")] += pipe.a_to_b
-            stats.bytes[(route.name, "out")] += pipe.b_to_a
+            stats.bytes[(route.name, "in")] += pipe.a.nbytes  # (a_to_b/b_to_a without the property calls)
+            stats.bytes[(route.name, "out")] += pipe.b.nbytes
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: closed; %d bytes client→backend, %d bytes backend→client", acc.ctx, pipe.a_to_b,
                       pipe.b_to_a)
@@ -187,11 +146,11 @@ async def splice_to_target(acc: Accepted, connect_timeout: float = 10.0, stats: 
     if route.send_proxy:
         header = proxy_protocol.encode_for_backend(route.send_proxy, acc.peer, acc.local_addr())
     pipe = Pipe(on_close, first_to_b=header)
-    if cancel is None:  # awaited in a task (not driven by start_splice): the task is what waits
-        task = asyncio.current_task(loop)
-        cancel = task.cancel if task is not None else None
-    expiry = _Expiry(cancel)
-    deadlines = _deadlines_of(loop)
+    if expiry is None:  # awaited in a task (not driven by start_splice): the task is what waits
+        expiry = _Expiry(asyncio.current_task(loop))
+    deadlines = _deadlines
+    if deadlines is None or deadlines.loop is not loop:
+        deadlines = _deadlines_of(loop)
     deadlines.add(expiry, connect_timeout)
     try:
         backend, _ = await loop.create_connection(pipe.b, route.target.host, route.target.port)
@@ -217,8 +176,8 @@ async def splice_to_target(acc: Accepted, connect_timeout: float = 10.0, stats: 
     if stats is not None:
         stats.spliced += 1  # on_close takes it back once the client side has been made
     try:
-        handed = _Handed(acc.sock) if type(loop) is _UVLoop else acc.sock
-        await loop.connect_accepted_socket(pipe.a, handed)  # type: ignore[arg-type]
+        # (the door's sockets answer family/type with plain ints: see frontdoor.PlainSocket)
+        await loop.connect_accepted_socket(pipe.a, acc.sock)
     except BaseException as exc:
         if pipe.a.transport is None:  # never made: on_close cannot come
             if stats is not None:
@@ -240,7 +199,7 @@ def _close_quietly(sock: socket.socket) -> None:
         pass
 
 
-class _Driven:
+class _Driven(_Expiry):
     """Runs one :func:`splice_to_target` coroutine without an asyncio Task (:func:`start_splice`).
 
     A Task per pass-through connection costs its creation, its registration in asyncio's
@@ -250,12 +209,15 @@ class _Driven:
     ``connect_accepted_socket`` waiters): send into it, and resume it from the done callback of
     the future it yields; ``cancel`` cancels that future, which the coroutine then sees as
     ``CancelledError`` from its ``await``, as a Task's cancel does. The coroutine must not need
-    ``asyncio.current_task()`` (there is none) — :func:`splice_to_target` is given ``cancel``.
+    ``asyncio.current_task()`` (there is none): it is :func:`splice_to_target`'s connect
+    deadline too (its ``expiry``).
     """
 
     __slots__ = ("acc", "coro", "stats", "waiting")
 
     def __init__(self, acc: Accepted, stats: Stats | None) -> None:
+        self.task = None
+        self.expired = False
         self.acc = acc
         self.stats = stats
         self.coro: Coroutine[Any, Any, None] | None = None
@@ -303,7 +265,7 @@ def start_splice(acc: Accepted, stats: Stats | None = None, loop: asyncio.Abstra
     returns ``None``: see :meth:`tpemu.proxy.frontdoor.FrontDoor.spawn`). It counts in
     ``stats.active`` while it dials; :func:`close_dials` ends the dials in flight at shutdown."""
     driven = _Driven(acc, stats)
-    driven.coro = splice_to_target(acc, connect_timeout, stats, loop, cancel=driven.cancel)
+    driven.coro = splice_to_target(acc, connect_timeout, stats, loop, expiry=driven)
     if stats is not None:
         stats.active += 1
     driven.step()

@@ -746,3 +746,42 @@ async def test_separate_mode_listeners(proxy_factory: ProxyFactory, caplog: pyte
     assert ping["proxy"]["db"]["mysql_listen_addr"] == str(bound[ListenerKind.MYSQL])
     assert ping["proxy"]["db"]["postgres_listen_addr"] == str(bound[ListenerKind.POSTGRES])
     assert ping["proxy"]["db"]["mongo_listen_addr"] == str(bound[ListenerKind.MONGO])
+
+
+async def test_plain_socket_reports_ints_and_is_closed_once_by_the_loop() -> None:
+    """The door's accepted sockets (PlainSocket) answer family/type with plain ints, equal to the
+    enum members, and a transport made from one closes its descriptor exactly once: afterwards the
+    Python socket is detached (fileno -1), so a descriptor number reused by a new socket is never
+    closed by the old object's finalizer."""
+    from tpemu.proxy.frontdoor import PlainSocket
+
+    loop = asyncio.get_running_loop()
+    lst = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(lst.getsockname())
+    fd, _ = lst._accept()  # type: ignore[attr-defined]
+    sock = PlainSocket(socket.AF_INET, socket.SOCK_STREAM, 0, fileno=fd)
+    try:
+        assert type(sock.family) is int and sock.family == socket.AF_INET
+        assert type(sock.type) is int and sock.type == socket.SOCK_STREAM
+        lost = loop.create_future()
+
+        class P(asyncio.Protocol):
+            def connection_lost(self, exc: Exception | None) -> None:
+                lost.set_result(exc)
+
+        transport, _ = await loop.connect_accepted_socket(P, sock)
+        transport.close()
+        async with asyncio.timeout(5):
+            await lost
+        await eventually(lambda: sock.fileno() == -1, 5, "the socket object let go of its descriptor")
+        reused = socket.socket()  # likely takes the freed number
+        try:
+            sock.close()  # what its finalizer would do: must not touch the reused number
+            assert reused.fileno() != -1 and reused.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) == socket.SOCK_STREAM
+        finally:
+            reused.close()
+        client.settimeout(5)
+        assert client.recv(10) == b""
+    finally:
+        client.close()
+        lst.close()

@@ -23,7 +23,9 @@ AUTH, protocol errors close the connection, pipelined commands answered in order
 * lists: LPUSH RPUSH LPOP RPOP (with count) LRANGE LLEN LINDEX.
 
 The command table and shared rules are in :mod:`~tpemu.agent.backends.redis_commands`, the
-keyspace and its data-type commands in :mod:`~tpemu.agent.backends.redis_keyspace`.
+keyspace with its key, expiry and string commands in :mod:`~tpemu.agent.backends.redis_keyspace`,
+the hash and list commands in :mod:`~tpemu.agent.backends.redis_hashes` and
+:mod:`~tpemu.agent.backends.redis_lists`.
 
 Anything else: ``ERR unknown command …`` with Redis's wording plus ``(not supported by the
 tpemu emulator)``; the connection stays usable. One database (0), shared by the backend's
@@ -63,7 +65,8 @@ from tpemu.agent.backends.redis_commands import (
     command,
     parse_int,
 )
-from tpemu.agent.backends.redis_keyspace import Keyspace
+from tpemu.agent.backends.redis_hashes import HashCommands
+from tpemu.agent.backends.redis_lists import ListCommands
 from tpemu.logs import RateLimiter
 from tpemu.wire import resp
 from tpemu.wire.errors import WireError
@@ -75,7 +78,7 @@ __all__ = ["RedisBackend"]
 
 _rejections = RateLimiter()
 
-class RedisBackend(Keyspace):
+class RedisBackend(HashCommands, ListCommands):
     """An in-memory Redis 7.0 lookalike for redis-cli, redis-py and friends.
 
     ``users``: ACL user name → password (``default`` is the user of ``AUTH <password>``), or

@@ -6,7 +6,8 @@ called as ``handler(backend, client, args)`` and raises :class:`ReplyError` with
 Also here: Redis's integer and glob rules (``string2ll``, ``stringmatchlen`` in ``util.c``), the
 per-connection state (:class:`Client`, ``client.c``'s fields that ``CLIENT LIST`` shows) and the
 ``COMMAND`` reply layouts. The server is :mod:`tpemu.agent.backends.redis`, the data-type
-commands :mod:`tpemu.agent.backends.redis_keyspace`.
+commands :mod:`tpemu.agent.backends.redis_keyspace` (keys, expiry, strings),
+:mod:`tpemu.agent.backends.redis_hashes` and :mod:`tpemu.agent.backends.redis_lists`.
 """
 
 from __future__ import annotations

@@ -1,12 +1,13 @@
-"""The emulated Redis's keyspace and its data-type commands: strings, expiry, keys, hashes, lists.
+"""The emulated Redis's keyspace and its commands on keys, expiry and strings.
 
 One database (0) of ``bytes`` / ``dict`` / ``deque`` values with deadlines in monotonic
 milliseconds; expired keys go when touched (lazy expiry) and by Redis's active expiry cycle
 (``expire.c``: 20 random keys with a TTL per round, again while more than a quarter were
 expired). Each command follows its page of the Redis command reference (redis.io/commands) for
-arity, options, replies and error wording. :class:`Keyspace` holds the data; the server
-(:class:`tpemu.agent.backends.redis.RedisBackend`) adds connections, dispatch and the
-connection/server commands on top.
+arity, options, replies and error wording. :class:`Keyspace` holds the data; the hash and list
+commands (:mod:`~tpemu.agent.backends.redis_hashes`, :mod:`~tpemu.agent.backends.redis_lists`) work on
+it, and the server (:class:`tpemu.agent.backends.redis.RedisBackend`) adds connections, dispatch and
+the connection/server commands on top.
 """
 
 from __future__ import annotations
@@ -452,178 +453,5 @@ class Keyspace:
             self.expires[dst] = deadline
         return OK
 
-    # ------------------------------------------------------------------ hashes
 
-    @command("hset", -4, "hash", "Creates or modifies the value of a field in a hash.", "2.0.0",
-             "key:key *data:block", flags="write denyoom fast")
-    def _hset(self, client: Client, args: list[bytes]) -> Any:
-        if len(args) % 2 == 0:
-            raise ReplyError("ERR wrong number of arguments for 'hset' command")
-        h = self._get_hash(args[0], create=True)
-        assert h is not None
-        added = 0
-        for i in range(1, len(args), 2):
-            added += args[i] not in h
-            h[args[i]] = args[i + 1]
-        return added
-
-    @command("hmset", -4, "hash", "Sets the values of multiple fields.", "2.0.0", "key:key *data:block",
-             flags="write denyoom fast")
-    def _hmset(self, client: Client, args: list[bytes]) -> Any:
-        if len(args) % 2 == 0:
-            raise ReplyError("ERR wrong number of arguments for 'hmset' command")
-        self._hset(client, args)
-        return OK
-
-    @command("hsetnx", 4, "hash", "Sets the value of a field in a hash only when the field doesn't exist.",
-             "2.0.0", "key:key field:string value:string", flags="write denyoom fast")
-    def _hsetnx(self, client: Client, args: list[bytes]) -> Any:
-        h = self._get_hash(args[0], create=True)
-        assert h is not None
-        if args[1] in h:
-            return 0
-        h[args[1]] = args[2]
-        return 1
-
-    @command("hget", 3, "hash", "Returns the value of a field in a hash.", "2.0.0", "key:key field:string",
-             flags="readonly fast")
-    def _hget(self, client: Client, args: list[bytes]) -> Any:
-        h = self._get_hash(args[0])
-        return None if h is None else h.get(args[1])
-
-    @command("hmget", -3, "hash", "Returns the values of all fields in a hash.", "2.0.0", "key:key *field:string",
-             flags="readonly fast")
-    def _hmget(self, client: Client, args: list[bytes]) -> Any:
-        h = self._get_hash(args[0]) or {}
-        return [h.get(f) for f in args[1:]]
-
-    @command("hgetall", 2, "hash", "Returns all fields and values in a hash.", "2.0.0", "key:key",
-             flags="readonly")
-    def _hgetall(self, client: Client, args: list[bytes]) -> Any:
-        return dict(self._get_hash(args[0]) or {})
-
-    @command("hdel", -3, "hash", "Deletes one or more fields and their values from a hash.", "2.0.0",
-             "key:key *field:string", flags="write fast")
-    def _hdel(self, client: Client, args: list[bytes]) -> Any:
-        h = self._get_hash(args[0])
-        if h is None:
-            return 0
-        removed = sum(1 for f in args[1:] if h.pop(f, None) is not None)
-        if not h:
-            self._delete(args[0])
-        return removed
-
-    @command("hexists", 3, "hash", "Determines whether a field exists in a hash.", "2.0.0", "key:key field:string",
-             flags="readonly fast")
-    def _hexists(self, client: Client, args: list[bytes]) -> Any:
-        h = self._get_hash(args[0])
-        return int(h is not None and args[1] in h)
-
-    @command("hkeys", 2, "hash", "Returns all fields in a hash.", "2.0.0", "key:key", flags="readonly")
-    def _hkeys(self, client: Client, args: list[bytes]) -> Any:
-        return list(self._get_hash(args[0]) or {})
-
-    @command("hvals", 2, "hash", "Returns all values in a hash.", "2.0.0", "key:key", flags="readonly")
-    def _hvals(self, client: Client, args: list[bytes]) -> Any:
-        return list((self._get_hash(args[0]) or {}).values())
-
-    @command("hlen", 2, "hash", "Returns the number of fields in a hash.", "2.0.0", "key:key",
-             flags="readonly fast")
-    def _hlen(self, client: Client, args: list[bytes]) -> Any:
-        return len(self._get_hash(args[0]) or {})
-
-    @command("hincrby", 4, "hash", "Increments the integer value of a field in a hash by a number.", "2.0.0",
-             "key:key field:string increment:integer", flags="write denyoom fast")
-    def _hincrby(self, client: Client, args: list[bytes]) -> Any:
-        by = _int_arg(args[2])
-        h = self._get_hash(args[0], create=True)
-        assert h is not None
-        old = h.get(args[1])
-        current = 0 if old is None else parse_int(old)
-        if current is None:
-            raise ReplyError("ERR hash value is not an integer")
-        total = current + by
-        if not -(2**63) <= total < 2**63:
-            raise ReplyError("ERR increment or decrement would overflow")
-        h[args[1]] = str(total).encode()
-        return total
-
-    # ------------------------------------------------------------------ lists
-
-    def _push(self, args: list[bytes], left: bool) -> int:
-        lst = self._get_list(args[0], create=True)
-        assert lst is not None
-        if left:
-            lst.extendleft(args[1:])
-        else:
-            lst.extend(args[1:])
-        return len(lst)
-
-    @command("lpush", -3, "list", "Prepends one or more elements to a list.", "1.0.0", "key:key *element:string",
-             flags="write denyoom fast")
-    def _lpush(self, client: Client, args: list[bytes]) -> Any:
-        return self._push(args, left=True)
-
-    @command("rpush", -3, "list", "Appends one or more elements to a list.", "1.0.0", "key:key *element:string",
-             flags="write denyoom fast")
-    def _rpush(self, client: Client, args: list[bytes]) -> Any:
-        return self._push(args, left=False)
-
-    def _pop(self, client: Client, args: list[bytes], left: bool) -> Any:
-        if len(args) > 2:
-            raise ReplyError(f"ERR wrong number of arguments for '{'lpop' if left else 'rpop'}' command")
-        count = None
-        if len(args) == 2:
-            count = parse_int(args[1])
-            if count is None or count < 0:
-                raise ReplyError("ERR value is out of range, must be positive")
-        lst = self._get_list(args[0])
-        if lst is None:
-            return None if count is None else resp.NULL_ARRAY
-        if count is None:
-            item = lst.popleft() if left else lst.pop()
-            out: Any = item
-        else:
-            out = [lst.popleft() if left else lst.pop() for _ in range(min(count, len(lst)))]
-        if not lst:
-            self._delete(args[0])
-        return out
-
-    @command("lpop", -2, "list", "Returns the first elements in a list after removing it.", "1.0.0",
-             "key:key ?count:integer", flags="write fast")
-    def _lpop(self, client: Client, args: list[bytes]) -> Any:
-        return self._pop(client, args, left=True)
-
-    @command("rpop", -2, "list", "Returns and removes the last elements of a list.", "1.0.0",
-             "key:key ?count:integer", flags="write fast")
-    def _rpop(self, client: Client, args: list[bytes]) -> Any:
-        return self._pop(client, args, left=False)
-
-    @command("lrange", 4, "list", "Returns a range of elements from a list.", "1.0.0",
-             "key:key start:integer stop:integer", flags="readonly")
-    def _lrange(self, client: Client, args: list[bytes]) -> Any:
-        start, stop = _int_arg(args[1]), _int_arg(args[2])
-        lst = self._get_list(args[0])
-        if lst is None:
-            return []
-        n = len(lst)
-        start = max(0, start + n if start < 0 else start)
-        stop = stop + n if stop < 0 else min(stop, n - 1)
-        if start > stop or start >= n:
-            return []
-        return list(itertools.islice(lst, start, stop + 1))
-
-    @command("llen", 2, "list", "Returns the length of a list.", "1.0.0", "key:key", flags="readonly fast")
-    def _llen(self, client: Client, args: list[bytes]) -> Any:
-        return len(self._get_list(args[0]) or ())
-
-    @command("lindex", 3, "list", "Returns an element from a list by its index.", "1.0.0", "key:key index:integer",
-             flags="readonly")
-    def _lindex(self, client: Client, args: list[bytes]) -> Any:
-        index = _int_arg(args[1])
-        lst = self._get_list(args[0])
-        if lst is None:
-            return None
-        if index < 0:
-            index += len(lst)
-        return lst[index] if 0 <= index < len(lst) else None
+__all__ = ["Keyspace"]

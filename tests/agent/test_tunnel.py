@@ -12,6 +12,7 @@ import pytest
 from tpemu import authclient, config, pki
 from tpemu.agent.tunnel import Offer, TunnelAgent, TunnelTarget
 from tpemu.net.channel import open_streams
+from tpemu.net.tls_alerting import _TLSTransport
 from tpemu.proxy.auth_routes import AuthLink
 from tpemu.proxy.decide import ListenerKind
 from tpemu.proxy.service import ProxyService
@@ -77,6 +78,11 @@ async def test_agent_tunnel_dial_and_refusals(tmp_path: Path, separate: bool) ->
         await asyncio.wait_for(agent.state.connected.wait(), 10)
         reg = cluster.proxy.tunnels
         await wait_for(lambda: reg.resources("node"))
+        if not separate:
+            # TLS routing: both ends run the tunnel's TLS in tpemu.net.tls_link, not the loop's SSL protocol.
+            assert agent._conn is not None
+            assert isinstance(agent._conn._transport, _TLSTransport)
+            assert [type(a.conn._transport) for a in reg.agents.values()] == [_TLSTransport]
         sock = await reg.dial(tw.DialRequest(address="node1:3022", conn_type="node", client_src_addr="192.0.2.9:1234"))
         assert await roundtrip(sock, b"hello\n") == b"node1:hello\n"
         assert echo.requests[-1].client_src_addr == "192.0.2.9:1234"

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvloop
 
 from tpemu import config
+from tpemu.net.transport_registry import new_uvloop
 from tpemu.proxy.decide import ListenerKind
 from tpemu.proxy.service import ProxyService
 
@@ -59,11 +59,11 @@ def _no_engine_left(session: pytest.Session) -> None:
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
-    """Async tests run on uvloop (tpemu's default loop); those marked ``both_loops`` on plain
-    asyncio as well."""
+    """Async tests run on uvloop as ``tpemu start`` makes it (lean transport registry:
+    tpemu.net.transport_registry); those marked ``both_loops`` on plain asyncio as well."""
     if item.get_closest_marker("both_loops") is not None:
-        return {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
-    return {"uvloop": uvloop.new_event_loop}
+        return {"uvloop": new_uvloop, "asyncio": asyncio.new_event_loop}
+    return {"uvloop": new_uvloop}
 
 
 ProxyFactory = Callable[..., Awaitable[ProxyService]]

@@ -15,11 +15,9 @@ from typing import Any
 
 import pytest
 
-from tpemu.agent.kube import controller
+from tests.kube.pod_server import serve_with_running_pod
 from tpemu.agent.kube import websocket as ws
-from tpemu.agent.kube.api import EmulatedAPI, status_reply
-from tpemu.net import kube_http as khttp
-from tpemu.net.kube_status import StatusError
+from tpemu.agent.kube.api import EmulatedAPI
 
 POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p1"},
        "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
@@ -27,29 +25,8 @@ POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p1"},
 
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[tuple[str, int]]:
-    controller.START_DELAY = 0.01
-    api = EmulatedAPI("emu", tmp_path)
-
-    async def handle(request: khttp.Request) -> khttp.Reply | khttp.Streamed | khttp.Upgraded:
-        request.headers["impersonate-user"] = "admin"
-        request.multi["impersonate-group"] = ["system:masters"]
-        return await api.handle(request)
-
-    srv = await asyncio.start_server(lambda r, w: khttp.serve(r, w, handle, lambda c, m: status_reply(
-        StatusError(c, m))), "127.0.0.1", 0)
-    addr = srv.sockets[0].getsockname()[:2]
-    reader, writer = await asyncio.open_connection(*addr)
-    body = json.dumps(POD).encode()
-    writer.write(b"POST /api/v1/namespaces/default/pods HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-    assert (await reader.read()).startswith(b"HTTP/1.1 201")
-    writer.close()
-    async with asyncio.timeout(5):
-        while (api.store.get("pods", "default", "p1") or {})["status"]["phase"] != "Running":
-            await asyncio.sleep(0.01)
-    yield addr
-    srv.close()
-    api.close()
+    async with serve_with_running_pod(EmulatedAPI("emu", tmp_path), POD) as addr:
+        yield addr
 
 
 async def upgrade(addr: tuple[str, int], query: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:

@@ -17,12 +17,10 @@ from typing import Any
 
 import pytest
 
-from tpemu.agent.kube import controller
+from tests.kube.pod_server import serve_with_running_pod
 from tpemu.agent.kube import portforward as pf
-from tpemu.agent.kube.api import EmulatedAPI, status_reply
+from tpemu.agent.kube.api import EmulatedAPI
 from tpemu.config import Addr, PodPort
-from tpemu.net import kube_http as khttp
-from tpemu.net.kube_status import StatusError
 from tpemu.wire import spdy
 from tpemu.wire import websocket as wsf
 
@@ -43,7 +41,6 @@ class Env:
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    controller.START_DELAY = 0.01
     echoed: list[bytes] = []
 
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -59,28 +56,11 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
     api = EmulatedAPI("emu", tmp_path, pod_ports=[
         PodPort(port=80, target=Addr(*echo_addr), pod_labels={"app": "web"}),
         PodPort(port=82, target=Addr(*echo_addr), pod_labels={"app": "other"})])
-
-    async def handle(request: khttp.Request) -> khttp.Reply | khttp.Streamed | khttp.Upgraded:
-        request.headers["impersonate-user"] = "admin"
-        request.multi["impersonate-group"] = [request.headers.get("x-test-group", "system:masters")]
-        return await api.handle(request)
-
-    srv = await asyncio.start_server(lambda r, w: khttp.serve(r, w, handle, lambda c, m: status_reply(
-        StatusError(c, m))), "127.0.0.1", 0)
-    addr = srv.sockets[0].getsockname()[:2]
-    reader, writer = await asyncio.open_connection(*addr)
-    body = json.dumps(POD).encode()
-    writer.write(b"POST /api/v1/namespaces/default/pods HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                 b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
-    assert (await reader.read()).startswith(b"HTTP/1.1 201")
-    writer.close()
-    async with asyncio.timeout(5):
-        while (api.store.get("pods", "default", "p1") or {})["status"]["phase"] != "Running":
-            await asyncio.sleep(0.01)
-    yield Env(addr, api, echo_addr, echoed)
-    srv.close()
-    echo_srv.close()
-    api.close()
+    try:
+        async with serve_with_running_pod(api, POD) as addr:
+            yield Env(addr, api, echo_addr, echoed)
+    finally:
+        echo_srv.close()
 
 
 class Client:

@@ -72,7 +72,9 @@ def run_loop(coro_fn: Callable[[], Coroutine[Any, Any, int]], loop_name: str = "
     if loop_name == "uvloop":
         import uvloop
 
-        return uvloop.run(coro_fn())
+        from tpemu.net.transport_registry import new_uvloop
+
+        return uvloop.run(coro_fn(), loop_factory=new_uvloop)
     return asyncio.run(coro_fn())
 
 

@@ -88,9 +88,12 @@ NumTickets = 0
 """
 
 
-def _start_haproxy(kind: str, work: Path, tickets: bool = True) -> tuple[subprocess.Popen[bytes], int] | str:
+def _start_haproxy(kind: str, work: Path, tickets: bool = True,
+                   answer: bool = False) -> tuple[subprocess.Popen[bytes], int] | str:
     """HAProxy terminating TLS with a ``kind`` certificate; ``tickets=False``: it sends no session
-    tickets (TLS 1.3 or 1.2), so its handshakes do the same work as tpemu's and Teleport's."""
+    tickets (TLS 1.3 or 1.2), so its handshakes do the same work as tpemu's and Teleport's.
+    ``answer``: ``mode http`` answering every request itself (``http-request return``, a small
+    JSON body as tpemu's ``/webapi/ping``), for clients that send a request after the handshake."""
     exe = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
     if exe is None:
         return "haproxy is not installed"
@@ -103,21 +106,23 @@ def _start_haproxy(kind: str, work: Path, tickets: bool = True) -> tuple[subproc
     cert = pki.issue_cert(ca, ca_key, key.public_key(), x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
                                                                                        "localhost")]),
                           sans=["localhost", "127.0.0.1"])
-    name = f"haproxy-{kind}" + ("" if tickets else "-notickets")
+    name = f"haproxy-{kind}" + ("" if tickets else "-notickets") + ("-answer" if answer else "")
     pem = work / f"{name}.pem"
     pem.write_bytes(pki.cert_pem(cert) + pki.key_pem(key))
     port = _free_port()
     conf = work / f"{name}.cfg"
+    serve = ('    http-request return status 200 content-type application/json string "{\\"ok\\":true}"\n'
+             if answer else "")
     conf.write_text(f"""global
     nbthread 1
 defaults
-    mode tcp
+    mode {"http" if answer else "tcp"}
     timeout connect 5s
     timeout client 30s
     timeout server 30s
 frontend tls
     bind 127.0.0.1:{port} ssl crt {pem} alpn http/1.1{"" if tickets else " no-tls-tickets"}
-    default_backend nowhere
+{serve}    default_backend nowhere
 backend nowhere
     server s 127.0.0.1:9
 """)
@@ -132,10 +137,13 @@ backend nowhere
     return proc, port
 
 
-def _s_time(port: int, seconds: float, clients: int) -> tuple[float, int]:
+def _s_time(port: int, seconds: float, clients: int, www: str | None = None) -> tuple[float, int]:
     """Handshakes per second summed over ``clients`` parallel ``openssl s_time -new`` runs, and
-    the number of handshakes."""
+    the number of handshakes. ``www``: after each handshake the client sends ``GET <www> HTTP/1.0``
+    and reads the answer to its end (``s_time -www``)."""
     cmd = ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-time", str(max(1, round(seconds)))]
+    if www is not None:
+        cmd += ["-www", www]
     started = time.perf_counter()
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for _ in range(clients)]

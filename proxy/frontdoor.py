@@ -11,9 +11,10 @@ keeps), and :func:`tpemu.proxy.decide.classify` says what to do:
 * a PROXY header the listener accepts → exactly its length is consumed, the rest classified;
 * routed → the reader is removed, the deadline cancelled, ``SO_RCVLOWAT`` reset, and the socket,
   with every byte still unread in the kernel, goes to the route's handler in its own task;
-  pass-through sockets go as accepted (blocking, for Python): the event loop that takes them
-  makes the descriptor non-blocking itself, so the door does not (one ``ioctl`` less per
-  connection); every other handler gets a non-blocking socket;
+  pass-through and web sockets go as accepted (blocking, for Python): their handlers give them
+  straight to the event loop (``connect_accepted_socket``), which makes the descriptor
+  non-blocking itself, so the door does not (one ``ioctl`` less per connection); every other
+  handler gets a non-blocking socket;
 * refused → the specific answer (TLS alert, HTTP 400 …) is sent, the reason logged (rate-limited
   WARNING, hexdump at TRACE), and the socket closed after draining what was peeked, so the
   kernel sends FIN rather than RST and the peer reads the answer.
@@ -85,8 +86,8 @@ class PlainSocket(socket.socket):
 class Accepted:
     """A routed connection handed to a handler. ``peer`` is the real client (from a PROXY
     header when there was one); ``sock`` still holds every byte the client sent. ``sock`` is
-    non-blocking, except on pass-through routes (see the module's docstring): a pass-through
-    handler that reads it with Python calls sets it non-blocking first."""
+    non-blocking, except on pass-through and web routes (see the module's docstring): a handler
+    of those that reads it with Python calls sets it non-blocking first."""
 
     sock: socket.socket
     conn_id: int
@@ -320,6 +321,13 @@ class FrontDoor:
             return
         if coro is None:  # started without a task (see Handler)
             return
+        self.run(accepted, coro)
+
+    def run(self, accepted: Accepted, coro: Awaitable[None]) -> None:
+        """Run ``coro`` for ``accepted`` as a handler task: counted in ``stats.active``, cancelled
+        by :meth:`close`, its failure logged (also for a handler that started without a task and
+        needs one later: the web route once its client sends)."""
+        assert self._loop is not None
         task: asyncio.Task[None] = self._loop.create_task(coro)  # type: ignore[arg-type]
         self.stats.active += 1
         self.tasks[task] = accepted
@@ -553,7 +561,8 @@ class _Sniffer:
         door = self.door
         if self.lowat:
             set_rcvlowat(self.sock, 1)
-        if route.kind is not RouteKind.PASSTHROUGH:
+        route_kind = route.kind
+        if route_kind is not RouteKind.PASSTHROUGH and route_kind is not RouteKind.WEB:
             self.sock.setblocking(False)
         stats = door.stats
         stats.routed[route.name] += 1

@@ -22,10 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tpemu.config import Addr, Config
-from tpemu.net.h2_server import GrpcStatus, serve_h2
-from tpemu.net.http_server import serve_http
-from tpemu.net.sockets import format_addr
-from tpemu.net.tls import ContextCache, accept_stream, peer_certificate
+from tpemu.net.tls import ContextCache
 from tpemu.pki import TLSFiles, ensure_bootstrap_pki
 from tpemu.proxy import postgres_front, webcert
 from tpemu.proxy.auth_routes import AuthLink, AuthRoutes
@@ -37,6 +34,7 @@ from tpemu.proxy.passthrough import close_dials, start_splice
 from tpemu.proxy.route import Route, RouteKind, RouteTable
 from tpemu.proxy.tunnels import TunnelRegistry
 from tpemu.proxy.unavailable import refuse_unavailable
+from tpemu.proxy.web_route import WebRoute
 from tpemu.proxy.webapi import ProxyInfo, WebAPI
 from tpemu.wire import alpn
 from tpemu.wire.sniff import Protocol
@@ -140,6 +138,8 @@ class ProxyService:
         self.listen_override: dict[ListenerKind, Addr] = {}
         self.door = FrontDoor(self.table, self._dispatch, sniff_timeout=ext.sniff_timeout,
                               max_hello=ext.max_client_hello, max_pending=ext.max_pending)
+        #: ``RouteKind.WEB``: the web API over HTTPS.
+        self.web_route = WebRoute(self.door, self.web, handshake_timeout=ext.sniff_timeout)
         #: ``/webapi/connectionupgrade``: streams tunnelled through an L7 load balancer re-enter the door.
         self.conn_upgrade = ConnectionUpgrade(self.door, listener_plan(cfg)[0][0])
         self.conn_upgrade.install(self.web)
@@ -257,6 +257,7 @@ class ProxyService:
         if self.auth_routes is not None:
             await self.auth_routes.close()
         await self.door.close()
+        self.web_route.close()
         await close_dials(self.door.loop)
 
     def _dispatch(self, acc: Accepted) -> Awaitable[None] | None:
@@ -312,34 +313,20 @@ class ProxyService:
     # -- built-in handlers -----------------------------------------------------------------
 
 
-    async def _serve_web(self, acc: Accepted) -> None:
+    def _serve_web(self, acc: Accepted) -> Awaitable[None] | None:
         assert self.contexts is not None
-        apps = self.apps
-        app = apps.app_of_sni(acc.hello.sni) if apps is not None and acc.hello is not None else None
-        if apps is not None and app is not None:
-            await apps.handle_http(acc, app)
-            return
+        apps, hello = self.apps, acc.hello
+        if apps is not None and hello is not None:
+            app = apps.app_of_sni(hello.sni)
+            if app is not None:
+                return apps.handle_http(acc, app)
         # Every name Teleport knows, in its order (Proxy.Serve sets NextProtos to SupportedProtocols),
         # with the web certificate (Teleport's WebTLSConfig: https_keypairs or self-signed).
-        sni = acc.hello.sni if acc.hello is not None else None
+        sni = hello.sni if hello is not None else None
         ctx = (self.web_certs.get(sni, alpn.SUPPORTED_PROTOCOLS) if self.web_certs is not None
                else self.contexts.get(alpn.SUPPORTED_PROTOCOLS))
-        try:
-            reader, writer = await accept_stream(acc.sock, ctx, timeout=self.cfg.tpemu.proxy_service.sniff_timeout)
-        except (OSError, TimeoutError) as exc:
-            log.info("%s: TLS handshake failed: %s", acc.ctx, exc)
-            acc.sock.close()
-            return
-        negotiated = writer.get_extra_info("ssl_object").selected_alpn_protocol()
-        if negotiated == alpn.HTTP2:
-            # Teleport's web handler serves HTTP/2 (Go net/http); gRPC calls on it get UNIMPLEMENTED.
-            await serve_h2(reader, writer, peer=format_addr(acc.peer), app=self.web, what="web",
-                           grpc=lambda path: (GrpcStatus.UNIMPLEMENTED,
-                                              f"unknown service {path.strip('/').split('/')[0]}"))
-            return
-        tls_info = {"sni": acc.hello.sni if acc.hello else None, "alpn": negotiated,
-                    "peer_cert": peer_certificate(writer)}
-        await serve_http(reader, writer, self.web, peer=format_addr(acc.peer), tls=tls_info)
+        self.web_route.start(acc, ctx)  # no task until the client sends (tpemu.proxy.web_route)
+        return None
 
     async def _serve_plain_http(self, acc: Accepted) -> None:
         # Teleport's multiplexer detects HTTP (lib/multiplexer/multiplexer.go detectProto) but

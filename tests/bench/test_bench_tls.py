@@ -53,3 +53,31 @@ def test_tls_builds_table_names_both_references() -> None:
         "now": {**fig, "cpu_vs_haproxy": 1.4, "cpu_vs_haproxy_notickets": 1.5}}}}
     out = tls_builds.table(result)
     assert "1.4x haproxy 1.5x haproxy-notickets" in out and "(rounds 590-610)" in out
+
+
+def test_haproxy_reference_answers_requests_in_request_mode(tmp_path: Path) -> None:
+    # bench.tls_builds --www: the HAProxys answer the request themselves (mode http), as tpemu's
+    # web route does, so both sides do a handshake plus one HTTP exchange.
+    need("haproxy")
+    started = tls._start_haproxy("ecdsa", tmp_path, tickets=False, answer=True)
+    assert not isinstance(started, str), started
+    proc, port = started
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname="localhost") as conn:
+            conn.settimeout(10)
+            conn.sendall(b"GET /webapi/ping HTTP/1.0\r\n\r\n")
+            data = b""
+            try:
+                while chunk := conn.recv(4096):
+                    data += chunk
+            except ssl.SSLError:
+                pass
+        assert data.startswith(b"HTTP/1.0 200") or data.startswith(b"HTTP/1.1 200"), data[:100]
+        assert data.endswith(b'{"ok":true}'), data[-100:]
+    finally:
+        proc.terminate()
+        proc.wait(10)

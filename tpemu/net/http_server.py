@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 MAX_HEAD = 16 * 1024
 MAX_BODY = 1024 * 1024
 READ_CHUNK = 64 * 1024
+#: Seconds a request (or an idle keep-alive connection) may take to arrive.
+READ_TIMEOUT = 30.0
 
 _REASONS = {200: b"OK", 201: b"Created", 204: b"No Content", 301: b"Moved Permanently", 400: b"Bad Request",
             401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
@@ -108,7 +110,7 @@ App = Callable[[Request], Awaitable[Response]]
 
 
 async def serve_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, app: App, *,
-                     peer: str, tls: dict[str, Any] | None = None, read_timeout: float = 30.0,
+                     peer: str, tls: dict[str, Any] | None = None, read_timeout: float = READ_TIMEOUT,
                      max_body: int = MAX_BODY, max_requests: int = 1000,
                      server_header: str = "tpemu") -> None:
     """Serve HTTP/1.1 requests on one connection until the client closes or must be closed."""

@@ -16,8 +16,9 @@ import os
 import socket
 import ssl
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 
 def new_context(protocol: ssl._SSLMethod) -> ssl.SSLContext:
@@ -110,6 +111,118 @@ async def accept_stream(sock: socket.socket, ctx: ssl.SSLContext | None, timeout
             lambda: protocol, sock, ssl=ctx, ssl_handshake_timeout=timeout)
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
     return reader, writer
+
+
+class FirstBytes(asyncio.Protocol):
+    """A server TLS connection from its accepted socket to the client's first bytes, with no task.
+
+    For servers whose client speaks first (HTTP/1.1, HTTP/2): between the handshake and the first
+    bytes a connection costs this object and one timer, not the streams :func:`accept_stream`
+    builds, nor a task (a client that only handshakes, or a pool's spare connection, needs none).
+
+    :meth:`start` drives ``loop.connect_accepted_socket(ssl=ctx)`` by hand — what a Task's step
+    does for a coroutine that only awaits futures (here the handshake's waiter): send into it and
+    resume it from the done callback of the future it yields. This object is the application
+    protocol (its own factory): ``connection_made`` is the end of the handshake and arms the idle
+    timer (``transport.close()``: a ``close_notify``). The first ``data_received`` builds the
+    stream reader, protocol and writer on the spot, hands the transport to them
+    (``set_protocol``), feeds them the bytes — every later byte goes straight to the reader, whose
+    limit pauses reading — and calls :meth:`served`, which owns the streams from then on.
+    Otherwise :meth:`ended` is called once: with the exception when the handshake failed (or was
+    cancelled by :meth:`close`; the loop has closed the transport), with ``None`` when the client
+    closed, was lost or stayed silent for ``idle_timeout`` seconds.
+    """
+
+    __slots__ = ("coro", "idle_timeout", "limit", "loop", "timer", "transport", "waiting")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, idle_timeout: float, limit: int = 64 * 1024) -> None:
+        self.loop = loop
+        self.idle_timeout = idle_timeout
+        self.limit = limit
+        self.coro: Coroutine[Any, Any, object] | None = None
+        self.waiting: asyncio.Future[Any] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        #: The TLS transport from the handshake until the first bytes (``None`` before and after).
+        self.transport: asyncio.Transport | None = None
+
+    # -- what a user overrides -------------------------------------------------------------------
+
+    def served(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """The first bytes are in ``reader``: the connection is the caller's now."""
+        writer.close()
+
+    def ended(self, exc: BaseException | None) -> None:
+        """The connection ended before its first bytes (``exc``: the handshake failed)."""
+
+    # -- driving the handshake -------------------------------------------------------------------
+
+    def start(self, sock: socket.socket, ctx: ssl.SSLContext, handshake_timeout: float) -> None:
+        loop = self.loop
+        self.coro = loop.connect_accepted_socket(self, sock, ssl=ctx,
+                                                 ssl_handshake_timeout=handshake_timeout)
+        self._step()
+
+    def _step(self, _: object = None) -> None:
+        coro = self.coro
+        assert coro is not None
+        self.waiting = None
+        try:
+            fut = coro.send(None)
+        except StopIteration:  # the handshake is done (connection_made has run)
+            self.coro = None
+            return
+        except BaseException as exc:
+            self.coro = None
+            self._end(exc)
+            if not isinstance(exc, Exception | asyncio.CancelledError):
+                raise
+            return
+        fut._asyncio_future_blocking = False
+        self.waiting = fut
+        fut.add_done_callback(self._step)
+
+    def close(self) -> None:
+        """End the connection if it is still this object's (shutdown)."""
+        if self.transport is not None:  # handshaken, no byte yet: close_notify, then connection_lost
+            self.transport.close()
+        elif self.waiting is not None:  # handshaking: the loop closes the transport, _step sees the cancel
+            self.waiting.cancel()
+
+    # -- the protocol ------------------------------------------------------------------------------
+
+    def __call__(self) -> FirstBytes:
+        return self
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.timer = self.loop.call_later(self.idle_timeout, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        loop, transport = self.loop, self.transport
+        assert transport is not None
+        self.transport = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        reader = asyncio.StreamReader(limit=self.limit, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        protocol.connection_made(transport)
+        transport.set_protocol(protocol)
+        reader.feed_data(data)
+        self.served(reader, asyncio.StreamWriter(transport, protocol, reader, loop))
+
+    def eof_received(self) -> bool:
+        return False  # over TLS the transport shuts down after the peer's close_notify
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._end(None)
+
+    def _end(self, exc: BaseException | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.ended(exc)
 
 
 #: Client contexts already built in this process, by what they were built from.

@@ -228,13 +228,18 @@ class _Connection:
         return head + await self.stream.readexactly(length - 4)
 
     async def read_message(self, idle: bool, limit: int | None = None) -> pg.Message | None:
-        """The next typed message, or ``None`` at a clean EOF between messages."""
+        """The next typed message, or ``None`` at a clean EOF between messages.
+
+        A read that has to wait has a deadline (``idle_timeout`` for the next message,
+        ``message_timeout`` for the rest of one); bytes already buffered are taken without one
+        (nothing to wait for): a client's pipelined Bind/Execute/Sync costs one timer, not six."""
+        stream = self.stream
         try:
-            if idle:
+            if idle and not stream.buffered(5):
                 async with asyncio.timeout(self.b.idle_timeout):
-                    head = await self.stream.readexactly(5)
+                    head = await stream.readexactly(5)
             else:
-                head = await self.stream.readexactly(5)
+                head = await stream.readexactly(5)
         except asyncio.IncompleteReadError as e:
             if not e.partial:
                 return None
@@ -242,8 +247,11 @@ class _Connection:
         pg.parse_message(head, limit or self.b.max_message)  # size check before reading the body
         length = int.from_bytes(head[1:5], "big")
         try:
-            async with asyncio.timeout(self.b.message_timeout):
-                body = await self.stream.readexactly(length - 4)
+            if stream.buffered(length - 4):
+                body = await stream.readexactly(length - 4)
+            else:
+                async with asyncio.timeout(self.b.message_timeout):
+                    body = await stream.readexactly(length - 4)
         except TimeoutError:
             raise _Fatal("08006", f"the rest of a {length}-byte message did not arrive within "
                                   f"{self.b.message_timeout:.0f}s") from None

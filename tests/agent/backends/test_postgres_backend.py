@@ -423,7 +423,7 @@ async def test_extended_protocol_error_skips_to_sync(serve: Start) -> None:
 
 
 async def test_per_connection_and_per_store_bounds(serve: Start, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tpemu.agent.backends import postgres as backend_module
+    from tpemu.agent.backends import postgres_query as backend_module  # the query phase keeps the bound
 
     monkeypatch.setattr(backend_module, "MAX_STATEMENTS", 2)
     backend = PostgresBackend(None)

@@ -43,6 +43,9 @@ What serves a database is its ``uri`` (:mod:`tpemu.agent.engines` says more):
   (default), ``verify-ca``, ``insecure``, or ``disabled`` (tpemu's addition: plain TCP, for
   servers without TLS such as the nx-27017 Mongo server).
 
+Reaching the server behind a database (real servers' TLS with the client certificate, embedded
+engines, the MySQL connection phase as a client) is :mod:`tpemu.agent.db_upstream`.
+
 Use: the agent process calls :func:`make_offers` for its ``db`` role (one
 :class:`~tpemu.agent.tunnel.Offer` per database, all served by one :class:`DatabaseService` whose
 client certificates come from the Auth Service with the agent's Db identity); by hand,
@@ -57,34 +60,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
 import shutil
 import ssl
 import tempfile
-import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tpemu import TELEPORT_VERSION, authapi, pki
+from tpemu import TELEPORT_VERSION
 from tpemu import identity as ident
 from tpemu.agent.backends.base import EmulatedBackend, Session
 from tpemu.agent.backends.mysql import MySQLBackend
 from tpemu.agent.backends.postgres import PostgresBackend
 from tpemu.agent.backends.redis import RedisBackend
-from tpemu.agent.engines import Endpoint, Engine, EngineUnavailable, engine_for
-from tpemu.agent.engines.redis import auth_command, read_simple_reply
+from tpemu.agent.db_upstream import (
+    BackendUnavailable,
+    CertIssuer,
+    Upstream,
+    _Served,
+    auth_cert_issuer,
+)
+from tpemu.agent.engines import Engine, engine_for
 from tpemu.config import Addr, Database
-from tpemu.errors import PeerFault
-from tpemu.errors import describe as describe_error
 from tpemu.net.channel import open_streams
 from tpemu.net.db_refusal import Refusal, refuse
 from tpemu.net.memory import transport_pair
 from tpemu.net.pipe import Pipe, park_streams
 from tpemu.net.streams import Stream
-from tpemu.net.tls import new_context
 from tpemu.wire import WireError
 from tpemu.wire import mysql as my
 from tpemu.wire import postgres as pg
@@ -102,33 +105,6 @@ TLS_MODES = ("verify-full", "verify-ca", "insecure", "disabled")
 ACCESS_DENIED = "access to db denied. User does not have permissions. Confirm database user and name."
 #: Database names are checked for these protocols (Redis has numbered databases, not names).
 NAMED_DATABASES = frozenset({"postgres", "mysql", "mongodb"})
-#: Client certificates for real servers live this long and are reused for half of it.
-CLIENT_CERT_TTL = 3600.0
-
-#: ``db_user`` → (certificate PEM, key PEM, CA PEMs that sign the database servers' certificates).
-CertIssuer = Callable[[str], Awaitable[tuple[bytes, bytes, bytes]]]
-
-
-class BackendUnavailable(PeerFault):
-    """The database server cannot be reached or refused the connection; the message says why."""
-
-
-def auth_cert_issuer(client: Any, ttl: float = CLIENT_CERT_TTL) -> CertIssuer:
-    """A :data:`CertIssuer` calling ``POST /v1/db/certs`` with ``client`` (an
-    :class:`~tpemu.authclient.AuthClient` holding the agent's Db identity)."""
-
-    async def issue(db_user: str) -> tuple[bytes, bytes, bytes]:
-        key = await asyncio.to_thread(pki.generate_key, "ecdsa")
-        answer = await client.call("POST", "/v1/db/certs", {
-            "public_key": authapi.b64(pki.public_key_pem(key)), "server_names": [db_user],
-            "ttl": int(ttl * authapi.NS)})
-        cert = authapi.unb64(answer.get("cert"), "cert")
-        cas = b"".join(authapi.unb64(c, "cacerts") for c in answer.get("cacerts") or [])
-        return cert, pki.key_pem(key), cas
-
-    return issue
-
-
 def check_access(identity: ident.Identity, db: Database, db_user: str, db_name: str | None) -> str | None:
     """Why ``identity`` may not use ``db`` as ``db_user`` on ``db_name``, or ``None`` if it may."""
     route = identity.route_to_database
@@ -158,38 +134,13 @@ def _new_backend(protocol: str) -> EmulatedBackend:
     raise ValueError(f"no in-process emulator for protocol {protocol!r}")
 
 
-@dataclass
-class _Served:
-    db: Database
-    backend: EmulatedBackend | None
-    addr: Addr | None
-    engine: Engine | None = None
-    #: Why nothing can serve this database (an embedded-only engine that is not installed).
-    unavailable: str = ""
-    #: db user → (SSL context with that user's client certificate, when it stops being reused).
-    contexts: dict[str, tuple[ssl.SSLContext, float]] = field(default_factory=dict)
-
-    @property
-    def tls_mode(self) -> str:
-        return "disabled" if self.engine is not None else self.db.tls.mode or "verify-full"
-
-    @property
-    def target(self) -> str:
-        """What serves this database, for logs."""
-        if self.engine is not None:
-            return f"the embedded {self.engine.label}"
-        if self.addr is not None:
-            return str(self.addr)
-        return "nothing (no engine installed)" if self.unavailable else "the emulated backend"
-
-
 def _join(client: Stream, backend: Stream, first: bytes = b"") -> Pipe:
     """The copying phase: the channel's streams and the server's, given up for one Pipe."""
     return Pipe.join(park_streams(client.reader, client.writer), park_streams(backend.reader, backend.writer),
                      first_to_b=first)
 
 
-class DatabaseService:
+class DatabaseService(Upstream):
     """Serves the configured databases to connections arriving through the reverse tunnel."""
 
     def __init__(self, databases: Sequence[Database], cert_issuer: CertIssuer | None = None, *,
@@ -390,25 +341,6 @@ class DatabaseService:
             return
         _join(client, backend, first=raw)
 
-    async def _connect_postgres(self, served: _Served, db_user: str, db_name: str) -> Stream:
-        reader, writer = await self._open(served, access=(db_user, db_name))
-        if served.tls_mode == "disabled":
-            return Stream(reader, writer, "backend")
-        ctx = await self._tls_context(served, db_user)
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                writer.write(pg.SSL_REQUEST)
-                await writer.drain()
-                answer = await reader.readexactly(1)
-                if answer != b"S":
-                    raise BackendUnavailable(f"the server at {served.addr} does not offer TLS (answered "
-                                             f"{answer!r} to SSLRequest; set tls.mode: disabled to connect without)")
-                await writer.start_tls(ctx, server_hostname=self._server_hostname(served))
-        except (TimeoutError, ssl.SSLError, OSError, asyncio.IncompleteReadError) as exc:
-            writer.close()
-            raise BackendUnavailable(f"TLS with the server at {served.addr} failed: {describe_error(exc)}") from None
-        return Stream(reader, writer, "backend")
-
     # -- mysql ------------------------------------------------------------------------------------
 
     async def _mysql(self, served: _Served, client: Stream, identity: ident.Identity,
@@ -468,71 +400,6 @@ class DatabaseService:
             return
         _join(client, backend)
 
-    async def _mysql_handshake(self, served: _Served, backend: Stream, client: my.HandshakeResponse,
-                               ctx: ssl.SSLContext | None) -> my.Packet:
-        """The MySQL connection phase with the backend, as a client; returns its final OK or ERR."""
-
-        async def read_packet() -> my.Packet:
-            head = await backend.reader.readexactly(4)
-            my.parse_packet(head, my.MAX_CLIENT_PAYLOAD)
-            packet = my.parse_packet(head + await backend.reader.readexactly(int.from_bytes(head[:3], "little")),
-                                     my.MAX_CLIENT_PAYLOAD)
-            assert packet is not None
-            return packet
-
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                first = await read_packet()
-                if first.payload[:1] == b"\xff":
-                    return first  # the server refuses before greeting (too many connections, host blocked …)
-                greeting = my.parse_handshake_v10(first.payload)
-                caps = client.capabilities & greeting.capabilities & ~(my.CLIENT_SSL | my.CLIENT_COMPRESS)
-                caps |= my.CLIENT_PROTOCOL_41
-                if not client.database:
-                    caps &= ~my.CLIENT_CONNECT_WITH_DB
-                seq = 1
-                if ctx is not None:
-                    if not greeting.capabilities & my.CLIENT_SSL:
-                        raise BackendUnavailable(f"the server at {served.addr} does not offer TLS "
-                                                 "(set tls.mode: disabled to connect without)")
-                    caps |= my.CLIENT_SSL
-                    ssl_request = (caps.to_bytes(4, "little") + client.max_packet.to_bytes(4, "little")
-                                   + bytes((client.charset,)) + b"\x00" * 23)
-                    backend.write(my.encode_packet(seq, ssl_request))
-                    await backend.drain()
-                    seq += 1
-                    await backend.writer.start_tls(ctx, server_hostname=self._server_hostname(served))
-                plugin = greeting.auth_plugin or my.NATIVE_PASSWORD
-                response = my.HandshakeResponse(caps, client.max_packet, client.charset, client.username, b"",
-                                                client.database, plugin, client.attributes)
-                backend.write(my.encode_packet(seq, my.encode_handshake_response(response)))
-                await backend.drain()
-                for _ in range(6):
-                    packet = await read_packet()
-                    kind = packet.payload[:1]
-                    if kind in (b"\x00", b"\xff"):
-                        return packet
-                    if kind == b"\xfe":  # AuthSwitchRequest: the certificate is the credential, no password
-                        name = packet.payload[1:].split(b"\x00", 1)[0]
-                        answer = b"\x00" if name == b"mysql_clear_password" else b""
-                        backend.write(my.encode_packet(packet.seq + 1, answer))
-                        await backend.drain()
-                    elif kind == b"\x01":  # AuthMoreData (caching_sha2_password)
-                        if packet.payload[1:2] == b"\x04":  # full authentication: an empty password
-                            if ctx is None:
-                                raise BackendUnavailable("the server wants a password over TLS (caching_sha2 full "
-                                                         "authentication); configure TLS for this database")
-                            backend.write(my.encode_packet(packet.seq + 1, b"\x00"))
-                            await backend.drain()
-                    else:
-                        raise BackendUnavailable(f"unexpected packet 0x{packet.payload[:1].hex()} during the MySQL "
-                                                 "handshake")
-                raise BackendUnavailable("the MySQL handshake did not finish")
-        except (TimeoutError, ssl.SSLError, OSError, asyncio.IncompleteReadError, WireError) as exc:
-            backend.close()
-            raise BackendUnavailable(f"MySQL handshake with {served.target} failed: "
-                                     f"{describe_error(exc)}") from None
-
     # -- mongodb, redis ---------------------------------------------------------------------------
 
     async def _stream_protocol(self, served: _Served, client: Stream, identity: ident.Identity,
@@ -568,116 +435,6 @@ class DatabaseService:
             await self._refuse_raw(client, protocol, self._unavailable(served, exc), Refusal.UNAVAILABLE)
             return
         _join(client, Stream(r, w, "backend"))
-
-    # -- reaching real servers --------------------------------------------------------------------
-
-    async def _redis_login(self, served: _Served, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                           db_user: str) -> None:
-        """Authenticate an embedded Redis session as the ACL user ``db_user`` (created by the engine)."""
-        if db_user == "default":
-            return
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                writer.write(auth_command(db_user))
-                await writer.drain()
-                answer = await read_simple_reply(reader)
-        except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                EngineUnavailable) as exc:
-            writer.close()
-            raise BackendUnavailable(f"AUTH with {served.target} failed: {describe_error(exc)}") from None
-        if answer != b"+OK":
-            writer.close()
-            raise BackendUnavailable(f"{served.target} refused AUTH as {db_user!r}: "
-                                     f"{answer.decode('utf-8', 'replace')}")
-
-    def _server_hostname(self, served: _Served) -> str | None:
-        if served.tls_mode != "verify-full":
-            return None
-        assert served.addr is not None
-        return served.db.tls.server_name or served.addr.host
-
-    async def _open(self, served: _Served, tls_user: str | None = None, access: tuple[str, str] = ("", "")
-                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """A connection to the real server (TLS from the first byte if ``tls_user`` is given and the
-        mode is not ``disabled``); for an embedded engine, started if needed, after the
-        ``access`` (database user, name) pair exists in it. Raises :class:`BackendUnavailable`."""
-        if served.engine is not None:
-            return await self._open_engine(served, served.engine, access)
-        addr = served.addr
-        if addr is None:
-            raise BackendUnavailable(served.unavailable or "nothing serves this database")
-        ctx = None
-        if tls_user is not None and served.tls_mode != "disabled":
-            ctx = await self._tls_context(served, tls_user)
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                return await asyncio.open_connection(addr.host, addr.port, ssl=ctx,
-                                                     server_hostname=self._server_hostname(served) if ctx else None)
-        except TimeoutError:
-            raise BackendUnavailable(f"connecting to {addr} timed out after {self.connect_timeout:g}s") from None
-        except ssl.SSLError as exc:
-            raise BackendUnavailable(f"TLS with the server at {addr} failed: {describe_error(exc)}") from None
-        except OSError as exc:
-            raise BackendUnavailable(f"cannot connect to {addr}: {exc.strerror or exc}") from None
-
-    async def _open_engine(self, served: _Served, engine: Engine, access: tuple[str, str]
-                           ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        endpoint: Endpoint | None = None
-        try:
-            endpoint = await engine.ensure_access(*access, timeout=self.engine_start_timeout)
-            async with asyncio.timeout(self.connect_timeout):
-                return await endpoint.open()
-        except EngineUnavailable as exc:
-            raise BackendUnavailable(f"the embedded {engine.label} engine is not running: {exc}") from None
-        except TimeoutError:
-            raise BackendUnavailable(f"connecting to {served.target} at {endpoint} timed out") from None
-        except OSError as exc:
-            why = exc.strerror or exc
-            raise BackendUnavailable(f"cannot connect to {served.target} at {endpoint}: {why}") from None
-
-    async def _tls_context(self, served: _Served, db_user: str) -> ssl.SSLContext:
-        cached = served.contexts.get(db_user)
-        if cached is not None and cached[1] > time.monotonic():
-            return cached[0]
-        cert = key = cas = b""
-        if self.cert_issuer is not None:
-            try:
-                cert, key, cas = await self.cert_issuer(db_user)
-            except (authapi.AuthAPIError, OSError, ValueError) as exc:
-                message = getattr(exc, "message", str(exc))
-                raise BackendUnavailable(f"cannot get a client certificate for {db_user!r} from the Auth Service: "
-                                         f"{message}") from None
-        ctx = await asyncio.to_thread(_client_context, served, cert, key, cas)
-        served.contexts[db_user] = (ctx, time.monotonic() + CLIENT_CERT_TTL / 2)
-        return ctx
-
-
-def _client_context(served: _Served, cert: bytes, key: bytes, cas: bytes) -> ssl.SSLContext:
-    ctx = new_context(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    mode = served.tls_mode
-    if mode == "insecure":
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    else:
-        ctx.check_hostname = mode == "verify-full"
-        if served.db.tls.ca_cert_file:
-            ctx.load_verify_locations(cafile=served.db.tls.ca_cert_file)
-        elif cas:
-            ctx.load_verify_locations(cadata=cas.decode())
-        else:
-            ctx.load_default_certs()
-    if cert and key:
-        # load_cert_chain reads files only: a private 0600 file, removed at once.
-        fd, path = tempfile.mkstemp(prefix="tpemu-dbcert-", suffix=".pem")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(cert + b"\n" + key)
-            ctx.load_cert_chain(path)
-        finally:
-            os.unlink(path)
-    return ctx
-
 
 async def make_offers(ctx: AgentContext) -> list[Offer]:
     """The agent's ``db`` role: one offer per configured database, one service for all of them."""

@@ -93,6 +93,13 @@ class ClientStream:
         peer = self.writer.get_extra_info("peername")
         return str(peer[0]) if isinstance(peer, tuple) and peer else "localhost"
 
+    def buffered(self, n: int) -> bool:
+        """Whether ``n`` bytes are here already, so :meth:`readexactly` of them returns without
+        waiting (and a deadline around it could never fire)."""
+        if self._tls is None:
+            return len(getattr(self.reader, "_buffer", b"")) >= n  # CPython's StreamReader keeps a bytearray
+        return len(self._plain) >= n
+
     async def readexactly(self, n: int) -> bytes:
         """Exactly ``n`` bytes; raises ``asyncio.IncompleteReadError`` at EOF."""
         if self._tls is None:

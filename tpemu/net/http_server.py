@@ -94,12 +94,17 @@ class Response:
 
     @classmethod
     def json(cls, obj: Any, status: int = 200) -> Response:
-        body = json.dumps(obj, indent=2).encode() + b"\n"
-        return cls(status, body, [("Content-Type", "application/json")])
+        # Compact, as Teleport's handlers answer: lib/httplib MakeHandler → roundtrip.ReplyJSON
+        # (gravitational/roundtrip reply.go: json.Marshal, no indent, no newline). It is also the
+        # C encoder: ``indent`` makes Python's json fall back to its pure-Python one (/webapi/ping
+        # 26 µs → 7 µs to encode, issue 13).
+        return cls(status, json.dumps(obj, separators=(",", ":")).encode(), [("Content-Type", "application/json")])
 
     @classmethod
     def error(cls, status: int, message: str) -> Response:
-        return cls.json({"error": {"message": message}}, status)
+        # Indented, as Teleport's errors are (trace.WriteError: json.MarshalIndent).
+        body = json.dumps({"error": {"message": message}}, indent=2).encode() + b"\n"
+        return cls(status, body, [("Content-Type", "application/json")])
 
     @classmethod
     def text(cls, text: str, status: int = 200, content_type: str = "text/plain; charset=utf-8") -> Response:

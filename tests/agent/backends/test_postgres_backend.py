@@ -321,6 +321,40 @@ async def test_silent_and_trickling_clients_are_cut_off(serve: Start) -> None:
     assert loop.time() - start < 3
 
 
+async def test_a_trickled_message_body_is_cut_off_after_message_timeout(serve: Start) -> None:
+    port = await serve(PostgresBackend(None, message_timeout=0.3))
+    reader, writer = await _trusted_session(port)
+    writer.write(b"Q" + (4 + 20).to_bytes(4, "big") + b"SELECT")  # 14 of the 20 body bytes, then nothing
+    data = await read_until_eof(reader, 3)
+    msg = pg.parse_message(data)
+    assert msg is not None
+    fields = error_fields(msg)
+    assert fields["C"] == "08006" and "did not arrive within" in fields["M"]
+    writer.close()
+
+
+async def test_buffered_messages_are_read_without_a_timer_each(serve: Start,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncpg pipelines Bind/Execute/Sync in one write: one deadline for the wait, not one per read."""
+    made = 0
+    real_timeout = asyncio.timeout
+
+    def counting(delay: float | None) -> asyncio.Timeout:
+        nonlocal made
+        made += 1
+        return real_timeout(delay)
+
+    port = await serve(PostgresBackend(None, auth="trust"))
+    conn = await asyncpg.connect(host="127.0.0.1", port=port, user="alice", database="app", ssl=False)
+    assert await conn.fetchval("select 1") == 1  # prepared and cached by asyncpg
+    monkeypatch.setattr(asyncio, "timeout", counting)
+    for _ in range(20):
+        assert await conn.fetchval("select 1") == 1
+    monkeypatch.undo()
+    await conn.close()
+    assert made <= 20 + 2, made  # one per query (six per query before)
+
+
 async def test_byte_by_byte_client_and_protocol_negotiation(serve: Start) -> None:
     port = await serve(PostgresBackend(None))
     reader, writer = await _connect(port)
@@ -389,7 +423,7 @@ async def test_extended_protocol_error_skips_to_sync(serve: Start) -> None:
 
 
 async def test_per_connection_and_per_store_bounds(serve: Start, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tpemu.agent.backends import postgres as backend_module
+    from tpemu.agent.backends import postgres_query as backend_module  # the query phase keeps the bound
 
     monkeypatch.setattr(backend_module, "MAX_STATEMENTS", 2)
     backend = PostgresBackend(None)

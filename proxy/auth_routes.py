@@ -78,6 +78,8 @@ class AuthRoutes:
         self.identity: authclient.HostIdentity | None = None
         self.files: pki.TLSFiles | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        #: The client :meth:`client` hands out, and the identity and files it was made for.
+        self._client_for: tuple[authclient.HostIdentity, pki.TLSFiles, authclient.AuthClient] | None = None
         #: Set by install(): the proxy then routes ``teleport-auth@`` connections to :meth:`forward_auth`.
         self.installed = False
 
@@ -153,9 +155,19 @@ class AuthRoutes:
         return authclient.AuthClient.with_identity(self.link.addr, identity.cluster_name, files)
 
     def client(self) -> authclient.AuthClient:
-        """A client of the Auth API with the proxy's identity."""
+        """The client of the Auth API with the proxy's identity: one for as long as the identity
+        stays, so its TLS context (the certificate, key and CA loaded and parsed) and its kept-alive
+        connection serve every call — the 5 s inventory poll, heartbeats, forwarded logins — instead
+        of a new context and a new handshake each. A new identity gets a new client."""
         assert self.identity is not None and self.files is not None
-        return self._client(self.identity, self.files)
+        made = self._client_for
+        if made is not None and made[0] is self.identity and made[1] == self.files:
+            return made[2]
+        if made is not None:
+            made[2].close()
+        client = self._client(self.identity, self.files)
+        self._client_for = (self.identity, self.files, client)
+        return client
 
     # -- routes -------------------------------------------------------------------------------------
 
@@ -254,6 +266,9 @@ class AuthRoutes:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
             self._heartbeat = None
+        if self._client_for is not None:
+            self._client_for[2].close()
+            self._client_for = None
 
 
 def _write_ca(path: Path, pems: bytes) -> None:

@@ -4,8 +4,8 @@ Used by every process that talks to an Auth Service over the network, as Telepor
 do: the proxy (its own join, forwarding logins and agent joins), agents (joining, heartbeats)
 and the administration commands (``tpemu tokens``/``users`` with the admin identity).
 
-* :class:`AuthClient` — one HTTP/1.1 request per TLS connection (h11), JSON in and out; errors
-  come back as the :mod:`tpemu.authapi` exception classes, and TLS refusals are translated:
+* :class:`AuthClient` — HTTP/1.1 requests (h11) on a kept-alive TLS connection, JSON in and out;
+  errors come back as the :mod:`tpemu.authapi` exception classes, and TLS refusals are translated:
   the Auth Service refusing our certificate (``tls: unknown certificate authority`` →
   ``certificate signed by unknown authority``, ``certificate expired``), our refusing its
   certificate, an unreachable address — each its own message.
@@ -45,6 +45,17 @@ log = logging.getLogger(__name__)
 
 MAX_RESPONSE = 4 * 1024 * 1024
 TIMEOUT = 15.0
+#: Keep-alive. The servers (the Auth API, the proxy's web API: :func:`tpemu.net.http_server.serve_http`)
+#: serve up to 1000 requests on a connection and close one idle for 30 s; a client keeps one idle
+#: connection at most this long (the proxy's inventory poll comes every 5 s), for at most this many
+#: requests and this many seconds from its handshake, so the server never closes it first and the
+#: certificates are verified again, by a new handshake, at least once a minute.
+KEEP_IDLE = 10.0
+KEEP_REQUESTS = 100
+KEEP_AGE = 60.0
+#: Methods sent again on a new connection when a kept one turns out closed before any answer (as
+#: Go's net/http does): repeating them changes nothing. Others fail as on a new connection.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 
 class ClientCertRefused(authapi.AccessDenied):
@@ -66,8 +77,52 @@ def _alert_message(exc: ssl.SSLError) -> str | None:
     return None
 
 
+class _Kept:
+    """One open connection of a client: its streams, its h11 state, its age and use."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.http = h11.Connection(h11.CLIENT)
+        self.loop = asyncio.get_running_loop()
+        self.opened = self.loop.time()
+        self.requests = 0
+        self.idle_timer: asyncio.TimerHandle | None = None
+
+    def usable(self) -> bool:
+        """Still open, on this loop, young enough and not used up: worth another request."""
+        try:
+            if asyncio.get_running_loop() is not self.loop:
+                return False
+        except RuntimeError:
+            return False
+        return (not self.writer.is_closing() and not self.reader.at_eof() and self.requests < KEEP_REQUESTS
+                and self.loop.time() - self.opened < KEEP_AGE)
+
+    def close(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        if not self.loop.is_closed():
+            self.writer.close()
+
+
+class _ClosedBeforeAnswer(Exception):
+    """The server closed (or reset) a reused connection before a byte of the answer; ``sent``:
+    after the whole request was written."""
+
+    def __init__(self, sent: bool) -> None:
+        super().__init__("closed before answering")
+        self.sent = sent
+
+
 class AuthClient:
-    """A client of one Auth API address (directly, or through the proxy with ALPN ``teleport-auth@``)."""
+    """A client of one Auth API address (directly, or through the proxy with ALPN ``teleport-auth@``).
+
+    One TLS context for the client's life, and one kept-alive connection (:data:`KEEP_IDLE`): a
+    request finds it open, or opens one (concurrent requests each open their own; one is kept).
+    Every request is still authorised by the server on its own, for the certificate the
+    connection presented. :meth:`close` closes the kept connection.
+    """
 
     def __init__(self, addr: Addr, ctx: ssl.SSLContext, server_hostname: str | None,
                  timeout: float = TIMEOUT, what: str = "the Auth Service", proxy: ProxySettings | None = None,
@@ -83,6 +138,7 @@ class AuthClient:
         self.proxy = proxy
         #: Sent as the ``version`` header, which the Auth API checks against min_client_version.
         self.client_version = TELEPORT_VERSION
+        self._kept: _Kept | None = None
 
     @classmethod
     def with_identity(cls, addr: Addr, cluster_name: str, files: pki.TLSFiles | None,
@@ -130,6 +186,75 @@ class AuthClient:
 
     async def _call(self, method: str, path: str, body: Any, raw: bool = False) -> Any:
         data = b"" if body is None else json.dumps(body).encode()
+        while True:
+            kept = self._take_kept()
+            reused = kept is not None
+            if kept is None:
+                kept = await self._connect()
+            try:
+                status, payload = await self._exchange(kept, method, path, data, reused)
+            except _ClosedBeforeAnswer as exc:
+                kept.close()
+                if method in IDEMPOTENT or not exc.sent:
+                    continue  # the server had closed the kept connection: once more on a new one
+                raise authapi.Unavailable(f"connection to {self.what} at {self.addr} failed: "
+                                          "closed before answering") from None
+            except BaseException:
+                kept.close()
+                raise
+            break
+        if raw and status < 400:
+            return payload
+        try:
+            decoded = json.loads(payload) if payload else None
+        except ValueError:
+            raise authapi.Unavailable(f"{self.what} answered {status} with something that is not JSON: "
+                                      f"{payload[:120]!r}") from None
+        if status >= 400:
+            message = f"{self.what} answered {status}"
+            if isinstance(decoded, dict):
+                err = decoded.get("error")
+                if isinstance(err, dict) and isinstance(err.get("message"), str):
+                    message = err["message"]
+            raise authapi.error_for_status(status, message)
+        return decoded
+
+    def _take_kept(self) -> _Kept | None:
+        kept, self._kept = self._kept, None
+        if kept is None:
+            return None
+        if kept.idle_timer is not None:
+            kept.idle_timer.cancel()
+            kept.idle_timer = None
+        if not kept.usable():
+            kept.close()
+            return None
+        return kept
+
+    def _keep(self, kept: _Kept) -> None:
+        """After a complete exchange: keep ``kept`` for the next request, or close it."""
+        http = kept.http
+        if (http.our_state is not h11.DONE or http.their_state is not h11.DONE or self._kept is not None
+                or not kept.usable()):
+            kept.close()
+            return
+        http.start_next_cycle()
+        kept.idle_timer = kept.loop.call_later(KEEP_IDLE, self._expire, kept)
+        self._kept = kept
+
+    def _expire(self, kept: _Kept) -> None:
+        kept.idle_timer = None
+        if self._kept is kept:
+            self._kept = None
+        kept.close()
+
+    def close(self) -> None:
+        """Close the kept connection (the next request opens a new one)."""
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            kept.close()
+
+    async def _connect(self) -> _Kept:
         try:
             if self.via_proxy and await conn_upgrade.upgrade_required(
                     self.addr.host, self.addr.port, conn_upgrade.outer_context_from(self.ctx), proxy=self.proxy):
@@ -160,42 +285,38 @@ class AuthClient:
         except OSError as exc:
             raise authapi.Unavailable(f"cannot reach {self.what} at {self.addr}: "
                                       f"{exc.strerror or exc}") from None
-        conn = h11.Connection(h11.CLIENT)
+        return _Kept(reader, writer)
+
+    async def _exchange(self, kept: _Kept, method: str, path: str, data: bytes, reused: bool) -> tuple[int, bytes]:
+        """One request and its answer on ``kept`` (kept for the next one when it may be). On a
+        ``reused`` connection the server closed: :class:`_ClosedBeforeAnswer`."""
+        conn = kept.http
+        kept.requests += 1
+        sent = False
         try:
             headers = [("Host", self.server_hostname or str(self.addr)), ("Content-Length", str(len(data))),
-                       ("Content-Type", "application/json"), ("Accept", "application/json"), ("Connection", "close"),
+                       ("Content-Type", "application/json"), ("Accept", "application/json"),
                        # What Teleport's clients put in gRPC metadata (api/metadata VersionKey).
                        ("version", self.client_version)]
             out = conn.send(h11.Request(method=method, target=path, headers=headers))
             out += conn.send(h11.Data(data=data)) if data else b""
             out += conn.send(h11.EndOfMessage())
-            writer.write(out)
-            await writer.drain()
-            status, payload = await self._read_response(conn, reader)
+            kept.writer.write(out)
+            await kept.writer.drain()
+            sent = True
+            status, payload = await self._read_response(conn, kept.reader)
         except ssl.SSLError as exc:
             msg = _alert_message(exc)  # TLS 1.3: a refused client certificate shows up on first read
             if msg:
                 raise ClientCertRefused(f"{self.what} refused our certificate: {msg}") from None
             raise authapi.Unavailable(f"TLS error talking to {self.what}: {exc}") from None
         except (OSError, h11.ProtocolError) as exc:
+            if (reused and isinstance(exc, OSError) and conn.their_state is h11.SEND_RESPONSE
+                    and not conn.trailing_data[0]):
+                raise _ClosedBeforeAnswer(sent) from None  # closed or reset before a byte of the answer
             raise authapi.Unavailable(f"connection to {self.what} at {self.addr} failed: {exc}") from None
-        finally:
-            writer.close()
-        if raw and status < 400:
-            return payload
-        try:
-            decoded = json.loads(payload) if payload else None
-        except ValueError:
-            raise authapi.Unavailable(f"{self.what} answered {status} with something that is not JSON: "
-                                      f"{payload[:120]!r}") from None
-        if status >= 400:
-            message = f"{self.what} answered {status}"
-            if isinstance(decoded, dict):
-                err = decoded.get("error")
-                if isinstance(err, dict) and isinstance(err.get("message"), str):
-                    message = err["message"]
-            raise authapi.error_for_status(status, message)
-        return decoded
+        self._keep(kept)
+        return status, payload
 
     @staticmethod
     async def _read_response(conn: h11.Connection, reader: asyncio.StreamReader) -> tuple[int, bytes]:

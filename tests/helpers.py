@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -10,6 +11,17 @@ from typing import Any, TypeVar
 from tpemu.testkit import Cluster, User
 
 T = TypeVar("T")
+
+def unverified_client_context(alpn: list[str] | None = None) -> ssl.SSLContext:
+    """A TLS client context that checks no certificate (for tests of what a server negotiates or
+    answers, not of its identity), offering ``alpn`` if given."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx
+
 
 TRAILERS = (b"\x00", b"\x16\x03\x01\x00\x05hello", b"GET / HTTP/1.1\r\n\r\n")
 

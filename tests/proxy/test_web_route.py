@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ProxyFactory, eventually, wait_closed, web_port
+from tests.helpers import unverified_client_context
 from tpemu.proxy.service import ProxyService
 
 pytestmark = pytest.mark.both_loops
@@ -26,13 +27,7 @@ pytestmark = pytest.mark.both_loops
 PING = b"GET /webapi/ping HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
 
-def client_ctx(alpn: list[str] | None = None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    if alpn:
-        ctx.set_alpn_protocols(alpn)
-    return ctx
+client_ctx = unverified_client_context
 
 
 async def connect(svc: ProxyService, alpn: list[str] | None = None) -> tuple[asyncio.StreamReader,

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import unverified_client_context
 from tpemu.testkit import Cluster
 from tpemu.wire import alpn as names
 
@@ -38,10 +38,7 @@ def _expected() -> list[tuple[list[str], str]]:
 
 
 async def _negotiate(port: int, offered: list[str]) -> str | None:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    ctx.set_alpn_protocols(offered)
+    ctx = unverified_client_context(offered)
     _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="proxy.tpemu.test")
     chosen = writer.get_extra_info("ssl_object").selected_alpn_protocol()
     writer.close()
@@ -92,10 +89,7 @@ async def test_grpc_routes_answer_a_grpc_status_over_h2(tmp_path: Path, offered:
     import h2.events
 
     async with Cluster(tmp_path, nodes=(), databases=()) as cluster:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        ctx.set_alpn_protocols(offered)
+        ctx = unverified_client_context(offered)
         reader, writer = await asyncio.open_connection("127.0.0.1", cluster.web.port, ssl=ctx,
                                                        server_hostname="proxy.tpemu.test")
         # h2 precedes the gRPC names in SupportedProtocols: grpc-go clients get the h2 they need.

@@ -11,23 +11,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import ssl
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import unverified_client_context
 from tpemu import MIN_CLIENT_VERSION, TELEPORT_VERSION, config, versioncheck
 from tpemu.proxy.webapi import SECOND_FACTOR, SECOND_FACTORS_V17
 from tpemu.testkit import Cluster
 
-
-def _ctx(alpn: list[str] | None = None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    if alpn:
-        ctx.set_alpn_protocols(alpn)
-    return ctx
+_ctx = unverified_client_context
 
 
 async def _request(port: int, method: str, path: str, body: bytes = b"",

@@ -95,6 +95,24 @@ async def serve_once(handle: object) -> tuple[asyncio.AbstractServer, int]:
     return _Server(), port  # type: ignore[return-value]
 
 
+async def serve_failing_handshakes(server_ctx: ssl.SSLContext, timeout: float
+                                   ) -> tuple[asyncio.AbstractServer, int, asyncio.Future[BaseException]]:
+    """:func:`serve_once` with ``accept_tls`` as the handler; the future gets what its handshake raised."""
+    outcome: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+    async def handle(sock: socket.socket) -> None:
+        try:
+            await tls_link.accept_tls(sock, Collect(), server_ctx, timeout)
+        except BaseException as exc:
+            if not outcome.done():
+                outcome.set_result(exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    server, port = await serve_once(handle)
+    return server, port, outcome
+
+
 async def test_both_sides_carry_records_both_ways_and_close_notify(ca: trustme.CA) -> None:
     server_ctx, client_ctx = contexts(ca)
     served: asyncio.Future[tuple[asyncio.Transport, Collect]] = asyncio.get_running_loop().create_future()
@@ -163,15 +181,7 @@ async def test_untrusted_server_is_refused_and_the_server_gets_the_alert(ca: tru
     server_ctx, _ = contexts(ca)
     stranger = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     trustme.CA().configure_trust(stranger)  # another CA
-    failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
-
-    async def handle(sock: socket.socket) -> None:
-        try:
-            await tls_link.accept_tls(sock, Collect(), server_ctx, 5.0)
-        except (ssl.SSLError, OSError) as exc:
-            failed.set_result(exc)
-
-    server, port = await serve_once(handle)
+    server, port, failed = await serve_failing_handshakes(server_ctx, 5.0)
     with pytest.raises(DialError, match="certificate verification failed"):
         await dial(Collect, "127.0.0.1", port, ssl_context=stranger, server_hostname="proxy.example.com",
                    lean_tls=True)
@@ -187,15 +197,7 @@ async def test_refused_client_certificate_alert_reaches_openssl_s_client(ca: tru
     server_ctx, _ = contexts(ca)
     server_ctx.verify_mode = ssl.CERT_REQUIRED
     ca.configure_trust(server_ctx)
-    failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
-
-    async def handle(sock: socket.socket) -> None:
-        try:
-            await tls_link.accept_tls(sock, Collect(), server_ctx, 5.0)
-        except (ssl.SSLError, OSError) as exc:
-            failed.set_result(exc)
-
-    server, port = await serve_once(handle)
+    server, port, failed = await serve_failing_handshakes(server_ctx, 5.0)
     other = trustme.CA().issue_cert("client")  # a client certificate from an unknown CA
     cert = tmp_path / "client.pem"
     other.private_key_and_cert_chain_pem.write_to_path(str(cert))
@@ -210,15 +212,7 @@ async def test_refused_client_certificate_alert_reaches_openssl_s_client(ca: tru
 
 async def test_silent_client_times_out_and_its_socket_is_closed(ca: trustme.CA) -> None:
     server_ctx, _ = contexts(ca)
-    outcome: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
-
-    async def handle(sock: socket.socket) -> None:
-        try:
-            await tls_link.accept_tls(sock, Collect(), server_ctx, 0.3)
-        except BaseException as exc:
-            outcome.set_result(exc)
-
-    server, port = await serve_once(handle)
+    server, port, outcome = await serve_failing_handshakes(server_ctx, 0.3)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)  # says nothing
     assert isinstance(await asyncio.wait_for(outcome, 5), TimeoutError)
     assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
@@ -228,15 +222,7 @@ async def test_silent_client_times_out_and_its_socket_is_closed(ca: trustme.CA) 
 
 async def test_peer_gone_during_handshake_is_a_connection_reset(ca: trustme.CA) -> None:
     server_ctx, _ = contexts(ca)
-    outcome: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
-
-    async def handle(sock: socket.socket) -> None:
-        try:
-            await tls_link.accept_tls(sock, Collect(), server_ctx, 5.0)
-        except BaseException as exc:
-            outcome.set_result(exc)
-
-    server, port = await serve_once(handle)
+    server, port, outcome = await serve_failing_handshakes(server_ctx, 5.0)
     _, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"\x16\x03\x01\x00")  # the start of a record, then gone
     await writer.drain()
